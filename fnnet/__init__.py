@@ -1,0 +1,67 @@
+"""fnnet: a functional neural-network library in numpy with Pythran-compiled kernels.
+
+Params are immutable pytrees; every layer is a pair of pure functions; ``serial``
+composes layers; ``train_step`` folds model, loss and optimizer into one pure step,
+and ``jit`` specialises it.
+"""
+
+from . import init, kernels, losses, optim, random, tree
+from ._errors import DTypeError, FnnetError, InvalidValueError, ShapeError, TreeMismatchError
+from .combinators import serial, summary
+from .layers import (
+    Layer,
+    avg_pool2d,
+    conv2d,
+    dense,
+    flatten,
+    leaky_relu,
+    max_pool2d,
+    relu,
+    sigmoid,
+    tanh,
+)
+from .losses import mse, softmax_cross_entropy
+from .train import JitStep, Step, TrainState, jit, train_step
+from .tree import freeze, param_count, tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DTypeError",
+    "FnnetError",
+    "InvalidValueError",
+    "JitStep",
+    "Layer",
+    "ShapeError",
+    "Step",
+    "TrainState",
+    "TreeMismatchError",
+    "avg_pool2d",
+    "conv2d",
+    "dense",
+    "flatten",
+    "freeze",
+    "init",
+    "jit",
+    "kernels",
+    "leaky_relu",
+    "losses",
+    "max_pool2d",
+    "mse",
+    "optim",
+    "param_count",
+    "random",
+    "relu",
+    "serial",
+    "sigmoid",
+    "softmax_cross_entropy",
+    "summary",
+    "tanh",
+    "train_step",
+    "tree",
+    "tree_flatten",
+    "tree_leaves",
+    "tree_map",
+    "tree_structure",
+    "tree_unflatten",
+]

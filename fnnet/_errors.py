@@ -1,0 +1,21 @@
+"""The one exception family of fnnet: catch ``FnnetError`` to catch them all."""
+
+
+class FnnetError(Exception):
+    """Base class of every error fnnet raises on bad input."""
+
+
+class ShapeError(FnnetError, ValueError):
+    """An array or a tree has a shape that does not fit where it is used."""
+
+
+class DTypeError(FnnetError, TypeError):
+    """An array has a dtype that does not fit where it is used."""
+
+
+class TreeMismatchError(FnnetError, ValueError):
+    """Two pytrees that should share a structure do not; the message names the path."""
+
+
+class InvalidValueError(FnnetError, ValueError):
+    """A value is out of its domain (NaN or inf in a loss input, a label out of range...)."""

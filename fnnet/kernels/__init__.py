@@ -1,0 +1,132 @@
+"""Hot kernels: compiled by Pythran when built, numpy twins otherwise.
+
+Each compiled kernel (``_conv_pythran.py`` -> ``fnnet.kernels._conv``,
+``_pool_pythran.py`` -> ``fnnet.kernels._pool``) has a numpy twin with the same
+signature (:mod:`fnnet.kernels.conv`, :mod:`fnnet.kernels.pool`). The functions here
+dispatch to one or the other, chosen once at import:
+
+* ``FNNET_KERNELS=numpy`` forces the twins;
+* ``FNNET_KERNELS=pythran`` requires the compiled modules (ImportError otherwise);
+* unset or ``auto``: compiled if importable, else the twins with one RuntimeWarning.
+
+Kernels write into preallocated output arrays (their last arguments), so callers can
+reuse workspace. Inputs must be C-contiguous float32/float64 (int64 for indices); the
+wrappers here make them so.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+
+from . import conv as _conv_twin
+from . import pool as _pool_twin
+
+__all__ = [
+    "backend",
+    "im2col",
+    "col2im",
+    "max_pool_forward",
+    "max_pool_backward",
+    "avg_pool_forward",
+    "avg_pool_backward",
+    "KERNEL_NAMES",
+    "twins",
+    "compiled",
+]
+
+KERNEL_NAMES = (
+    "im2col",
+    "col2im",
+    "max_pool_forward",
+    "max_pool_backward",
+    "avg_pool_forward",
+    "avg_pool_backward",
+)
+
+
+def _namespace(conv_mod, pool_mod) -> SimpleNamespace:
+    mods = {"im2col": conv_mod, "col2im": conv_mod}
+    return SimpleNamespace(**{n: getattr(mods.get(n, pool_mod), n) for n in KERNEL_NAMES})
+
+
+twins = _namespace(_conv_twin, _pool_twin)
+
+
+def _load_compiled() -> tuple[SimpleNamespace | None, str]:
+    try:
+        from . import _conv, _pool  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, str(exc)
+    return _namespace(_conv, _pool), ""
+
+
+def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:
+    mode = os.environ.get("FNNET_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "pythran", "numpy"):
+        raise ValueError(f"FNNET_KERNELS must be 'auto', 'pythran' or 'numpy', got {mode!r}")
+    comp, why = _load_compiled()
+    if mode == "numpy":
+        return "numpy", twins, comp
+    if comp is None:
+        if mode == "pythran":
+            raise ImportError(f"FNNET_KERNELS=pythran but the compiled kernels do not import: {why}")
+        warnings.warn(
+            f"fnnet: compiled kernels not available ({why}); using the numpy twins, which are "
+            "slower. Install with `pip install .` to build them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "numpy", twins, None
+    return "pythran", comp, comp
+
+
+_BACKEND, _impl, compiled = _select()
+
+
+def backend() -> str:
+    """``"pythran"`` when the compiled kernels are in use, ``"numpy"`` otherwise."""
+    return _BACKEND
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> np.ndarray:
+    """Patch matrix of ``x`` (N, C, H, W) into ``cols`` (N, C*kh*kw, Ho*Wo); returns cols."""
+    _impl.im2col(_c(x), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols)
+    return cols
+
+
+def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x) -> np.ndarray:
+    """Adjoint of :func:`im2col` into ``x`` (N, C, H, W), overwritten; returns x."""
+    _impl.col2im(_c(cols), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x)
+    return x
+
+
+def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> tuple[np.ndarray, np.ndarray]:
+    """Window maxima into ``y`` and winners' flat (h*W + w) indices into ``idx``."""
+    _impl.max_pool_forward(_c(x), kh, kw, sh, sw, y, idx)
+    return y, idx
+
+
+def max_pool_backward(dy, idx, dx) -> np.ndarray:
+    """Gradient of max pooling into ``dx`` (overwritten); returns dx."""
+    _impl.max_pool_backward(_c(dy), _c(idx), dx)
+    return dx
+
+
+def avg_pool_forward(x, kh, kw, sh, sw, y) -> np.ndarray:
+    """Window means into ``y``; returns y."""
+    _impl.avg_pool_forward(_c(x), kh, kw, sh, sw, y)
+    return y
+
+
+def avg_pool_backward(dy, kh, kw, sh, sw, dx) -> np.ndarray:
+    """Gradient of average pooling into ``dx`` (overwritten); returns dx."""
+    _impl.avg_pool_backward(_c(dy), kh, kw, sh, sw, dx)
+    return dx

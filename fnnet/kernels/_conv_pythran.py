@@ -1,0 +1,44 @@
+"""Pythran source of the convolution data-movement kernels (compiled to fnnet.kernels._conv).
+
+Written with row slices, not scalar 4-D indexing: pythran vectorises slice
+expressions (3-8x faster, see docs/pythran-notes.md). The contractions themselves stay
+in numpy's BLAS. Numpy twins with the same signatures: fnnet/kernels/conv.py.
+"""
+import numpy as np
+
+# pythran export im2col(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:])
+# pythran export im2col(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:])
+def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols):
+    n, c, h, w = x.shape
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+    xp[:, :, pt:pt + h, pl:pl + w] = x
+    span = sw * (wo - 1) + 1
+    for b in range(n):
+        for ci in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    r = (ci * kh + i) * kw + j
+                    for oh in range(ho):
+                        row = i * dh + oh * sh
+                        cols[b, r, oh * wo:(oh + 1) * wo] = xp[b, ci, row, j * dw:j * dw + span:sw]
+
+
+# pythran export col2im(float32[:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
+# pythran export col2im(float64[:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
+def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x):
+    n, c, h, w = x.shape
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+    span = sw * (wo - 1) + 1
+    for b in range(n):
+        for ci in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    r = (ci * kh + i) * kw + j
+                    for oh in range(ho):
+                        row = i * dh + oh * sh
+                        xp[b, ci, row, j * dw:j * dw + span:sw] += cols[b, r, oh * wo:(oh + 1) * wo]
+    x[:] = xp[:, :, pt:pt + h, pl:pl + w]

@@ -1,0 +1,47 @@
+"""Numpy twins of the convolution kernels (reference; fallback when nothing is compiled).
+
+Same signatures as fnnet/kernels/_conv_pythran.py. Layout: ``x`` is (N, C, H, W);
+``cols`` is (N, C*kh*kw, Ho*Wo) with row ``(c*kh + i)*kw + j`` holding the input
+pixels under filter tap (i, j) of channel c, so that ``w.reshape(K, -1) @ cols`` is
+the convolution. Padding (top, bottom, left, right) is zero padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _pad(x: np.ndarray, pt: int, pb: int, pl: int, pr: int) -> np.ndarray:
+    if pt == pb == pl == pr == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+
+
+def _windows(xp: np.ndarray, kh, kw, sh, sw, dh, dw, ho, wo) -> np.ndarray:
+    """(N, C, kh, kw, Ho, Wo) strided view of the receptive fields of a padded input."""
+    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    win = win[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, ::dh, ::dw]
+    return win.transpose(0, 1, 4, 5, 2, 3)
+
+
+def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> None:
+    """Write the (N, C*kh*kw, Ho*Wo) patch matrix of ``x`` into ``cols``."""
+    n, c, h, w = x.shape
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    win = _windows(_pad(x, pt, pb, pl, pr), kh, kw, sh, sw, dh, dw, ho, wo)
+    cols[...] = win.reshape(n, c * kh * kw, ho * wo)
+
+
+def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x) -> None:
+    """Adjoint of :func:`im2col`: scatter-add ``cols`` back into ``x`` (N, C, H, W)."""
+    n, c, h, w = x.shape
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+    c6 = cols.reshape(n, c, kh, kw, ho, wo)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw] += c6[:, :, i, j]
+    x[...] = xp[:, :, pt : pt + h, pl : pl + w]

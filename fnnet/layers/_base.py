@@ -1,0 +1,117 @@
+"""The Layer record and the checks every layer shares.
+
+Shapes passed to ``init`` and ``check`` are per-sample shapes: they exclude the batch
+axis (``(C, H, W)`` for images, ``(features,)`` for vectors). Arrays passed to
+``forward`` carry the batch axis first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .._errors import DTypeError, ShapeError
+from ..tree import FrozenDict, tree_leaves
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@attrs.frozen
+class Layer:
+    """A layer as pure functions (all shapes exclude the batch axis unless said).
+
+    * ``init(key, input_shape, *, dtype=np.float32) -> (params, output_shape)``:
+      parameters from a key, and shape inference without data.
+    * ``forward(params, x) -> (y, cache)``: checked forward pass (method below).
+    * ``backward(cache, dy) -> (dparams, dx)``: ``dparams`` has the structure of params.
+    * ``check(params, input_shape, dtype) -> output_shape``: raises a ShapeError or
+      DTypeError naming the layer, the expected and the received value.
+    * ``apply(params, x, ws=None) -> (y, cache)``: forward without checks; ``ws`` is an
+      optional dict of workspace buffers the layer may reuse between calls (used by
+      :func:`fnnet.jit`). ``backward`` takes the same optional ``ws``.
+    * ``children``: ``((key, layer), ...)`` for combinators, empty otherwise.
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    init: Callable = attrs.field(repr=False)
+    apply: Callable = attrs.field(repr=False)
+    backward: Callable = attrs.field(repr=False)
+    check: Callable = attrs.field(repr=False)
+    children: tuple = attrs.field(default=(), repr=False)
+
+    def forward(self, params: Any, x: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Checked forward pass: ``x`` is (N, *input_shape); returns ``(y, cache)``."""
+        x = as_batch(x, self.name)
+        self.check(params, x.shape[1:], x.dtype)
+        return self.apply(params, x)
+
+    def output_shape(self, params: Any, input_shape: tuple, dtype=np.float32) -> tuple:
+        """Per-sample output shape for ``input_shape`` (checks compatibility)."""
+        return self.check(params, tuple(input_shape), np.dtype(dtype))
+
+
+def as_batch(x: Any, name: str) -> np.ndarray:
+    """``x`` as an ndarray with a batch axis, or a ShapeError naming the layer."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim < 1:
+        raise ShapeError(f"{name}: input must have a batch axis, got a scalar")
+    return x
+
+
+def fmt_shape(shape: tuple) -> str:
+    """``(N, 1, 28, 28)``-style text for a per-sample shape."""
+    return "(" + ", ".join(["N", *map(str, shape)]) + ")"
+
+
+def check_dtype(name: str, params: Any, dtype: np.dtype) -> None:
+    """Inputs must be float32/float64 and match the params' dtype (no silent upcast)."""
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{name}: input dtype must be float32 or float64, got {dtype}")
+    for leaf in tree_leaves(params):
+        if leaf.dtype != dtype:
+            raise DTypeError(f"{name}: input dtype {dtype} does not match the params' dtype {leaf.dtype}")
+
+
+def check_init_dtype(name: str, dtype: Any) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{name}: params dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def check_ndim(name: str, shape: tuple, ndim: int, what: str) -> None:
+    if len(shape) != ndim:
+        raise ShapeError(f"{name}: expected {what} input {ndim}-D per sample, got shape {fmt_shape(shape)}")
+
+
+def buffer(ws: dict | None, key: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A fresh array, or the workspace's buffer for ``key`` (reallocated if it changed)."""
+    if ws is None:
+        return np.empty(shape, dtype)
+    buf = ws.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = ws[key] = np.empty(shape, dtype)
+    return buf
+
+
+def seal(**arrays: np.ndarray) -> FrozenDict:
+    """Params from freshly made arrays: a FrozenDict of read-only leaves (no copy)."""
+    for a in arrays.values():
+        a.flags.writeable = False
+    return FrozenDict(arrays)
+
+
+def pair(v: Any, what: str, name: str, minimum: int = 1) -> tuple[int, int]:
+    """``v`` or ``(v, v)`` as a pair of ints >= minimum, or a ValueError naming it."""
+    t = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= minimum for i in t):
+        raise ValueError(f"{name}: {what} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return int(t[0]), int(t[1])
+
+
+NO_PARAMS = FrozenDict()

@@ -1,0 +1,122 @@
+"""2-D convolution (cross-correlation, as in PyTorch), NCHW, weights (K, C, kh, kw).
+
+Forward: the compiled im2col kernel lays the receptive fields out as a matrix
+(N, C*kh*kw, Ho*Wo) and BLAS contracts it with the weights. Backward reuses those
+cached columns for dw; dx is a BLAS product followed by the col2im kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import init as initializers
+from .. import kernels, random
+from .._errors import ShapeError
+from ..tree import FrozenDict
+from ._base import Layer, buffer, check_dtype, check_init_dtype, check_ndim, fmt_shape, pair, seal
+
+
+def _out_size(size: int, k: int, s: int, d: int, p0: int, p1: int) -> int:
+    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+def _same_pad(size: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """TensorFlow's "same": output ceil(size/s); the odd pixel of padding goes last."""
+    total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d(
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = "valid",
+    dilation: int | tuple[int, int] = 1,
+    *,
+    w_init: initializers.Initializer | None = None,
+    b_init: initializers.Initializer = initializers.zeros,
+) -> Layer:
+    """A conv layer with ``out_channels`` filters of ``kernel_size``.
+
+    Input (N, C, H, W), output (N, K, Ho, Wo). ``padding`` is an int, a pair (ph, pw)
+    of zero padding on both sides, ``"valid"`` (none) or ``"same"`` (output
+    ceil(H/stride), TensorFlow's split). Params ``{"w": (K, C, kh, kw), "b": (K,)}``;
+    defaults: ``w`` he_normal (fan_in C*kh*kw), ``b`` zeros.
+    """
+    name = "conv2d"
+    if isinstance(out_channels, bool) or not isinstance(out_channels, (int, np.integer)) or out_channels < 1:
+        raise ValueError(f"{name}: out_channels must be a positive int, got {out_channels!r}")
+    K = int(out_channels)
+    kh, kw = pair(kernel_size, "kernel_size", name)
+    sh, sw = pair(stride, "stride", name)
+    dh, dw = pair(dilation, "dilation", name)
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{name}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+    else:
+        ph, pw = pair(padding, "padding", name, minimum=0)
+    w_init = w_init or initializers.he_normal()
+
+    def pads(h: int, w: int) -> tuple[int, int, int, int]:
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            return (*_same_pad(h, kh, sh, dh), *_same_pad(w, kw, sw, dw))
+        return ph, ph, pw, pw
+
+    def geometry(input_shape):
+        c, h, w = input_shape
+        pt, pb, pl, pr = pads(h, w)
+        ho, wo = _out_size(h, kh, sh, dh, pt, pb), _out_size(w, kw, sw, dw, pl, pr)
+        if ho < 1 or wo < 1:
+            raise ShapeError(
+                f"{name}: input {fmt_shape(input_shape)} is smaller than the {kh}x{kw} kernel "
+                f"(dilation {dh}x{dw}, padding {(pt, pb, pl, pr)})"
+            )
+        return (pt, pb, pl, pr), (K, ho, wo)
+
+    def init(key, input_shape, *, dtype=np.float32):
+        input_shape = tuple(input_shape)
+        check_ndim(name, input_shape, 3, "a (C, H, W)")
+        dtype = check_init_dtype(name, dtype)
+        _, out_shape = geometry(input_shape)
+        c = input_shape[0]
+        fan_in, fan_out = c * kh * kw, K * kh * kw
+        k_w, k_b = random.split(key)
+        w = np.asarray(w_init(k_w, (K, c, kh, kw), dtype, fan_in, fan_out), dtype)
+        b = np.asarray(b_init(k_b, (K,), dtype, fan_in, fan_out), dtype)
+        return seal(w=w, b=b), out_shape
+
+    def check(params, input_shape, dtype):
+        check_dtype(name, params, dtype)
+        check_ndim(name, tuple(input_shape), 3, "a (C, H, W)")
+        c = params["w"].shape[1]
+        if input_shape[0] != c:
+            raise ShapeError(
+                f"{name}: expected input of shape {fmt_shape((c, 'H', 'W'))} ({c} channel(s)), "
+                f"got {fmt_shape(input_shape)}"
+            )
+        return geometry(tuple(input_shape))[1]
+
+    def apply(params, x, ws=None):
+        w, b = params["w"], params["b"]
+        n, c, h, wd = x.shape
+        pad, (_, ho, wo) = geometry((c, h, wd))
+        cols = buffer(ws, "cols", (n, c * kh * kw, ho * wo), x.dtype)
+        kernels.im2col(x, kh, kw, sh, sw, dh, dw, *pad, cols)
+        y = np.matmul(w.reshape(K, -1), cols, out=buffer(ws, "y", (n, K, ho * wo), x.dtype))
+        y += b[:, None]
+        return y.reshape(n, K, ho, wo), (cols, w, x.shape, pad)
+
+    def backward(cache, dy, ws=None):
+        cols, w, x_shape, pad = cache
+        n = x_shape[0]
+        dy3 = np.ascontiguousarray(dy).reshape(n, K, -1)
+        db = np.sum(dy3, axis=(0, 2), out=buffer(ws, "db", (K,), w.dtype))
+        dw_n = np.matmul(dy3, cols.transpose(0, 2, 1), out=buffer(ws, "dw_n", (n, K, cols.shape[1]), w.dtype))
+        dw_ = np.sum(dw_n, axis=0, out=buffer(ws, "dw", (K, cols.shape[1]), w.dtype))
+        dcols = np.matmul(w.reshape(K, -1).T, dy3, out=buffer(ws, "dcols", cols.shape, w.dtype))
+        dx = kernels.col2im(dcols, kh, kw, sh, sw, dh, dw, *pad, buffer(ws, "dx", x_shape, w.dtype))
+        return FrozenDict(w=dw_.reshape(w.shape), b=db), dx
+
+    return Layer(name, init, apply, backward, check)

@@ -1,0 +1,96 @@
+"""Losses as ``loss(outputs, targets) -> (value, d_outputs)`` pairs (mean over the batch).
+
+``value`` is a 0-d float64 array; the gradient has the outputs' dtype and shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._errors import DTypeError, InvalidValueError, ShapeError
+from .layers._base import FLOAT_DTYPES
+
+__all__ = ["softmax_cross_entropy", "mse", "accuracy"]
+
+
+def _check_outputs(name: str, a, what: str, ndim: int | None = None) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{name}: {what} must be float32 or float64, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ShapeError(f"{name}: {what} must be {ndim}-D, got shape {a.shape}")
+    if a.size == 0:
+        raise ShapeError(f"{name}: {what} is empty (shape {a.shape})")
+    if not np.isfinite(a).all():
+        bad = "NaN" if np.isnan(a).any() else "inf"
+        raise InvalidValueError(f"{name}: {what} contain {bad}; the model has diverged or the input is bad")
+    return a
+
+
+def _targets(name: str, labels, n: int, c: int, dtype) -> np.ndarray:
+    """Integer class ids (N,) or probability rows (N, C) as (N, C) rows of ``dtype``."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1 and labels.dtype.kind in "iu":
+        if labels.shape[0] != n:
+            raise ShapeError(f"{name}: {n} logits rows but {labels.shape[0]} labels")
+        if labels.size and (labels.min() < 0 or labels.max() >= c):
+            raise InvalidValueError(
+                f"{name}: labels must be class ids in [0, {c}), got values in [{labels.min()}, {labels.max()}]"
+            )
+        onehot = np.zeros((n, c), dtype)
+        onehot[np.arange(n), labels] = 1
+        return onehot
+    if labels.ndim == 2 and labels.dtype.kind == "f":
+        if labels.shape != (n, c):
+            raise ShapeError(f"{name}: one-hot labels must have shape {(n, c)}, got {labels.shape}")
+        if not np.isfinite(labels).all():
+            raise InvalidValueError(f"{name}: labels contain NaN or inf")
+        return labels.astype(dtype, copy=False)
+    raise ShapeError(
+        f"{name}: labels must be integer class ids of shape ({n},) or float rows of shape ({n}, {c}), "
+        f"got {labels.dtype} {labels.shape}"
+    )
+
+
+def softmax_cross_entropy(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Mean softmax cross-entropy and its gradient.
+
+    ``logits`` (N, C) float; ``labels`` int class ids (N,) or one-hot/probability rows
+    (N, C). Stable: computed from ``logits - max`` with log-sum-exp. Returns
+    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - onehot) / N``.
+    """
+    name = "softmax_cross_entropy"
+    logits = _check_outputs(name, logits, "logits", ndim=2)
+    n, c = logits.shape
+    target = _targets(name, labels, n, c, logits.dtype)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    logp = z - np.log(s)
+    loss = -(target * logp).sum(dtype=np.float64) / n
+    dlogits = (e / s - target) * (1.0 / n)
+    return np.asarray(loss), dlogits.astype(logits.dtype, copy=False)
+
+
+def mse(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
+    """Mean squared error over all elements and its gradient ``2 (p - t) / size``.
+
+    ``predictions`` and ``targets`` share one shape (N, ...).
+    """
+    name = "mse"
+    p = _check_outputs(name, predictions, "predictions")
+    t = np.asarray(targets)
+    if t.shape != p.shape:
+        raise ShapeError(f"{name}: targets shape {t.shape} does not match predictions shape {p.shape}")
+    t = _check_outputs(name, t.astype(p.dtype, copy=False) if t.dtype.kind in "iuf" else t, "targets")
+    diff = p - t
+    loss = np.square(diff).sum(dtype=np.float64) / diff.size
+    return np.asarray(loss), diff * (2.0 / diff.size)
+
+
+def accuracy(logits, labels) -> float:
+    """Fraction of rows whose arg-max matches the label (class ids or one-hot rows)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels.argmax(axis=1)
+    return float(np.mean(np.argmax(logits, axis=1) == labels))

@@ -1,0 +1,248 @@
+"""Optimizers as composable gradient transformations, in the style of optax.
+
+A :class:`GradientTransformation` is a pair of pure functions:
+
+* ``init(params) -> state``
+* ``update(updates, state, params=None) -> (updates, state)``
+
+``chain`` composes them left to right; :func:`apply_updates` adds the final updates to
+the params. States are pytrees (FrozenDicts and tuples of arrays), so they can be
+checkpointed and compared. Learning rates are floats or schedules ``step -> value``;
+``state["learning_rate"]`` holds the rate of the latest update, for logging.
+
+Transforms flagged ``elementwise=True`` act on each element independently, so
+:func:`fnnet.jit` may run them on all params packed in one flat buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .tree import FrozenDict, tree_map
+
+__all__ = [
+    "GradientTransformation",
+    "Schedule",
+    "adam",
+    "apply_updates",
+    "chain",
+    "constant",
+    "identity",
+    "inverse_time_decay",
+    "keras_sgd",
+    "scale",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "sgd",
+    "trace",
+]
+
+Schedule = Callable[[int], float]
+
+
+@attrs.frozen
+class GradientTransformation:
+    """``init(params) -> state`` and ``update(updates, state, params=None) -> (updates, state)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[..., tuple[Any, Any]]
+    elementwise: bool = False
+
+
+def _count(n: int) -> np.ndarray:
+    c = np.array(n, np.int64)
+    c.flags.writeable = False
+    return c
+
+
+def _scalar(v: float) -> np.ndarray:
+    a = np.array(v, np.float64)
+    a.flags.writeable = False
+    return a
+
+
+def _zeros_like(tree: Any) -> Any:
+    return tree_map(np.zeros_like, tree)
+
+
+def _check_rate(name: str, value: Any) -> Schedule:
+    """A float becomes a constant schedule; a callable is taken as a schedule."""
+    if callable(value):
+        return value
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name}: learning_rate must be a finite float >= 0 or a schedule, got {value!r}")
+    return constant(v)
+
+
+def _check_unit(name: str, what: str, value: float, closed: bool = True) -> float:
+    v = float(value)
+    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+        raise ValueError(f"{name}: {what} must be in [0, 1{']' if closed else ')'}, got {value!r}")
+    return v
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+
+def constant(value: float) -> Schedule:
+    """``step -> value``."""
+    value = float(value)
+    return lambda step: value
+
+
+def inverse_time_decay(init_value: float, decay: float) -> Schedule:
+    """``step -> init_value / (1 + decay * step)`` (Keras' legacy ``decay``)."""
+    init_value, decay = float(init_value), float(decay)
+    if decay < 0:
+        raise ValueError(f"inverse_time_decay: decay must be >= 0, got {decay}")
+    return lambda step: init_value / (1.0 + decay * step)
+
+
+# -- transforms --------------------------------------------------------------------------
+
+
+def identity() -> GradientTransformation:
+    """Updates pass through unchanged."""
+    return GradientTransformation(lambda params: FrozenDict(), lambda u, s, p=None: (u, s), elementwise=True)
+
+
+def scale(factor: float) -> GradientTransformation:
+    """``u -> factor * u``."""
+    factor = float(factor)
+
+    def update(updates, state, params=None):
+        return tree_map(lambda u: u * factor, updates), state
+
+    return GradientTransformation(lambda params: FrozenDict(), update, elementwise=True)
+
+
+def scale_by_learning_rate(learning_rate: float | Schedule) -> GradientTransformation:
+    """``u -> -lr(t) * u``, with ``t`` the number of updates already applied."""
+    schedule = _check_rate("scale_by_learning_rate", learning_rate)
+
+    def init(params):
+        return FrozenDict(count=_count(0), learning_rate=_scalar(schedule(0)))
+
+    def update(updates, state, params=None):
+        t = int(state["count"])
+        lr = float(schedule(t))
+        new = tree_map(lambda u: u * -lr, updates)
+        return new, FrozenDict(count=_count(t + 1), learning_rate=_scalar(lr))
+
+    return GradientTransformation(init, update, elementwise=True)
+
+
+def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
+    """Momentum: ``m = u + decay * m``; emits ``m`` (or ``u + decay * m`` for Nesterov)."""
+    decay = _check_unit("trace", "decay", decay)
+
+    def init(params):
+        return FrozenDict(trace=_zeros_like(params))
+
+    def update(updates, state, params=None):
+        m = tree_map(lambda u, t: u + decay * t, updates, state["trace"])
+        out = tree_map(lambda u, t: u + decay * t, updates, m) if nesterov else m
+        return out, FrozenDict(trace=m)
+
+    return GradientTransformation(init, update, elementwise=True)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> GradientTransformation:
+    """Adam's direction (Kingma & Ba 2015, Alg. 1) before the learning rate:
+
+    ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``,
+    ``u = (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`` with ``t`` counting from 1.
+    """
+    b1 = _check_unit("scale_by_adam", "b1", b1, closed=False)
+    b2 = _check_unit("scale_by_adam", "b2", b2, closed=False)
+    eps = float(eps)
+
+    def init(params):
+        return FrozenDict(count=_count(0), mu=_zeros_like(params), nu=_zeros_like(params))
+
+    def update(updates, state, params=None):
+        t = int(state["count"]) + 1
+        mu = tree_map(lambda g, m: b1 * m + (1 - b1) * g, updates, state["mu"])
+        nu = tree_map(lambda g, v: b2 * v + (1 - b2) * (g * g), updates, state["nu"])
+        c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+        out = tree_map(lambda m, v: (m / c1) / (np.sqrt(v / c2) + eps), mu, nu)
+        return out, FrozenDict(count=_count(t), mu=mu, nu=nu)
+
+    return GradientTransformation(init, update, elementwise=True)
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply ``transforms`` in order; the state is the tuple of their states."""
+    for i, t in enumerate(transforms):
+        if not isinstance(t, GradientTransformation):
+            raise TypeError(f"chain: argument {i} is a {type(t).__name__}, not a GradientTransformation")
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None):
+        new_state = []
+        for t, s in zip(transforms, state):
+            updates, s = t.update(updates, s, params)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init, update, elementwise=all(t.elementwise for t in transforms))
+
+
+# -- aliases -----------------------------------------------------------------------------
+
+
+def sgd(learning_rate: float | Schedule, momentum: float = 0.0, nesterov: bool = False) -> GradientTransformation:
+    """SGD, optionally with (Nesterov) momentum in optax's form: ``m = g + momentum m``,
+    ``w -= lr m``."""
+    momentum = _check_unit("sgd", "momentum", momentum)
+    if nesterov and momentum == 0:
+        raise ValueError("sgd: nesterov=True needs momentum > 0")
+    lr = scale_by_learning_rate(learning_rate)
+    return chain(trace(momentum, nesterov), lr) if momentum else lr
+
+
+def adam(
+    learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> GradientTransformation:
+    """Adam: :func:`scale_by_adam` then the learning rate."""
+    return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+
+
+def keras_sgd(learning_rate: float, momentum: float = 0.0, decay: float = 0.0) -> GradientTransformation:
+    """The tutorial's Keras-style SGD, exactly:
+
+    ``lr_t = lr0 / (1 + decay * t)``, ``v = momentum * v + lr_t * g``, ``w = w - v``,
+    with ``t`` the number of updates already applied (0 for the first).
+    """
+    momentum = _check_unit("keras_sgd", "momentum", momentum)
+    schedule = inverse_time_decay(float(learning_rate), decay)
+
+    def init(params):
+        return FrozenDict(count=_count(0), learning_rate=_scalar(schedule(0)), velocity=_zeros_like(params))
+
+    def update(updates, state, params=None):
+        t = int(state["count"])
+        lr = float(schedule(t))
+        v = tree_map(lambda g, v: momentum * v + lr * g, updates, state["velocity"])
+        out = tree_map(np.negative, v)
+        return out, FrozenDict(count=_count(t + 1), learning_rate=_scalar(lr), velocity=v)
+
+    return GradientTransformation(init, update, elementwise=True)
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+    """``params + updates`` leafwise, as new read-only arrays of the params' dtypes."""
+
+    def add(p, u):
+        out = np.add(p, u, dtype=p.dtype)
+        out.flags.writeable = False
+        return out
+
+    return tree_map(add, params, updates)

@@ -1,0 +1,242 @@
+"""One pure training step, and ``jit``: the same step specialised per input signature.
+
+The flow of ``step(state, batch) -> (state, metrics)``::
+
+    forward (layer 1..n) -> loss -> backward (layer n..1) -> optimizer.update
+    -> apply_updates -> TrainState(params', opt_state', step + 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ._errors import ShapeError, TreeMismatchError
+from .layers._base import Layer, as_batch
+from .losses import accuracy
+from .optim import GradientTransformation, apply_updates
+from .tree import FrozenDict, TreeDef, freeze, tree_leaves, tree_structure, tree_unflatten
+
+__all__ = ["TrainState", "Step", "train_step", "jit", "JitStep"]
+
+
+def _nonneg_int(inst, attr, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"TrainState.{attr.name} must be an int >= 0, got {value!r}")
+
+
+@attrs.frozen
+class TrainState:
+    """Everything that changes during training: params, optimizer state, step count."""
+
+    params: Any
+    opt_state: Any
+    step: int = attrs.field(default=0, validator=_nonneg_int)
+
+    @classmethod
+    def create(cls, params: Any, optimizer: GradientTransformation) -> TrainState:
+        """Step 0: frozen ``params`` and a fresh optimizer state."""
+        params = freeze(params)
+        return cls(params, freeze(optimizer.init(params)), 0)
+
+
+def _unpack_batch(batch: Any) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"step: batch must be a pair (inputs, labels), got {type(batch).__name__}")
+    x, labels = batch
+    x = as_batch(x, "step inputs")
+    labels = np.asarray(labels)
+    if labels.ndim < 1 or labels.shape[0] != x.shape[0]:
+        raise ShapeError(f"step: {x.shape[0]} inputs but labels of shape {labels.shape}")
+    return x, labels
+
+
+def _metrics(loss: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    out = {"loss": float(loss)}
+    if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
+        out["accuracy"] = accuracy(logits, labels)
+    return out
+
+
+@attrs.frozen
+class Step:
+    """``step(state, batch) -> (state, metrics)``: pure; ``state`` is never changed.
+
+    ``batch`` is ``(x, labels)`` with ``x`` (N, *input_shape). ``metrics`` has ``"loss"``
+    and, for integer labels, ``"accuracy"`` on this batch (before the update).
+    """
+
+    model: Layer = attrs.field(validator=attrs.validators.instance_of(Layer))
+    loss: Callable = attrs.field(validator=attrs.validators.is_callable())
+    optimizer: GradientTransformation = attrs.field(validator=attrs.validators.instance_of(GradientTransformation))
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
+        if not isinstance(state, TrainState):
+            raise TypeError(f"step: state must be a TrainState, got {type(state).__name__}")
+        x, labels = _unpack_batch(batch)
+        logits, cache = self.model.forward(state.params, x)
+        loss, dlogits = self.loss(logits, labels)
+        grads, _ = self.model.backward(cache, dlogits)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = apply_updates(state.params, updates)
+        return TrainState(params, freeze(opt_state), state.step + 1), _metrics(loss, logits, labels)
+
+
+def train_step(model: Layer, loss: Callable, optimizer: GradientTransformation) -> Step:
+    """Fold a model, a loss ``(outputs, labels) -> (value, d_outputs)`` and an optimizer
+    into one pure step; wrap it in :func:`jit` for speed."""
+    return Step(model, loss, optimizer)
+
+
+# -- jit ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Layout:
+    """Where each params leaf lives in one flat buffer."""
+
+    treedef: TreeDef
+    shapes: tuple
+    dtype: np.dtype
+    offsets: tuple
+    size: int
+
+    @classmethod
+    def of(cls, params: Any) -> _Layout:
+        leaves = tree_leaves(params)
+        dtypes = {leaf.dtype for leaf in leaves}
+        if len(dtypes) > 1:
+            raise TreeMismatchError(f"jit: all params must share one dtype, got {sorted(map(str, dtypes))}")
+        sizes = [leaf.size for leaf in leaves]
+        offsets = tuple(int(o) for o in np.cumsum([0, *sizes]))
+        dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
+        return cls(tree_structure(params), tuple(leaf.shape for leaf in leaves), dtype, offsets[:-1], offsets[-1])
+
+    def matches(self, tree: Any) -> bool:
+        if tree_structure(tree) != self.treedef:
+            return False
+        return all(leaf.shape == s and leaf.dtype == self.dtype for leaf, s in zip(tree_leaves(tree), self.shapes))
+
+    def pack(self, tree: Any) -> np.ndarray:
+        leaves = tree_leaves(tree)
+        if not leaves:
+            return np.empty(0, self.dtype)
+        return np.concatenate([np.ravel(leaf) for leaf in leaves])
+
+    def unpack(self, flat: np.ndarray) -> Any:
+        """A tree of read-only views into ``flat`` (which is sealed here)."""
+        flat.flags.writeable = False
+        views = [flat[o : o + int(np.prod(s))].reshape(s) for o, s in zip(self.offsets, self.shapes)]
+        return tree_unflatten(self.treedef, views)
+
+
+def _pack_state(state: Any, layout: _Layout, path: tuple = ()) -> tuple[Any, frozenset]:
+    """Replace each params-shaped subtree of an optimizer state by one flat vector.
+
+    Returns the packed state and the set of paths that were packed.
+    """
+    if isinstance(state, (Mapping, tuple, list)) and layout.shapes and layout.matches(state):
+        return layout.pack(state), frozenset([path])
+    if isinstance(state, (Mapping, tuple, list)):
+        items = state.items() if isinstance(state, Mapping) else enumerate(state)
+        packed, paths = {}, frozenset()
+        for k, v in items:
+            packed[k], sub = _pack_state(v, layout, path + (k,))
+            paths |= sub
+        if isinstance(state, Mapping):
+            return FrozenDict(packed), paths
+        return tuple(packed.values()), paths
+    return state, frozenset()
+
+
+def _unpack_state(state: Any, paths: frozenset, layout: _Layout, path: tuple = ()) -> Any:
+    """Inverse of :func:`_pack_state`: flat vectors become trees of read-only views."""
+    if path in paths:
+        return layout.unpack(state)
+    if isinstance(state, Mapping):
+        return FrozenDict((k, _unpack_state(v, paths, layout, path + (k,))) for k, v in state.items())
+    if isinstance(state, (tuple, list)):
+        return tuple(_unpack_state(v, paths, layout, path + (i,)) for i, v in enumerate(state))
+    if isinstance(state, np.ndarray) and state.flags.writeable:
+        state.flags.writeable = False
+    return state
+
+
+@attrs.define
+class _Plan:
+    """What jit keeps for one input signature."""
+
+    layout: _Layout
+    ws_forward: dict
+    ws_backward: dict
+    grads: np.ndarray
+
+
+class JitStep:
+    """A step specialised per input signature; same signature and bits as the plain step.
+
+    For each new ``(x.shape, x.dtype, labels.shape, labels.dtype)`` it checks the model
+    once (errors name the layer) and allocates workspace that later calls reuse. The
+    optimizer, when elementwise, runs once on all params packed into one flat buffer.
+    Returned states own fresh buffers: a state you hold is never overwritten.
+    """
+
+    def __init__(self, step: Step) -> None:
+        if not isinstance(step, Step):
+            raise TypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
+        self.step = step
+        self._plans: dict[tuple, _Plan] = {}
+        self._last: tuple | None = None  # (state returned, flat params, packed opt state)
+
+    def _plan(self, state: TrainState, x: np.ndarray, labels: np.ndarray) -> _Plan:
+        sig = (x.shape, x.dtype.str, labels.shape, labels.dtype.str)
+        plan = self._plans.get(sig)
+        if plan is not None:
+            ours = self._last is not None and state is self._last[0]
+            if ours or plan.layout.matches(state.params):
+                return plan
+        self.step.model.check(state.params, x.shape[1:], x.dtype)  # raises naming the layer
+        layout = _Layout.of(state.params)
+        plan = _Plan(layout, {}, {}, np.empty(layout.size, layout.dtype))
+        self._plans[sig] = plan
+        return plan
+
+    def _packed(self, state: TrainState, layout: _Layout) -> tuple[np.ndarray, Any, frozenset]:
+        """Flat params and packed optimizer state: reused if ``state`` is our last output."""
+        if self._last is not None and state is self._last[0]:
+            return self._last[1:]
+        return (layout.pack(state.params), *_pack_state(state.opt_state, layout))
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
+        step = self.step
+        if not isinstance(state, TrainState):
+            raise TypeError(f"step: state must be a TrainState, got {type(state).__name__}")
+        x, labels = _unpack_batch(batch)
+        plan = self._plan(state, x, labels)
+        logits, cache = step.model.apply(state.params, x, plan.ws_forward)
+        loss, dlogits = step.loss(logits, labels)
+        metrics = _metrics(loss, logits, labels)
+        grads, _ = step.model.backward(cache, dlogits, plan.ws_backward)
+        if not step.optimizer.elementwise:
+            updates, opt_state = step.optimizer.update(grads, state.opt_state, state.params)
+            return TrainState(apply_updates(state.params, updates), freeze(opt_state), state.step + 1), metrics
+        layout = plan.layout
+        flat, opt, paths = self._packed(state, layout)
+        leaves = tree_leaves(grads)
+        if leaves:
+            np.concatenate([np.ravel(g) for g in leaves], out=plan.grads)
+        updates, new_opt = step.optimizer.update(plan.grads, opt, flat)
+        new_flat = np.add(flat, updates, dtype=layout.dtype)
+        new = TrainState(layout.unpack(new_flat), _unpack_state(new_opt, paths, layout), state.step + 1)
+        self._last = (new, new_flat, new_opt, paths)
+        return new, metrics
+
+
+def jit(step: Step) -> JitStep:
+    """Specialise ``step`` (from :func:`train_step`): same signature, bit-identical
+    results, shape checks once per input signature, workspace reused between calls."""
+    return JitStep(step)
+

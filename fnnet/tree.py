@@ -1,0 +1,261 @@
+"""Immutable pytrees of numpy arrays, in the spirit of ``jax.tree_util``.
+
+A pytree is a nested structure of containers -- mappings, tuples and lists -- whose
+leaves are anything else (usually numpy arrays). ``None`` is an empty subtree.
+:func:`freeze` turns a pytree into an immutable one: mappings become
+:class:`FrozenDict`, lists become tuples, and every array leaf is read-only.
+
+Flattening order is insertion order for mappings and position order for sequences;
+two mappings have the same structure only if they have the same keys in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ._errors import TreeMismatchError
+
+__all__ = [
+    "FrozenDict",
+    "TreeDef",
+    "freeze",
+    "param_count",
+    "tree_flatten",
+    "tree_leaves",
+    "tree_leaves_with_path",
+    "tree_map",
+    "tree_structure",
+    "tree_unflatten",
+    "tree_zip",
+]
+
+
+class FrozenDict(Mapping):
+    """An immutable, insertion-ordered mapping (the container of params trees)."""
+
+    __slots__ = ("_d", "_hash")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        object.__setattr__(self, "_d", dict(*args, **kwargs))
+        object.__setattr__(self, "_hash", None)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenDict is immutable")
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._d!r})"
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(tuple(self._d.items())))
+        return self._hash
+
+
+@attrs.frozen(repr=False)
+class TreeDef:
+    """The structure of a pytree without its leaves.
+
+    ``kind`` is ``"leaf"``, ``"none"``, ``"dict"``, ``"tuple"`` or ``"list"``; ``keys``
+    holds a mapping's keys in order; ``children`` the sub-structures.
+    """
+
+    kind: str
+    keys: tuple = ()
+    children: tuple = ()
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind == "leaf":
+            return 1
+        return sum(c.num_leaves for c in self.children)
+
+    def __repr__(self) -> str:
+        if self.kind == "leaf":
+            return "*"
+        if self.kind == "none":
+            return "None"
+        if self.kind == "dict":
+            inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.keys, self.children))
+            return "{" + inner + "}"
+        inner = ", ".join(repr(c) for c in self.children)
+        return f"({inner},)" if self.kind == "tuple" else f"[{inner}]"
+
+
+def _kind(node: Any) -> str:
+    if node is None:
+        return "none"
+    if isinstance(node, Mapping):
+        return "dict"
+    if isinstance(node, tuple):
+        return "tuple"
+    if isinstance(node, list):
+        return "list"
+    return "leaf"
+
+
+def _children(node: Any, kind: str) -> tuple[tuple, tuple]:
+    """(keys, children) of a container node."""
+    if kind == "dict":
+        return tuple(node.keys()), tuple(node.values())
+    if kind in ("tuple", "list"):
+        return tuple(range(len(node))), tuple(node)
+    return (), ()
+
+
+def _path_str(path: tuple) -> str:
+    return "/".join(str(p) for p in path) if path else "<root>"
+
+
+def tree_structure(tree: Any) -> TreeDef:
+    """The :class:`TreeDef` of ``tree``."""
+    kind = _kind(tree)
+    if kind in ("leaf", "none"):
+        return TreeDef(kind)
+    keys, children = _children(tree, kind)
+    return TreeDef(kind, keys if kind == "dict" else (), tuple(tree_structure(c) for c in children))
+
+
+def tree_leaves_with_path(tree: Any, _path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """``[(path, leaf), ...]`` in flattening order; a path is a tuple of keys/indices."""
+    kind = _kind(tree)
+    if kind == "leaf":
+        return [(_path, tree)]
+    out: list[tuple[tuple, Any]] = []
+    for k, c in zip(*_children(tree, kind)):
+        out.extend(tree_leaves_with_path(c, _path + (k,)))
+    return out
+
+
+def tree_leaves(tree: Any) -> list:
+    """The leaves of ``tree`` in flattening order."""
+    return [leaf for _, leaf in tree_leaves_with_path(tree)]
+
+
+def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
+    """``(leaves, treedef)``; :func:`tree_unflatten` is its inverse."""
+    return tree_leaves(tree), tree_structure(tree)
+
+
+def _build(treedef: TreeDef, leaves: Iterator) -> Any:
+    kind = treedef.kind
+    if kind == "leaf":
+        return next(leaves)
+    if kind == "none":
+        return None
+    children = [_build(c, leaves) for c in treedef.children]
+    if kind == "dict":
+        return FrozenDict(zip(treedef.keys, children))
+    return tuple(children) if kind == "tuple" else list(children)
+
+
+def tree_unflatten(treedef: TreeDef, leaves: list | tuple) -> Any:
+    """Rebuild a tree of structure ``treedef`` from ``leaves`` (mappings become FrozenDict)."""
+    leaves = list(leaves)
+    if len(leaves) != treedef.num_leaves:
+        raise TreeMismatchError(
+            f"tree_unflatten: structure {treedef!r} has {treedef.num_leaves} leaves, got {len(leaves)}"
+        )
+    return _build(treedef, iter(leaves))
+
+
+def _check_same(trees: tuple, path: tuple) -> str:
+    """Raise TreeMismatchError naming ``path`` unless all nodes have one kind and keys."""
+    kinds = [_kind(t) for t in trees]
+    if len(set(kinds)) != 1:
+        raise TreeMismatchError(
+            f"tree structures differ at {_path_str(path)}: node kinds {kinds}"
+        )
+    kind = kinds[0]
+    if kind in ("leaf", "none"):
+        return kind
+    keys = [_children(t, kind)[0] for t in trees]
+    for other in keys[1:]:
+        if other != keys[0]:
+            if kind == "dict":
+                raise TreeMismatchError(
+                    f"tree structures differ at {_path_str(path)}: keys {list(keys[0])} vs {list(other)}"
+                )
+            raise TreeMismatchError(
+                f"tree structures differ at {_path_str(path)}: lengths {len(keys[0])} vs {len(other)}"
+            )
+    return kind
+
+
+def _map(f: Callable, trees: tuple, path: tuple) -> Any:
+    kind = _check_same(trees, path)
+    if kind == "leaf":
+        return f(*trees)
+    if kind == "none":
+        return None
+    keys = _children(trees[0], kind)[0]
+    cols = [_children(t, kind)[1] for t in trees]
+    out = [_map(f, tuple(c[i] for c in cols), path + (k,)) for i, k in enumerate(keys)]
+    if kind == "dict":
+        return FrozenDict(zip(keys, out))
+    return tuple(out) if kind == "tuple" else list(out)
+
+
+def tree_map(f: Callable, tree: Any, *rest: Any) -> Any:
+    """Apply ``f`` leafwise: ``f(leaf, *corresponding_leaves_of_rest)``.
+
+    All trees must share one structure; otherwise :class:`TreeMismatchError` names the
+    first path where they differ. Mappings in the result are FrozenDicts.
+    """
+    return _map(f, (tree, *rest), ())
+
+
+def tree_zip(*trees: Any) -> list[tuple]:
+    """Corresponding leaves of trees of one structure: ``[(leaf_a, leaf_b, ...), ...]``."""
+    if not trees:
+        return []
+    _map(lambda *leaves: None, trees, ())  # structure check with a path in the error
+    return list(zip(*(tree_leaves(t) for t in trees)))
+
+
+def _seal(a: np.ndarray) -> np.ndarray:
+    """Mark an array fnnet owns read-only (no copy) and return it."""
+    a.flags.writeable = False
+    return a
+
+
+def _freeze_leaf(leaf: Any) -> Any:
+    if isinstance(leaf, np.ndarray):
+        # Never flip a flag on the caller's array: copy a writeable one, then seal the copy.
+        return _seal(leaf.copy()) if leaf.flags.writeable else leaf
+    if isinstance(leaf, np.generic):
+        return _seal(np.array(leaf))
+    return leaf
+
+
+def freeze(tree: Any) -> Any:
+    """An immutable copy of ``tree``: FrozenDict/tuple containers, read-only array leaves.
+
+    Writeable arrays are copied (the caller's arrays are left untouched); numpy scalars
+    become read-only 0-d arrays; other leaves (ints, strings...) are kept as they are.
+    """
+    kind = _kind(tree)
+    if kind == "leaf":
+        return _freeze_leaf(tree)
+    if kind == "none":
+        return None
+    keys, children = _children(tree, kind)
+    frozen = [freeze(c) for c in children]
+    return FrozenDict(zip(keys, frozen)) if kind == "dict" else tuple(frozen)
+
+
+def param_count(tree: Any) -> int:
+    """Total number of array elements in ``tree``."""
+    return int(sum(np.size(leaf) for leaf in tree_leaves(tree)))
