@@ -16,6 +16,7 @@ wrappers here make them so.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from types import SimpleNamespace
@@ -58,10 +59,10 @@ twins = _namespace(_conv_twin, _pool_twin)
 
 def _load_compiled() -> tuple[SimpleNamespace | None, str]:
     try:
-        from . import _conv, _pool  # type: ignore[attr-defined]
+        conv, pool = (importlib.import_module(f"{__name__}.{m}") for m in ("_conv", "_pool"))
     except ImportError as exc:
         return None, str(exc)
-    return _namespace(_conv, _pool), ""
+    return _namespace(conv, pool), ""
 
 
 def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:

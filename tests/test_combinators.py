@@ -1,0 +1,72 @@
+"""serial: names, key splitting, reverse backward; summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fnnet as fn
+
+
+def tutorial_net():
+    return fn.serial(fn.conv2d(1, 3), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(64), fn.relu(), fn.dense(10))
+
+
+def test_params_are_keyed_by_readable_names_and_counted():
+    params, out = tutorial_net().init(fn.random.key(0), (1, 28, 28))
+    assert list(params) == ["conv2d_0", "relu_1", "max_pool2d_2", "flatten_3", "dense_4", "relu_5", "dense_6"]
+    assert out == (10,)
+    assert params["dense_4"]["w"].shape == (169, 64)
+    assert fn.param_count(params) == 10 + 169 * 64 + 64 + 64 * 10 + 10
+
+
+def test_each_layer_gets_its_own_key():
+    model = fn.serial(fn.dense(4), fn.dense(4))
+    params, _ = model.init(fn.random.key(0), (4,))
+    assert not np.array_equal(params["dense_0"]["w"], params["dense_1"]["w"])
+
+
+def test_serial_equals_manual_composition():
+    model = tutorial_net()
+    params, _ = model.init(fn.random.key(1), (1, 28, 28), dtype=np.float64)
+    x = np.random.default_rng(0).random((2, 1, 28, 28))
+    y, cache = model.forward(params, x)
+    h = x
+    caches = []
+    for (k, layer) in model.children:
+        h, c = layer.forward(params[k], h)
+        caches.append((layer, c))
+    np.testing.assert_array_equal(y, h)
+    dy = np.ones_like(y)
+    grads, dx = model.backward(cache, dy)
+    for (layer, c), k in zip(reversed(caches), reversed([k for k, _ in model.children])):
+        g, dy = layer.backward(c, dy)
+        for a, b in zip(fn.tree_leaves(g), fn.tree_leaves(grads[k])):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dx, dy)
+
+
+def test_summary_table():
+    lines = []
+    text = fn.summary(tutorial_net(), (1, 28, 28), print_fn=lines.append)
+    assert lines == [text]
+    assert "conv2d_0      (N, 1, 26, 26)      10" in text
+    assert "dense_4       (N, 64)         10,880" in text
+    assert text.splitlines()[-1].split() == ["total", "11,540"]
+
+
+def test_nested_serial_summary_and_errors():
+    block = fn.serial(fn.conv2d(2, 3, padding="same"), fn.relu())
+    model = fn.serial(block, fn.flatten(), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), (1, 4, 4))
+    text = fn.summary(model, (1, 4, 4), print_fn=lambda s: None)
+    assert "serial_0/conv2d_0" in text
+    with pytest.raises(fn.ShapeError, match=r"^serial_0: conv2d_0: conv2d: expected input"):
+        model.forward(params, np.zeros((1, 3, 4, 4), np.float32))
+
+
+def test_serial_rejects_non_layers():
+    with pytest.raises(TypeError, match="did you forget the"):
+        fn.serial(fn.relu)
+    with pytest.raises(ValueError, match="at least one layer"):
+        fn.serial()

@@ -1,0 +1,175 @@
+"""Compiled kernels equal their numpy twins; the dispatch picks the backend it says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fnnet import kernels
+from conftest import expected_backend
+
+DTYPES = [np.float32, np.float64]
+
+
+def test_backend_is_the_expected_one():
+    want = expected_backend()
+    forced = os.environ.get("FNNET_KERNELS", "auto")
+    if want is None:
+        want = "numpy" if forced == "numpy" else ("pythran" if kernels.compiled is not None else "numpy")
+    assert kernels.backend() == want
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    if kernels.compiled is None:
+        if expected_backend() == "pythran" or os.environ.get("FNNET_REQUIRE_COMPILED"):
+            pytest.fail("compiled kernels are required here but do not import")
+        pytest.skip("compiled kernels not built in this checkout (run `pip install .`)")
+    return kernels.compiled
+
+
+def _conv_geometry(rng):
+    """Random conv cases, including stride, dilation, asymmetric padding and odd sizes."""
+    for _ in range(12):
+        kh, kw = rng.integers(1, 4, 2)
+        sh, sw = rng.integers(1, 3, 2)
+        dh, dw = rng.integers(1, 3, 2)
+        pt, pb, pl, pr = rng.integers(0, 3, 4)
+        n, c = rng.integers(1, 4), rng.integers(1, 4)
+        h = int(dh * (kh - 1) + 1 + rng.integers(0, 6))
+        w = int(dw * (kw - 1) + 1 + rng.integers(0, 6))
+        yield (n, c, h, w), tuple(int(v) for v in (kh, kw, sh, sw, dh, dw, pt, pb, pl, pr))
+
+
+def _cols_shape(xshape, g):
+    n, c, h, w = xshape
+    kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = g
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return (n, c * kh * kw, ho * wo)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_im2col_col2im_match_twin_and_are_adjoint(compiled, dtype, rng):
+    for xshape, g in _conv_geometry(rng):
+        x = rng.standard_normal(xshape).astype(dtype)
+        shape = _cols_shape(xshape, g)
+        a, b = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+        compiled.im2col(x, *g, a)
+        kernels.twins.im2col(x, *g, b)
+        np.testing.assert_array_equal(a, b, err_msg=f"im2col {xshape} {g}")
+        c = rng.standard_normal(shape).astype(dtype)
+        xa, xb = np.full(xshape, np.nan, dtype), np.full(xshape, np.nan, dtype)
+        compiled.col2im(c, *g, xa)
+        kernels.twins.col2im(c, *g, xb)
+        np.testing.assert_array_equal(xa, xb, err_msg=f"col2im {xshape} {g}")
+        # col2im is the adjoint of im2col: <im2col(x), c> == <x, col2im(c)>
+        lhs, rhs = np.vdot(a.astype(np.float64), c), np.vdot(x.astype(np.float64), xa)
+        assert lhs == pytest.approx(rhs, rel=1e-4 if dtype == np.float32 else 1e-12)
+
+
+def _pool_cases(rng):
+    for _ in range(10):
+        kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, 2))
+        n, c = (int(v) for v in rng.integers(1, 4, 2))
+        h, w = kh + int(rng.integers(0, 7)), kw + int(rng.integers(0, 7))
+        yield (n, c, h, w), (kh, kw, sh, sw)
+
+
+def _pool_out(xshape, kh, kw, sh, sw):
+    n, c, h, w = xshape
+    return (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+def test_max_pool_matches_twin(compiled, dtype, ties, rng):
+    for xshape, (kh, kw, sh, sw) in _pool_cases(rng):
+        x = (rng.integers(0, 3, xshape) if ties else rng.standard_normal(xshape)).astype(dtype)
+        oshape = _pool_out(xshape, kh, kw, sh, sw)
+        outs = []
+        for impl in (compiled, kernels.twins):
+            y, idx = np.empty(oshape, dtype), np.empty(oshape, np.int64)
+            impl.max_pool_forward(x, kh, kw, sh, sw, y, idx)
+            outs.append((y, idx))
+        np.testing.assert_array_equal(outs[0][0], outs[1][0])
+        np.testing.assert_array_equal(outs[0][1], outs[1][1])
+        dy = rng.standard_normal(oshape).astype(dtype)
+        dxa, dxb = np.full(xshape, np.nan, dtype), np.full(xshape, np.nan, dtype)
+        compiled.max_pool_backward(dy, outs[0][1], dxa)
+        kernels.twins.max_pool_backward(dy, outs[1][1], dxb)
+        np.testing.assert_allclose(dxa, dxb, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_tie_rule_is_first_in_row_major_order(compiled, dtype):
+    x = np.array([[[[1, 1], [1, 1]]], [[[0, 2], [2, 0]]], [[[np.nan, 5], [np.nan, 0]]]], dtype)
+    for impl in (compiled, kernels.twins):
+        y, idx = np.empty((3, 1, 1, 1), dtype), np.empty((3, 1, 1, 1), np.int64)
+        impl.max_pool_forward(x, 2, 2, 2, 2, y, idx)
+        assert idx.ravel().tolist() == [0, 1, 0]
+        np.testing.assert_array_equal(y.ravel()[:2], [1, 2])
+        assert np.isnan(y.ravel()[2])
+        dx = np.empty_like(x)
+        impl.max_pool_backward(np.ones_like(y), idx, dx)
+        np.testing.assert_array_equal(dx.reshape(3, 4), [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avg_pool_matches_twin(compiled, dtype, rng):
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    for xshape, (kh, kw, sh, sw) in _pool_cases(rng):
+        x = rng.standard_normal(xshape).astype(dtype)
+        oshape = _pool_out(xshape, kh, kw, sh, sw)
+        ya, yb = np.empty(oshape, dtype), np.empty(oshape, dtype)
+        compiled.avg_pool_forward(x, kh, kw, sh, sw, ya)
+        kernels.twins.avg_pool_forward(x, kh, kw, sh, sw, yb)
+        np.testing.assert_allclose(ya, yb, rtol=tol, atol=tol)
+        dy = rng.standard_normal(oshape).astype(dtype)
+        dxa, dxb = np.full(xshape, np.nan, dtype), np.full(xshape, np.nan, dtype)
+        compiled.avg_pool_backward(dy, kh, kw, sh, sw, dxa)
+        kernels.twins.avg_pool_backward(dy, kh, kw, sh, sw, dxb)
+        np.testing.assert_allclose(dxa, dxb, rtol=tol, atol=tol)
+
+
+def test_wrappers_accept_views(rng):
+    """The dispatch wrappers make non-contiguous inputs contiguous before the kernel."""
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)[:, :, ::2, :]
+    cols = np.empty((2, 27, 2 * 6), np.float32)
+    kernels.im2col(x, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, cols)
+    ref = np.empty_like(cols)
+    kernels.twins.im2col(np.ascontiguousarray(x), 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, ref)
+    np.testing.assert_array_equal(cols, ref)
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, check=False)
+
+
+def test_missing_compiled_module_falls_back_with_one_warning():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fnnet.kernels._conv'] = None\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import fnnet\n"
+        "print(fnnet.kernels.backend(), sum('compiled kernels not available' in str(x.message) for x in w))\n"
+    )
+    out = _run(code, FNNET_KERNELS="auto")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["numpy", "1"]
+
+
+def test_forced_numpy_and_bad_values():
+    assert _run("import fnnet; print(fnnet.kernels.backend())", FNNET_KERNELS="numpy").stdout.strip() == "numpy"
+    bad = _run("import fnnet", FNNET_KERNELS="fortran")
+    assert bad.returncode != 0 and "FNNET_KERNELS must be" in bad.stderr
+    code = "import sys; sys.modules['fnnet.kernels._pool'] = None; import fnnet"
+    forced = _run(code, FNNET_KERNELS="pythran")
+    assert forced.returncode != 0 and "FNNET_KERNELS=pythran" in forced.stderr

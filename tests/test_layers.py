@@ -1,0 +1,204 @@
+"""One contract for every layer: shape inference, gradients, purity, dtypes, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fnnet as fn
+from conftest import max_rel_err, numeric_grad, sample_indices
+
+# (id, layer factory, per-sample input shape)
+LAYERS = [
+    ("dense", lambda: fn.dense(5), (7,)),
+    ("dense_1", lambda: fn.dense(1), (3,)),
+    ("conv_seed_1to1_3x3", lambda: fn.conv2d(1, 3), (1, 8, 8)),
+    ("conv_3to4_s2_p1", lambda: fn.conv2d(4, 3, stride=2, padding=1), (3, 9, 7)),
+    ("conv_2to2_nonsquare_same_s21", lambda: fn.conv2d(2, (2, 3), stride=(2, 1), padding="same"), (2, 7, 6)),
+    ("conv_2to3_same_dil2", lambda: fn.conv2d(3, 3, padding="same", dilation=2), (2, 9, 9)),
+    ("conv_1x1", lambda: fn.conv2d(2, 1), (3, 5, 5)),
+    ("conv_pad_pair_s3", lambda: fn.conv2d(2, 3, stride=3, padding=(2, 0)), (2, 8, 10)),
+    ("max_pool_2", lambda: fn.max_pool2d(2), (2, 6, 6)),
+    ("max_pool_3s2_overlap_odd", lambda: fn.max_pool2d(3, 2), (3, 7, 9)),
+    ("max_pool_2x3_odd", lambda: fn.max_pool2d((2, 3)), (1, 5, 7)),
+    ("avg_pool_2", lambda: fn.avg_pool2d(2), (2, 6, 6)),
+    ("avg_pool_3s1", lambda: fn.avg_pool2d(3, 1), (2, 5, 6)),
+    ("flatten", fn.flatten, (2, 3, 4)),
+    ("relu", fn.relu, (3, 4)),
+    ("leaky_relu", lambda: fn.leaky_relu(0.1), (2, 3, 3)),
+    ("tanh", fn.tanh, (6,)),
+    ("sigmoid", fn.sigmoid, (2, 5)),
+    (
+        "serial_seed_net",
+        lambda: fn.serial(
+            fn.conv2d(1, 3), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(8), fn.relu(), fn.dense(3)
+        ),
+        (1, 10, 10),
+    ),
+    (
+        "serial_lenet_like",
+        lambda: fn.serial(
+            fn.conv2d(3, 3, padding="same"),
+            fn.tanh(),
+            fn.avg_pool2d(2),
+            fn.conv2d(4, 2, stride=2),
+            fn.sigmoid(),
+            fn.flatten(),
+            fn.dense(2),
+        ),
+        (2, 8, 8),
+    ),
+]
+IDS = [c[0] for c in LAYERS]
+BATCH = 3
+
+
+def _setup(factory, shape, dtype, seed=0):
+    layer = factory()
+    params, out_shape = layer.init(fn.random.key(seed), shape, dtype=dtype)
+    x = np.random.default_rng(seed).standard_normal((BATCH, *shape)).astype(dtype)
+    return layer, params, out_shape, x
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+def test_init_infers_the_forward_shape(name, factory, shape):
+    for dtype in (np.float32, np.float64):
+        layer, params, out_shape, x = _setup(factory, shape, dtype)
+        y, _ = layer.forward(params, x)
+        assert y.shape == (BATCH, *out_shape)
+        assert y.dtype == dtype
+        assert layer.output_shape(params, shape, dtype) == out_shape
+        for leaf in fn.tree_leaves(params):
+            assert leaf.dtype == dtype and not leaf.flags.writeable
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+def test_gradients_match_central_differences(name, factory, shape):
+    """float64: analytic backward equals central differences (max relative error < 1e-6)."""
+    layer, params, out_shape, x = _setup(factory, shape, np.float64, seed=7)
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal((BATCH, *out_shape))  # objective: sum(y * r)
+    _, cache = layer.forward(params, x)
+    dparams, dx = layer.backward(cache, r.copy())
+    assert fn.tree_structure(dparams) == fn.tree_structure(params)
+
+    # finite differences on writeable copies of the params
+    leaves, treedef = fn.tree_flatten(params)
+    work = [leaf.copy() for leaf in leaves]
+    xw = x.copy()
+
+    def objective():
+        y, _ = layer.forward(fn.tree_unflatten(treedef, work), xw)
+        return float(np.sum(y * r))
+
+    idx = sample_indices(x.shape, rng)
+    num = numeric_grad(objective, xw, idx)
+    assert max_rel_err(np.array([dx[i] for i in idx]), num) < 1e-6, "dx"
+    for leaf_w, g in zip(work, fn.tree_leaves(dparams)):
+        idx = sample_indices(leaf_w.shape, rng)
+        num = numeric_grad(objective, leaf_w, idx)
+        assert max_rel_err(np.array([g[i] for i in idx]), num) < 1e-6, "dparams"
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+def test_forward_backward_leave_inputs_unchanged(name, factory, shape):
+    layer, params, out_shape, x = _setup(factory, shape, np.float32)
+    x0, p0 = x.copy(), [leaf.copy() for leaf in fn.tree_leaves(params)]
+    y, cache = layer.forward(params, x)
+    dy = np.ones_like(y)
+    dy0 = dy.copy()
+    y0 = y.copy()
+    layer.backward(cache, dy)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
+    np.testing.assert_array_equal(y, y0)
+    for a, b in zip(fn.tree_leaves(params), p0):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+def test_same_key_same_bits(name, factory, shape):
+    a, _ = factory().init(fn.random.key(5), shape)
+    b, _ = factory().init(fn.random.key(5), shape)
+    for u, v in zip(fn.tree_leaves(a), fn.tree_leaves(b)):
+        assert u.tobytes() == v.tobytes()
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+def test_dtype_mismatch_is_an_error(name, factory, shape):
+    layer, params, _, x = _setup(factory, shape, np.float32)
+    with pytest.raises(fn.DTypeError, match="dtype"):
+        layer.forward(params, x.astype(np.float64) if fn.tree_leaves(params) else x.astype(np.int64))
+    with pytest.raises(fn.DTypeError, match="float32 or float64"):
+        layer.forward(params, x.astype(np.int32))
+
+
+@pytest.mark.parametrize(
+    "layer,shape,bad,match",
+    [
+        (fn.dense(4), (6,), (5,), r"dense: expected input of shape \(N, 6\), got \(N, 5\)"),
+        (fn.dense(4), (6,), (2, 3), r"dense: expected input of shape \(N, 6\), got \(N, 2, 3\)"),
+        (fn.conv2d(2, 3), (1, 8, 8), (3, 8, 8), r"conv2d: expected input of shape \(N, 1, H, W\) .*got \(N, 3, 8, 8\)"),
+        (fn.conv2d(2, 3), (1, 8, 8), (8, 8), r"conv2d: expected a \(C, H, W\) input 3-D"),
+        (fn.conv2d(2, 5), (1, 8, 8), (1, 4, 4), r"conv2d: input \(N, 1, 4, 4\) is smaller than the 5x5 kernel"),
+        (fn.max_pool2d(3), (1, 8, 8), (1, 2, 8), r"max_pool2d: input \(N, 1, 2, 8\) is smaller than the 3x3 window"),
+    ],
+)
+def test_bad_shapes_name_layer_expected_and_received(layer, shape, bad, match):
+    params, _ = layer.init(fn.random.key(0), shape)
+    with pytest.raises(fn.ShapeError, match=match):
+        layer.forward(params, np.zeros((2, *bad), np.float32))
+
+
+def test_serial_errors_name_the_sub_layer():
+    model = fn.serial(fn.conv2d(2, 3), fn.relu(), fn.flatten(), fn.dense(10))
+    params, _ = model.init(fn.random.key(0), (1, 8, 8))
+    with pytest.raises(fn.ShapeError, match=r"^conv2d_0: conv2d: expected input of shape \(N, 1, H, W\)"):
+        model.forward(params, np.zeros((2, 2, 8, 8), np.float32))
+    with pytest.raises(fn.ShapeError, match=r"^dense_3: dense: expected input of shape \(N, 72\), got \(N, 98\)"):
+        model.forward(params, np.zeros((2, 1, 9, 9), np.float32))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: fn.dense(0), "features must be a positive int"),
+        (lambda: fn.conv2d(2, 0), "kernel_size must be an int >= 1"),
+        (lambda: fn.conv2d(2, 3, stride=(1, 0)), "stride must be"),
+        (lambda: fn.conv2d(2, 3, padding="full"), "padding must be 'same', 'valid'"),
+        (lambda: fn.conv2d(2, 3, padding=-1), "padding must be an int >= 0"),
+        (lambda: fn.max_pool2d(0), "window must be"),
+        (lambda: fn.leaky_relu(float("nan")), "negative_slope must be finite"),
+    ],
+)
+def test_bad_constructor_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_conv_same_padding_keeps_size_and_matches_a_direct_loop():
+    """conv2d is PyTorch's cross-correlation; 'same' keeps H, W at stride 1."""
+    layer = fn.conv2d(2, 3, padding="same")
+    params, out = layer.init(fn.random.key(1), (2, 5, 6), dtype=np.float64)
+    assert out == (2, 5, 6)
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 6))
+    y, _ = layer.forward(params, x)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    w, b = params["w"], params["b"]
+    ref = np.zeros((1, 2, 5, 6))
+    for k in range(2):
+        for i in range(5):
+            for j in range(6):
+                ref[0, k, i, j] = np.sum(xp[0, :, i : i + 3, j : j + 3] * w[k]) + b[k]
+    np.testing.assert_allclose(y, ref, rtol=1e-12)
+
+
+def test_flatten_output_is_a_read_only_view():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    y, _ = fn.flatten().forward(fn.tree.FrozenDict(), x)
+    assert y.shape == (2, 12) and not y.flags.writeable
+
+
+def test_sigmoid_is_stable_for_large_inputs():
+    y, _ = fn.sigmoid().forward({}, np.array([[-1000.0, 0.0, 1000.0]]))
+    np.testing.assert_array_equal(y, [[0.0, 0.5, 1.0]])

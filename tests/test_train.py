@@ -1,0 +1,169 @@
+"""train_step is pure; jit(step) gives the same bits, re-specialises, and checks once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fnnet as fn
+from fnnet import optim
+
+
+def seed_net():
+    return fn.serial(fn.conv2d(1, 3), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(16), fn.relu(), fn.dense(10))
+
+
+def lenet():
+    return fn.serial(
+        fn.conv2d(4, 3, padding="same"), fn.relu(), fn.max_pool2d(2), fn.conv2d(6, 3, stride=2), fn.tanh(),
+        fn.flatten(), fn.dense(10),
+    )
+
+
+OPTIMIZERS = {
+    "keras_sgd": lambda: optim.keras_sgd(0.01, 0.9, 1e-6),
+    "sgd_nesterov": lambda: optim.sgd(0.05, 0.9, nesterov=True),
+    "adam": lambda: optim.adam(1e-3),
+}
+
+
+def batch(rng, n, dtype=np.float32, shape=(1, 12, 12)):
+    return rng.random((n, *shape)).astype(dtype), rng.integers(0, 10, n)
+
+
+def leaves(state):
+    return fn.tree_leaves((state.params, state.opt_state))
+
+
+def assert_same_bits(a, b):
+    assert a.step == b.step
+    assert fn.tree_structure((a.params, a.opt_state)) == fn.tree_structure((b.params, b.opt_state))
+    for x, y in zip(leaves(a), leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def make(model_fn=seed_net, opt="keras_sgd", dtype=np.float32, shape=(1, 12, 12)):
+    model, optimizer = model_fn(), OPTIMIZERS[opt]()
+    params, _ = model.init(fn.random.key(0), shape, dtype=dtype)
+    return fn.train_step(model, fn.softmax_cross_entropy, optimizer), fn.TrainState.create(params, optimizer)
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("model_fn", [seed_net, lenet])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_jit_is_bit_identical_over_steps_and_shapes(opt, model_fn, dtype):
+    step, state = make(model_fn, opt, dtype)
+    jstep = fn.jit(step)
+    rng = np.random.default_rng(0)
+    a = b = state
+    for n in (4, 4, 4, 3, 4, 1):  # a short batch re-specialises; the old shape comes back
+        data = batch(rng, n, dtype)
+        a, ma = step(a, data)
+        b, mb = jstep(b, data)
+        assert ma == mb
+        assert_same_bits(a, b)
+    assert len(jstep._plans) == 3
+
+
+def test_jit_accepts_a_state_it_did_not_make():
+    step, state = make()
+    jstep = fn.jit(step)
+    rng = np.random.default_rng(1)
+    d1, d2 = batch(rng, 4), batch(rng, 4)
+    plain, _ = step(state, d1)
+    j, _ = jstep(state, d1)
+    # feed the plain state into the jitted step and vice versa
+    a, _ = jstep(plain, d2)
+    b, _ = step(j, d2)
+    assert_same_bits(a, b)
+
+
+def test_step_and_jit_never_change_their_inputs():
+    step, state = make(opt="adam")
+    rng = np.random.default_rng(2)
+    x, y = batch(rng, 4)
+    x0, y0, before = x.copy(), y.copy(), [leaf.copy() for leaf in leaves(state)]
+    for f in (step, fn.jit(step)):
+        s, _ = f(state, (x, y))
+        s2, _ = f(s, (x, y))  # a held state is not overwritten by the next step
+        s3, _ = f(s2, (x, y))
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(y, y0)
+        for leaf, old in zip(leaves(state), before):
+            np.testing.assert_array_equal(leaf, old)
+        assert not any(np.shares_memory(u, v) for u in leaves(s) for v in leaves(s3))
+        for leaf in leaves(s3):
+            assert not leaf.flags.writeable
+        assert s3.step == 3 and state.step == 0
+
+
+def test_jit_with_a_non_elementwise_optimizer():
+    base = optim.sgd(0.1)
+    opaque = optim.GradientTransformation(base.init, base.update, elementwise=False)
+    model = seed_net()
+    params, _ = model.init(fn.random.key(3), (1, 12, 12))
+    step = fn.train_step(model, fn.softmax_cross_entropy, opaque)
+    a = b = fn.TrainState.create(params, opaque)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        data = batch(rng, 2)
+        a, _ = step(a, data)
+        b, _ = fn.jit(step)(b, data)
+    assert_same_bits(a, b)
+
+
+def test_training_reduces_the_loss():
+    model, opt = seed_net(), optim.adam(0.01)
+    params, _ = model.init(fn.random.key(0), (1, 12, 12))
+    jstep = fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt))
+    state = fn.TrainState.create(params, opt)
+    rng = np.random.default_rng(4)
+    x, y = batch(rng, 16)
+    first = None
+    for _ in range(60):
+        state, m = jstep(state, (x, y))
+        first = first if first is not None else m["loss"]
+    assert m["loss"] < 0.5 * first and m["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_bad_batches_are_clear_errors(use_jit):
+    step, state = make()
+    f = fn.jit(step) if use_jit else step
+    rng = np.random.default_rng(5)
+    with pytest.raises(fn.ShapeError, match=r"conv2d_0: conv2d: expected input of shape \(N, 1, H, W\)"):
+        f(state, batch(rng, 2, shape=(3, 12, 12)))
+    with pytest.raises(fn.ShapeError, match=r"dense_4: dense: expected input of shape \(N, 25\), got \(N, 36\)"):
+        f(state, batch(rng, 2, shape=(1, 14, 14)))
+    with pytest.raises(fn.DTypeError, match="conv2d_0: conv2d: input dtype float64 does not match"):
+        f(state, batch(rng, 2, dtype=np.float64))
+    x, _ = batch(rng, 2)
+    with pytest.raises(fn.ShapeError, match="2 inputs but labels of shape"):
+        f(state, (x, np.array([1, 2, 3])))
+    with pytest.raises(fn.InvalidValueError, match="logits contain NaN"):
+        f(state, (np.full_like(x, np.nan), np.array([1, 2])))
+    with pytest.raises(TypeError, match="batch must be a pair"):
+        f(state, x)
+    with pytest.raises(TypeError, match="state must be a TrainState"):
+        f(state.params, (x, np.array([1, 2])))
+
+
+def test_jit_checks_params_that_changed_shape():
+    step, state = make()
+    jstep = fn.jit(step)
+    rng = np.random.default_rng(6)
+    jstep(state, batch(rng, 2))
+    model = fn.serial(fn.conv2d(2, 3), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(16), fn.relu(), fn.dense(10))
+    other, _ = model.init(fn.random.key(0), (1, 12, 12))
+    with pytest.raises(fn.ShapeError, match="dense_4"):
+        jstep(fn.TrainState.create(other, step.optimizer), batch(rng, 2))
+
+
+def test_jit_needs_a_train_step():
+    with pytest.raises(TypeError, match="expected a step made by train_step"):
+        fn.jit(lambda s, b: (s, {}))
+
+
+def test_train_state_validates_step():
+    with pytest.raises(ValueError, match="TrainState.step must be an int >= 0"):
+        fn.TrainState({}, (), -1)

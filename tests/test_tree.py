@@ -1,0 +1,88 @@
+"""Immutable pytrees and the tree utilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fnnet as fn
+from fnnet.tree import FrozenDict, TreeDef, freeze, tree_leaves_with_path, tree_zip
+
+
+@pytest.fixture
+def tree():
+    return {"a": np.arange(3.0), "b": ({"c": np.ones((2, 2))}, [np.zeros(1), None]), "d": np.float32(2)}
+
+
+def test_flatten_unflatten_round_trip(tree):
+    leaves, treedef = fn.tree_flatten(tree)
+    assert len(leaves) == treedef.num_leaves == 4
+    back = fn.tree_unflatten(treedef, leaves)
+    assert fn.tree_structure(back) == treedef
+    assert all(x is y for x, y in zip(fn.tree_leaves(back), leaves))
+    assert isinstance(back, FrozenDict) and isinstance(back["b"][1], list)
+
+
+def test_leaves_with_path_and_order(tree):
+    paths = [p for p, _ in tree_leaves_with_path(tree)]
+    assert paths == [("a",), ("b", 0, "c"), ("b", 1, 0), ("d",)]
+
+
+def test_tree_map_multiple_trees(tree):
+    doubled = fn.tree_map(lambda x: x * 2, tree)
+    summed = fn.tree_map(lambda x, y: x + y, tree, doubled)
+    for x, s in zip(fn.tree_leaves(tree), fn.tree_leaves(summed)):
+        np.testing.assert_array_equal(s, 3 * np.asarray(x))
+
+
+@pytest.mark.parametrize(
+    "other,match",
+    [
+        ({"a": 1, "b": ({"c": 1}, [1, None]), "e": 1}, r"at <root>: keys \['a', 'b', 'd'\] vs \['a', 'b', 'e'\]"),
+        ({"a": 1, "b": ({"x": 1}, [1, None]), "d": 1}, r"at b/0: keys \['c'\] vs \['x'\]"),
+        ({"a": 1, "b": ({"c": 1}, [1]), "d": 1}, r"at b/1: lengths 2 vs 1"),
+        ({"a": 1, "b": ({"c": 1}, [1, None]), "d": (1,)}, r"at d: node kinds \['leaf', 'tuple'\]"),
+    ],
+)
+def test_mismatched_structures_name_the_path(tree, other, match):
+    with pytest.raises(fn.TreeMismatchError, match=match):
+        fn.tree_map(lambda x, y: x, tree, other)
+    with pytest.raises(fn.TreeMismatchError):
+        tree_zip(tree, other)
+
+
+def test_unflatten_wrong_leaf_count():
+    with pytest.raises(fn.TreeMismatchError, match="has 2 leaves, got 3"):
+        fn.tree_unflatten(fn.tree_structure((1, 2)), [1, 2, 3])
+
+
+def test_freeze_makes_containers_and_leaves_immutable(tree):
+    original = tree["a"]
+    frozen = freeze(tree)
+    assert original.flags.writeable, "freeze must not flip the caller's array"
+    assert isinstance(frozen, FrozenDict) and isinstance(frozen["b"][1], tuple)
+    for leaf in fn.tree_leaves(frozen):
+        assert isinstance(leaf, np.ndarray) and not leaf.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        frozen["a"][0] = 1.0
+    with pytest.raises(TypeError):
+        frozen["a"] = 1  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        frozen.x = 1
+    ro = freeze({"k": frozen["a"]})
+    assert ro["k"] is frozen["a"], "read-only leaves are shared, not copied"
+
+
+def test_zip_and_param_count(tree):
+    pairs = tree_zip(tree, fn.tree_map(np.size, tree))
+    assert [p[1] for p in pairs] == [3, 4, 1, 1]
+    assert pairs[0][0] is tree["a"]
+    assert fn.param_count(tree) == 3 + 4 + 1 + 1
+
+
+def test_treedef_repr_and_equality():
+    t = fn.tree_structure({"w": 1, "b": (2, None)})
+    assert repr(t) == "{'w': *, 'b': (*, None,)}"
+    assert t == fn.tree_structure({"w": 5, "b": (6, None)})
+    assert t != fn.tree_structure({"b": (6, None), "w": 5})
+    assert isinstance(t, TreeDef)
