@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import expected_backend
 
 from fnnet import kernels
-from conftest import expected_backend
 
 DTYPES = [np.float32, np.float64]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import max_rel_err, numeric_grad, sample_indices
 
 import fnnet as fn
-from conftest import max_rel_err, numeric_grad, sample_indices
 
 
 def _onehot(labels, c):

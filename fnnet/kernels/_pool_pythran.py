@@ -5,7 +5,6 @@ Tie rule of max pooling: the first maximal element of the window in row-major or
 wins; a NaN counts as larger than any number (the first NaN wins), as numpy.argmax.
 Numpy twins with the same signatures: fnnet/kernels/pool.py.
 """
-import numpy as np
 
 # pythran export max_pool_forward(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:], int64[:,:,:,:])
 # pythran export max_pool_forward(float64[:,:,:,:], int, int, int, int, float64[:,:,:,:], int64[:,:,:,:])

@@ -41,7 +41,8 @@ def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x) -> None:
     wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
     c6 = cols.reshape(n, c, kh, kw, ho, wo)
+    rows, cols_ = sh * (ho - 1) + 1, sw * (wo - 1) + 1
     for i in range(kh):
         for j in range(kw):
-            xp[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw] += c6[:, :, i, j]
+            xp[:, :, i * dh : i * dh + rows : sh, j * dw : j * dw + cols_ : sw] += c6[:, :, i, j]
     x[...] = xp[:, :, pt : pt + h, pl : pl + w]

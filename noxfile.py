@@ -1,0 +1,100 @@
+"""nox sessions: tests (compiled kernels), tests_numpy, build, lint, mnist, bench.
+
+Every session builds fnnet into a fresh virtualenv the way a user would (`pip install .`),
+so the compiled kernels are the ones under test.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import zipfile
+
+import nox
+
+nox.options.sessions = ["tests", "tests_numpy", "build", "lint"]
+nox.options.default_venv_backend = "venv"
+
+ROOT = pathlib.Path(__file__).parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """Point FNNET_DATA_DIR at ../shared/data when it exists and nothing else is set."""
+    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **extra}
+    if "FNNET_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+        env["FNNET_DATA_DIR"] = str(SHARED_DATA.resolve())
+    return env
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite against the compiled (Pythran) kernels; fails if they did not build."""
+    session.install(".[test]")
+    session.run(
+        "pytest", *(session.posargs or ["-q"]),
+        env=_env(FNNET_KERNELS="pythran", FNNET_EXPECT_BACKEND="pythran", FNNET_REQUIRE_COMPILED="1"),
+    )
+
+
+@nox.session
+def tests_numpy(session: nox.Session) -> None:
+    """The same suite with the numpy twins forced (FNNET_KERNELS=numpy)."""
+    session.install(".[test]")
+    session.run(
+        "pytest", *(session.posargs or ["-q"]),
+        env=_env(FNNET_KERNELS="numpy", FNNET_EXPECT_BACKEND="numpy", FNNET_REQUIRE_COMPILED="1"),
+    )
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """sdist + wheel; the wheel holds the compiled kernels and works in a fresh venv."""
+    session.install("build")
+    dist = pathlib.Path(session.create_tmp()) / "dist"
+    session.run("python", "-m", "build", "--outdir", str(dist))
+    wheel = next(dist.glob("fnnet-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for mod in ("_conv", "_pool"):
+        if not any(n.startswith(f"fnnet/kernels/{mod}.") and n.endswith((".so", ".pyd")) for n in names):
+            session.error(f"{wheel.name} lacks the compiled kernel fnnet/kernels/{mod}")
+    if any(n.endswith("_pythran.py") for n in names):
+        session.error(f"{wheel.name} ships pythran sources: an installed tree must not import the interpreted loops")
+    session.log(f"{wheel.name}: {len(names)} files, compiled kernels present")
+    fresh = dist / "fresh-venv"
+    session.run("python", "-m", "venv", str(fresh))
+    py = str(fresh / "bin" / "python")
+    session.run(py, "-m", "pip", "install", "-q", str(wheel), external=True)
+    check = (
+        "import numpy as np, fnnet as fn\n"
+        "assert fn.kernels.backend() == 'pythran', fn.kernels.backend()\n"
+        "m = fn.serial(fn.conv2d(1, 3), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(64), fn.relu(),"
+        " fn.dense(10))\n"
+        "p, _ = m.init(fn.random.key(0), (1, 28, 28))\n"
+        "y, _ = m.forward(p, np.zeros((2, 1, 28, 28), np.float32))\n"
+        "assert y.shape == (2, 10)\n"
+        "print('wheel OK: backend', fn.kernels.backend(), 'logits', y.shape)\n"
+    )
+    session.run(py, "-c", check, external=True, env={"FNNET_KERNELS": "pythran"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def mnist(session: nox.Session) -> None:
+    """Train the default preset on MNIST end to end (pass arguments after --)."""
+    session.install(".[plot]")
+    args = session.posargs or ["--preset", "default", "--out", "runs/mnist-default"]
+    session.run("python", "pipelines/mnist.py", *args, env=_env())
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks at one thread; results go to benchmarks/results/."""
+    session.install(".", "threadpoolctl")
+    session.run("python", "benchmarks/bench_step.py", *session.posargs, env=_env())
