@@ -75,7 +75,8 @@ def build(session: nox.Session) -> None:
         "assert y.shape == (2, 10)\n"
         "print('wheel OK: backend', fn.kernels.backend(), 'logits', y.shape)\n"
     )
-    session.run(py, "-c", check, external=True, env={"FNNET_KERNELS": "pythran"})
+    # -I: isolated mode, so the source tree in the cwd cannot shadow the installed wheel
+    session.run(py, "-I", "-c", check, external=True, env={"FNNET_KERNELS": "pythran"})
 
 
 @nox.session
