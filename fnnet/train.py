@@ -129,7 +129,8 @@ class _Layout:
     def unpack(self, flat: np.ndarray) -> Any:
         """A tree of read-only views into ``flat`` (which is sealed here)."""
         flat.flags.writeable = False
-        views = [flat[o : o + int(np.prod(s))].reshape(s) for o, s in zip(self.offsets, self.shapes)]
+        ends = self.offsets[1:] + (self.size,)
+        views = [flat[o:e].reshape(s) for o, e, s in zip(self.offsets, ends, self.shapes)]
         return tree_unflatten(self.treedef, views)
 
 

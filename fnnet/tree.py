@@ -94,7 +94,13 @@ class TreeDef:
         return f"({inner},)" if self.kind == "tuple" else f"[{inner}]"
 
 
+_KINDS = {FrozenDict: "dict", dict: "dict", tuple: "tuple", list: "list", type(None): "none", np.ndarray: "leaf"}
+
+
 def _kind(node: Any) -> str:
+    kind = _KINDS.get(type(node))  # fast path: ABC isinstance checks are slow on hot paths
+    if kind is not None:
+        return kind
     if node is None:
         return "none"
     if isinstance(node, Mapping):
