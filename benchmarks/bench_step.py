@@ -110,7 +110,12 @@ def main() -> None:
         f"{platform.python_implementation()} {platform.python_version()}, 1 thread, "
         f"{args.repeats} interleaved repeats of {args.seconds}s; sgemm 512^3 {gflops:.0f} GFLOP/s"
     )
-    lines = [head, "", "| network | batch | variant | samples/s (median) | min - max | vs step |", "|---|---|---|---|---|---|"]
+    lines = [
+        head,
+        "",
+        "| network | batch | variant | samples/s (median) | min - max | vs step |",
+        "|---|---|---|---|---|---|",
+    ]
     for net, batch, name, m, lo, hi, ratio in rows:
         lines.append(f"| {net} | {batch} | {name} | {m:,.0f} | {lo:,.0f} - {hi:,.0f} | {ratio:.2f}x |")
     text = "\n".join(lines)

@@ -5,8 +5,16 @@ composes layers; ``train_step`` folds model, loss and optimizer into one pure st
 and ``jit`` specialises it.
 """
 
-from . import init, kernels, losses, optim, random, tree
-from ._errors import DTypeError, FnnetError, InvalidValueError, ShapeError, TreeMismatchError
+from . import checkpoint, data, init, kernels, losses, optim, random, tree
+from ._errors import (
+    DataError,
+    DataNotFoundError,
+    DTypeError,
+    FnnetError,
+    InvalidValueError,
+    ShapeError,
+    TreeMismatchError,
+)
 from .combinators import serial, summary
 from .layers import (
     Layer,
@@ -21,12 +29,14 @@ from .layers import (
     tanh,
 )
 from .losses import mse, softmax_cross_entropy
-from .train import JitStep, Step, TrainState, jit, train_step
+from .train import JitStep, Step, TrainState, jit, predict, train_step
 from .tree import freeze, param_count, tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataError",
+    "DataNotFoundError",
     "DTypeError",
     "FnnetError",
     "InvalidValueError",
@@ -37,6 +47,8 @@ __all__ = [
     "TrainState",
     "TreeMismatchError",
     "avg_pool2d",
+    "checkpoint",
+    "data",
     "conv2d",
     "dense",
     "flatten",
@@ -50,6 +62,7 @@ __all__ = [
     "mse",
     "optim",
     "param_count",
+    "predict",
     "random",
     "relu",
     "serial",

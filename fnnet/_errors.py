@@ -19,3 +19,11 @@ class TreeMismatchError(FnnetError, ValueError):
 
 class InvalidValueError(FnnetError, ValueError):
     """A value is out of its domain (NaN or inf in a loss input, a label out of range...)."""
+
+
+class DataError(FnnetError, ValueError):
+    """A data or checkpoint file is corrupt, truncated, tampered with or of the wrong kind."""
+
+
+class DataNotFoundError(FnnetError, FileNotFoundError):
+    """No copy of a dataset was found and none could be downloaded."""

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .tree import FrozenDict, tree_map
+from .tree import FrozenDict, tree_leaves_with_path, tree_map
 
 __all__ = [
     "GradientTransformation",
@@ -31,9 +31,13 @@ __all__ = [
     "apply_updates",
     "chain",
     "constant",
+    "cosine_decay",
+    "exponential_decay",
+    "piecewise_constant",
     "identity",
     "inverse_time_decay",
     "keras_sgd",
+    "learning_rate",
     "scale",
     "scale_by_adam",
     "scale_by_learning_rate",
@@ -101,6 +105,43 @@ def inverse_time_decay(init_value: float, decay: float) -> Schedule:
     if decay < 0:
         raise ValueError(f"inverse_time_decay: decay must be >= 0, got {decay}")
     return lambda step: init_value / (1.0 + decay * step)
+
+
+def exponential_decay(init_value: float, decay_rate: float, transition_steps: int, staircase: bool = False) -> Schedule:
+    """``step -> init_value * decay_rate ** (step / transition_steps)`` (floored if ``staircase``)."""
+    init_value, decay_rate = float(init_value), float(decay_rate)
+    if transition_steps < 1 or decay_rate <= 0:
+        raise ValueError("exponential_decay: transition_steps must be >= 1 and decay_rate > 0")
+
+    def schedule(step):
+        p = step // transition_steps if staircase else step / transition_steps
+        return init_value * decay_rate**p
+
+    return schedule
+
+
+def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule:
+    """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) == len(boundaries) + 1``)."""
+    boundaries, values = [int(b) for b in boundaries], [float(v) for v in values]
+    if len(values) != len(boundaries) + 1 or boundaries != sorted(boundaries):
+        raise ValueError("piecewise_constant: needs sorted boundaries and one more value than boundaries")
+    return lambda step: values[int(np.searchsorted(boundaries, step, side="right"))]
+
+
+def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0, warmup_steps: int = 0) -> Schedule:
+    """Linear warm-up from 0 over ``warmup_steps``, then half a cosine from ``init_value``
+    down to ``alpha * init_value`` at ``decay_steps`` (counted after the warm-up), then flat."""
+    init_value, alpha = float(init_value), float(alpha)
+    if decay_steps < 1 or warmup_steps < 0:
+        raise ValueError("cosine_decay: decay_steps must be >= 1 and warmup_steps >= 0")
+
+    def schedule(step):
+        if step < warmup_steps:
+            return init_value * step / warmup_steps
+        t = min(step - warmup_steps, decay_steps) / decay_steps
+        return init_value * (alpha + (1 - alpha) * 0.5 * (1 + np.cos(np.pi * t)))
+
+    return schedule
 
 
 # -- transforms --------------------------------------------------------------------------
@@ -246,3 +287,10 @@ def apply_updates(params: Any, updates: Any) -> Any:
         return out
 
     return tree_map(add, params, updates)
+
+
+def learning_rate(state: Any) -> float | None:
+    """The learning rate of the latest update recorded in an optimizer state (its last
+    ``"learning_rate"`` entry), or None if the state records none."""
+    rates = [leaf for path, leaf in tree_leaves_with_path(state) if path and path[-1] == "learning_rate"]
+    return float(rates[-1]) if rates else None

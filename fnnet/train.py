@@ -20,7 +20,7 @@ from .losses import accuracy
 from .optim import GradientTransformation, apply_updates
 from .tree import FrozenDict, TreeDef, freeze, tree_leaves, tree_structure, tree_unflatten
 
-__all__ = ["TrainState", "Step", "train_step", "jit", "JitStep"]
+__all__ = ["TrainState", "Step", "train_step", "jit", "JitStep", "predict"]
 
 
 def _nonneg_int(inst, attr, value):
@@ -241,3 +241,21 @@ def jit(step: Step) -> JitStep:
     results, shape checks once per input signature, workspace reused between calls."""
     return JitStep(step)
 
+
+
+def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Model outputs for ``x`` (N, *input_shape), computed in batches of ``batch_size``.
+
+    Checks the model once, then reuses one workspace across batches. Returns a new
+    array (N, *output_shape).
+    """
+    x = as_batch(x, "predict")
+    if batch_size < 1:
+        raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    out_shape = model.check(params, x.shape[1:], x.dtype)
+    out = np.empty((x.shape[0], *out_shape), x.dtype)
+    ws: dict = {}
+    for i in range(0, x.shape[0], batch_size):
+        y, _ = model.apply(params, x[i : i + batch_size], ws)
+        out[i : i + batch_size] = y
+    return out

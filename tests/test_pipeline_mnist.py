@@ -1,0 +1,107 @@
+"""pipelines/mnist.py end to end on real MNIST: accuracy, outputs, reproducibility, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "pipelines" / "mnist.py"
+DATA_DIR = os.environ.get("FNNET_DATA_DIR")
+pytestmark = pytest.mark.skipif(
+    not (DATA_DIR and (pathlib.Path(DATA_DIR) / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file()),
+    reason="real MNIST not in FNNET_DATA_DIR (the nox sessions point it at ../shared/data)",
+)
+
+SMALL = ["--train-size", "2000", "--batch-size", "16", "--eval-samples", "300", "--steps", "40", "--eval-every", "10"]
+
+
+def run(out: pathlib.Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), *args], capture_output=True, text=True, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def summary(out: pathlib.Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def metrics(out: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_default_preset_learns_from_5000_images_in_one_epoch(tmp_path):
+    run(tmp_path, "--preset", "default", "--train-size", "5000", "--epochs", "1", "--eval-every", "40")
+    s = summary(tmp_path)
+    assert s["test_accuracy"] > 0.9 and s["val_accuracy"] > 0.9
+    assert s["kernels_backend"] == os.environ.get("FNNET_EXPECT_BACKEND", s["kernels_backend"])
+    assert sum(map(sum, s["confusion_matrix_test"])) == 10_000
+    assert len(s["params_sha256"]) == 64 and s["config"]["dtype"] == "float32"
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [40, 79]
+    assert set(rows[0]) == {"step", "epoch", "loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate",
+                            "elapsed"}
+    for name in s["plots"]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "checkpoint.npz").is_file()
+
+
+@pytest.mark.slow
+def test_same_seed_same_bits_other_seed_other_bits(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run(a, *SMALL, "--seed", "5")
+    run(b, *SMALL, "--seed", "5")
+    run(c, *SMALL, "--seed", "6")
+    assert summary(a)["params_sha256"] == summary(b)["params_sha256"] != summary(c)["params_sha256"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]  # noqa: E731
+    assert strip(metrics(a)) == strip(metrics(b))
+
+
+@pytest.mark.slow
+def test_resume_ends_with_the_same_params_as_an_uninterrupted_run(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run(whole, *SMALL)
+    first = run(split, *SMALL, "--stop-after", "20")
+    assert "stopped at step 20 of 40" in first.stdout
+    assert not (split / "summary.json").exists()
+    second = run(split, *SMALL, "--resume")
+    assert "resumed from" in second.stdout and "at step 20" in second.stdout
+    assert summary(split)["params_sha256"] == summary(whole)["params_sha256"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]  # noqa: E731
+    assert strip(metrics(split)) == strip(metrics(whole))
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_config(tmp_path):
+    run(tmp_path, *SMALL, "--stop-after", "10")
+    proc = run(tmp_path, *SMALL[:-2], "--eval-every", "5", "--resume", check=False)
+    assert proc.returncode != 0 and "was written with another config" in proc.stderr
+
+
+@pytest.mark.slow
+def test_tutorial_preset_is_float64_with_replacement_sampling(tmp_path):
+    proc = run(tmp_path, "--preset", "tutorial", "--steps", "200")
+    s = summary(tmp_path)
+    assert s["config"]["dtype"] == "float64" and s["config"]["batch_size"] == 2
+    assert s["config"]["sampling"] == "replacement" and s["config"]["eval_samples"] == 200
+    assert [r["step"] for r in metrics(tmp_path)] == [100, 200]
+    assert "step    100" in proc.stdout
+
+
+def test_cli_help_and_bad_arguments(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0
+    for flag in ("--preset", "--seed", "--dataset", "--data-dir", "--steps", "--epochs", "--batch-size", "--lr",
+                 "--out", "--resume", "--eval-every"):
+        assert flag in proc.stdout
+    bad = run(tmp_path, "--batch-size", "0", check=False)
+    assert bad.returncode == 2 and "--batch-size and --train-size must be >= 1, got 0" in bad.stderr
