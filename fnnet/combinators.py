@@ -1,12 +1,12 @@
-"""Layers in, one Layer out: ``serial`` and the ``summary`` table."""
+"""Layers in, one Layer out: ``serial``, ``residual``; and the ``summary`` table."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from . import random
-from ._errors import FnnetError
-from .layers._base import Layer, check_init_dtype, fmt_shape
+from ._errors import FnnetError, ShapeError
+from .layers._base import NO_STATE, Layer, buffer, check_init_dtype, fmt_shape
 from .tree import FrozenDict, param_count
 
 
@@ -22,7 +22,8 @@ def serial(*layers: Layer) -> Layer:
 
     Params are a dict keyed by ``"<layer name>_<index>"`` (``conv2d_0``, ``relu_1``...),
     the cache is the tuple of sub-caches, and backward runs in reverse. ``init`` splits
-    its key once per layer.
+    its key once per layer, and so does the forward pass for random layers (dropout).
+    The state is a dict with an entry for each layer that has state (batch norm).
     """
     if not layers:
         raise ValueError("serial: needs at least one layer")
@@ -51,12 +52,24 @@ def serial(*layers: Layer) -> Layer:
                 raise _reraise(err, k) from None
         return shape
 
-    def apply(params, x, ws=None):
-        caches = []
-        for k, layer in children:
-            x, cache = layer.apply(params[k], x, None if ws is None else ws.setdefault(k, {}))
+    stateful = tuple(layer.stateful for layer in layers)
+    stochastic = any(layer.stochastic for layer in layers)
+
+    def init_state(params):
+        return FrozenDict((k, layer.init_state(params[k])) for (k, layer), s in zip(children, stateful) if s)
+
+    def apply(params, state, x, ws=None, key=None, train=True):
+        caches, new_state = [], {}
+        keys = random.split(key, len(layers)) if stochastic and key is not None else (None,) * len(layers)
+        for (k, layer), has_state, sub in zip(children, stateful, keys):
+            x, cache, s = layer.apply(
+                params[k], state[k] if has_state else NO_STATE, x,
+                None if ws is None else ws.setdefault(k, {}), sub, train,
+            )
             caches.append(cache)
-        return x, tuple(caches)
+            if has_state:
+                new_state[k] = s
+        return x, tuple(caches), FrozenDict(new_state) if new_state else NO_STATE
 
     def backward(caches, dy, ws=None):
         grads = {}
@@ -64,7 +77,75 @@ def serial(*layers: Layer) -> Layer:
             grads[k], dy = layer.backward(cache, dy, None if ws is None else ws.setdefault(k, {}))
         return FrozenDict((k, grads[k]) for k in keys), dy
 
-    return Layer("serial", init, apply, backward, check, children)
+    return Layer("serial", init, apply, backward, check, children, init_state, any(stateful), stochastic)
+
+
+def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
+    """``y = block(x) + shortcut(x)``; the shortcut is the identity by default.
+
+    Give a shortcut (e.g. a 1x1 ``conv2d`` with a stride) when the block changes the
+    shape. Params and state are ``{"block": ..., "shortcut": ...}``.
+    """
+    from .layers.reshape import identity
+
+    shortcut = shortcut if shortcut is not None else identity()
+    for what, layer in (("block", block), ("shortcut", shortcut)):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"residual: {what} is a {type(layer).__name__}, not a Layer")
+    parts = (("block", block), ("shortcut", shortcut))
+    stochastic = block.stochastic or shortcut.stochastic
+
+    def init(key, input_shape, *, dtype=np.float32):
+        k1, k2 = random.split(key)
+        pb, sb = block.init(k1, input_shape, dtype=dtype)
+        ps, ss = shortcut.init(k2, input_shape, dtype=dtype)
+        _same(sb, ss)
+        return FrozenDict(block=pb, shortcut=ps), sb
+
+    def _same(sb, ss):
+        if tuple(sb) != tuple(ss):
+            raise ShapeError(
+                f"residual: block output {fmt_shape(sb)} does not match shortcut output {fmt_shape(ss)}; "
+                "give a shortcut layer that maps the input to the block's output shape"
+            )
+
+    def check(params, input_shape, dtype):
+        out = {}
+        for k, layer in parts:
+            try:
+                out[k] = layer.check(params[k], input_shape, dtype)
+            except FnnetError as err:
+                raise _reraise(err, f"residual/{k}") from None
+        _same(out["block"], out["shortcut"])
+        return out["block"]
+
+    def init_state(params):
+        return FrozenDict((k, layer.init_state(params[k])) for k, layer in parts if layer.stateful)
+
+    def apply(params, state, x, ws=None, key=None, train=True):
+        keys = random.split(key) if stochastic and key is not None else (None, None)
+        outs, caches, new_state = [], [], {}
+        for (k, layer), sub in zip(parts, keys):
+            y, c, s = layer.apply(
+                params[k], state[k] if layer.stateful else NO_STATE, x,
+                None if ws is None else ws.setdefault(k, {}), sub, train,
+            )
+            outs.append(y)
+            caches.append(c)
+            if layer.stateful:
+                new_state[k] = s
+        y = np.add(outs[0], outs[1], out=buffer(ws, "y", outs[0].shape, outs[0].dtype))
+        return y, tuple(caches), FrozenDict(new_state) if new_state else NO_STATE
+
+    def backward(caches, dy, ws=None):
+        gb, dxb = block.backward(caches[0], dy, None if ws is None else ws.setdefault("block", {}))
+        gs, dxs = shortcut.backward(caches[1], dy, None if ws is None else ws.setdefault("shortcut", {}))
+        return FrozenDict(block=gb, shortcut=gs), np.add(dxb, dxs, out=buffer(ws, "dx", dxb.shape, dxb.dtype))
+
+    return Layer(
+        "residual", init, apply, backward, check,
+        init_state=init_state, stateful=block.stateful or shortcut.stateful, stochastic=stochastic,
+    )
 
 
 def summary(model: Layer, input_shape: tuple, dtype=np.float32, *, print_fn=print) -> str:

@@ -15,7 +15,8 @@ import attrs
 import numpy as np
 
 from ._errors import ShapeError, TreeMismatchError
-from .layers._base import Layer, as_batch
+from . import random
+from .layers._base import NO_STATE, Layer, as_batch
 from .losses import accuracy
 from .optim import GradientTransformation, apply_updates
 from .tree import FrozenDict, TreeDef, freeze, tree_leaves, tree_structure, tree_unflatten
@@ -30,17 +31,21 @@ def _nonneg_int(inst, attr, value):
 
 @attrs.frozen
 class TrainState:
-    """Everything that changes during training: params, optimizer state, step count."""
+    """Everything that changes during training: params, optimizer state, step count and
+    the model's own state (batch norm's running statistics; empty for most models)."""
 
     params: Any
     opt_state: Any
     step: int = attrs.field(default=0, validator=_nonneg_int)
+    model_state: Any = NO_STATE
 
     @classmethod
-    def create(cls, params: Any, optimizer: GradientTransformation) -> TrainState:
-        """Step 0: frozen ``params`` and a fresh optimizer state."""
+    def create(cls, params: Any, optimizer: GradientTransformation, model: Layer | None = None) -> TrainState:
+        """Step 0: frozen ``params``, a fresh optimizer state and, given ``model``, its
+        initial state (``model.init_state(params)``)."""
         params = freeze(params)
-        return cls(params, freeze(optimizer.init(params)), 0)
+        model_state = freeze(model.init_state(params)) if model is not None else NO_STATE
+        return cls(params, freeze(optimizer.init(params)), 0, model_state)
 
 
 def _unpack_batch(batch: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -61,34 +66,60 @@ def _metrics(loss: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict[s
     return out
 
 
+def _check_model_state(model: Layer, state: TrainState) -> None:
+    if model.stateful and not state.model_state:
+        raise ValueError(
+            f"step: the {model.name} model has state (batch norm) but the TrainState has none: "
+            "create it with TrainState.create(params, optimizer, model)"
+        )
+
+
 @attrs.frozen
 class Step:
     """``step(state, batch) -> (state, metrics)``: pure; ``state`` is never changed.
 
     ``batch`` is ``(x, labels)`` with ``x`` (N, *input_shape). ``metrics`` has ``"loss"``
-    and, for integer labels, ``"accuracy"`` on this batch (before the update).
+    and, for integer labels, ``"accuracy"`` on this batch (before the update). The model
+    runs in train mode; random layers get the key ``fold_in(key, state.step)``.
     """
 
     model: Layer = attrs.field(validator=attrs.validators.instance_of(Layer))
     loss: Callable = attrs.field(validator=attrs.validators.is_callable())
     optimizer: GradientTransformation = attrs.field(validator=attrs.validators.instance_of(GradientTransformation))
+    key: random.Key | None = attrs.field(default=None)
+
+    @key.validator
+    def _key_if_random(self, attribute, value):
+        if self.model.stochastic and value is None:
+            raise ValueError("train_step: the model is random in train mode (dropout): pass key=fnnet.random.key(...)")
+
+    def step_key(self, step: int) -> random.Key | None:
+        """The key of the random layers at ``step``."""
+        return None if self.key is None else random.fold_in(self.key, step)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         if not isinstance(state, TrainState):
             raise TypeError(f"step: state must be a TrainState, got {type(state).__name__}")
+        _check_model_state(self.model, state)
         x, labels = _unpack_batch(batch)
-        logits, cache = self.model.forward(state.params, x)
+        logits, cache, model_state = self.model.forward_with_state(
+            state.params, state.model_state, x, key=self.step_key(state.step), train=True
+        )
         loss, dlogits = self.loss(logits, labels)
         grads, _ = self.model.backward(cache, dlogits)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = apply_updates(state.params, updates)
-        return TrainState(params, freeze(opt_state), state.step + 1), _metrics(loss, logits, labels)
+        new = TrainState(params, freeze(opt_state), state.step + 1, freeze(model_state))
+        return new, _metrics(loss, logits, labels)
 
 
-def train_step(model: Layer, loss: Callable, optimizer: GradientTransformation) -> Step:
+def train_step(
+    model: Layer, loss: Callable, optimizer: GradientTransformation, *, key: random.Key | None = None
+) -> Step:
     """Fold a model, a loss ``(outputs, labels) -> (value, d_outputs)`` and an optimizer
-    into one pure step; wrap it in :func:`jit` for speed."""
-    return Step(model, loss, optimizer)
+    into one pure step; wrap it in :func:`jit` for speed. ``key`` drives random layers
+    (dropout): step ``t`` uses ``fold_in(key, t)``, so a resumed run draws the same masks."""
+    return Step(model, loss, optimizer, key)
 
 
 # -- jit ---------------------------------------------------------------------------------
@@ -215,15 +246,20 @@ class JitStep:
         step = self.step
         if not isinstance(state, TrainState):
             raise TypeError(f"step: state must be a TrainState, got {type(state).__name__}")
+        _check_model_state(step.model, state)
         x, labels = _unpack_batch(batch)
         plan = self._plan(state, x, labels)
-        logits, cache = step.model.apply(state.params, x, plan.ws_forward)
+        logits, cache, model_state = step.model.apply(
+            state.params, state.model_state, x, plan.ws_forward, step.step_key(state.step), True
+        )
+        model_state = freeze(model_state)
         loss, dlogits = step.loss(logits, labels)
         metrics = _metrics(loss, logits, labels)
         grads, _ = step.model.backward(cache, dlogits, plan.ws_backward)
         if not step.optimizer.elementwise:
             updates, opt_state = step.optimizer.update(grads, state.opt_state, state.params)
-            return TrainState(apply_updates(state.params, updates), freeze(opt_state), state.step + 1), metrics
+            new = TrainState(apply_updates(state.params, updates), freeze(opt_state), state.step + 1, model_state)
+            return new, metrics
         layout = plan.layout
         flat, opt, paths = self._packed(state, layout)
         leaves = tree_leaves(grads)
@@ -231,7 +267,7 @@ class JitStep:
             np.concatenate([np.ravel(g) for g in leaves], out=plan.grads)
         updates, new_opt = step.optimizer.update(plan.grads, opt, flat)
         new_flat = np.add(flat, updates, dtype=layout.dtype)
-        new = TrainState(layout.unpack(new_flat), _unpack_state(new_opt, paths, layout), state.step + 1)
+        new = TrainState(layout.unpack(new_flat), _unpack_state(new_opt, paths, layout), state.step + 1, model_state)
         self._last = (new, new_flat, new_opt, paths)
         return new, metrics
 
@@ -243,11 +279,14 @@ def jit(step: Step) -> JitStep:
 
 
 
-def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Model outputs for ``x`` (N, *input_shape), computed in batches of ``batch_size``.
+def predict(
+    model: Layer, params: Any, x: np.ndarray, batch_size: int = 1000, model_state: Any = NO_STATE
+) -> np.ndarray:
+    """Model outputs for ``x`` (N, *input_shape) in eval mode, in batches of ``batch_size``.
 
-    Checks the model once, then reuses one workspace across batches. Returns a new
-    array (N, *output_shape).
+    Eval mode: dropout is off and batch norm uses the running statistics in
+    ``model_state``. Checks the model once, then reuses one workspace across batches.
+    Returns a new array (N, *output_shape).
     """
     x = as_batch(x, "predict")
     if batch_size < 1:
@@ -256,6 +295,6 @@ def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 1000) ->
     out = np.empty((x.shape[0], *out_shape), x.dtype)
     ws: dict = {}
     for i in range(0, x.shape[0], batch_size):
-        y, _ = model.apply(params, x[i : i + batch_size], ws)
+        y, _, _ = model.apply(params, model_state, x[i : i + batch_size], ws, None, False)
         out[i : i + batch_size] = y
     return out

@@ -179,10 +179,12 @@ def save_plots(out: pathlib.Path, rows: list[dict], test_x, test_y, pred, classe
     return ["learning_curves.png", "predictions.png"]
 
 
-def run(cfg: Config, out: pathlib.Path, data_dir: str | None, resume: bool, stop_after: int | None) -> dict:
+def run(
+    cfg: Config, out: pathlib.Path, data_dir: str | None, resume: bool, stop_after: int | None, verify: bool = True
+) -> dict:
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    ds = data.load(cfg.dataset, data_dir)
+    ds = data.load(cfg.dataset, data_dir, verify=verify)
     train = ds.train
     if cfg.train_size is not None:
         train = data.Split(train.x[: cfg.train_size], train.y[: cfg.train_size])
@@ -293,6 +295,8 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
     ap.add_argument("--data-dir", help="folder with the dataset files (or with a <dataset>/ subfolder)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="accept IDX files that are not the published ones (your own subsets); structure is still checked")
     length = ap.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="number of training steps")
     length.add_argument("--epochs", type=float, help="number of passes over the training set")
@@ -333,7 +337,7 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
 def main(argv=None) -> int:
     cfg, args = parse_args(argv)
     try:
-        run(cfg, pathlib.Path(args.out), args.data_dir, args.resume, args.stop_after)
+        run(cfg, pathlib.Path(args.out), args.data_dir, args.resume, args.stop_after, verify=not args.no_verify)
     except (fn.DataNotFoundError, fn.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

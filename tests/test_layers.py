@@ -28,6 +28,32 @@ LAYERS = [
     ("leaky_relu", lambda: fn.leaky_relu(0.1), (2, 3, 3)),
     ("tanh", fn.tanh, (6,)),
     ("sigmoid", fn.sigmoid, (2, 5)),
+    ("dropout_0.3", lambda: fn.dropout(0.3), (4, 5)),
+    ("batch_norm_dense", lambda: fn.batch_norm(), (5,)),
+    ("batch_norm_conv", lambda: fn.batch_norm(momentum=0.5), (3, 4, 5)),
+    ("global_avg_pool", fn.global_avg_pool2d, (3, 4, 5)),
+    ("softmax", fn.softmax, (6,)),
+    ("log_softmax", fn.log_softmax, (6,)),
+    ("identity", fn.identity, (2, 3)),
+    ("reshape", lambda: fn.reshape((-1, 2)), (3, 4)),
+    ("residual_identity", lambda: fn.residual(fn.serial(fn.conv2d(2, 3, padding="same"), fn.tanh())), (2, 5, 5)),
+    (
+        "residual_projection_bn",
+        lambda: fn.residual(
+            fn.serial(fn.conv2d(4, 3, stride=2, padding=1), fn.batch_norm(), fn.relu(), fn.conv2d(4, 3, padding=1)),
+            fn.conv2d(4, 1, stride=2),
+        ),
+        (2, 6, 6),
+    ),
+    (
+        "serial_small_resnet_dropout",
+        lambda: fn.serial(
+            fn.conv2d(3, 3, padding="same"), fn.batch_norm(), fn.relu(),
+            fn.residual(fn.serial(fn.conv2d(3, 3, padding="same", dilation=2), fn.batch_norm(), fn.leaky_relu())),
+            fn.global_avg_pool2d(), fn.dropout(0.25), fn.dense(4), fn.log_softmax(),
+        ),
+        (1, 7, 7),
+    ),
     (
         "serial_seed_net",
         lambda: fn.serial(
@@ -53,6 +79,9 @@ IDS = [c[0] for c in LAYERS]
 BATCH = 3
 
 
+KEY = fn.random.key(99)  # the dropout mask's key, fixed so that forward is a function
+
+
 def _setup(factory, shape, dtype, seed=0):
     layer = factory()
     params, out_shape = layer.init(fn.random.key(seed), shape, dtype=dtype)
@@ -60,25 +89,35 @@ def _setup(factory, shape, dtype, seed=0):
     return layer, params, out_shape, x
 
 
+def _forward(layer, params, x, train=True):
+    """(y, cache, new_state) in train mode with the layer's initial state and a fixed key."""
+    return layer.forward_with_state(params, layer.init_state(params), x, key=KEY, train=train)
+
+
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
 def test_init_infers_the_forward_shape(name, factory, shape):
     for dtype in (np.float32, np.float64):
         layer, params, out_shape, x = _setup(factory, shape, dtype)
-        y, _ = layer.forward(params, x)
-        assert y.shape == (BATCH, *out_shape)
-        assert y.dtype == dtype
+        for train in (True, False):
+            y, _, _ = _forward(layer, params, x, train)
+            assert y.shape == (BATCH, *out_shape)
+            assert y.dtype == dtype
         assert layer.output_shape(params, shape, dtype) == out_shape
         for leaf in fn.tree_leaves(params):
             assert leaf.dtype == dtype and not leaf.flags.writeable
 
 
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
-def test_gradients_match_central_differences(name, factory, shape):
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_gradients_match_central_differences(name, factory, shape, train):
     """float64: analytic backward equals central differences (max relative error < 1e-6)."""
     layer, params, out_shape, x = _setup(factory, shape, np.float64, seed=7)
     rng = np.random.default_rng(3)
     r = rng.standard_normal((BATCH, *out_shape))  # objective: sum(y * r)
-    _, cache = layer.forward(params, x)
+    state = layer.init_state(params)
+    if layer.stateful:  # eval mode with non-trivial running statistics
+        state = fn.tree_map(lambda a: a + rng.random(a.shape), state)
+    _, cache, _ = layer.forward_with_state(params, state, x, key=KEY, train=train)
     dparams, dx = layer.backward(cache, r.copy())
     assert fn.tree_structure(dparams) == fn.tree_structure(params)
 
@@ -88,7 +127,7 @@ def test_gradients_match_central_differences(name, factory, shape):
     xw = x.copy()
 
     def objective():
-        y, _ = layer.forward(fn.tree_unflatten(treedef, work), xw)
+        y, _, _ = layer.forward_with_state(fn.tree_unflatten(treedef, work), state, xw, key=KEY, train=train)
         return float(np.sum(y * r))
 
     idx = sample_indices(x.shape, rng)
@@ -104,7 +143,9 @@ def test_gradients_match_central_differences(name, factory, shape):
 def test_forward_backward_leave_inputs_unchanged(name, factory, shape):
     layer, params, out_shape, x = _setup(factory, shape, np.float32)
     x0, p0 = x.copy(), [leaf.copy() for leaf in fn.tree_leaves(params)]
-    y, cache = layer.forward(params, x)
+    state = layer.init_state(params)
+    s0 = [leaf.copy() for leaf in fn.tree_leaves(state)]
+    y, cache, _ = layer.forward_with_state(params, state, x, key=KEY)
     dy = np.ones_like(y)
     dy0 = dy.copy()
     y0 = y.copy()
@@ -112,7 +153,7 @@ def test_forward_backward_leave_inputs_unchanged(name, factory, shape):
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(dy, dy0)
     np.testing.assert_array_equal(y, y0)
-    for a, b in zip(fn.tree_leaves(params), p0):
+    for a, b in zip(fn.tree_leaves(params) + fn.tree_leaves(state), p0 + s0):
         np.testing.assert_array_equal(a, b)
 
 
@@ -127,10 +168,12 @@ def test_same_key_same_bits(name, factory, shape):
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
 def test_dtype_mismatch_is_an_error(name, factory, shape):
     layer, params, _, x = _setup(factory, shape, np.float32)
+    state = layer.init_state(params)
     with pytest.raises(fn.DTypeError, match="dtype"):
-        layer.forward(params, x.astype(np.float64) if fn.tree_leaves(params) else x.astype(np.int64))
+        bad = x.astype(np.float64) if fn.tree_leaves(params) else x.astype(np.int64)
+        layer.forward_with_state(params, state, bad, key=KEY)
     with pytest.raises(fn.DTypeError, match="float32 or float64"):
-        layer.forward(params, x.astype(np.int32))
+        layer.forward_with_state(params, state, x.astype(np.int32), key=KEY)
 
 
 @pytest.mark.parametrize(

@@ -19,20 +19,31 @@ from ..tree import FrozenDict, tree_leaves
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+NO_STATE = FrozenDict()
+
+
 @attrs.frozen
 class Layer:
     """A layer as pure functions (all shapes exclude the batch axis unless said).
 
     * ``init(key, input_shape, *, dtype=np.float32) -> (params, output_shape)``:
       parameters from a key, and shape inference without data.
-    * ``forward(params, x) -> (y, cache)``: checked forward pass (method below).
+    * ``forward(params, x, *, key=None, train=True) -> (y, cache)``: checked forward
+      pass (method below). ``key`` is needed only by random layers (dropout) in train
+      mode; ``train=False`` selects eval behaviour (dropout off, running statistics).
+      Layers that use neither ignore both.
     * ``backward(cache, dy) -> (dparams, dx)``: ``dparams`` has the structure of params.
+    * ``init_state(params) -> state`` and
+      ``forward_with_state(params, state, x, *, key=None, train=True) -> (y, cache, state)``
+      for layers with state (batch norm's running statistics): the state is passed in and
+      returned, never kept inside. Stateless layers have an empty state.
     * ``check(params, input_shape, dtype) -> output_shape``: raises a ShapeError or
       DTypeError naming the layer, the expected and the received value.
-    * ``apply(params, x, ws=None) -> (y, cache)``: forward without checks; ``ws`` is an
-      optional dict of workspace buffers the layer may reuse between calls (used by
-      :func:`fnnet.jit`). ``backward`` takes the same optional ``ws``.
+    * ``apply(params, state, x, ws, key, train) -> (y, cache, state)``: forward without
+      checks; ``ws`` is a dict of workspace buffers the layer may reuse between calls (or
+      None), as :func:`fnnet.jit` does. ``backward`` takes the same optional ``ws``.
     * ``children``: ``((key, layer), ...)`` for combinators, empty otherwise.
+    * ``stateful`` / ``stochastic``: whether the layer has state / needs a key to train.
     """
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
@@ -41,12 +52,36 @@ class Layer:
     backward: Callable = attrs.field(repr=False)
     check: Callable = attrs.field(repr=False)
     children: tuple = attrs.field(default=(), repr=False)
+    init_state: Callable = attrs.field(default=lambda params: NO_STATE, repr=False)
+    stateful: bool = False
+    stochastic: bool = False
 
-    def forward(self, params: Any, x: np.ndarray) -> tuple[np.ndarray, Any]:
+    @classmethod
+    def stateless(cls, name: str, init: Callable, apply: Callable, backward: Callable, check: Callable) -> Layer:
+        """A layer from ``apply(params, x, ws=None) -> (y, cache)`` (no key, mode or state)."""
+
+        def full(params, state, x, ws=None, key=None, train=True):
+            y, cache = apply(params, x, ws)
+            return y, cache, state
+
+        return cls(name, init, full, backward, check)
+
+    def forward(self, params: Any, x: np.ndarray, *, key: Any = None, train: bool = True) -> tuple[np.ndarray, Any]:
         """Checked forward pass: ``x`` is (N, *input_shape); returns ``(y, cache)``."""
+        if self.stateful:
+            raise TypeError(f"{self.name} has state (e.g. batch norm): use forward_with_state(params, state, x)")
+        y, cache, _ = self.forward_with_state(params, NO_STATE, x, key=key, train=train)
+        return y, cache
+
+    def forward_with_state(
+        self, params: Any, state: Any, x: np.ndarray, *, key: Any = None, train: bool = True
+    ) -> tuple[np.ndarray, Any, Any]:
+        """Checked forward pass threading ``state``; returns ``(y, cache, new_state)``."""
         x = as_batch(x, self.name)
         self.check(params, x.shape[1:], x.dtype)
-        return self.apply(params, x)
+        if train and self.stochastic and key is None:
+            raise TypeError(f"{self.name} is random in train mode: pass key=fnnet.random.key(...) (or train=False)")
+        return self.apply(params, state, x, None, key, train)
 
     def output_shape(self, params: Any, input_shape: tuple, dtype=np.float32) -> tuple:
         """Per-sample output shape for ``input_shape`` (checks compatibility)."""

@@ -1,4 +1,4 @@
-"""Elementwise activations: (N, ...) -> (N, ...), no params."""
+"""Activations: (N, ...) -> (N, ...), no params; elementwise except the softmaxes (last axis)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _elementwise(name: str, fwd, bwd) -> Layer:
     def backward(saved, dy, ws=None):
         return NO_PARAMS, bwd(saved, dy, buffer(ws, "dx", dy.shape, dy.dtype))
 
-    return Layer(name, init, apply, backward, check)
+    return Layer.stateless(name, init, apply, backward, check)
 
 
 def relu() -> Layer:
@@ -81,3 +81,31 @@ def sigmoid() -> Layer:
         return np.multiply(dy, y * (1 - y), out=out)
 
     return _elementwise("sigmoid", fwd, bwd)
+
+
+def softmax() -> Layer:
+    """Softmax over the last axis (stable: computed from ``x - max``)."""
+
+    def fwd(x, out):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        y = np.divide(e, e.sum(axis=-1, keepdims=True), out=out)
+        return y, y
+
+    def bwd(y, dy, out):
+        return np.multiply(y, dy - np.sum(dy * y, axis=-1, keepdims=True), out=out)
+
+    return _elementwise("softmax", fwd, bwd)
+
+
+def log_softmax() -> Layer:
+    """Log of the softmax over the last axis, ``x - logsumexp(x)`` (stable)."""
+
+    def fwd(x, out):
+        z = x - x.max(axis=-1, keepdims=True)
+        y = np.subtract(z, np.log(np.exp(z).sum(axis=-1, keepdims=True)), out=out)
+        return y, y
+
+    def bwd(y, dy, out):
+        return np.subtract(dy, np.exp(y) * np.sum(dy, axis=-1, keepdims=True), out=out)
+
+    return _elementwise("log_softmax", fwd, bwd)

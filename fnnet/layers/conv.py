@@ -119,4 +119,4 @@ def conv2d(
         dx = kernels.col2im(dcols, kh, kw, sh, sw, dh, dw, *pad, buffer(ws, "dx", x_shape, w.dtype))
         return FrozenDict(w=dw_.reshape(w.shape), b=db), dx
 
-    return Layer(name, init, apply, backward, check)
+    return Layer.stateless(name, init, apply, backward, check)

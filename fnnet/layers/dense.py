@@ -58,4 +58,4 @@ def dense(
         dx = np.matmul(dy, w.T, out=buffer(ws, "dx", x.shape, x.dtype))
         return FrozenDict(w=dw, b=db), dx
 
-    return Layer(name, init, apply, backward, check)
+    return Layer.stateless(name, init, apply, backward, check)

@@ -39,7 +39,7 @@ def _pool(name: str, window: tuple[int, int], stride: tuple[int, int], fwd, bwd)
         cache, x_shape = cache
         return NO_PARAMS, bwd(cache, dy, buffer(ws, "dx", x_shape, dy.dtype))
 
-    return Layer(name, init, apply, backward, check)
+    return Layer.stateless(name, init, apply, backward, check)
 
 
 def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:
@@ -72,3 +72,28 @@ def avg_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
         return kernels.avg_pool_backward(dy, kh, kw, sh, sw, dx)
 
     return _pool("avg_pool2d", (kh, kw), (sh, sw), fwd, bwd)
+
+
+def global_avg_pool2d() -> Layer:
+    """The mean over all of H and W: (N, C, H, W) -> (N, C)."""
+    name = "global_avg_pool2d"
+
+    def init(key, input_shape, *, dtype=np.float32):
+        check_ndim(name, tuple(input_shape), 3, "a (C, H, W)")
+        return NO_PARAMS, tuple(input_shape)[:1]
+
+    def check(params, input_shape, dtype):
+        check_dtype(name, params, dtype)
+        check_ndim(name, tuple(input_shape), 3, "a (C, H, W)")
+        return tuple(input_shape)[:1]
+
+    def apply(params, x, ws=None):
+        y = np.mean(x, axis=(2, 3), out=buffer(ws, "y", x.shape[:2], x.dtype))
+        return y, x.shape
+
+    def backward(x_shape, dy, ws=None):
+        dx = buffer(ws, "dx", x_shape, dy.dtype)
+        np.multiply(dy[:, :, None, None], 1.0 / (x_shape[2] * x_shape[3]), out=dx)
+        return NO_PARAMS, dx
+
+    return Layer.stateless(name, init, apply, backward, check)

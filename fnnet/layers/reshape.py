@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
-from ._base import NO_PARAMS, Layer, check_dtype
+from .._errors import ShapeError
+from ._base import NO_PARAMS, Layer, check_dtype, fmt_shape
 
 
-def flatten() -> Layer:
-    """(N, d1, d2, ...) -> (N, d1*d2*...)."""
-    name = "flatten"
+def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
+    """A params-free layer whose output is ``x`` viewed with per-sample ``out_shape``."""
 
     def init(key, input_shape, *, dtype=np.float32):
-        return NO_PARAMS, (math.prod(input_shape),)
+        return NO_PARAMS, out_shape(tuple(input_shape))
 
     def check(params, input_shape, dtype):
         check_dtype(name, params, dtype)
-        return (math.prod(input_shape),)
+        return out_shape(tuple(input_shape))
 
     def apply(params, x, ws=None):
-        y = x.reshape(x.shape[0], -1)
+        y = x.reshape(x.shape[0], *out_shape(x.shape[1:]))
         if y.base is not None:
             y.flags.writeable = False
         return y, x.shape
@@ -29,4 +30,32 @@ def flatten() -> Layer:
     def backward(x_shape, dy, ws=None):
         return NO_PARAMS, dy.reshape(x_shape)
 
-    return Layer(name, init, apply, backward, check)
+    return Layer.stateless(name, init, apply, backward, check)
+
+
+def flatten() -> Layer:
+    """(N, d1, d2, ...) -> (N, d1*d2*...)."""
+    return _view_layer("flatten", lambda shape: (math.prod(shape),))
+
+
+def identity() -> Layer:
+    """y = x (a read-only view)."""
+    return _view_layer("identity", lambda shape: shape)
+
+
+def reshape(shape: tuple[int, ...]) -> Layer:
+    """(N, *in) -> (N, *shape) with the same number of elements per sample; one entry of
+    ``shape`` may be -1 (inferred)."""
+    shape = tuple(int(d) for d in shape)
+    if shape.count(-1) > 1 or any(d < 1 and d != -1 for d in shape):
+        raise ValueError(f"reshape: shape must hold positive sizes and at most one -1, got {shape}")
+
+    def out_shape(in_shape):
+        n = math.prod(in_shape)
+        known = math.prod(d for d in shape if d != -1)
+        target = tuple(n // known if d == -1 else d for d in shape)
+        if math.prod(target) != n:
+            raise ShapeError(f"reshape: cannot view input {fmt_shape(in_shape)} ({n} values) as {fmt_shape(shape)}")
+        return target
+
+    return _view_layer("reshape", out_shape)
