@@ -14,8 +14,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ._errors import ShapeError, TreeMismatchError
 from . import random
+from ._errors import ShapeError, TreeMismatchError
 from .layers._base import NO_STATE, Layer, as_batch
 from .losses import accuracy
 from .optim import GradientTransformation, apply_updates

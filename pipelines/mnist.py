@@ -296,7 +296,8 @@ def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
     ap.add_argument("--data-dir", help="folder with the dataset files (or with a <dataset>/ subfolder)")
     ap.add_argument("--no-verify", action="store_true",
-                    help="accept IDX files that are not the published ones (your own subsets); structure is still checked")
+                    help="accept IDX files that are not the published ones (your own subsets); "
+                    "their structure is still checked")
     length = ap.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="number of training steps")
     length.add_argument("--epochs", type=float, help="number of passes over the training set")
