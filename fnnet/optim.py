@@ -22,14 +22,18 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .tree import FrozenDict, tree_leaves_with_path, tree_map
+from .tree import FrozenDict, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map, tree_unflatten
 
 __all__ = [
     "GradientTransformation",
     "Schedule",
+    "adagrad",
     "adam",
+    "adamw",
+    "add_decayed_weights",
     "apply_updates",
     "chain",
+    "clip_by_global_norm",
     "constant",
     "cosine_decay",
     "exponential_decay",
@@ -38,9 +42,15 @@ __all__ = [
     "inverse_time_decay",
     "keras_sgd",
     "learning_rate",
+    "masked",
+    "rmsprop",
     "scale",
     "scale_by_adam",
     "scale_by_learning_rate",
+    "scale_by_rms",
+    "scale_by_rss",
+    "scale_by_schedule",
+    "set_to_zero",
     "sgd",
     "trace",
 ]
@@ -217,6 +227,127 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     return GradientTransformation(init, update, elementwise=True)
 
 
+def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
+    """``u -> schedule(t) * u``, with ``t`` the number of updates already applied."""
+    if not callable(schedule):
+        raise TypeError("scale_by_schedule: schedule must be a callable step -> value")
+
+    def update(updates, state, params=None):
+        t = int(state["count"])
+        factor = float(schedule(t))
+        return tree_map(lambda u: u * factor, updates), FrozenDict(count=_count(t + 1))
+
+    return GradientTransformation(lambda params: FrozenDict(count=_count(0)), update, elementwise=True)
+
+
+def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformation:
+    """RMSprop's direction: ``nu = decay nu + (1-decay) g^2``, ``u = g / (sqrt(nu) + eps)``."""
+    decay = _check_unit("scale_by_rms", "decay", decay, closed=False)
+    eps = float(eps)
+
+    def init(params):
+        return FrozenDict(nu=_zeros_like(params))
+
+    def update(updates, state, params=None):
+        nu = tree_map(lambda g, v: decay * v + (1 - decay) * (g * g), updates, state["nu"])
+        return tree_map(lambda g, v: g / (np.sqrt(v) + eps), updates, nu), FrozenDict(nu=nu)
+
+    return GradientTransformation(init, update, elementwise=True)
+
+
+def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> GradientTransformation:
+    """Adagrad's direction: ``s = s + g^2`` (from ``initial_accumulator_value``),
+    ``u = g / (sqrt(s) + eps)``."""
+    init_value, eps = float(initial_accumulator_value), float(eps)
+    if init_value < 0:
+        raise ValueError(f"scale_by_rss: initial_accumulator_value must be >= 0, got {init_value}")
+
+    def init(params):
+        return FrozenDict(sum_of_squares=tree_map(lambda p: np.full_like(p, init_value), params))
+
+    def update(updates, state, params=None):
+        s = tree_map(lambda g, a: a + g * g, updates, state["sum_of_squares"])
+        return tree_map(lambda g, a: g / (np.sqrt(a) + eps), updates, s), FrozenDict(sum_of_squares=s)
+
+    return GradientTransformation(init, update, elementwise=True)
+
+
+def add_decayed_weights(weight_decay: float, mask: Any = None) -> GradientTransformation:
+    """``u -> u + weight_decay * params`` (decoupled weight decay, applied before the
+    learning rate). ``mask`` (a tree of bools like params, or ``params -> tree``) limits
+    it to some leaves, e.g. ``lambda p: tree_map(lambda a: a.ndim > 1, p)`` skips biases."""
+    weight_decay = float(weight_decay)
+    if weight_decay < 0:
+        raise ValueError(f"add_decayed_weights: weight_decay must be >= 0, got {weight_decay}")
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
+        return tree_map(lambda u, p: u + weight_decay * p, updates, params), state
+
+    t = GradientTransformation(lambda params: FrozenDict(), update, elementwise=True)
+    return t if mask is None else masked(t, mask)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale all updates by ``max_norm / global_norm`` when their global L2 norm exceeds
+    ``max_norm`` (the norm over all leaves together)."""
+    max_norm = float(max_norm)
+    if not max_norm > 0:
+        raise ValueError(f"clip_by_global_norm: max_norm must be > 0, got {max_norm}")
+
+    def update(updates, state, params=None):
+        norm = float(np.sqrt(sum(np.vdot(u, u).real for u in tree_leaves(updates))))
+        if norm <= max_norm:
+            return updates, state
+        factor = max_norm / norm
+        return tree_map(lambda u: u * factor, updates), state
+
+    # a reduction over all leaves: its result depends on how the leaves are laid out
+    return GradientTransformation(lambda params: FrozenDict(), update, elementwise=False)
+
+
+def set_to_zero() -> GradientTransformation:
+    """All updates become zero: with :func:`masked`, freezes params."""
+    return GradientTransformation(
+        lambda params: FrozenDict(), lambda u, s, p=None: (tree_map(np.zeros_like, u), s), elementwise=True
+    )
+
+
+def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
+    """Apply ``inner`` to the leaves where ``mask`` is True; other updates pass through.
+
+    ``mask`` is a tree of bools with the structure of params, or a function
+    ``params -> mask``. ``inner`` sees (and keeps state for) a tuple of the selected
+    leaves. Freeze params with ``masked(set_to_zero(), frozen)`` first in a chain.
+    """
+    if not isinstance(inner, GradientTransformation):
+        raise TypeError(f"masked: inner is a {type(inner).__name__}, not a GradientTransformation")
+
+    def flags(tree):
+        m = mask(tree) if callable(mask) else mask
+        tree_map(lambda a, b: None, tree, m)  # the same structure, or an error naming the path
+        return [bool(b) for b in tree_leaves(m)]
+
+    def select(tree, fl):
+        return tuple(leaf for leaf, keep in zip(tree_leaves(tree), fl) if keep)
+
+    def init(params):
+        return FrozenDict(inner=inner.init(select(params, flags(params))))
+
+    def update(updates, state, params=None):
+        fl = flags(updates if params is None else params)
+        leaves, treedef = tree_flatten(updates)
+        sub_params = None if params is None else select(params, fl)
+        new_sel, inner_state = inner.update(select(updates, fl), state["inner"], sub_params)
+        it = iter(new_sel)
+        merged = [next(it) if keep else leaf for leaf, keep in zip(leaves, fl)]
+        return tree_unflatten(treedef, merged), FrozenDict(inner=inner_state)
+
+    # the mask follows the params' structure, so this cannot run on one flat buffer
+    return GradientTransformation(init, update, elementwise=False)
+
+
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` in order; the state is the tuple of their states."""
     for i, t in enumerate(transforms):
@@ -254,6 +385,38 @@ def adam(
 ) -> GradientTransformation:
     """Adam: :func:`scale_by_adam` then the learning rate."""
     return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+
+
+def adamw(
+    learning_rate: float | Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-4,
+    mask: Any = None,
+) -> GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay,
+    ``w -= lr * (adam_direction + weight_decay * w)``; ``mask`` as in
+    :func:`add_decayed_weights` (e.g. to skip biases)."""
+    return chain(
+        scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate)
+    )
+
+
+def rmsprop(
+    learning_rate: float | Schedule, decay: float = 0.9, eps: float = 1e-8, momentum: float = 0.0
+) -> GradientTransformation:
+    """RMSprop (Tieleman & Hinton 2012): :func:`scale_by_rms`, optional momentum, then the rate."""
+    momentum = _check_unit("rmsprop", "momentum", momentum)
+    parts = [scale_by_rms(decay, eps)] + ([trace(momentum)] if momentum else [])
+    return chain(*parts, scale_by_learning_rate(learning_rate))
+
+
+def adagrad(
+    learning_rate: float | Schedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7
+) -> GradientTransformation:
+    """Adagrad (Duchi et al. 2011): :func:`scale_by_rss` then the rate."""
+    return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
 
 
 def keras_sgd(learning_rate: float, momentum: float = 0.0, decay: float = 0.0) -> GradientTransformation:

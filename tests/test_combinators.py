@@ -70,3 +70,38 @@ def test_serial_rejects_non_layers():
         fn.serial(fn.relu)
     with pytest.raises(ValueError, match="at least one layer"):
         fn.serial()
+
+
+def test_residual_needs_matching_shapes():
+    want = r"residual: block output \(N, 4, 2, 2\) does not match shortcut output \(N, 2, 6, 6\)"
+    with pytest.raises(fn.ShapeError, match=want):
+        fn.residual(fn.conv2d(4, 3, stride=2)).init(fn.random.key(0), (2, 6, 6))
+    block = fn.residual(fn.conv2d(2, 3, padding="same"))
+    params, out = block.init(fn.random.key(0), (2, 5, 5))
+    assert out == (2, 5, 5) and list(params) == ["block", "shortcut"]
+    with pytest.raises(fn.ShapeError, match=r"^residual/block: conv2d: expected input of shape \(N, 2, H, W\)"):
+        block.forward(params, np.zeros((1, 3, 5, 5), np.float32))
+
+
+def test_a_small_resnet_trains():
+    def block(c):
+        return fn.residual(fn.serial(fn.conv2d(c, 3, padding="same"), fn.batch_norm(), fn.relu(),
+                                     fn.conv2d(c, 3, padding="same"), fn.batch_norm()))
+
+    model = fn.serial(
+        fn.conv2d(4, 3, padding="same"), fn.batch_norm(), fn.relu(), block(4), fn.relu(),
+        fn.residual(fn.serial(fn.conv2d(8, 3, stride=2, padding=1), fn.batch_norm()), fn.conv2d(8, 1, stride=2)),
+        fn.relu(), fn.global_avg_pool2d(), fn.dense(3),
+    )
+    params, out = model.init(fn.random.key(0), (1, 8, 8))
+    assert out == (3,)
+    opt = fn.optim.adamw(0.02, weight_decay=1e-4)
+    step = fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt))
+    state = fn.TrainState.create(params, opt, model)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((12, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, 12)
+    losses = []
+    for _ in range(40):
+        state, m = step(state, (x, y))
+        losses.append(m["loss"])
+    assert losses[-1] < 0.5 * losses[0]

@@ -54,19 +54,65 @@ def ref_adam(lr, b1=0.9, b2=0.999, eps=1e-8):
     return run
 
 
-# (id, transform, reference, learning rate that solves the quadratic below)
+def ref_adamw(lr, wd=0.01, b1=0.9, b2=0.999, eps=1e-8):
+    """Loshchilov & Hutter (2019), Algorithm 2 with the schedule multiplier fixed to 1."""
+
+    def run(w, grads):
+        m, v, out = np.zeros_like(w), np.zeros_like(w), []
+        for t, g in enumerate(grads, start=1):
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g**2
+            w = w - lr * ((m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + wd * w)
+            out.append(w)
+        return out
+
+    return run
+
+
+def ref_rmsprop(lr, decay=0.9, eps=1e-8, momentum=0.0):
+    def run(w, grads):
+        nu, mom, out = np.zeros_like(w), np.zeros_like(w), []
+        for g in grads:
+            nu = decay * nu + (1 - decay) * g**2
+            mom = g / (np.sqrt(nu) + eps) + momentum * mom
+            w = w - lr * mom
+            out.append(w)
+        return out
+
+    return run
+
+
+def ref_adagrad(lr, init=0.1, eps=1e-7):
+    def run(w, grads):
+        acc, out = np.full_like(w, init), []
+        for g in grads:
+            acc = acc + g**2
+            w = w - lr * g / (np.sqrt(acc) + eps)
+            out.append(w)
+        return out
+
+    return run
+
+
+# (id, transform, reference, learning rate for the quadratic, for Rosenbrock)
 OPTIMIZERS = [
-    ("sgd", lambda lr: optim.sgd(lr), ref_sgd, 0.05),
-    ("sgd_momentum", lambda lr: optim.sgd(lr, momentum=0.9), lambda lr: ref_sgd(lr, 0.9), 0.01),
-    ("sgd_nesterov", lambda lr: optim.sgd(lr, 0.9, nesterov=True), lambda lr: ref_sgd(lr, 0.9, True), 0.01),
+    ("sgd", lambda lr: optim.sgd(lr), ref_sgd, 0.05, 2e-3),
+    ("sgd_momentum", lambda lr: optim.sgd(lr, momentum=0.9), lambda lr: ref_sgd(lr, 0.9), 0.01, 5e-4),
+    ("sgd_nesterov", lambda lr: optim.sgd(lr, 0.9, nesterov=True), lambda lr: ref_sgd(lr, 0.9, True), 0.01, 5e-4),
     (
         "sgd_inverse_time",
-        lambda lr: optim.sgd(optim.inverse_time_decay(lr, 0.01)),
-        lambda lr: ref_sgd(lambda t: lr / (1 + 0.01 * t)),
+        lambda lr: optim.sgd(optim.inverse_time_decay(lr, 1e-4)),
+        lambda lr: ref_sgd(lambda t: lr / (1 + 1e-4 * t)),
         0.09,
+        2e-3,
     ),
-    ("keras_sgd", lambda lr: optim.keras_sgd(lr, 0.9, 1e-3), lambda lr: ref_keras(lr, 0.9, 1e-3), 0.01),
-    ("adam", lambda lr: optim.adam(lr), ref_adam, 0.05),
+    ("keras_sgd", lambda lr: optim.keras_sgd(lr, 0.9, 1e-3), lambda lr: ref_keras(lr, 0.9, 1e-3), 0.01, 5e-4),
+    ("adam", lambda lr: optim.adam(lr), ref_adam, 0.05, 0.02),
+    ("adamw", lambda lr: optim.adamw(lr, weight_decay=0.01), ref_adamw, 0.05, 0.02),
+    ("rmsprop", lambda lr: optim.rmsprop(lr), ref_rmsprop, 0.01, 1e-3),
+    ("rmsprop_momentum", lambda lr: optim.rmsprop(lr, momentum=0.9), lambda lr: ref_rmsprop(lr, momentum=0.9),
+     0.002, 3e-4),
+    ("adagrad", lambda lr: optim.adagrad(lr), ref_adagrad, 0.5, 0.5),
 ]
 IDS = [o[0] for o in OPTIMIZERS]
 
@@ -80,16 +126,16 @@ def _run(opt, params, grads):
     return out, state
 
 
-@pytest.mark.parametrize("name,make,ref,lr", OPTIMIZERS, ids=IDS)
-def test_matches_the_published_update_rule(name, make, ref, lr):
+@pytest.mark.parametrize("name,make,ref,lr,rosen_lr", OPTIMIZERS, ids=IDS)
+def test_matches_the_published_update_rule(name, make, ref, lr, rosen_lr):
     got, _ = _run(make(0.1), fn.freeze({"w": W0}), GRADS)
     want = ref(0.1)(W0, GRADS)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-14, atol=1e-15)
 
 
-@pytest.mark.parametrize("name,make,ref,lr", OPTIMIZERS, ids=IDS)
-def test_reduces_a_quadratic(name, make, ref, lr):
+@pytest.mark.parametrize("name,make,ref,lr,rosen_lr", OPTIMIZERS, ids=IDS)
+def test_reduces_a_quadratic(name, make, ref, lr, rosen_lr):
     a, c = np.array([1.0, 10.0]), np.array([3.0, -2.0])
     f = lambda w: 0.5 * np.sum(a * (w - c) ** 2)  # noqa: E731
     opt, params = make(lr), fn.freeze({"w": np.zeros(2)})
@@ -100,8 +146,25 @@ def test_reduces_a_quadratic(name, make, ref, lr):
     assert f(params["w"]) < 1e-4 * f(np.zeros(2))
 
 
-@pytest.mark.parametrize("name,make,ref,lr", OPTIMIZERS, ids=IDS)
-def test_pure_dtype_preserving_and_read_only(name, make, ref, lr):
+@pytest.mark.parametrize("name,make,ref,lr,rosen_lr", OPTIMIZERS, ids=IDS)
+def test_minimises_rosenbrock(name, make, ref, lr, rosen_lr):
+    """f(x, y) = (1 - x)^2 + 100 (y - x^2)^2 from (-1.2, 1): 5000 steps reach f < 0.03."""
+
+    def grad(w):
+        x, y = w
+        return np.array([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])
+
+    opt, params = make(rosen_lr), fn.freeze({"w": np.array([-1.2, 1.0])})
+    state = opt.init(params)
+    for _ in range(5000):
+        updates, state = opt.update({"w": grad(params["w"])}, state, params)
+        params = optim.apply_updates(params, updates)
+    x, y = params["w"]
+    assert (1 - x) ** 2 + 100 * (y - x * x) ** 2 < 0.03
+
+
+@pytest.mark.parametrize("name,make,ref,lr,rosen_lr", OPTIMIZERS, ids=IDS)
+def test_pure_dtype_preserving_and_read_only(name, make, ref, lr, rosen_lr):
     params = fn.freeze({"w": W0.astype(np.float32)})
     opt = make(0.1)
     state = opt.init(params)
@@ -150,6 +213,11 @@ def test_chain_composes_in_order():
         (lambda: optim.sgd(0.1, nesterov=True), "nesterov=True needs momentum > 0"),
         (lambda: optim.adam(0.1, b1=1.0), r"b1 must be in \[0, 1\)"),
         (lambda: optim.inverse_time_decay(0.1, -1), "decay must be >= 0"),
+        (lambda: optim.clip_by_global_norm(0), "max_norm must be > 0"),
+        (lambda: optim.add_decayed_weights(-1), "weight_decay must be >= 0"),
+        (lambda: optim.piecewise_constant([2, 1], [1, 2, 3]), "sorted boundaries"),
+        (lambda: optim.cosine_decay(1.0, 0), "decay_steps must be >= 1"),
+        (lambda: optim.rmsprop(0.1, decay=1.0), r"decay must be in \[0, 1\)"),
     ],
 )
 def test_bad_hyperparameters(make, match):
@@ -162,3 +230,77 @@ def test_mismatched_grads_name_the_path():
     state = opt.init({"w": np.zeros(2), "b": np.zeros(1)})
     with pytest.raises(fn.TreeMismatchError, match="keys"):
         opt.update({"w": np.zeros(2)}, state)
+
+
+def test_clip_by_global_norm_by_hand():
+    opt = optim.clip_by_global_norm(1.0)
+    grads = {"a": np.array([3.0]), "b": np.array([4.0])}  # global norm 5
+    out, _ = opt.update(grads, opt.init(grads))
+    np.testing.assert_allclose([out["a"][0], out["b"][0]], [0.6, 0.8], rtol=1e-15)
+    small = {"a": np.array([0.3]), "b": np.array([0.4])}
+    assert opt.update(small, opt.init(small))[0] is small
+    assert not opt.elementwise
+
+
+def test_weight_decay_masked_to_skip_biases():
+    params = fn.freeze({"w": np.ones((2, 2)), "b": np.ones(2)})
+    opt = optim.chain(
+        optim.add_decayed_weights(0.5, mask=lambda p: fn.tree_map(lambda a: a.ndim > 1, p)),
+        optim.scale_by_learning_rate(1.0),
+    )
+    zeros = fn.tree_map(np.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    np.testing.assert_array_equal(updates["w"], -0.5 * np.ones((2, 2)))
+    np.testing.assert_array_equal(updates["b"], np.zeros(2))
+
+
+def test_frozen_params_get_no_update_and_keep_no_momentum():
+    params = fn.freeze({"frozen": np.ones(2), "free": np.ones(2)})
+    frozen = {"frozen": True, "free": False}
+    opt = optim.chain(optim.masked(optim.set_to_zero(), frozen), optim.sgd(0.1, momentum=0.9))
+    state = opt.init(params)
+    for _ in range(3):
+        updates, state = opt.update(fn.tree_map(np.ones_like, params), state, params)
+        params = optim.apply_updates(params, updates)
+    np.testing.assert_array_equal(params["frozen"], np.ones(2))
+    assert (params["free"] < 1).all()
+
+
+def test_masked_inner_state_covers_only_selected_leaves():
+    params = fn.freeze({"a": np.zeros(3), "b": np.zeros(5)})
+    opt = optim.masked(optim.adam(0.1), {"a": False, "b": True})
+    state = opt.init(params)
+    assert [leaf.shape for leaf in fn.tree_leaves(state["inner"][0]["mu"])] == [(5,)]
+    with pytest.raises(fn.TreeMismatchError, match="keys"):
+        optim.masked(optim.sgd(0.1), {"a": True}).init(params)
+
+
+@pytest.mark.parametrize(
+    "schedule,want",
+    [
+        (optim.constant(0.3), [0.3, 0.3, 0.3]),
+        (optim.inverse_time_decay(1.0, 0.5), [1.0, 1 / 1.5, 0.5]),
+        (optim.exponential_decay(1.0, 0.5, 2), [1.0, 0.5**0.5, 0.5]),
+        (optim.exponential_decay(1.0, 0.5, 2, staircase=True), [1.0, 1.0, 0.5]),
+        (optim.piecewise_constant([1, 2], [3.0, 2.0, 1.0]), [3.0, 2.0, 1.0]),
+        (optim.cosine_decay(1.0, 2), [1.0, 0.5, 0.0]),
+        (optim.cosine_decay(1.0, 2, alpha=0.1, warmup_steps=2), [0.0, 0.5, 1.0]),
+    ],
+)
+def test_schedules(schedule, want):
+    np.testing.assert_allclose([schedule(t) for t in range(3)], want, rtol=1e-12, atol=1e-15)
+
+
+def test_cosine_decay_ends_at_alpha_and_stays():
+    s = optim.cosine_decay(2.0, 10, alpha=0.1, warmup_steps=5)
+    assert s(15) == pytest.approx(0.2) and s(100) == pytest.approx(0.2) and s(10) == pytest.approx(1.1)
+
+
+def test_scale_by_schedule_counts_steps():
+    opt = optim.scale_by_schedule(lambda t: t + 1.0)
+    state = opt.init({"w": np.zeros(1)})
+    outs = []
+    for _ in range(3):
+        u, state = opt.update({"w": np.ones(1)}, state)
+        outs.append(float(u["w"][0]))
+    assert outs == [1.0, 2.0, 3.0]
