@@ -96,6 +96,12 @@ def mnist(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks at one thread; results go to benchmarks/results/."""
+    """fnnet against numpy, PyTorch and JAX, one thread; tables in benchmarks/results/."""
     session.install(".", "threadpoolctl")
-    session.run("python", "benchmarks/bench_step.py", *session.posargs, env=_env())
+    for peer in (["torch==2.13.0"], ["jax", "jaxlib"]):  # the peers live in this session only
+        try:
+            session.install(*peer)
+        except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
+            session.warn(f"could not install {' '.join(peer)} ({exc}); benchmarking without it")
+    session.run("python", "benchmarks/bench_kernels.py", env=_env())
+    session.run("python", "benchmarks/bench_train.py", *session.posargs, env=_env())

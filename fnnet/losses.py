@@ -52,23 +52,49 @@ def _targets(name: str, labels, n: int, c: int, dtype) -> np.ndarray:
     )
 
 
+def _check_ids(name: str, labels: np.ndarray, n: int, c: int) -> None:
+    if labels.shape[0] != n:
+        raise ShapeError(f"{name}: {n} logits rows but {labels.shape[0]} labels")
+    lo, hi = (labels.min(), labels.max()) if labels.size else (0, 0)
+    if lo < 0 or hi >= c:
+        raise InvalidValueError(f"{name}: labels must be class ids in [0, {c}), got values in [{lo}, {hi}]")
+
+
 def softmax_cross_entropy(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     """Mean softmax cross-entropy and its gradient.
 
     ``logits`` (N, C) float; ``labels`` int class ids (N,) or one-hot/probability rows
     (N, C). Stable: computed from ``logits - max`` with log-sum-exp. Returns
-    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - onehot) / N``.
+    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - onehot) / N``. NaN or inf
+    in the logits is an InvalidValueError.
     """
     name = "softmax_cross_entropy"
-    logits = _check_outputs(name, logits, "logits", ndim=2)
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    ids = labels.ndim == 1 and labels.dtype.kind in "iu"
+    if not ids or logits.ndim != 2 or logits.dtype not in FLOAT_DTYPES or logits.size == 0:
+        logits = _check_outputs(name, logits, "logits", ndim=2)
     n, c = logits.shape
-    target = _targets(name, labels, n, c, logits.dtype)
-    z = logits - logits.max(axis=1, keepdims=True)
+    m = logits.max(axis=1, keepdims=True)
+    if not np.isfinite(m).all():  # a row max is NaN or +inf exactly when that row has one
+        _check_outputs(name, logits, "logits")
+    z = logits - m
     e = np.exp(z)
-    s = e.sum(axis=1, keepdims=True)
-    logp = z - np.log(s)
-    loss = -(target * logp).sum(dtype=np.float64) / n
-    dlogits = (e / s - target) * (1.0 / n)
+    s = np.add.reduce(e, axis=1, keepdims=True)
+    if ids:  # the common case, without a one-hot matrix
+        _check_ids(name, labels, n, c)
+        rows = np.arange(n)
+        loss = -(z[rows, labels] - np.log(s[:, 0])).sum(dtype=np.float64) / n
+        dlogits = np.divide(e, s, out=e)
+        dlogits[rows, labels] -= 1
+        dlogits *= 1.0 / n
+    else:
+        target = _targets(name, labels, n, c, logits.dtype)
+        loss = -(target * (z - np.log(s))).sum(dtype=np.float64) / n
+        dlogits = (e / s - target) * (1.0 / n)
+    if not np.isfinite(loss):  # NaN/inf logits make the loss non-finite: name the culprit
+        _check_outputs(name, logits, "logits")
+        raise InvalidValueError(f"{name}: the loss is {loss}; a logit of a true class is -inf")
     return np.asarray(loss), dlogits.astype(logits.dtype, copy=False)
 
 

@@ -34,34 +34,35 @@ __all__ = [
 ]
 
 
-class FrozenDict(Mapping):
-    """An immutable, insertion-ordered mapping (the container of params trees)."""
+def _immutable(self, *args: Any, **kwargs: Any) -> None:
+    raise TypeError("FrozenDict is immutable")
 
-    __slots__ = ("_d", "_hash")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        object.__setattr__(self, "_d", dict(*args, **kwargs))
-        object.__setattr__(self, "_hash", None)
+class FrozenDict(dict):
+    """An immutable, insertion-ordered mapping (the container of params trees).
 
-    def __getitem__(self, key: Any) -> Any:
-        return self._d[key]
+    A ``dict`` subclass whose mutating methods raise TypeError: reads run at dict
+    speed, which matters on the training step's hot path.
+    """
 
-    def __iter__(self) -> Iterator:
-        return iter(self._d)
-
-    def __len__(self) -> int:
-        return len(self._d)
+    __slots__ = ()
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable
+    __ior__ = _immutable
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("FrozenDict is immutable")
 
     def __repr__(self) -> str:
-        return f"FrozenDict({self._d!r})"
+        return f"FrozenDict({dict.__repr__(self)})"
 
     def __hash__(self) -> int:
-        if self._hash is None:
-            object.__setattr__(self, "_hash", hash(tuple(self._d.items())))
-        return self._hash
+        return hash(tuple(self.items()))
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def copy(self) -> FrozenDict:
+        return self
 
 
 @attrs.frozen(repr=False)
@@ -69,18 +70,18 @@ class TreeDef:
     """The structure of a pytree without its leaves.
 
     ``kind`` is ``"leaf"``, ``"none"``, ``"dict"``, ``"tuple"`` or ``"list"``; ``keys``
-    holds a mapping's keys in order; ``children`` the sub-structures.
+    holds a mapping's keys in order; ``children`` the sub-structures; ``num_leaves`` is
+    derived.
     """
 
     kind: str
     keys: tuple = ()
     children: tuple = ()
+    num_leaves: int = attrs.field(init=False, eq=False)
 
-    @property
-    def num_leaves(self) -> int:
-        if self.kind == "leaf":
-            return 1
-        return sum(c.num_leaves for c in self.children)
+    def __attrs_post_init__(self) -> None:
+        n = 1 if self.kind == "leaf" else sum(c.num_leaves for c in self.children)
+        object.__setattr__(self, "num_leaves", n)
 
     def __repr__(self) -> str:
         if self.kind == "leaf":
@@ -145,9 +146,23 @@ def tree_leaves_with_path(tree: Any, _path: tuple = ()) -> list[tuple[tuple, Any
     return out
 
 
+def _collect(tree: Any, out: list) -> None:
+    kind = _kind(tree)
+    if kind == "leaf":
+        out.append(tree)
+    elif kind == "dict":
+        for c in tree.values():
+            _collect(c, out)
+    elif kind != "none":
+        for c in tree:
+            _collect(c, out)
+
+
 def tree_leaves(tree: Any) -> list:
     """The leaves of ``tree`` in flattening order."""
-    return [leaf for _, leaf in tree_leaves_with_path(tree)]
+    out: list = []
+    _collect(tree, out)
+    return out
 
 
 def tree_flatten(tree: Any) -> tuple[list, TreeDef]:

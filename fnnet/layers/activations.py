@@ -8,7 +8,7 @@ from ._base import NO_PARAMS, Layer, buffer, check_dtype
 
 
 def _elementwise(name: str, fwd, bwd) -> Layer:
-    """A Layer from ``fwd(x, out) -> (y, saved)`` and ``bwd(saved, dy, out) -> dx``."""
+    """A Layer from ``fwd(x, out) -> (y, saved)`` and ``bwd(saved, dy, out, ws) -> dx``."""
 
     def init(key, input_shape, *, dtype=np.float32):
         return NO_PARAMS, tuple(input_shape)
@@ -21,7 +21,7 @@ def _elementwise(name: str, fwd, bwd) -> Layer:
         return fwd(x, buffer(ws, "y", x.shape, x.dtype))
 
     def backward(saved, dy, ws=None):
-        return NO_PARAMS, bwd(saved, dy, buffer(ws, "dx", dy.shape, dy.dtype))
+        return NO_PARAMS, bwd(saved, dy, buffer(ws, "dx", dy.shape, dy.dtype), ws)
 
     return Layer.stateless(name, init, apply, backward, check)
 
@@ -33,8 +33,9 @@ def relu() -> Layer:
         y = np.maximum(x, 0, out=out)
         return y, y
 
-    def bwd(y, dy, out):
-        return np.multiply(dy, y > 0, out=out)
+    def bwd(y, dy, out, ws):
+        mask = np.greater(y, 0, out=buffer(ws, "mask", y.shape, np.dtype(bool)))
+        return np.multiply(dy, mask, out=out)
 
     return _elementwise("relu", fwd, bwd)
 
@@ -48,7 +49,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     def fwd(x, out):
         return np.where(x > 0, x, a * x), x
 
-    def bwd(x, dy, out):
+    def bwd(x, dy, out, ws):
         return np.where(x > 0, dy, a * dy)
 
     return _elementwise("leaky_relu", fwd, bwd)
@@ -61,7 +62,7 @@ def tanh() -> Layer:
         y = np.tanh(x, out=out)
         return y, y
 
-    def bwd(y, dy, out):
+    def bwd(y, dy, out, ws):
         np.multiply(y, y, out=out)
         np.subtract(1, out, out=out)
         return np.multiply(dy, out, out=out)
@@ -77,7 +78,7 @@ def sigmoid() -> Layer:
         y = np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
         return y, y
 
-    def bwd(y, dy, out):
+    def bwd(y, dy, out, ws):
         return np.multiply(dy, y * (1 - y), out=out)
 
     return _elementwise("sigmoid", fwd, bwd)
@@ -91,7 +92,7 @@ def softmax() -> Layer:
         y = np.divide(e, e.sum(axis=-1, keepdims=True), out=out)
         return y, y
 
-    def bwd(y, dy, out):
+    def bwd(y, dy, out, ws):
         return np.multiply(y, dy - np.sum(dy * y, axis=-1, keepdims=True), out=out)
 
     return _elementwise("softmax", fwd, bwd)
@@ -105,7 +106,7 @@ def log_softmax() -> Layer:
         y = np.subtract(z, np.log(np.exp(z).sum(axis=-1, keepdims=True)), out=out)
         return y, y
 
-    def bwd(y, dy, out):
+    def bwd(y, dy, out, ws):
         return np.subtract(dy, np.exp(y) * np.sum(dy, axis=-1, keepdims=True), out=out)
 
     return _elementwise("log_softmax", fwd, bwd)

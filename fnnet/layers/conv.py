@@ -64,7 +64,15 @@ def conv2d(
             return (*_same_pad(h, kh, sh, dh), *_same_pad(w, kw, sw, dw))
         return ph, ph, pw, pw
 
+    cache: dict = {}  # input shape -> geometry: the hot path computes it once per shape
+
     def geometry(input_shape):
+        g = cache.get(input_shape)
+        if g is None:
+            g = cache[input_shape] = _geometry(input_shape)
+        return g
+
+    def _geometry(input_shape):
         c, h, w = input_shape
         pt, pb, pl, pr = pads(h, w)
         ho, wo = _out_size(h, kh, sh, dh, pt, pb), _out_size(w, kw, sw, dw, pl, pr)
@@ -101,7 +109,7 @@ def conv2d(
     def apply(params, x, ws=None):
         w, b = params["w"], params["b"]
         n, c, h, wd = x.shape
-        pad, (_, ho, wo) = geometry((c, h, wd))
+        pad, (_, ho, wo) = geometry(x.shape[1:])
         cols = buffer(ws, "cols", (n, c * kh * kw, ho * wo), x.dtype)
         kernels.im2col(x, kh, kw, sh, sw, dh, dw, *pad, cols)
         y = np.matmul(w.reshape(K, -1), cols, out=buffer(ws, "y", (n, K, ho * wo), x.dtype))
@@ -112,9 +120,9 @@ def conv2d(
         cols, w, x_shape, pad = cache
         n = x_shape[0]
         dy3 = np.ascontiguousarray(dy).reshape(n, K, -1)
-        db = np.sum(dy3, axis=(0, 2), out=buffer(ws, "db", (K,), w.dtype))
+        db = np.add.reduce(dy3, axis=(0, 2), out=buffer(ws, "db", (K,), w.dtype))
         dw_n = np.matmul(dy3, cols.transpose(0, 2, 1), out=buffer(ws, "dw_n", (n, K, cols.shape[1]), w.dtype))
-        dw_ = np.sum(dw_n, axis=0, out=buffer(ws, "dw", (K, cols.shape[1]), w.dtype))
+        dw_ = np.add.reduce(dw_n, axis=0, out=buffer(ws, "dw", (K, cols.shape[1]), w.dtype))
         dcols = np.matmul(w.reshape(K, -1).T, dy3, out=buffer(ws, "dcols", cols.shape, w.dtype))
         dx = kernels.col2im(dcols, kh, kw, sh, sw, dh, dw, *pad, buffer(ws, "dx", x_shape, w.dtype))
         return FrozenDict(w=dw_.reshape(w.shape), b=db), dx

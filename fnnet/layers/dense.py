@@ -54,7 +54,7 @@ def dense(
     def backward(cache, dy, ws=None):
         x, w = cache
         dw = np.matmul(x.T, dy, out=buffer(ws, "dw", w.shape, w.dtype))
-        db = np.sum(dy, axis=0, out=buffer(ws, "db", w.shape[1:], w.dtype))
+        db = np.add.reduce(dy, axis=0, out=buffer(ws, "db", w.shape[1:], w.dtype))
         dx = np.matmul(dy, w.T, out=buffer(ws, "dx", x.shape, x.dtype))
         return FrozenDict(w=dw, b=db), dx
 

@@ -1,0 +1,77 @@
+"""Each compiled kernel against its numpy twin, one thread: does it earn its place?
+
+Usage: python benchmarks/bench_kernels.py [--repeats 7]; writes benchmarks/results/kernels.md.
+Sizes are those of NET-SEED and NET-LENET at batch 128 (float32). Cells are the median
+microseconds per call over interleaved repeats (compiled, twin, compiled, twin...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from fnnet import kernels  # noqa: E402
+
+
+def cases(rng):
+    f32 = np.float32
+    for label, shape, k in (("1x28x28 k3", (128, 1, 28, 28), 3), ("8x13x13 k3", (128, 8, 13, 13), 3)):
+        n, c, h, w = shape
+        x = rng.random(shape, dtype=f32)
+        ho, wo = h - k + 1, w - k + 1
+        cols = np.empty((n, c * k * k, ho * wo), f32)
+        g = (k, k, 1, 1, 1, 1, 0, 0, 0, 0)
+        yield f"im2col {label}", "im2col", (x, *g, cols)
+        yield f"col2im {label}", "col2im", (rng.random(cols.shape, dtype=f32), *g, np.empty(shape, f32))
+    for label, shape in (("8x26x26", (128, 8, 26, 26)), ("16x11x11", (128, 16, 11, 11))):
+        n, c, h, w = shape
+        x = rng.random(shape, dtype=f32)
+        out = (n, c, h // 2, w // 2)
+        y, idx = np.empty(out, f32), np.empty(out, np.int64)
+        kernels.twins.max_pool_forward(x, 2, 2, 2, 2, y, idx)
+        dy = rng.random(out, dtype=f32)
+        yield f"max_pool fwd {label}", "max_pool_forward", (x, 2, 2, 2, 2, y, idx.copy())
+        yield f"max_pool bwd {label}", "max_pool_backward", (dy, idx, np.empty(shape, f32))
+        yield f"avg_pool fwd {label}", "avg_pool_forward", (x, 2, 2, 2, 2, np.empty(out, f32))
+        yield f"avg_pool bwd {label}", "avg_pool_backward", (dy, 2, 2, 2, 2, np.empty(shape, f32))
+
+
+def per_call(f, args, seconds=0.05):
+    f(*args)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        f(*args)
+        n += 1
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "kernels.md"))
+    args = ap.parse_args()
+    if kernels.compiled is None:
+        raise SystemExit("compiled kernels are not built: pip install . first")
+    lines = ["| kernel (float32, batch 128) | compiled µs | numpy twin µs | speed-up |", "|---|---|---|---|"]
+    for label, name, kargs in cases(np.random.default_rng(0)):
+        a, b = [], []
+        for _ in range(args.repeats):
+            a.append(per_call(getattr(kernels.compiled, name), kargs))
+            b.append(per_call(getattr(kernels.twins, name), kargs))
+        ma, mb = statistics.median(a), statistics.median(b)
+        lines.append(f"| {label} | {ma:,.0f} | {mb:,.0f} | {mb / ma:.1f}x |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""The frameworks fnnet is measured against, each training the same two networks.
+
+Every peer exposes ``make(net, batch) -> (train_step, infer)``: ``train_step()`` runs one
+SGD step (forward + backward + update) on a fixed batch, ``infer()`` one forward pass
+on a batch of 1000. A peer whose package is missing raises ImportError.
+
+Networks (float32, NCHW, softmax cross-entropy, plain SGD lr 0.01):
+  NET-SEED  conv 1->1 3x3 valid => relu => maxpool 2 => flatten (169) => dense 64 => relu => dense 10
+  NET-LENET conv 1->8 3x3 => relu => maxpool 2 => conv 8->16 3x3 => relu => maxpool 2
+            => flatten (400) => dense 128 => relu => dense 10
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+# (kind, args): conv (out, in), pool, flatten, dense (in, out), relu
+NETS = {
+    "NET-SEED": [("conv", 1, 1), ("relu",), ("pool",), ("flatten",), ("dense", 169, 64), ("relu",),
+                 ("dense", 64, 10)],
+    "NET-LENET": [("conv", 8, 1), ("relu",), ("pool",), ("conv", 16, 8), ("relu",), ("pool",), ("flatten",),
+                  ("dense", 400, 128), ("relu",), ("dense", 128, 10)],
+}
+LR = 0.01
+INFER_BATCH = 1000
+
+
+def flops_per_sample(net: str) -> tuple[float, float]:
+    """(forward, training) multiply-add FLOPs per sample of the conv and dense layers;
+    training counts the forward pass and two backward products (3x)."""
+    fwd, hw = 0.0, 28
+    for layer in NETS[net]:
+        if layer[0] == "conv":
+            hw -= 2
+            fwd += 2 * layer[1] * layer[2] * 9 * hw * hw
+        elif layer[0] == "pool":
+            hw //= 2
+        elif layer[0] == "dense":
+            fwd += 2 * layer[1] * layer[2]
+    return fwd, 3 * fwd
+
+
+def data(batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+
+
+def init_weights(net: str, seed: int = 0) -> list:
+    """He-normal weights and zero biases, float32, PyTorch layouts (conv (K, C, 3, 3), dense (out, in))."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for layer in NETS[net]:
+        if layer[0] == "conv":
+            k, c = layer[1], layer[2]
+            out.append(((rng.standard_normal((k, c, 3, 3)) * np.sqrt(2 / (9 * c))).astype(np.float32),
+                        np.zeros(k, np.float32)))
+        elif layer[0] == "dense":
+            i, o = layer[1], layer[2]
+            out.append(((rng.standard_normal((o, i)) * np.sqrt(2 / i)).astype(np.float32), np.zeros(o, np.float32)))
+    return out
+
+
+# -- fnnet ------------------------------------------------------------------------------------
+
+
+def _fnnet_model(net: str):
+    import fnnet as fn
+
+    layers = []
+    for layer in NETS[net]:
+        kind = layer[0]
+        if kind == "conv":
+            layers.append(fn.conv2d(layer[1], 3))
+        elif kind == "dense":
+            layers.append(fn.dense(layer[2]))
+        elif kind == "relu":
+            layers.append(fn.relu())
+        elif kind == "pool":
+            layers.append(fn.max_pool2d(2))
+        else:
+            layers.append(fn.flatten())
+    return fn.serial(*layers)
+
+
+def make_fnnet(net: str, batch: int, use_jit: bool = True):
+    import fnnet as fn
+
+    model = _fnnet_model(net)
+    params, _ = model.init(fn.random.key(0), (1, 28, 28))
+    opt = fn.optim.sgd(LR)
+    step = fn.train_step(model, fn.softmax_cross_entropy, opt)
+    step = fn.jit(step) if use_jit else step
+    box = [fn.TrainState.create(params, opt)]
+    x, y = data(batch)
+    xi, _ = data(INFER_BATCH)
+
+    def train_step():
+        box[0], _ = step(box[0], (x, y))
+
+    def infer():
+        fn.predict(model, box[0].params, xi, batch_size=INFER_BATCH)
+
+    return train_step, infer
+
+
+def make_fnnet_step(net: str, batch: int):
+    return make_fnnet(net, batch, use_jit=False)
+
+
+# -- plain numpy ------------------------------------------------------------------------------
+
+
+def _np_conv_fwd(x, w, b):
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    win = sliding_window_view(x, (3, 3), axis=(2, 3))  # (N, C, Ho, Wo, 3, 3)
+    ho, wo = h - 2, wd - 2
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * 9)
+    y = cols @ w.reshape(k, -1).T + b
+    return y.reshape(n, ho, wo, k).transpose(0, 3, 1, 2), cols
+
+
+def _np_conv_bwd(dy, cols, w, x_shape):
+    n, c, h, wd = x_shape
+    k = w.shape[0]
+    ho, wo = h - 2, wd - 2
+    dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, k)
+    dw = (dy2.T @ cols).reshape(w.shape)
+    db = dy2.sum(axis=0)
+    dcols = (dy2 @ w.reshape(k, -1)).reshape(n, ho, wo, c, 3, 3)
+    dx = np.zeros(x_shape, np.float32)
+    for i in range(3):
+        for j in range(3):
+            dx[:, :, i : i + ho, j : j + wo] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return dx, dw, db
+
+
+def _np_pool_fwd(x):
+    n, c, h, w = x.shape
+    ho, wo = h // 2, w // 2
+    xr = x[:, :, : 2 * ho, : 2 * wo].reshape(n, c, ho, 2, wo, 2)
+    y = xr.max(axis=(3, 5))
+    mask = xr == y[:, :, :, None, :, None]
+    return y, (mask, x.shape)
+
+
+def _np_pool_bwd(dy, cache):
+    mask, shape = cache
+    n, c, ho, _, wo, _ = mask.shape
+    dx = np.zeros(shape, np.float32)
+    dx[:, :, : 2 * ho, : 2 * wo] = (mask * dy[:, :, :, None, :, None]).reshape(n, c, 2 * ho, 2 * wo)
+    return dx
+
+
+def make_numpy(net: str, batch: int):
+    """A plain-numpy implementation: im2col by sliding_window_view, BLAS matmuls, SGD."""
+    weights = init_weights(net)
+    spec = NETS[net]
+    x, y = data(batch)
+    xi, _ = data(INFER_BATCH)
+
+    def forward(inp, keep):
+        caches, wi = [], 0
+        h = inp
+        for layer in spec:
+            kind = layer[0]
+            if kind == "conv":
+                w, b = weights[wi]
+                out, cols = _np_conv_fwd(h, w, b[None])
+                caches.append((cols, h.shape, wi))
+                h, wi = out, wi + 1
+            elif kind == "dense":
+                w, b = weights[wi]
+                caches.append((h, wi))
+                h, wi = h @ w.T + b, wi + 1
+            elif kind == "relu":
+                h = np.maximum(h, 0)
+                caches.append(h)
+            elif kind == "pool":
+                h, c = _np_pool_fwd(h)
+                caches.append(c)
+            else:
+                caches.append(h.shape)
+                h = h.reshape(h.shape[0], -1)
+        return h, caches
+
+    def train_step():
+        logits, caches = forward(x, True)
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(batch), y] -= 1
+        d = p / batch
+        for layer, cache in zip(reversed(spec), reversed(caches)):
+            kind = layer[0]
+            if kind == "dense":
+                h, wi = cache
+                w, b = weights[wi]
+                dw, db, d = d.T @ h, d.sum(axis=0), d @ w
+                weights[wi] = (w - LR * dw, b - LR * db)
+            elif kind == "conv":
+                cols, shape, wi = cache
+                w, b = weights[wi]
+                d, dw, db = _np_conv_bwd(d, cols, w, shape)
+                weights[wi] = (w - LR * dw, b - LR * db)
+            elif kind == "relu":
+                d = d * (cache > 0)
+            elif kind == "pool":
+                d = _np_pool_bwd(d, cache)
+            else:
+                d = d.reshape(cache)
+
+    def infer():
+        forward(xi, False)
+
+    return train_step, infer
+
+
+# -- PyTorch ----------------------------------------------------------------------------------
+
+
+def make_torch(net: str, batch: int):
+    import torch
+
+    torch.set_num_threads(1)
+    mods, weights = [], iter(init_weights(net))
+    for layer in NETS[net]:
+        kind = layer[0]
+        if kind == "conv":
+            m = torch.nn.Conv2d(layer[2], layer[1], 3)
+        elif kind == "dense":
+            m = torch.nn.Linear(layer[1], layer[2])
+        else:
+            mods.append({"relu": torch.nn.ReLU(), "pool": torch.nn.MaxPool2d(2), "flatten": torch.nn.Flatten()}[kind])
+            continue
+        w, b = next(weights)
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(w))
+            m.bias.copy_(torch.from_numpy(b))
+        mods.append(m)
+    model = torch.nn.Sequential(*mods)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = (torch.from_numpy(a) for a in data(batch))
+    xi = torch.from_numpy(data(INFER_BATCH)[0])
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with torch.inference_mode():
+            model(xi)
+
+    return train_step, infer
+
+
+# -- JAX --------------------------------------------------------------------------------------
+
+
+def make_jax(net: str, batch: int):
+    import jax
+    import jax.numpy as jnp
+
+    spec = NETS[net]
+    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in init_weights(net)]
+
+    def forward(params, h):
+        wi = 0
+        for layer in spec:
+            kind = layer[0]
+            if kind == "conv":
+                w, b = params[wi]
+                h = jax.lax.conv_general_dilated(h, w, (1, 1), "VALID") + b[None, :, None, None]
+                wi += 1
+            elif kind == "dense":
+                w, b = params[wi]
+                h = h @ w.T + b
+                wi += 1
+            elif kind == "relu":
+                h = jnp.maximum(h, 0)
+            elif kind == "pool":
+                h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+            else:
+                h = h.reshape(h.shape[0], -1)
+        return h
+
+    def loss_fn(params, x, y):
+        logp = jax.nn.log_softmax(forward(params, x))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def update(params, x, y):
+        grads = jax.grad(loss_fn)(params, x, y)
+        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+
+    infer_fn = jax.jit(forward)
+    x, y = (jnp.asarray(a) for a in data(batch))
+    xi = jnp.asarray(data(INFER_BATCH)[0])
+    box = [params]
+
+    def train_step():
+        box[0] = update(box[0], x, y)
+        jax.block_until_ready(box[0])
+
+    def infer():
+        infer_fn(box[0], xi).block_until_ready()
+
+    return train_step, infer
+
+
+PEERS = {
+    "fnnet jit": make_fnnet,
+    "fnnet step": make_fnnet_step,
+    "numpy": make_numpy,
+    "torch": make_torch,
+    "jax": make_jax,
+}
