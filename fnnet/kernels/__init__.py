@@ -116,8 +116,12 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> tuple[np.ndarray, np.ndarray]
 
 
 def max_pool_backward(dy, idx, dx) -> np.ndarray:
-    """Gradient of max pooling into ``dx`` (overwritten); returns dx."""
-    _impl.max_pool_backward(_c(dy), _c(idx), dx)
+    """Gradient of max pooling into ``dx`` (N, C, H, W), overwritten; returns dx.
+
+    The kernels see ``dx`` as (N, C, H*W), so that ``idx`` addresses it without division.
+    """
+    n, c, h, w = dx.shape
+    _impl.max_pool_backward(_c(dy), _c(idx), dx.reshape(n, c, h * w))
     return dx
 
 

@@ -1,9 +1,11 @@
 """Pythran source of the pooling kernels (compiled to fnnet.kernels._pool).
 
-Plain loops: here they are already 4-20x faster than numpy (docs/pythran-notes.md).
 Tie rule of max pooling: the first maximal element of the window in row-major order
 wins; a NaN counts as larger than any number (the first NaN wins), as numpy.argmax.
-Numpy twins with the same signatures: fnnet/kernels/pool.py.
+The test ``best == best and not (v <= best)`` says "v beats best" under that rule.
+Numpy twins with the same signatures: fnnet/kernels/pool.py. Measured choices
+(benchmarks/bench_kernels.py): max pooling as scalar loops with an unrolled 2x2/2 path
+(2x the generic loop), average pooling and its gradient as strided plane slices.
 """
 
 # pythran export max_pool_forward(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:], int64[:,:,:,:])
@@ -11,6 +13,33 @@ Numpy twins with the same signatures: fnnet/kernels/pool.py.
 def max_pool_forward(x, kh, kw, sh, sw, y, idx):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2:
+        for b in range(n):
+            for ci in range(c):
+                xp = x[b, ci]
+                yp = y[b, ci]
+                ip = idx[b, ci]
+                for oh in range(ho):
+                    r = 2 * oh
+                    for ow in range(wo):
+                        q = 2 * ow
+                        best = xp[r, q]
+                        bi = r * w + q
+                        v = xp[r, q + 1]
+                        if best == best and not (v <= best):
+                            best = v
+                            bi = r * w + q + 1
+                        v = xp[r + 1, q]
+                        if best == best and not (v <= best):
+                            best = v
+                            bi = (r + 1) * w + q
+                        v = xp[r + 1, q + 1]
+                        if best == best and not (v <= best):
+                            best = v
+                            bi = (r + 1) * w + q + 1
+                        yp[oh, ow] = best
+                        ip[oh, ow] = bi
+        return
     for b in range(n):
         for ci in range(c):
             for oh in range(ho):
@@ -22,25 +51,24 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx):
                     for i in range(kh):
                         for j in range(kw):
                             v = x[b, ci, h0 + i, w0 + j]
-                            if v > best or (v != v and best == best):
+                            if best == best and not (v <= best):
                                 best = v
                                 bi = (h0 + i) * w + w0 + j
                     y[b, ci, oh, ow] = best
                     idx[b, ci, oh, ow] = bi
 
 
-# pythran export max_pool_backward(float32[:,:,:,:], int64[:,:,:,:], float32[:,:,:,:])
-# pythran export max_pool_backward(float64[:,:,:,:], int64[:,:,:,:], float64[:,:,:,:])
+# pythran export max_pool_backward(float32[:,:,:,:], int64[:,:,:,:], float32[:,:,:])
+# pythran export max_pool_backward(float64[:,:,:,:], int64[:,:,:,:], float64[:,:,:])
 def max_pool_backward(dy, idx, dx):
-    n, c, h, w = dx.shape
-    ho, wo = dy.shape[2], dy.shape[3]
+    # dx is (N, C, H*W): the flat plane index needs no division
+    n, c, ho, wo = dy.shape
     dx[:] = 0
     for b in range(n):
         for ci in range(c):
             for oh in range(ho):
                 for ow in range(wo):
-                    k = idx[b, ci, oh, ow]
-                    dx[b, ci, k // w, k % w] += dy[b, ci, oh, ow]
+                    dx[b, ci, idx[b, ci, oh, ow]] += dy[b, ci, oh, ow]
 
 
 # pythran export avg_pool_forward(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:])
@@ -48,16 +76,16 @@ def max_pool_backward(dy, idx, dx):
 def avg_pool_forward(x, kh, kw, sh, sw, y):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
+    rs, cs = sh * (ho - 1) + 1, sw * (wo - 1) + 1
     scale = 1.0 / (kh * kw)
     for b in range(n):
         for ci in range(c):
-            for oh in range(ho):
-                for ow in range(wo):
-                    s = x[b, ci, oh * sh, ow * sw] * 0
-                    for i in range(kh):
-                        for j in range(kw):
-                            s += x[b, ci, oh * sh + i, ow * sw + j]
-                    y[b, ci, oh, ow] = s * scale
+            acc = x[b, ci, 0:rs:sh, 0:cs:sw].copy()
+            for i in range(kh):
+                for j in range(kw):
+                    if i > 0 or j > 0:
+                        acc += x[b, ci, i:i + rs:sh, j:j + cs:sw]
+            y[b, ci] = acc * scale
 
 
 # pythran export avg_pool_backward(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:])
@@ -65,13 +93,12 @@ def avg_pool_forward(x, kh, kw, sh, sw, y):
 def avg_pool_backward(dy, kh, kw, sh, sw, dx):
     n, c, h, w = dx.shape
     ho, wo = dy.shape[2], dy.shape[3]
+    rs, cs = sh * (ho - 1) + 1, sw * (wo - 1) + 1
     scale = 1.0 / (kh * kw)
     dx[:] = 0
     for b in range(n):
         for ci in range(c):
-            for oh in range(ho):
-                for ow in range(wo):
-                    g = dy[b, ci, oh, ow] * scale
-                    for i in range(kh):
-                        for j in range(kw):
-                            dx[b, ci, oh * sh + i, ow * sw + j] += g
+            g = dy[b, ci] * scale
+            for i in range(kh):
+                for j in range(kw):
+                    dx[b, ci, i:i + rs:sh, j:j + cs:sw] += g

@@ -34,9 +34,9 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> None:
 
 
 def max_pool_backward(dy, idx, dx) -> None:
-    """Route ``dy`` to the winners recorded in ``idx``; ``dx`` is overwritten."""
-    n, c, h, w = dx.shape
-    flat = np.zeros((n * c, h * w), dx.dtype)
+    """Route ``dy`` to the winners recorded in ``idx``; ``dx`` (N, C, H*W) is overwritten."""
+    n, c, hw = dx.shape
+    flat = np.zeros((n * c, hw), dx.dtype)
     rows = np.arange(n * c)[:, None]
     np.add.at(flat, (rows, idx.reshape(n * c, -1)), dy.reshape(n * c, -1))
     dx[...] = flat.reshape(dx.shape)
