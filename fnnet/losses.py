@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from ._errors import DTypeError, InvalidValueError, ShapeError
 from .layers._base import FLOAT_DTYPES
 
@@ -75,27 +76,26 @@ def softmax_cross_entropy(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     if not ids or logits.ndim != 2 or logits.dtype not in FLOAT_DTYPES or logits.size == 0:
         logits = _check_outputs(name, logits, "logits", ndim=2)
     n, c = logits.shape
-    m = logits.max(axis=1, keepdims=True)
-    if not np.isfinite(m).all():  # a row max is NaN or +inf exactly when that row has one
-        _check_outputs(name, logits, "logits")
-    z = logits - m
-    e = np.exp(z)
-    s = np.add.reduce(e, axis=1, keepdims=True)
-    if ids:  # the common case, without a one-hot matrix
-        _check_ids(name, labels, n, c)
-        rows = np.arange(n)
-        loss = -(z[rows, labels] - np.log(s[:, 0])).sum(dtype=np.float64) / n
-        dlogits = np.divide(e, s, out=e)
-        dlogits[rows, labels] -= 1
-        dlogits *= 1.0 / n
+    if ids:  # the common case: one fused kernel, no one-hot matrix
+        if labels.shape[0] != n:
+            raise ShapeError(f"{name}: {n} logits rows but {labels.shape[0]} labels")
+        dlogits = np.empty_like(logits)
+        total, status = kernels.softmax_xent(logits, labels.astype(np.int64, copy=False), dlogits)
+        if status == 1:
+            _check_ids(name, labels, n, c)
+        if status == 2:
+            _check_outputs(name, logits, "logits")
+        loss = total / n
     else:
+        logits = _check_outputs(name, logits, "logits")
         target = _targets(name, labels, n, c, logits.dtype)
+        z = logits - logits.max(axis=1, keepdims=True)
+        s = np.exp(z).sum(axis=1, keepdims=True)
         loss = -(target * (z - np.log(s))).sum(dtype=np.float64) / n
-        dlogits = (e / s - target) * (1.0 / n)
-    if not np.isfinite(loss):  # NaN/inf logits make the loss non-finite: name the culprit
-        _check_outputs(name, logits, "logits")
+        dlogits = ((np.exp(z) / s - target) * (1.0 / n)).astype(logits.dtype, copy=False)
+    if not np.isfinite(loss):
         raise InvalidValueError(f"{name}: the loss is {loss}; a logit of a true class is -inf")
-    return np.asarray(loss), dlogits.astype(logits.dtype, copy=False)
+    return np.asarray(loss), dlogits
 
 
 def mse(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
@@ -119,4 +119,4 @@ def accuracy(logits, labels) -> float:
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels.argmax(axis=1)
-    return float(np.mean(np.argmax(logits, axis=1) == labels))
+    return np.count_nonzero(logits.argmax(axis=1) == labels) / len(labels)

@@ -174,3 +174,30 @@ def test_forced_numpy_and_bad_values():
     code = "import sys; sys.modules['fnnet.kernels._pool'] = None; import fnnet"
     forced = _run(code, FNNET_KERNELS="pythran")
     assert forced.returncode != 0 and "FNNET_KERNELS=pythran" in forced.stderr
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_matches_twin(compiled, dtype, rng):
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for n, c in ((1, 2), (2, 10), (7, 3), (64, 10)):
+        logits = (rng.standard_normal((n, c)) * 5).astype(dtype)
+        labels = rng.integers(0, c, n)
+        outs = []
+        for impl in (compiled, kernels.twins):
+            d = np.full((n, c), np.nan, dtype)
+            loss, status = impl.softmax_xent(logits, labels, d)
+            assert status == 0
+            outs.append((loss, d))
+        assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-12)
+        np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("bad,status", [("label", 1), ("nan", 2), ("inf", 2)])
+def test_softmax_xent_status_codes(compiled, bad, status):
+    logits, labels = np.zeros((3, 4)), np.array([0, 1, 2])
+    if bad == "label":
+        labels = np.array([0, 4, 1])
+    else:
+        logits[1, 2] = np.nan if bad == "nan" else np.inf
+    for impl in (compiled, kernels.twins):
+        assert impl.softmax_xent(logits, labels, np.empty_like(logits))[1] == status

@@ -1,8 +1,9 @@
 """Hot kernels: compiled by Pythran when built, numpy twins otherwise.
 
 Each compiled kernel (``_conv_pythran.py`` -> ``fnnet.kernels._conv``,
-``_pool_pythran.py`` -> ``fnnet.kernels._pool``) has a numpy twin with the same
-signature (:mod:`fnnet.kernels.conv`, :mod:`fnnet.kernels.pool`). The functions here
+``_pool_pythran.py`` -> ``fnnet.kernels._pool``, ``_loss_pythran.py`` ->
+``fnnet.kernels._loss``) has a numpy twin with the same signature
+(:mod:`fnnet.kernels.conv`, :mod:`fnnet.kernels.pool`, :mod:`fnnet.kernels.loss`). The functions here
 dispatch to one or the other, chosen once at import:
 
 * ``FNNET_KERNELS=numpy`` forces the twins;
@@ -24,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import conv as _conv_twin
+from . import loss as _loss_twin
 from . import pool as _pool_twin
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "max_pool_backward",
     "avg_pool_forward",
     "avg_pool_backward",
+    "softmax_xent",
     "KERNEL_NAMES",
     "twins",
     "compiled",
@@ -46,23 +49,24 @@ KERNEL_NAMES = (
     "max_pool_backward",
     "avg_pool_forward",
     "avg_pool_backward",
+    "softmax_xent",
 )
 
 
-def _namespace(conv_mod, pool_mod) -> SimpleNamespace:
-    mods = {"im2col": conv_mod, "col2im": conv_mod}
+def _namespace(conv_mod, pool_mod, loss_mod) -> SimpleNamespace:
+    mods = {"im2col": conv_mod, "col2im": conv_mod, "softmax_xent": loss_mod}
     return SimpleNamespace(**{n: getattr(mods.get(n, pool_mod), n) for n in KERNEL_NAMES})
 
 
-twins = _namespace(_conv_twin, _pool_twin)
+twins = _namespace(_conv_twin, _pool_twin, _loss_twin)
 
 
 def _load_compiled() -> tuple[SimpleNamespace | None, str]:
     try:
-        conv, pool = (importlib.import_module(f"{__name__}.{m}") for m in ("_conv", "_pool"))
+        mods = [importlib.import_module(f"{__name__}.{m}") for m in ("_conv", "_pool", "_loss")]
     except ImportError as exc:
         return None, str(exc)
-    return _namespace(conv, pool), ""
+    return _namespace(*mods), ""
 
 
 def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:
@@ -135,3 +139,9 @@ def avg_pool_backward(dy, kh, kw, sh, sw, dx) -> np.ndarray:
     """Gradient of average pooling into ``dx`` (overwritten); returns dx."""
     _impl.avg_pool_backward(_c(dy), kh, kw, sh, sw, dx)
     return dx
+
+
+def softmax_xent(logits, labels, dlogits) -> tuple[float, int]:
+    """Summed softmax cross-entropy of (N, C) ``logits`` and int64 ``labels``; writes
+    ``(softmax - onehot) / N`` into ``dlogits``; returns ``(loss_sum, status)``."""
+    return _impl.softmax_xent(_c(logits), _c(labels), dlogits)

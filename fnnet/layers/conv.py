@@ -123,7 +123,11 @@ def conv2d(
         db = np.add.reduce(dy3, axis=(0, 2), out=buffer(ws, "db", (K,), w.dtype))
         dw_n = np.matmul(dy3, cols.transpose(0, 2, 1), out=buffer(ws, "dw_n", (n, K, cols.shape[1]), w.dtype))
         dw_ = np.add.reduce(dw_n, axis=0, out=buffer(ws, "dw", (K, cols.shape[1]), w.dtype))
-        dcols = np.matmul(w.reshape(K, -1).T, dy3, out=buffer(ws, "dcols", cols.shape, w.dtype))
+        dcols = buffer(ws, "dcols", cols.shape, w.dtype)
+        if K == 1:  # an outer product per sample: a broadcast multiply beats matmul's k=1 path
+            np.multiply(w.reshape(1, -1, 1), dy3, out=dcols)
+        else:
+            np.matmul(w.reshape(K, -1).T, dy3, out=dcols)
         dx = kernels.col2im(dcols, kh, kw, sh, sw, dh, dw, *pad, buffer(ws, "dx", x_shape, w.dtype))
         return FrozenDict(w=dw_.reshape(w.shape), b=db), dx
 
