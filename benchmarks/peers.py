@@ -99,7 +99,7 @@ def make_fnnet(net: str, batch: int, use_jit: bool = True):
         box[0], _ = step(box[0], (x, y))
 
     def infer():
-        fn.predict(model, box[0].params, xi, batch_size=INFER_BATCH)
+        fn.predict(model, box[0].params, xi)  # fnnet picks its own chunk size
 
     return train_step, infer
 
