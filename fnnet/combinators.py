@@ -77,7 +77,16 @@ def serial(*layers: Layer) -> Layer:
             grads[k], dy = layer.backward(cache, dy, None if ws is None else ws.setdefault(k, {}))
         return FrozenDict((k, grads[k]) for k in keys), dy
 
-    return Layer("serial", init, apply, backward, check, children, init_state, any(stateful), stochastic)
+    def grad_params(caches, dy, ws=None):
+        """backward without the input gradient: the first layer may skip its dx."""
+        grads = {}
+        (k0, first), *rest = children
+        for (k, layer), cache in zip(reversed(rest), reversed(caches[1:])):
+            grads[k], dy = layer.backward(cache, dy, None if ws is None else ws.setdefault(k, {}))
+        grads[k0] = first.param_grads(caches[0], dy, None if ws is None else ws.setdefault(k0, {}))
+        return FrozenDict((k, grads[k]) for k in keys)
+
+    return Layer("serial", init, apply, backward, check, children, init_state, any(stateful), stochastic, grad_params)
 
 
 def residual(block: Layer, shortcut: Layer | None = None) -> Layer:

@@ -106,7 +106,7 @@ class Step:
             state.params, state.model_state, x, key=self.step_key(state.step), train=True
         )
         loss, dlogits = self.loss(logits, labels)
-        grads, _ = self.model.backward(cache, dlogits)
+        grads = self.model.param_grads(cache, dlogits)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = apply_updates(state.params, updates)
         new = TrainState(params, freeze(opt_state), state.step + 1, freeze(model_state))
@@ -255,7 +255,7 @@ class JitStep:
         model_state = freeze(model_state)
         loss, dlogits = step.loss(logits, labels)
         metrics = _metrics(loss, logits, labels)
-        grads, _ = step.model.backward(cache, dlogits, plan.ws_backward)
+        grads = step.model.param_grads(cache, dlogits, plan.ws_backward)
         if not step.optimizer.elementwise:
             updates, opt_state = step.optimizer.update(grads, state.opt_state, state.params)
             new = TrainState(apply_updates(state.params, updates), freeze(opt_state), state.step + 1, model_state)

@@ -105,3 +105,18 @@ def test_a_small_resnet_trains():
         state, m = step(state, (x, y))
         losses.append(m["loss"])
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("first", [fn.conv2d(3, 3, stride=2), fn.dense(4), fn.relu()], ids=["conv", "dense", "relu"])
+def test_param_grads_equal_backward_without_dx(first):
+    shape = (2, 7, 7) if first.name != "dense" else (6,)
+    model = fn.serial(first, fn.flatten(), fn.dense(3)) if first.name != "dense" else fn.serial(first, fn.dense(3))
+    params, _ = model.init(fn.random.key(0), shape, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((4, *shape))
+    y, cache = model.forward(params, x)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    want, _ = model.backward(cache, dy)
+    got = model.param_grads(cache, dy)
+    assert fn.tree_structure(got) == fn.tree_structure(want)
+    for a, b in zip(fn.tree_leaves(got), fn.tree_leaves(want)):
+        assert a.tobytes() == b.tobytes()

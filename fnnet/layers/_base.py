@@ -44,6 +44,7 @@ class Layer:
       None), as :func:`fnnet.jit` does. ``backward`` takes the same optional ``ws``.
     * ``children``: ``((key, layer), ...)`` for combinators, empty otherwise.
     * ``stateful`` / ``stochastic``: whether the layer has state / needs a key to train.
+    * ``grad_params(cache, dy, ws=None) -> dparams``: optional, backward without ``dx``.
     """
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
@@ -55,6 +56,15 @@ class Layer:
     init_state: Callable = attrs.field(default=lambda params: NO_STATE, repr=False)
     stateful: bool = False
     stochastic: bool = False
+    grad_params: Callable | None = attrs.field(default=None, repr=False)
+
+    def param_grads(self, cache: Any, dy: np.ndarray, ws: dict | None = None) -> Any:
+        """``dparams`` alone, skipping ``dx`` where the layer can (a training step never
+        needs the gradient of the input images: for a first conv layer that is its costliest
+        half)."""
+        if self.grad_params is not None:
+            return self.grad_params(cache, dy, ws)
+        return self.backward(cache, dy, ws)[0]
 
     @classmethod
     def stateless(cls, name: str, init: Callable, apply: Callable, backward: Callable, check: Callable) -> Layer:

@@ -7,6 +7,7 @@ cached columns for dw; dx is a BLAS product followed by the col2im kernel.
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 
 from .. import init as initializers
@@ -116,19 +117,25 @@ def conv2d(
         y += b[:, None]
         return y.reshape(n, K, ho, wo), (cols, w, x.shape, pad)
 
-    def backward(cache, dy, ws=None):
+    def backward(cache, dy, ws=None, need_dx=True):
         cols, w, x_shape, pad = cache
         n = x_shape[0]
         dy3 = np.ascontiguousarray(dy).reshape(n, K, -1)
         db = np.add.reduce(dy3, axis=(0, 2), out=buffer(ws, "db", (K,), w.dtype))
         dw_n = np.matmul(dy3, cols.transpose(0, 2, 1), out=buffer(ws, "dw_n", (n, K, cols.shape[1]), w.dtype))
         dw_ = np.add.reduce(dw_n, axis=0, out=buffer(ws, "dw", (K, cols.shape[1]), w.dtype))
+        grads = FrozenDict(w=dw_.reshape(w.shape), b=db)
+        if not need_dx:
+            return grads, None
         dcols = buffer(ws, "dcols", cols.shape, w.dtype)
         if K == 1:  # an outer product per sample: a broadcast multiply beats matmul's k=1 path
             np.multiply(w.reshape(1, -1, 1), dy3, out=dcols)
         else:
             np.matmul(w.reshape(K, -1).T, dy3, out=dcols)
         dx = kernels.col2im(dcols, kh, kw, sh, sw, dh, dw, *pad, buffer(ws, "dx", x_shape, w.dtype))
-        return FrozenDict(w=dw_.reshape(w.shape), b=db), dx
+        return grads, dx
 
-    return Layer.stateless(name, init, apply, backward, check)
+    def grad_params(cache, dy, ws=None):
+        return backward(cache, dy, ws, need_dx=False)[0]
+
+    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), grad_params=grad_params)
