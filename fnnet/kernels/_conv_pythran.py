@@ -2,18 +2,15 @@
 
 Written with row slices, not scalar 4-D indexing: pythran vectorises slice
 expressions (3-8x faster, see docs/pythran-notes.md). The contractions themselves stay
-in numpy's BLAS. Numpy twins with the same signatures: fnnet/kernels/conv.py.
+in numpy's BLAS. Without padding the input is read (or the gradient written) in place;
+with padding through one zero-padded copy. Numpy twins with the same signatures:
+fnnet/kernels/conv.py.
 """
 import numpy as np
 
-# pythran export im2col(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:])
-# pythran export im2col(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:])
-def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols):
-    n, c, h, w = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
-    xp[:, :, pt:pt + h, pl:pl + w] = x
+
+def _im2col(xp, kh, kw, sh, sw, dh, dw, ho, wo, cols):
+    n, c = xp.shape[0], xp.shape[1]
     span = sw * (wo - 1) + 1
     for b in range(n):
         for ci in range(c):
@@ -25,13 +22,8 @@ def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols):
                         cols[b, r, oh * wo:(oh + 1) * wo] = xp[b, ci, row, j * dw:j * dw + span:sw]
 
 
-# pythran export col2im(float32[:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
-# pythran export col2im(float64[:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
-def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x):
-    n, c, h, w = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+def _col2im(cols, kh, kw, sh, sw, dh, dw, ho, wo, xp):
+    n, c = xp.shape[0], xp.shape[1]
     span = sw * (wo - 1) + 1
     for b in range(n):
         for ci in range(c):
@@ -41,4 +33,32 @@ def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x):
                     for oh in range(ho):
                         row = i * dh + oh * sh
                         xp[b, ci, row, j * dw:j * dw + span:sw] += cols[b, r, oh * wo:(oh + 1) * wo]
-    x[:] = xp[:, :, pt:pt + h, pl:pl + w]
+
+
+# pythran export im2col(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:])
+# pythran export im2col(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:])
+def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols):
+    n, c, h, w = x.shape
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if pt == 0 and pb == 0 and pl == 0 and pr == 0:
+        _im2col(x, kh, kw, sh, sw, dh, dw, ho, wo, cols)
+    else:
+        xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+        xp[:, :, pt:pt + h, pl:pl + w] = x
+        _im2col(xp, kh, kw, sh, sw, dh, dw, ho, wo, cols)
+
+
+# pythran export col2im(float32[:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
+# pythran export col2im(float64[:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
+def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x):
+    n, c, h, w = x.shape
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if pt == 0 and pb == 0 and pl == 0 and pr == 0:
+        x[:] = 0
+        _col2im(cols, kh, kw, sh, sw, dh, dw, ho, wo, x)
+    else:
+        xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+        _col2im(cols, kh, kw, sh, sw, dh, dw, ho, wo, xp)
+        x[:] = xp[:, :, pt:pt + h, pl:pl + w]
