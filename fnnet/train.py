@@ -134,6 +134,7 @@ class _Layout:
     dtype: np.dtype
     offsets: tuple
     size: int
+    slices: tuple  # ((slice, shape), ...) per leaf
 
     @classmethod
     def of(cls, params: Any) -> _Layout:
@@ -144,7 +145,9 @@ class _Layout:
         sizes = [leaf.size for leaf in leaves]
         offsets = tuple(int(o) for o in np.cumsum([0, *sizes]))
         dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
-        return cls(tree_structure(params), tuple(leaf.shape for leaf in leaves), dtype, offsets[:-1], offsets[-1])
+        shapes = tuple(leaf.shape for leaf in leaves)
+        slices = tuple((slice(o, e), s) for o, e, s in zip(offsets, offsets[1:], shapes))
+        return cls(tree_structure(params), shapes, dtype, offsets[:-1], offsets[-1], slices)
 
     def matches(self, tree: Any) -> bool:
         if tree_structure(tree) != self.treedef:
@@ -160,9 +163,8 @@ class _Layout:
     def unpack(self, flat: np.ndarray) -> Any:
         """A tree of read-only views into ``flat`` (which is sealed here)."""
         flat.flags.writeable = False
-        ends = self.offsets[1:] + (self.size,)
-        views = [flat[o:e].reshape(s) for o, e, s in zip(self.offsets, ends, self.shapes)]
-        return tree_unflatten(self.treedef, views)
+        return tree_unflatten(self.treedef, [flat[sl].reshape(s) for sl, s in self.slices])
+
 
 
 def _pack_state(state: Any, layout: _Layout, path: tuple = ()) -> tuple[Any, frozenset]:
@@ -205,6 +207,45 @@ class _Plan:
     ws_forward: dict
     ws_backward: dict
     grads: np.ndarray
+    adopted: bool = False
+
+    def gather(self, grads: Any) -> None:
+        """Put the gradient leaves into ``self.grads`` (flat, params order).
+
+        After the first call the layers' gradient buffers in the workspace are replaced by
+        views of ``self.grads`` ("adopted"), so later backward passes write the gradients
+        in place and the copy is skipped whenever every leaf is such a view.
+        """
+        leaves = tree_leaves(grads)
+        if self.adopted and all(leaf.base is self.grads for leaf in leaves):
+            return
+        if leaves:
+            np.concatenate([np.ravel(g) for g in leaves], out=self.grads)
+        if not self.adopted:
+            self.adopted = True
+            _adopt(self.ws_backward, leaves, self.grads, self.layout)
+
+
+def _adopt(ws: dict, leaves: list, flat: np.ndarray, layout: _Layout) -> None:
+    """Swap the workspace buffers that hold gradient leaves for views of ``flat``."""
+    owners = {}
+
+    def index(d: dict) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                index(v)
+            elif isinstance(v, np.ndarray):
+                owners[id(v)] = (d, k, v)
+
+    index(ws)
+    ends = layout.offsets[1:] + (layout.size,)
+    for leaf, start, end in zip(leaves, layout.offsets, ends):
+        buf = leaf if leaf.base is None else leaf.base
+        found = owners.get(id(buf))
+        if found is None or buf.size != end - start or not buf.flags.c_contiguous or buf.dtype != flat.dtype:
+            continue
+        d, k, _ = found
+        d[k] = flat[start:end].reshape(buf.shape)
 
 
 class JitStep:
@@ -262,9 +303,7 @@ class JitStep:
             return new, metrics
         layout = plan.layout
         flat, opt, paths = self._packed(state, layout)
-        leaves = tree_leaves(grads)
-        if leaves:
-            np.concatenate([np.ravel(g) for g in leaves], out=plan.grads)
+        plan.gather(grads)
         updates, new_opt = step.optimizer.update(plan.grads, opt, flat)
         new_flat = np.add(flat, updates, dtype=layout.dtype)
         new = TrainState(layout.unpack(new_flat), _unpack_state(new_opt, paths, layout), state.step + 1, model_state)
