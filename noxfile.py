@@ -27,24 +27,23 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _pytest(session: nox.Session, backend: str) -> None:
+    """Install fnnet with its compiled kernels and run the suite on ``backend``'s kernels."""
+    session.install(".[test]")
+    env = _env(FNNET_KERNELS=backend, FNNET_EXPECT_BACKEND=backend, FNNET_REQUIRE_COMPILED="1")
+    session.run("pytest", *(session.posargs or ["-q"]), env=env)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite against the compiled (Pythran) kernels; fails if they did not build."""
-    session.install(".[test]")
-    session.run(
-        "pytest", *(session.posargs or ["-q"]),
-        env=_env(FNNET_KERNELS="pythran", FNNET_EXPECT_BACKEND="pythran", FNNET_REQUIRE_COMPILED="1"),
-    )
+    _pytest(session, "pythran")
 
 
 @nox.session
 def tests_numpy(session: nox.Session) -> None:
     """The same suite with the numpy twins forced (FNNET_KERNELS=numpy)."""
-    session.install(".[test]")
-    session.run(
-        "pytest", *(session.posargs or ["-q"]),
-        env=_env(FNNET_KERNELS="numpy", FNNET_EXPECT_BACKEND="numpy", FNNET_REQUIRE_COMPILED="1"),
-    )
+    _pytest(session, "numpy")
 
 
 @nox.session

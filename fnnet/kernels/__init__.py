@@ -28,20 +28,6 @@ from . import conv as _conv_twin
 from . import loss as _loss_twin
 from . import pool as _pool_twin
 
-__all__ = [
-    "backend",
-    "im2col",
-    "col2im",
-    "max_pool_forward",
-    "max_pool_backward",
-    "avg_pool_forward",
-    "avg_pool_backward",
-    "softmax_xent",
-    "KERNEL_NAMES",
-    "twins",
-    "compiled",
-]
-
 KERNEL_NAMES = (
     "im2col",
     "col2im",
@@ -51,6 +37,7 @@ KERNEL_NAMES = (
     "avg_pool_backward",
     "softmax_xent",
 )
+__all__ = ["backend", "twins", "compiled", "KERNEL_NAMES", *KERNEL_NAMES]
 
 
 def _namespace(conv_mod, pool_mod, loss_mod) -> SimpleNamespace:
