@@ -38,6 +38,7 @@ def cases(rng):
         kernels.twins.max_pool_forward(x, 2, 2, 2, 2, y, idx)
         dy = rng.random(out, dtype=f32)
         yield f"max_pool fwd {label}", "max_pool_forward", (x, 2, 2, 2, 2, y, idx.copy())
+        yield f"max_pool values {label}", "max_pool_values", (x, 2, 2, 2, 2, y)
         yield f"max_pool bwd {label}", "max_pool_backward", (dy, idx, np.empty((n, c, h * w), f32))
         yield f"avg_pool fwd {label}", "avg_pool_forward", (x, 2, 2, 2, 2, np.empty(out, f32))
         yield f"avg_pool bwd {label}", "avg_pool_backward", (dy, 2, 2, 2, 2, np.empty(shape, f32))

@@ -87,10 +87,12 @@ def _pool_out(xshape, kh, kw, sh, sw):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+@pytest.mark.parametrize("ties", [False, True, "nan"], ids=["random", "ties", "nan"])
 def test_max_pool_matches_twin(compiled, dtype, ties, rng):
     for xshape, (kh, kw, sh, sw) in _pool_cases(rng):
         x = (rng.integers(0, 3, xshape) if ties else rng.standard_normal(xshape)).astype(dtype)
+        if ties == "nan":
+            x[rng.random(xshape) < 0.1] = np.nan
         oshape = _pool_out(xshape, kh, kw, sh, sw)
         outs = []
         for impl in (compiled, kernels.twins):
@@ -99,6 +101,10 @@ def test_max_pool_matches_twin(compiled, dtype, ties, rng):
             outs.append((y, idx))
         np.testing.assert_array_equal(outs[0][0], outs[1][0])
         np.testing.assert_array_equal(outs[0][1], outs[1][1])
+        for impl in (compiled, kernels.twins):  # maxima alone, for inference
+            y = np.full(oshape, 7, dtype)
+            impl.max_pool_values(x, kh, kw, sh, sw, y)
+            np.testing.assert_array_equal(y, outs[0][0])
         dy = rng.standard_normal(oshape).astype(dtype)
         dxa, dxb = np.full(xshape, np.nan, dtype), np.full(xshape, np.nan, dtype)
         n, c, h, w = xshape
@@ -116,6 +122,9 @@ def test_max_pool_tie_rule_is_first_in_row_major_order(compiled, dtype):
         assert idx.ravel().tolist() == [0, 1, 0]
         np.testing.assert_array_equal(y.ravel()[:2], [1, 2])
         assert np.isnan(y.ravel()[2])
+        values = np.empty_like(y)
+        impl.max_pool_values(x, 2, 2, 2, 2, values)
+        np.testing.assert_array_equal(values, y)
         dx = np.empty_like(x)
         impl.max_pool_backward(np.ones_like(y), idx, dx.reshape(3, 1, 4))
         np.testing.assert_array_equal(dx.reshape(3, 4), [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]])

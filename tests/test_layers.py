@@ -245,3 +245,14 @@ def test_flatten_output_is_a_read_only_view():
 def test_sigmoid_is_stable_for_large_inputs():
     y, _ = fn.sigmoid().forward({}, np.array([[-1000.0, 0.0, 1000.0]]))
     np.testing.assert_array_equal(y, [[0.0, 0.5, 1.0]])
+
+
+def test_max_pool_backward_after_an_eval_forward():
+    """Eval mode keeps no arg-max; backward finds the winners from the cached input."""
+    layer = fn.max_pool2d(2)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6))
+    y_train, c_train = layer.forward({}, x)
+    y_eval, c_eval = layer.forward({}, x, train=False)
+    np.testing.assert_array_equal(y_eval, y_train)
+    dy = np.random.default_rng(1).standard_normal(y_train.shape)
+    np.testing.assert_array_equal(layer.backward(c_eval, dy)[1], layer.backward(c_train, dy)[1])

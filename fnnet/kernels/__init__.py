@@ -32,6 +32,7 @@ KERNEL_NAMES = (
     "im2col",
     "col2im",
     "max_pool_forward",
+    "max_pool_values",
     "max_pool_backward",
     "avg_pool_forward",
     "avg_pool_backward",
@@ -104,6 +105,12 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> tuple[np.ndarray, np.ndarray]
     """Window maxima into ``y`` and winners' flat (h*W + w) indices into ``idx``."""
     _impl.max_pool_forward(_c(x), kh, kw, sh, sw, y, idx)
     return y, idx
+
+
+def max_pool_values(x, kh, kw, sh, sw, y) -> np.ndarray:
+    """Window maxima into ``y`` without their positions (for inference); returns y."""
+    _impl.max_pool_values(_c(x), kh, kw, sh, sw, y)
+    return y
 
 
 def max_pool_backward(dy, idx, dx) -> np.ndarray:

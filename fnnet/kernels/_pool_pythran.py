@@ -5,8 +5,10 @@ wins; a NaN counts as larger than any number (the first NaN wins), as numpy.argm
 The test ``best == best and not (v <= best)`` says "v beats best" under that rule.
 Numpy twins with the same signatures: fnnet/kernels/pool.py. Measured choices
 (benchmarks/bench_kernels.py): max pooling as scalar loops with an unrolled 2x2/2 path
-(2x the generic loop), average pooling and its gradient as strided plane slices.
+(2x the generic loop); for inference, maxima alone as whole-array expressions (3x);
+average pooling and its gradient as strided plane slices.
 """
+import numpy as np
 
 # pythran export max_pool_forward(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:], int64[:,:,:,:])
 # pythran export max_pool_forward(float64[:,:,:,:], int, int, int, int, float64[:,:,:,:], int64[:,:,:,:])
@@ -56,6 +58,27 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx):
                                 bi = (h0 + i) * w + w0 + j
                     y[b, ci, oh, ow] = best
                     idx[b, ci, oh, ow] = bi
+
+
+# pythran export max_pool_values(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:])
+# pythran export max_pool_values(float64[:,:,:,:], int, int, int, int, float64[:,:,:,:])
+def max_pool_values(x, kh, kw, sh, sw, y):
+    # maxima without arg-max, for inference: the 2x2/2 case as a whole-array
+    # np.maximum tree (several times faster than max_pool_forward); that tree drops
+    # NaNs, so inputs holding any take the NaN-propagating generic path
+    ho, wo = y.shape[2], y.shape[3]
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and not np.any(x != x):
+        rs, cs = 2 * ho, 2 * wo
+        y[:] = np.maximum(np.maximum(x[:, :, 0:rs:2, 0:cs:2], x[:, :, 0:rs:2, 1:cs:2]),
+                          np.maximum(x[:, :, 1:rs:2, 0:cs:2], x[:, :, 1:rs:2, 1:cs:2]))
+        return
+    rs, cs = sh * (ho - 1) + 1, sw * (wo - 1) + 1
+    y[:] = x[:, :, 0:rs:sh, 0:cs:sw]
+    for i in range(kh):
+        for j in range(kw):
+            if i > 0 or j > 0:
+                v = x[:, :, i:i + rs:sh, j:j + cs:sw]
+                y[:] = np.where((v > y) | (v != v), v, y)
 
 
 # pythran export max_pool_backward(float32[:,:,:,:], int64[:,:,:,:], float32[:,:,:])

@@ -33,6 +33,12 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> None:
     idx[...] = rows * w + cols
 
 
+def max_pool_values(x, kh, kw, sh, sw, y) -> None:
+    """Window maxima into ``y`` without their positions (inference); NaN propagates."""
+    ho, wo = y.shape[2], y.shape[3]
+    y[...] = _windows(x, kh, kw, sh, sw, ho, wo).max(axis=-1)
+
+
 def max_pool_backward(dy, idx, dx) -> None:
     """Route ``dy`` to the winners recorded in ``idx``; ``dx`` (N, C, H*W) is overwritten."""
     n, c, hw = dx.shape

@@ -14,7 +14,8 @@ from ._base import NO_PARAMS, Layer, buffer, check_dtype, check_ndim, fmt_shape,
 
 
 def _pool(name: str, window: tuple[int, int], stride: tuple[int, int], fwd, bwd) -> Layer:
-    """A pooling Layer from ``fwd(x, out_shape, ws) -> (y, cache)``, ``bwd(cache, dy, dx) -> dx``."""
+    """A pooling Layer from ``fwd(x, out_shape, ws, train) -> (y, cache)`` and
+    ``bwd(cache, dy, dx) -> dx``."""
     (kh, kw), (sh, sw) = window, stride
 
     def out_shape(input_shape):
@@ -31,15 +32,15 @@ def _pool(name: str, window: tuple[int, int], stride: tuple[int, int], fwd, bwd)
         check_dtype(name, params, dtype)
         return out_shape(tuple(input_shape))
 
-    def apply(params, x, ws=None):
-        y, cache = fwd(x, (x.shape[0], *out_shape(x.shape[1:])), ws)
-        return y, (cache, x.shape)
+    def apply(params, state, x, ws=None, key=None, train=True):
+        y, cache = fwd(x, (x.shape[0], *out_shape(x.shape[1:])), ws, train)
+        return y, (cache, x.shape), state
 
     def backward(cache, dy, ws=None):
         cache, x_shape = cache
         return NO_PARAMS, bwd(cache, dy, buffer(ws, "dx", x_shape, dy.dtype))
 
-    return Layer.stateless(name, init, apply, backward, check)
+    return Layer(name, init, apply, backward, check)
 
 
 def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:
@@ -47,12 +48,18 @@ def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
     kh, kw = pair(window, "window", "max_pool2d")
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride", "max_pool2d")
 
-    def fwd(x, shape, ws):
-        y, idx = buffer(ws, "y", shape, x.dtype), buffer(ws, "idx", shape, np.dtype(np.int64))
+    def fwd(x, shape, ws, train):
+        y = buffer(ws, "y", shape, x.dtype)
+        if not train:  # inference: maxima alone (3x faster); positions found if backward asks
+            return kernels.max_pool_values(x, kh, kw, sh, sw, y), x
+        idx = buffer(ws, "idx", shape, np.dtype(np.int64))
         kernels.max_pool_forward(x, kh, kw, sh, sw, y, idx)
         return y, idx
 
     def bwd(idx, dy, dx):
+        if idx.dtype != np.int64:  # eval-mode cache: the input; find the winners now
+            x, idx = idx, np.empty(dy.shape, np.int64)
+            kernels.max_pool_forward(x, kh, kw, sh, sw, np.empty(dy.shape, x.dtype), idx)
         return kernels.max_pool_backward(dy, idx, dx)
 
     return _pool("max_pool2d", (kh, kw), (sh, sw), fwd, bwd)
@@ -63,7 +70,7 @@ def avg_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
     kh, kw = pair(window, "window", "avg_pool2d")
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride", "avg_pool2d")
 
-    def fwd(x, shape, ws):
+    def fwd(x, shape, ws, train):
         y = buffer(ws, "y", shape, x.dtype)
         kernels.avg_pool_forward(x, kh, kw, sh, sw, y)
         return y, None
