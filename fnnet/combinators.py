@@ -17,6 +17,16 @@ def _reraise(err: FnnetError, key: str) -> FnnetError:
     return new
 
 
+def _sub(ws: dict | None, key: str) -> dict | None:
+    """The workspace of a sub-layer (created on first use), or None without a workspace."""
+    if ws is None:
+        return None
+    sub = ws.get(key)
+    if sub is None:
+        sub = ws[key] = {}
+    return sub
+
+
 def serial(*layers: Layer) -> Layer:
     """Layers applied in sequence.
 
@@ -64,7 +74,7 @@ def serial(*layers: Layer) -> Layer:
         for (k, layer), has_state, sub in zip(children, stateful, keys):
             x, cache, s = layer.apply(
                 params[k], state[k] if has_state else NO_STATE, x,
-                None if ws is None else ws.setdefault(k, {}), sub, train,
+                _sub(ws, k), sub, train,
             )
             caches.append(cache)
             if has_state:
@@ -74,7 +84,7 @@ def serial(*layers: Layer) -> Layer:
     def backward(caches, dy, ws=None):
         grads = {}
         for (k, layer), cache in zip(reversed(children), reversed(caches)):
-            grads[k], dy = layer.backward(cache, dy, None if ws is None else ws.setdefault(k, {}))
+            grads[k], dy = layer.backward(cache, dy, _sub(ws, k))
         return FrozenDict((k, grads[k]) for k in keys), dy
 
     def grad_params(caches, dy, ws=None):
@@ -82,8 +92,8 @@ def serial(*layers: Layer) -> Layer:
         grads = {}
         (k0, first), *rest = children
         for (k, layer), cache in zip(reversed(rest), reversed(caches[1:])):
-            grads[k], dy = layer.backward(cache, dy, None if ws is None else ws.setdefault(k, {}))
-        grads[k0] = first.param_grads(caches[0], dy, None if ws is None else ws.setdefault(k0, {}))
+            grads[k], dy = layer.backward(cache, dy, _sub(ws, k))
+        grads[k0] = first.param_grads(caches[0], dy, _sub(ws, k0))
         return FrozenDict((k, grads[k]) for k in keys)
 
     return Layer("serial", init, apply, backward, check, children, init_state, any(stateful), stochastic, grad_params)
@@ -137,7 +147,7 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         for (k, layer), sub in zip(parts, keys):
             y, c, s = layer.apply(
                 params[k], state[k] if layer.stateful else NO_STATE, x,
-                None if ws is None else ws.setdefault(k, {}), sub, train,
+                _sub(ws, k), sub, train,
             )
             outs.append(y)
             caches.append(c)
@@ -147,8 +157,8 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         return y, tuple(caches), FrozenDict(new_state) if new_state else NO_STATE
 
     def backward(caches, dy, ws=None):
-        gb, dxb = block.backward(caches[0], dy, None if ws is None else ws.setdefault("block", {}))
-        gs, dxs = shortcut.backward(caches[1], dy, None if ws is None else ws.setdefault("shortcut", {}))
+        gb, dxb = block.backward(caches[0], dy, _sub(ws, "block"))
+        gs, dxs = shortcut.backward(caches[1], dy, _sub(ws, "shortcut"))
         return FrozenDict(block=gb, shortcut=gs), np.add(dxb, dxs, out=buffer(ws, "dx", dxb.shape, dxb.dtype))
 
     return Layer(

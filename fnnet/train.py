@@ -190,6 +190,10 @@ def _unpack_state(state: Any, paths: frozenset, layout: _Layout, path: tuple = (
     """Inverse of :func:`_pack_state`: flat vectors become trees of read-only views."""
     if path in paths:
         return layout.unpack(state)
+    if type(state) is np.ndarray:  # the common leaf first: ABC checks are slow per step
+        if state.flags.writeable:
+            state.flags.writeable = False
+        return state
     if isinstance(state, Mapping):
         return FrozenDict((k, _unpack_state(v, paths, layout, path + (k,))) for k, v in state.items())
     if isinstance(state, (tuple, list)):
