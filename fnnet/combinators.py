@@ -72,29 +72,29 @@ def serial(*layers: Layer) -> Layer:
         caches, new_state = [], {}
         keys = random.split(key, len(layers)) if stochastic and key is not None else (None,) * len(layers)
         for (k, layer), has_state, sub in zip(children, stateful, keys):
-            x, cache, s = layer.apply(
-                params[k], state[k] if has_state else NO_STATE, x,
-                _sub(ws, k), sub, train,
-            )
+            x, cache, s = layer.apply(params[k], state[k] if has_state else NO_STATE, x, _sub(ws, k), sub, train)
             caches.append(cache)
             if has_state:
                 new_state[k] = s
         return x, tuple(caches), FrozenDict(new_state) if new_state else NO_STATE
 
-    def backward(caches, dy, ws=None):
-        grads = {}
-        for (k, layer), cache in zip(reversed(children), reversed(caches)):
-            grads[k], dy = layer.backward(cache, dy, _sub(ws, k))
-        return FrozenDict((k, grads[k]) for k in keys), dy
-
-    def grad_params(caches, dy, ws=None):
-        """backward without the input gradient: the first layer may skip its dx."""
+    def backward_from(caches, dy, ws, need_dx):
+        """Layers n..1; the first may skip its input gradient when it is not needed."""
         grads = {}
         (k0, first), *rest = children
         for (k, layer), cache in zip(reversed(rest), reversed(caches[1:])):
             grads[k], dy = layer.backward(cache, dy, _sub(ws, k))
-        grads[k0] = first.param_grads(caches[0], dy, _sub(ws, k0))
-        return FrozenDict((k, grads[k]) for k in keys)
+        if need_dx:
+            grads[k0], dy = first.backward(caches[0], dy, _sub(ws, k0))
+        else:
+            grads[k0], dy = first.param_grads(caches[0], dy, _sub(ws, k0)), None
+        return FrozenDict((k, grads[k]) for k in keys), dy
+
+    def backward(caches, dy, ws=None):
+        return backward_from(caches, dy, ws, True)
+
+    def grad_params(caches, dy, ws=None):
+        return backward_from(caches, dy, ws, False)[0]
 
     return Layer("serial", init, apply, backward, check, children, init_state, any(stateful), stochastic, grad_params)
 
