@@ -127,3 +127,26 @@ def test_cli_help_and_bad_arguments(tmp_path):
         assert flag in proc.stdout
     bad = run(tmp_path, "--batch-size", "0", check=False)
     assert bad.returncode == 2 and "--batch-size and --train-size must be >= 1, got 0" in bad.stderr
+
+
+@REAL
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_params(tmp_path):
+    import signal
+
+    args = ["--train-size", "2000", "--batch-size", "16", "--eval-samples", "100", "--steps", "1500",
+            "--eval-every", "50"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    run(whole, *args)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(cut), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # interrupt once training is under way
+        if line.startswith("step"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved, continue with --resume" in out
+    resumed = run(cut, *args, "--resume")
+    assert "resumed from" in resumed.stdout
+    assert summary(cut)["params_sha256"] == summary(whole)["params_sha256"]
