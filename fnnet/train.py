@@ -132,7 +132,6 @@ class _Layout:
     treedef: TreeDef
     shapes: tuple
     dtype: np.dtype
-    offsets: tuple
     size: int
     slices: tuple  # ((slice, shape), ...) per leaf
 
@@ -147,7 +146,7 @@ class _Layout:
         dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
         shapes = tuple(leaf.shape for leaf in leaves)
         slices = tuple((slice(o, e), s) for o, e, s in zip(offsets, offsets[1:], shapes))
-        return cls(tree_structure(params), shapes, dtype, offsets[:-1], offsets[-1], slices)
+        return cls(tree_structure(params), shapes, dtype, offsets[-1], slices)
 
     def matches(self, tree: Any) -> bool:
         if tree_structure(tree) != self.treedef:
@@ -164,7 +163,6 @@ class _Layout:
         """A tree of read-only views into ``flat`` (which is sealed here)."""
         flat.flags.writeable = False
         return tree_unflatten(self.treedef, [flat[sl].reshape(s) for sl, s in self.slices])
-
 
 
 def _pack_state(state: Any, layout: _Layout, path: tuple = ()) -> tuple[Any, frozenset]:
@@ -242,14 +240,13 @@ def _adopt(ws: dict, leaves: list, flat: np.ndarray, layout: _Layout) -> None:
                 owners[id(v)] = (d, k, v)
 
     index(ws)
-    ends = layout.offsets[1:] + (layout.size,)
-    for leaf, start, end in zip(leaves, layout.offsets, ends):
+    for leaf, (sl, _) in zip(leaves, layout.slices):
         buf = leaf if leaf.base is None else leaf.base
         found = owners.get(id(buf))
-        if found is None or buf.size != end - start or not buf.flags.c_contiguous or buf.dtype != flat.dtype:
+        if found is None or buf.size != leaf.size or not buf.flags.c_contiguous or buf.dtype != flat.dtype:
             continue
         d, k, _ = found
-        d[k] = flat[start:end].reshape(buf.shape)
+        d[k] = flat[sl].reshape(buf.shape)
 
 
 class JitStep:
