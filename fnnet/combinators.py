@@ -7,6 +7,7 @@ import numpy as np
 from . import random
 from ._errors import FnnetError, ShapeError
 from .layers._base import NO_STATE, Layer, buffer, check_init_dtype, fmt_shape
+from .layers.reshape import identity
 from .tree import FrozenDict, param_count
 
 
@@ -105,8 +106,6 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
     Give a shortcut (e.g. a 1x1 ``conv2d`` with a stride) when the block changes the
     shape. Params and state are ``{"block": ..., "shortcut": ...}``.
     """
-    from .layers.reshape import identity
-
     shortcut = shortcut if shortcut is not None else identity()
     for what, layer in (("block", block), ("shortcut", shortcut)):
         if not isinstance(layer, Layer):
