@@ -78,10 +78,19 @@ class TreeDef:
     keys: tuple = ()
     children: tuple = ()
     num_leaves: int = attrs.field(init=False, eq=False)
+    depth: int = attrs.field(init=False, eq=False)
+    _builder: Callable | None = attrs.field(init=False, eq=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         n = 1 if self.kind == "leaf" else sum(c.num_leaves for c in self.children)
         object.__setattr__(self, "num_leaves", n)
+        object.__setattr__(self, "depth", 1 + max((c.depth for c in self.children), default=0))
+
+    def builder(self) -> Callable[[list], Any]:
+        """``leaves -> tree``, compiled once per structure (see :func:`_compile_builder`)."""
+        if self._builder is None:
+            object.__setattr__(self, "_builder", _compile_builder(self))
+        return self._builder
 
     def __repr__(self) -> str:
         if self.kind == "leaf":
@@ -182,14 +191,53 @@ def _build(treedef: TreeDef, leaves: Iterator) -> Any:
     return tuple(children) if kind == "tuple" else list(children)
 
 
+_EMPTY = FrozenDict()
+_MAX_COMPILED_DEPTH = 40  # deeper trees take the recursive path (the parser nests too)
+
+
+def _compile_builder(treedef: TreeDef) -> Callable[[list], Any]:
+    """One Python expression that builds the whole tree from a list of leaves.
+
+    A training step rebuilds its params tree every call; the recursive walk costs about
+    1 µs per node, the compiled expression a few µs in all (as attrs and dataclasses,
+    the source is generated and ``exec``-ed once per structure).
+    """
+    if treedef.depth > _MAX_COMPILED_DEPTH:
+        return lambda leaves: _build(treedef, iter(leaves))
+    keys: list = []
+    counter = iter(range(treedef.num_leaves))
+
+    def expr(t: TreeDef) -> str:
+        if t.kind == "leaf":
+            return f"L[{next(counter)}]"
+        if t.kind == "none":
+            return "None"
+        if t.kind == "dict":
+            if not t.children:
+                return "E"
+            items = []
+            for k, c in zip(t.keys, t.children):
+                keys.append(k)
+                items.append(f"K[{len(keys) - 1}]: {expr(c)}")
+            return "F({" + ", ".join(items) + "})"
+        inner = "".join(f"{expr(c)}, " for c in t.children)
+        return f"({inner})" if t.kind == "tuple" else f"[{inner}]"
+
+    namespace = {"F": FrozenDict, "E": _EMPTY}
+    exec(f"def build(L): return {expr(treedef)}", namespace)  # noqa: S102 - source made above
+    namespace["K"] = tuple(keys)
+    return namespace["build"]
+
+
 def tree_unflatten(treedef: TreeDef, leaves: list | tuple) -> Any:
     """Rebuild a tree of structure ``treedef`` from ``leaves`` (mappings become FrozenDict)."""
-    leaves = list(leaves)
+    if not isinstance(leaves, (list, tuple)):
+        leaves = list(leaves)
     if len(leaves) != treedef.num_leaves:
         raise TreeMismatchError(
             f"tree_unflatten: structure {treedef!r} has {treedef.num_leaves} leaves, got {len(leaves)}"
         )
-    return _build(treedef, iter(leaves))
+    return treedef.builder()(leaves)
 
 
 def _check_same(trees: tuple, path: tuple) -> str:

@@ -23,6 +23,34 @@ def test_flatten_unflatten_round_trip(tree):
     assert isinstance(back, FrozenDict) and isinstance(back["b"][1], list)
 
 
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"a": {}, "b": (1, [2, {"c": 3}], None), 7: 4, ("t", 1): {"d": ()}},  # every node kind, odd keys
+        (1,),
+        [],
+        None,
+        5,
+    ],
+    ids=["mixed", "1-tuple", "empty-list", "none", "leaf"],
+)
+def test_unflatten_rebuilds_every_node_kind(tree):
+    leaves, treedef = fn.tree_flatten(tree)
+    back = fn.tree_unflatten(treedef, iter(leaves))  # any iterable of leaves
+    assert fn.tree_structure(back) == treedef
+    assert fn.tree_leaves(back) == leaves
+    assert back == tree
+
+
+def test_unflatten_of_a_deep_tree_takes_the_recursive_path():
+    tree = 0
+    for i in range(200):  # deeper than one generated expression may nest
+        tree = {"k": tree, "i": i} if i % 2 else (tree, i)
+    leaves, treedef = fn.tree_flatten(tree)
+    back = fn.tree_unflatten(treedef, leaves)
+    assert fn.tree_structure(back) == treedef and fn.tree_leaves(back) == leaves
+
+
 def test_leaves_with_path_and_order(tree):
     paths = [p for p, _ in tree_leaves_with_path(tree)]
     assert paths == [("a",), ("b", 0, "c"), ("b", 1, 0), ("d",)]
