@@ -6,7 +6,7 @@ import numpy as np
 
 from . import random
 from ._errors import FnnetError, ShapeError
-from .layers._base import NO_STATE, Layer, buffer, check_init_dtype, fmt_shape
+from .layers._base import NO_STATE, Layer, bind, buffer, check_init_dtype, fmt_shape
 from .layers.reshape import identity
 from .tree import FrozenDict, param_count
 
@@ -97,7 +97,30 @@ def serial(*layers: Layer) -> Layer:
     def grad_params(caches, dy, ws=None):
         return backward_from(caches, dy, ws, False)[0]
 
-    return Layer("serial", init, apply, backward, check, children, init_state, any(stateful), stochastic, grad_params)
+    def bind_(params, grads, x_shape, dtype, need_dx):
+        forwards, backwards, shape = [], [], tuple(x_shape)
+        for i, (k, layer) in enumerate(children):
+            f, b = bind(layer, params[k], grads[k], shape, dtype, need_dx or i > 0)
+            forwards.append(f)
+            backwards.append(b)
+            shape = (shape[0], *layer.check(params[k], shape[1:], dtype))
+        backwards.reverse()
+
+        def forward(x):
+            for f in forwards:
+                x = f(x)
+            return x
+
+        def backward(dy):
+            for b in backwards:
+                dy = b(dy)
+            return dy
+
+        return forward, backward
+
+    return Layer(
+        "serial", init, apply, backward, check, children, init_state, any(stateful), stochastic, grad_params, bind_
+    )
 
 
 def residual(block: Layer, shortcut: Layer | None = None) -> Layer:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import kernels
@@ -57,8 +59,8 @@ def softmax_cross_entropy(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     in the logits is an InvalidValueError.
     """
     name = "softmax_cross_entropy"
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
+    logits = logits if type(logits) is np.ndarray else np.asarray(logits)
+    labels = labels if type(labels) is np.ndarray else np.asarray(labels)
     ids = labels.ndim == 1 and labels.dtype.kind in "iu"
     if not ids or logits.ndim != 2 or logits.dtype not in FLOAT_DTYPES or logits.size == 0:
         logits = _check_outputs(name, logits, "logits", ndim=2)
@@ -80,7 +82,7 @@ def softmax_cross_entropy(logits, labels) -> tuple[np.ndarray, np.ndarray]:
         s = e.sum(axis=1, keepdims=True)
         loss = -(target * (z - np.log(s))).sum(dtype=np.float64) / n
         dlogits = ((e / s - target) * (1.0 / n)).astype(logits.dtype, copy=False)
-    if not np.isfinite(loss):
+    if not math.isfinite(loss):
         raise InvalidValueError(f"{name}: the loss is {loss}; a logit of a true class is -inf")
     return np.asarray(loss), dlogits
 

@@ -67,15 +67,18 @@ class GradientTransformation:
     elementwise: bool = False
 
 
+_INT64, _FLOAT64 = np.dtype(np.int64), np.dtype(np.float64)
+
+
 def _count(n: int) -> np.ndarray:
-    c = np.array(n, np.int64)
-    c.flags.writeable = False
+    c = np.array(n, _INT64)
+    c.setflags(write=False)  # (setflags is twice as fast as the flags attribute; per step)
     return c
 
 
 def _scalar(v: float) -> np.ndarray:
-    a = np.array(v, np.float64)
-    a.flags.writeable = False
+    a = np.array(v, _FLOAT64)
+    a.setflags(write=False)
     return a
 
 

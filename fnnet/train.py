@@ -16,7 +16,7 @@ import numpy as np
 
 from . import random
 from ._errors import ShapeError, TreeMismatchError
-from .layers._base import NO_STATE, Layer, as_batch
+from .layers._base import NO_STATE, Layer, as_batch, bind
 from .losses import accuracy
 from .optim import GradientTransformation, apply_updates
 from .tree import FrozenDict, TreeDef, freeze, tree_leaves, tree_structure, tree_unflatten
@@ -153,16 +153,21 @@ class _Layout:
             return False
         return all(leaf.shape == s and leaf.dtype == self.dtype for leaf, s in zip(tree_leaves(tree), self.shapes))
 
-    def pack(self, tree: Any) -> np.ndarray:
+    def pack(self, tree: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """The leaves of ``tree`` (this layout) in one flat vector (``out`` if given)."""
         leaves = tree_leaves(tree)
         if not leaves:
-            return np.empty(0, self.dtype)
-        return np.concatenate([np.ravel(leaf) for leaf in leaves])
+            return np.empty(0, self.dtype) if out is None else out
+        return np.concatenate([np.ravel(leaf) for leaf in leaves], out=out)
+
+    def views(self, flat: np.ndarray) -> Any:
+        """A tree of views into ``flat``, one per leaf."""
+        return tree_unflatten(self.treedef, [flat[sl].reshape(s) for sl, s in self.slices])
 
     def unpack(self, flat: np.ndarray) -> Any:
         """A tree of read-only views into ``flat`` (which is sealed here)."""
-        flat.flags.writeable = False
-        return tree_unflatten(self.treedef, [flat[sl].reshape(s) for sl, s in self.slices])
+        flat.setflags(write=False)
+        return self.views(flat)
 
 
 def _pack_state(state: Any, layout: _Layout, path: tuple = ()) -> tuple[Any, frozenset]:
@@ -189,8 +194,7 @@ def _unpack_state(state: Any, paths: frozenset, layout: _Layout, path: tuple = (
     if path in paths:
         return layout.unpack(state)
     if type(state) is np.ndarray:  # the common leaf first: ABC checks are slow per step
-        if state.flags.writeable:
-            state.flags.writeable = False
+        state.setflags(write=False)
         return state
     if isinstance(state, Mapping):
         return FrozenDict((k, _unpack_state(v, paths, layout, path + (k,))) for k, v in state.items())
@@ -203,59 +207,56 @@ def _unpack_state(state: Any, paths: frozenset, layout: _Layout, path: tuple = (
 
 @attrs.define
 class _Plan:
-    """What jit keeps for one input signature."""
+    """What jit keeps for one input signature.
+
+    With an elementwise optimizer the params live in one flat buffer (``layout``);
+    ``forward``/``backward`` are the model bound (:func:`fnnet.layers.bind`) to a working
+    copy of them in ``params`` and to the gradient buffer ``grads``: the hot path then
+    runs no per-layer bookkeeping. Models with state or randomness (batch norm, dropout)
+    and non-elementwise optimizers run ``apply`` with the workspace dicts instead.
+    """
 
     layout: _Layout
-    ws_forward: dict
-    ws_backward: dict
-    grads: np.ndarray
-    adopted: bool = False
+    ws_forward: dict = attrs.Factory(dict)
+    ws_backward: dict = attrs.Factory(dict)
+    params: np.ndarray | None = None
+    grads: np.ndarray | None = None
+    forward: Callable | None = None
+    backward: Callable | None = None
+    holds: np.ndarray | None = None  # the flat params that ``params`` holds a copy of
 
-    def gather(self, grads: Any) -> None:
-        """Put the gradient leaves into ``self.grads`` (flat, params order).
+    @classmethod
+    def of(cls, step: Step, params: Any, x: np.ndarray) -> _Plan:
+        layout = _Layout.of(params)
+        plan = cls(layout)
+        if not step.optimizer.elementwise:
+            return plan
+        plan.params, plan.grads = np.empty(layout.size, layout.dtype), np.empty(layout.size, layout.dtype)
+        model = step.model
+        if not (model.stateful or model.stochastic):
+            read_only = layout.views(plan.params)
+            for leaf in tree_leaves(read_only):
+                leaf.flags.writeable = False
+            plan.forward, plan.backward = bind(
+                model, read_only, layout.views(plan.grads), x.shape, x.dtype, need_dx=False
+            )
+        return plan
 
-        After the first call the layers' gradient buffers in the workspace are replaced by
-        views of ``self.grads`` ("adopted"), so later backward passes write the gradients
-        in place and the copy is skipped whenever every leaf is such a view.
-        """
-        leaves = tree_leaves(grads)
-        if self.adopted and all(leaf.base is self.grads for leaf in leaves):
-            return
-        if leaves:
-            np.concatenate([np.ravel(g) for g in leaves], out=self.grads)
-        if not self.adopted:
-            self.adopted = True
-            _adopt(self.ws_backward, leaves, self.grads, self.layout)
-
-
-def _adopt(ws: dict, leaves: list, flat: np.ndarray, layout: _Layout) -> None:
-    """Swap the workspace buffers that hold gradient leaves for views of ``flat``."""
-    owners = {}
-
-    def index(d: dict) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                index(v)
-            elif isinstance(v, np.ndarray):
-                owners[id(v)] = (d, k, v)
-
-    index(ws)
-    for leaf, (sl, _) in zip(leaves, layout.slices):
-        buf = leaf if leaf.base is None else leaf.base
-        found = owners.get(id(buf))
-        if found is None or buf.size != leaf.size or not buf.flags.c_contiguous or buf.dtype != flat.dtype:
-            continue
-        d, k, _ = found
-        d[k] = flat[sl].reshape(buf.shape)
+    def load(self, flat: np.ndarray) -> None:
+        """Make the bound program see the params ``flat`` (a copy, skipped if current)."""
+        if self.holds is not flat:
+            np.copyto(self.params, flat)
+            self.holds = flat
 
 
 class JitStep:
     """A step specialised per input signature; same signature and bits as the plain step.
 
     For each new ``(x.shape, x.dtype, labels.shape, labels.dtype)`` it checks the model
-    once (errors name the layer) and allocates workspace that later calls reuse. The
-    optimizer, when elementwise, runs once on all params packed into one flat buffer.
-    Returned states own fresh buffers: a state you hold is never overwritten.
+    once (errors name the layer) and allocates workspace that later calls reuse. With an
+    elementwise optimizer it binds the model to fixed buffers and runs the optimizer once
+    on all params packed into one flat vector. Returned states own fresh buffers: a
+    state you hold is never overwritten.
     """
 
     def __init__(self, step: Step) -> None:
@@ -263,25 +264,25 @@ class JitStep:
             raise TypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
         self._plans: dict[tuple, _Plan] = {}
-        self._last: tuple | None = None  # (state returned, flat params, packed opt state)
+        self._last: tuple | None = None  # (state returned, its flat params, packed opt state, paths, layout)
 
     def _plan(self, state: TrainState, x: np.ndarray, labels: np.ndarray) -> _Plan:
         sig = (x.shape, x.dtype.str, labels.shape, labels.dtype.str)
         plan = self._plans.get(sig)
         if plan is not None:
-            ours = self._last is not None and state is self._last[0]
+            last = self._last
+            ours = last is not None and state is last[0] and last[4] is plan.layout
             if ours or plan.layout.matches(state.params):
                 return plan
         self.step.model.check(state.params, x.shape[1:], x.dtype)  # raises naming the layer
-        layout = _Layout.of(state.params)
-        plan = _Plan(layout, {}, {}, np.empty(layout.size, layout.dtype))
-        self._plans[sig] = plan
+        plan = self._plans[sig] = _Plan.of(self.step, state.params, x)
         return plan
 
     def _packed(self, state: TrainState, layout: _Layout) -> tuple[np.ndarray, Any, frozenset]:
         """Flat params and packed optimizer state: reused if ``state`` is our last output."""
-        if self._last is not None and state is self._last[0]:
-            return self._last[1:]
+        last = self._last
+        if last is not None and state is last[0] and last[4] is layout:
+            return last[1:4]
         return (layout.pack(state.params), *_pack_state(state.opt_state, layout))
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
@@ -291,24 +292,42 @@ class JitStep:
         _check_model_state(step.model, state)
         x, labels = _unpack_batch(batch)
         plan = self._plan(state, x, labels)
-        logits, cache, model_state = step.model.apply(
-            state.params, state.model_state, x, plan.ws_forward, step.step_key(state.step), True
-        )
-        model_state = freeze(model_state)
-        loss, dlogits = step.loss(logits, labels)
-        metrics = _metrics(loss, logits, labels)
-        grads = step.model.param_grads(cache, dlogits, plan.ws_backward)
         if not step.optimizer.elementwise:
-            updates, opt_state = step.optimizer.update(grads, state.opt_state, state.params)
-            new = TrainState(apply_updates(state.params, updates), freeze(opt_state), state.step + 1, model_state)
-            return new, metrics
+            return self._tree_step(plan, state, x, labels)
         layout = plan.layout
         flat, opt, paths = self._packed(state, layout)
-        plan.gather(grads)
+        if plan.forward is not None:
+            plan.load(flat)
+            logits = plan.forward(x)
+            loss, dlogits = step.loss(logits, labels)
+            metrics = _metrics(loss, logits, labels)
+            plan.backward(dlogits)  # the gradients land in plan.grads
+            model_state = NO_STATE
+        else:
+            logits, cache, model_state = step.model.apply(
+                state.params, state.model_state, x, plan.ws_forward, step.step_key(state.step), True
+            )
+            model_state = freeze(model_state)
+            loss, dlogits = step.loss(logits, labels)
+            metrics = _metrics(loss, logits, labels)
+            layout.pack(step.model.param_grads(cache, dlogits, plan.ws_backward), out=plan.grads)
         updates, new_opt = step.optimizer.update(plan.grads, opt, flat)
         new_flat = np.add(flat, updates, dtype=layout.dtype)
         new = TrainState(layout.unpack(new_flat), _unpack_state(new_opt, paths, layout), state.step + 1, model_state)
-        self._last = (new, new_flat, new_opt, paths)
+        self._last = (new, new_flat, new_opt, paths, layout)
+        return new, metrics
+
+    def _tree_step(self, plan: _Plan, state: TrainState, x: np.ndarray, labels: np.ndarray):
+        """The step for non-elementwise optimizers: the plain step with reused workspace."""
+        step = self.step
+        logits, cache, model_state = step.model.apply(
+            state.params, state.model_state, x, plan.ws_forward, step.step_key(state.step), True
+        )
+        loss, dlogits = step.loss(logits, labels)
+        metrics = _metrics(loss, logits, labels)
+        grads = step.model.param_grads(cache, dlogits, plan.ws_backward)
+        updates, opt_state = step.optimizer.update(grads, state.opt_state, state.params)
+        new = TrainState(apply_updates(state.params, updates), freeze(opt_state), state.step + 1, freeze(model_state))
         return new, metrics
 
 

@@ -283,7 +283,7 @@ def tree_map(f: Callable, tree: Any, *rest: Any) -> Any:
     All trees must share one structure; otherwise :class:`TreeMismatchError` names the
     first path where they differ. Mappings in the result are FrozenDicts.
     """
-    if type(tree) is np.ndarray and all(type(r) is np.ndarray for r in rest):
+    if type(tree) is np.ndarray and (not rest or all(type(r) is np.ndarray for r in rest)):
         return f(tree, *rest)  # fast path: jit runs optimizers on one flat array
     return _map(f, (tree, *rest), ())
 

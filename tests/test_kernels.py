@@ -210,3 +210,31 @@ def test_softmax_xent_status_codes(compiled, bad, status):
         logits[1, 2] = np.nan if bad == "nan" else np.inf
     for impl in (compiled, kernels.twins):
         assert impl.softmax_xent(logits, labels, np.empty_like(logits))[1] == status
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_kernels_match_twin_bit_for_bit(compiled, dtype, rng):
+    special = np.array([np.nan, -np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-45, -1e-45], dtype)
+    for n in (1, 8, 1352, 10_001):
+        x = rng.standard_normal(n).astype(dtype)
+        x[: min(n, special.size)] = special[: min(n, special.size)]
+        dy = rng.standard_normal(n).astype(dtype)
+        dy[::7] = -dy[::7]
+        dy[:3] = [np.inf, -np.inf, np.nan][: min(n, 3)]
+        outs = []
+        for impl in (compiled, kernels.twins):
+            y, dx = np.full(n, 7.0, dtype), np.full(n, 7.0, dtype)
+            impl.relu_forward(x, y)
+            impl.relu_backward(y, dy, dx)
+            outs.append((y.tobytes(), dx.tobytes()))
+        assert outs[0] == outs[1]
+    assert kernels.relu_forward(x, np.empty_like(x)).tobytes() == np.maximum(x, 0).tobytes()
+
+
+def test_relu_wrappers_take_any_shape_and_views(rng):
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)[:, ::2]  # not contiguous
+    y = kernels.relu_forward(x, np.empty(x.shape, np.float32))
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx = kernels.relu_backward(y, dy, np.empty_like(y))
+    np.testing.assert_array_equal(dx, dy * (y > 0))

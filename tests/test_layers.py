@@ -7,6 +7,7 @@ import pytest
 from conftest import max_rel_err, numeric_grad, sample_indices
 
 import fnnet as fn
+from fnnet.layers import bind
 
 # (id, layer factory, per-sample input shape)
 LAYERS = [
@@ -137,6 +138,30 @@ def test_gradients_match_central_differences(name, factory, shape, train):
         idx = sample_indices(leaf_w.shape, rng)
         num = numeric_grad(objective, leaf_w, idx)
         assert max_rel_err(np.array([g[i] for i in idx]), num) < 1e-6, "dparams"
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+def test_bound_layer_gives_the_bits_of_forward_and_backward(name, factory, shape, need_dx):
+    """bind (what jit runs) against forward/backward, over two batches through the same buffers."""
+    layer, params, out_shape, _ = _setup(factory, shape, np.float32)
+    if layer.stateful or layer.stochastic:
+        with pytest.raises(TypeError, match="state or is random"):
+            bind(layer, params, params, (BATCH, *shape), np.dtype(np.float32), need_dx)
+        return
+    grads = fn.tree_map(lambda a: np.full(a.shape, np.nan, a.dtype), params)
+    forward, backward = bind(layer, params, grads, (BATCH, *shape), np.dtype(np.float32), need_dx)
+    rng = np.random.default_rng(11)
+    for _ in range(2):
+        x = rng.standard_normal((BATCH, *shape)).astype(np.float32)
+        dy = rng.standard_normal((BATCH, *out_shape)).astype(np.float32)
+        y, cache = layer.forward(params, x)
+        want_grads, want_dx = layer.backward(cache, dy)
+        assert forward(x).tobytes() == y.tobytes()
+        dx = backward(dy)
+        assert (dx is None) if not need_dx else dx.tobytes() == want_dx.tobytes()
+        for got, want in zip(fn.tree_leaves(grads), fn.tree_leaves(want_grads)):
+            assert got.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)

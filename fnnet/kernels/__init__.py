@@ -2,8 +2,9 @@
 
 Each compiled kernel (``_conv_pythran.py`` -> ``fnnet.kernels._conv``,
 ``_pool_pythran.py`` -> ``fnnet.kernels._pool``, ``_loss_pythran.py`` ->
-``fnnet.kernels._loss``) has a numpy twin with the same signature
-(:mod:`fnnet.kernels.conv`, :mod:`fnnet.kernels.pool`, :mod:`fnnet.kernels.loss`). The functions here
+``fnnet.kernels._loss``, ``_act_pythran.py`` -> ``fnnet.kernels._act``) has a numpy
+twin with the same signature (:mod:`fnnet.kernels.conv`, :mod:`fnnet.kernels.pool`,
+:mod:`fnnet.kernels.loss`, :mod:`fnnet.kernels.act`). The functions here
 dispatch to one or the other, chosen once at import:
 
 * ``FNNET_KERNELS=numpy`` forces the twins;
@@ -24,6 +25,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from . import act as _act_twin
 from . import conv as _conv_twin
 from . import loss as _loss_twin
 from . import pool as _pool_twin
@@ -37,21 +39,24 @@ KERNEL_NAMES = (
     "avg_pool_forward",
     "avg_pool_backward",
     "softmax_xent",
+    "relu_forward",
+    "relu_backward",
 )
 __all__ = ["backend", "twins", "compiled", "KERNEL_NAMES", *KERNEL_NAMES]
 
 
-def _namespace(conv_mod, pool_mod, loss_mod) -> SimpleNamespace:
+def _namespace(conv_mod, pool_mod, loss_mod, act_mod) -> SimpleNamespace:
     mods = {"im2col": conv_mod, "col2im": conv_mod, "softmax_xent": loss_mod}
+    mods.update(relu_forward=act_mod, relu_backward=act_mod)
     return SimpleNamespace(**{n: getattr(mods.get(n, pool_mod), n) for n in KERNEL_NAMES})
 
 
-twins = _namespace(_conv_twin, _pool_twin, _loss_twin)
+twins = _namespace(_conv_twin, _pool_twin, _loss_twin, _act_twin)
 
 
 def _load_compiled() -> tuple[SimpleNamespace | None, str]:
     try:
-        mods = [importlib.import_module(f"{__name__}.{m}") for m in ("_conv", "_pool", "_loss")]
+        mods = [importlib.import_module(f"{__name__}.{m}") for m in ("_conv", "_pool", "_loss", "_act")]
     except ImportError as exc:
         return None, str(exc)
     return _namespace(*mods), ""
@@ -139,3 +144,15 @@ def softmax_xent(logits, labels, dlogits) -> tuple[float, int]:
     """Summed softmax cross-entropy of (N, C) ``logits`` and int64 ``labels``; writes
     ``(softmax - onehot) / N`` into ``dlogits``; returns ``(loss_sum, status)``."""
     return _impl.softmax_xent(_c(logits), _c(labels), dlogits)
+
+
+def relu_forward(x, y) -> np.ndarray:
+    """``y = max(x, 0)`` elementwise (NaN propagates, -0.0 becomes 0); returns y."""
+    _impl.relu_forward(_c(x).reshape(-1), y.reshape(-1))
+    return y
+
+
+def relu_backward(y, dy, dx) -> np.ndarray:
+    """``dx = dy * (y > 0)`` elementwise, ``y`` the forward output; returns dx."""
+    _impl.relu_backward(_c(y).reshape(-1), _c(dy).reshape(-1), dx.reshape(-1))
+    return dx

@@ -1,6 +1,6 @@
 """Layers: each constructor returns a :class:`Layer` record of pure functions."""
 
-from ._base import Layer
+from ._base import Layer, bind
 from .activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .conv import conv2d
 from .dense import dense
@@ -13,6 +13,7 @@ __all__ = [
     "Layer",
     "avg_pool2d",
     "batch_norm",
+    "bind",
     "conv2d",
     "dense",
     "dropout",

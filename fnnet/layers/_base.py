@@ -45,6 +45,14 @@ class Layer:
     * ``children``: ``((key, layer), ...)`` for combinators, empty otherwise.
     * ``stateful`` / ``stochastic``: whether the layer has state / needs a key to train.
     * ``grad_params(cache, dy, ws=None) -> dparams``: optional, backward without ``dx``.
+    * ``bind(params, grads, x_shape, dtype, need_dx) -> (forward, backward)``: optional,
+      the layer fixed to one input shape ``x_shape`` (with the batch axis), as
+      :func:`fnnet.jit` runs it: ``forward(x) -> y`` and ``backward(dy) -> dx`` (None
+      unless ``need_dx``) reuse buffers made once, read ``params`` (arrays jit updates
+      in place between steps), and write the parameter gradients into ``grads``
+      (C-contiguous writeable arrays with the params' structure). Train mode, no key, no state; the
+      arrays returned are overwritten by the next call. :func:`bind` adapts a layer
+      without it.
     """
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
@@ -57,6 +65,7 @@ class Layer:
     stateful: bool = False
     stochastic: bool = False
     grad_params: Callable | None = attrs.field(default=None, repr=False)
+    bind: Callable | None = attrs.field(default=None, repr=False)
 
     def param_grads(self, cache: Any, dy: np.ndarray, ws: dict | None = None) -> Any:
         """``dparams`` alone, skipping ``dx`` where the layer can (a training step never
@@ -96,6 +105,37 @@ class Layer:
     def output_shape(self, params: Any, input_shape: tuple, dtype=np.float32) -> tuple:
         """Per-sample output shape for ``input_shape`` (checks compatibility)."""
         return self.check(params, tuple(input_shape), np.dtype(dtype))
+
+
+def bind(
+    layer: Layer, params: Any, grads: Any, x_shape: tuple, dtype: np.dtype, need_dx: bool
+) -> tuple[Callable, Callable]:
+    """``layer.bind(...)``, or the same contract built from ``apply`` and ``backward``
+    (workspace reused; gradients copied into ``grads``). Train mode; the layer must be
+    neither stateful nor random."""
+    if layer.stateful or layer.stochastic:
+        raise TypeError(f"bind: {layer.name} has state or is random; run it with apply")
+    if layer.bind is not None:
+        return layer.bind(params, grads, x_shape, dtype, need_dx)
+    ws_forward: dict = {}
+    ws_backward: dict = {}
+    targets = tree_leaves(grads)
+    saved = [None]
+
+    def forward(x):
+        y, saved[0], _ = layer.apply(params, NO_STATE, x, ws_forward, None, True)
+        return y
+
+    def backward(dy):
+        if need_dx:
+            g, dx = layer.backward(saved[0], dy, ws_backward)
+        else:
+            g, dx = layer.param_grads(saved[0], dy, ws_backward), None
+        for target, leaf in zip(targets, tree_leaves(g)):
+            np.copyto(target, leaf)
+        return dx
+
+    return forward, backward
 
 
 def as_batch(x: Any, name: str) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 
+from .. import kernels
 from ._base import NO_PARAMS, Layer, buffer, check_dtype
 
 
@@ -23,19 +25,30 @@ def _elementwise(name: str, fwd, bwd) -> Layer:
     def backward(saved, dy, ws=None):
         return NO_PARAMS, bwd(saved, dy, buffer(ws, "dx", dy.shape, dy.dtype), ws)
 
-    return Layer.stateless(name, init, apply, backward, check)
+    def bind(params, grads, x_shape, dtype, need_dx):
+        y, dx, ws, saved = np.empty(x_shape, dtype), np.empty(x_shape, dtype), {}, [None]
+
+        def forward(x):
+            out, saved[0] = fwd(x, y)
+            return out
+
+        def backward(dy):
+            return bwd(saved[0], dy, dx, ws) if need_dx else None
+
+        return forward, backward
+
+    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), bind=bind)
 
 
 def relu() -> Layer:
     """max(x, 0); the gradient at 0 is 0."""
 
     def fwd(x, out):
-        y = np.maximum(x, 0, out=out)
+        y = kernels.relu_forward(x, out)
         return y, y
 
     def bwd(y, dy, out, ws):
-        mask = np.greater(y, 0, out=buffer(ws, "mask", y.shape, np.dtype(bool)))
-        return np.multiply(dy, mask, out=out)
+        return kernels.relu_backward(y, dy, out)
 
     return _elementwise("relu", fwd, bwd)
 

@@ -107,35 +107,69 @@ def conv2d(
             )
         return geometry(tuple(input_shape))[1]
 
+    def forward_into(x, w, b, pad, cols, y):
+        """y (N, K, Ho*Wo) = w @ im2col(x) + b, via ``cols`` (N, C*kh*kw, Ho*Wo)."""
+        kernels.im2col(x, kh, kw, sh, sw, dh, dw, *pad, cols)
+        np.matmul(w.reshape(K, -1), cols, out=y)
+        y += b[:, None]
+        return y
+
+    def grads_into(dy3, cols, dw_n, dw2, db):
+        """dw2 (K, C*kh*kw) and db (K,) from dy3 (N, K, Ho*Wo); dw_n is scratch."""
+        np.add.reduce(dy3, axis=(0, 2), out=db)
+        np.matmul(dy3, cols.transpose(0, 2, 1), out=dw_n)
+        np.add.reduce(dw_n, axis=0, out=dw2)
+
+    def dx_into(w, dy3, pad, dcols, dx):
+        if K == 1:  # an outer product per sample: a broadcast multiply beats matmul's k=1 path
+            np.multiply(w.reshape(1, -1, 1), dy3, out=dcols)
+        else:
+            np.matmul(w.reshape(K, -1).T, dy3, out=dcols)
+        return kernels.col2im(dcols, kh, kw, sh, sw, dh, dw, *pad, dx)
+
     def apply(params, x, ws=None):
         w, b = params["w"], params["b"]
         n, c, h, wd = x.shape
         pad, (_, ho, wo) = geometry(x.shape[1:])
         cols = buffer(ws, "cols", (n, c * kh * kw, ho * wo), x.dtype)
-        kernels.im2col(x, kh, kw, sh, sw, dh, dw, *pad, cols)
-        y = np.matmul(w.reshape(K, -1), cols, out=buffer(ws, "y", (n, K, ho * wo), x.dtype))
-        y += b[:, None]
+        y = forward_into(x, w, b, pad, cols, buffer(ws, "y", (n, K, ho * wo), x.dtype))
         return y.reshape(n, K, ho, wo), (cols, w, x.shape, pad)
 
     def backward(cache, dy, ws=None, need_dx=True):
         cols, w, x_shape, pad = cache
         n = x_shape[0]
         dy3 = np.ascontiguousarray(dy).reshape(n, K, -1)
-        db = np.add.reduce(dy3, axis=(0, 2), out=buffer(ws, "db", (K,), w.dtype))
-        dw_n = np.matmul(dy3, cols.transpose(0, 2, 1), out=buffer(ws, "dw_n", (n, K, cols.shape[1]), w.dtype))
-        dw_ = np.add.reduce(dw_n, axis=0, out=buffer(ws, "dw", (K, cols.shape[1]), w.dtype))
-        grads = FrozenDict(w=dw_.reshape(w.shape), b=db)
+        db = buffer(ws, "db", (K,), w.dtype)
+        dw2 = buffer(ws, "dw", (K, cols.shape[1]), w.dtype)
+        grads_into(dy3, cols, buffer(ws, "dw_n", (n, K, cols.shape[1]), w.dtype), dw2, db)
+        grads = FrozenDict(w=dw2.reshape(w.shape), b=db)
         if not need_dx:
             return grads, None
-        dcols = buffer(ws, "dcols", cols.shape, w.dtype)
-        if K == 1:  # an outer product per sample: a broadcast multiply beats matmul's k=1 path
-            np.multiply(w.reshape(1, -1, 1), dy3, out=dcols)
-        else:
-            np.matmul(w.reshape(K, -1).T, dy3, out=dcols)
-        dx = kernels.col2im(dcols, kh, kw, sh, sw, dh, dw, *pad, buffer(ws, "dx", x_shape, w.dtype))
+        dx = dx_into(w, dy3, pad, buffer(ws, "dcols", cols.shape, w.dtype), buffer(ws, "dx", x_shape, w.dtype))
         return grads, dx
 
     def grad_params(cache, dy, ws=None):
         return backward(cache, dy, ws, need_dx=False)[0]
 
-    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), grad_params=grad_params)
+    def bind(params, grads, x_shape, dtype, need_dx):
+        w, b, db = params["w"], params["b"], grads["b"]
+        n, c = x_shape[:2]
+        pad, (_, ho, wo) = geometry(tuple(x_shape[1:]))
+        cols = np.empty((n, c * kh * kw, ho * wo), dtype)
+        y = np.empty((n, K, ho * wo), dtype)
+        dw_n = np.empty((n, K, c * kh * kw), dtype)
+        dw2 = grads["w"].reshape(K, -1)  # a view: the gradient lands in place
+        dcols, dx = (np.empty_like(cols), np.empty(x_shape, dtype)) if need_dx else (None, None)
+
+        def forward(x):
+            return forward_into(x, w, b, pad, cols, y).reshape(n, K, ho, wo)
+
+        def backward(dy):
+            dy3 = np.ascontiguousarray(dy).reshape(n, K, -1)
+            grads_into(dy3, cols, dw_n, dw2, db)
+            return None if dx is None else dx_into(w, dy3, pad, dcols, dx)
+
+        return forward, backward
+
+    layer = Layer.stateless(name, init, apply, backward, check)
+    return attrs.evolve(layer, grad_params=grad_params, bind=bind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 
 from .. import init as initializers
@@ -45,17 +46,40 @@ def dense(
             raise ShapeError(f"{name}: expected input of shape {fmt_shape(w.shape[:1])}, got {fmt_shape(input_shape)}")
         return (w.shape[1],)
 
+    def forward_into(x, w, b, y):
+        np.matmul(x, w, out=y)
+        y += b
+        return y
+
+    def backward_into(x, w, dy, dw, db, dx):
+        np.matmul(x.T, dy, out=dw)
+        np.add.reduce(dy, axis=0, out=db)
+        return None if dx is None else np.matmul(dy, w.T, out=dx)
+
     def apply(params, x, ws=None):
         w, b = params["w"], params["b"]
-        y = np.matmul(x, w, out=buffer(ws, "y", (x.shape[0], w.shape[1]), x.dtype))
-        y += b
+        y = forward_into(x, w, b, buffer(ws, "y", (x.shape[0], w.shape[1]), x.dtype))
         return y, (x, w)
 
     def backward(cache, dy, ws=None):
         x, w = cache
-        dw = np.matmul(x.T, dy, out=buffer(ws, "dw", w.shape, w.dtype))
-        db = np.add.reduce(dy, axis=0, out=buffer(ws, "db", w.shape[1:], w.dtype))
-        dx = np.matmul(dy, w.T, out=buffer(ws, "dx", x.shape, x.dtype))
+        dw, db = buffer(ws, "dw", w.shape, w.dtype), buffer(ws, "db", w.shape[1:], w.dtype)
+        dx = backward_into(x, w, dy, dw, db, buffer(ws, "dx", x.shape, x.dtype))
         return FrozenDict(w=dw, b=db), dx
 
-    return Layer.stateless(name, init, apply, backward, check)
+    def bind(params, grads, x_shape, dtype, need_dx):
+        w, b, dw, db = params["w"], params["b"], grads["w"], grads["b"]
+        y = np.empty((x_shape[0], w.shape[1]), dtype)
+        dx = np.empty(x_shape, dtype) if need_dx else None
+        saved = [None]
+
+        def forward(x):
+            saved[0] = x
+            return forward_into(x, w, b, y)
+
+        def backward(dy):
+            return backward_into(saved[0], w, dy, dw, db, dx)
+
+        return forward, backward
+
+    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), bind=bind)

@@ -14,8 +14,8 @@ from ._base import NO_PARAMS, Layer, buffer, check_dtype, check_ndim, fmt_shape,
 
 
 def _pool(name: str, window: tuple[int, int], stride: tuple[int, int], fwd, bwd) -> Layer:
-    """A pooling Layer from ``fwd(x, out_shape, ws, train) -> (y, cache)`` and
-    ``bwd(cache, dy, dx) -> dx``."""
+    """A pooling Layer from ``fwd(x, out_shape, ws, train) -> (y, cache)`` (the cache may
+    live in ``ws``) and ``bwd(cache, dy, dx) -> dx``."""
     (kh, kw), (sh, sw) = window, stride
 
     def out_shape(input_shape):
@@ -40,7 +40,19 @@ def _pool(name: str, window: tuple[int, int], stride: tuple[int, int], fwd, bwd)
         cache, x_shape = cache
         return NO_PARAMS, bwd(cache, dy, buffer(ws, "dx", x_shape, dy.dtype))
 
-    return Layer(name, init, apply, backward, check)
+    def bind(params, grads, x_shape, dtype, need_dx):
+        shape, ws, dx, saved = (x_shape[0], *out_shape(x_shape[1:])), {}, np.empty(x_shape, dtype), [None]
+
+        def forward(x):
+            y, saved[0] = fwd(x, shape, ws, True)
+            return y
+
+        def backward(dy):
+            return bwd(saved[0], dy, dx) if need_dx else None
+
+        return forward, backward
+
+    return Layer(name, init, apply, backward, check, bind=bind)
 
 
 def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import attrs
 import numpy as np
 
 from .._errors import ShapeError
@@ -30,7 +31,16 @@ def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
     def backward(x_shape, dy, ws=None):
         return NO_PARAMS, dy.reshape(x_shape)
 
-    return Layer.stateless(name, init, apply, backward, check)
+    def bind(params, grads, x_shape, dtype, need_dx):
+        def forward(x):
+            return apply(params, x)[0]
+
+        def backward(dy):
+            return dy.reshape(x_shape) if need_dx else None
+
+        return forward, backward
+
+    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), bind=bind)
 
 
 def flatten() -> Layer:
