@@ -42,6 +42,11 @@ def cases(rng):
         yield f"max_pool bwd {label}", "max_pool_backward", (dy, idx, np.empty((n, c, h * w), f32))
         yield f"avg_pool fwd {label}", "avg_pool_forward", (x, 2, 2, 2, 2, np.empty(out, f32))
         yield f"avg_pool bwd {label}", "avg_pool_backward", (dy, 2, 2, 2, 2, np.empty(shape, f32))
+        flat, dflat = rng.standard_normal(x.size, dtype=f32), rng.standard_normal(x.size, dtype=f32)
+        yield f"relu fwd {label}", "relu_forward", (flat, np.empty_like(flat))
+        yield f"relu bwd {label}", "relu_backward", (np.maximum(flat, 0), dflat, np.empty_like(flat))
+    logits, labels = rng.standard_normal((128, 10), dtype=f32), rng.integers(0, 10, 128)
+    yield "softmax_xent 128x10", "softmax_xent", (logits, labels, np.empty_like(logits))
 
 
 def per_call(f, args, seconds=0.05):

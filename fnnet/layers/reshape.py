@@ -32,8 +32,13 @@ def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
         return NO_PARAMS, dy.reshape(x_shape)
 
     def bind(params, grads, x_shape, dtype, need_dx):
+        y_shape = (x_shape[0], *out_shape(tuple(x_shape[1:])))
+
         def forward(x):
-            return apply(params, x)[0]
+            y = x.reshape(y_shape)
+            if y.base is not None:
+                y.setflags(write=False)
+            return y
 
         def backward(dy):
             return dy.reshape(x_shape) if need_dx else None
