@@ -108,4 +108,4 @@ def accuracy(logits, labels) -> float:
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels.argmax(axis=1)
-    return np.count_nonzero(logits.argmax(axis=1) == labels) / len(labels)
+    return float(np.count_nonzero(logits.argmax(axis=1) == labels) / len(labels))

@@ -256,7 +256,8 @@ class JitStep:
     once (errors name the layer) and allocates workspace that later calls reuse. With an
     elementwise optimizer it binds the model to fixed buffers and runs the optimizer once
     on all params packed into one flat vector. Returned states own fresh buffers: a
-    state you hold is never overwritten.
+    state you hold is never overwritten. The buffers are shared between calls, so use
+    one JitStep per thread.
     """
 
     def __init__(self, step: Step) -> None:

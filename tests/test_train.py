@@ -148,6 +148,24 @@ def test_bad_batches_are_clear_errors(use_jit):
         f(state.params, (x, np.array([1, 2])))
 
 
+def test_jit_after_an_error_goes_on_with_the_same_bits():
+    step, state = make(opt="adam")
+    jstep = fn.jit(step)
+    rng = np.random.default_rng(8)
+    a, _ = step(state, batch(rng, 4))
+    b, _ = jstep(state, batch(np.random.default_rng(8), 4))
+    x, y = batch(rng, 4)
+    with pytest.raises(fn.InvalidValueError):  # fails after the forward pass ran in jit's buffers
+        jstep(b, (np.where(x > 0.5, np.nan, x).astype(np.float32), y))
+    for _ in range(2):
+        data = batch(rng, 4)
+        a, ma = step(a, data)
+        b, mb = jstep(b, data)
+        assert ma == mb
+        assert_same_bits(a, b)
+    assert type(mb["loss"]) is float and type(mb["accuracy"]) is float
+
+
 def test_jit_checks_params_that_changed_shape():
     step, state = make()
     jstep = fn.jit(step)
