@@ -160,9 +160,13 @@ class _Layout:
             return np.empty(0, self.dtype) if out is None else out
         return np.concatenate([np.ravel(leaf) for leaf in leaves], out=out)
 
+    def leaf_views(self, flat: np.ndarray) -> list:
+        """Views into ``flat``, one per leaf, in flattening order."""
+        return [flat[sl].reshape(s) for sl, s in self.slices]
+
     def views(self, flat: np.ndarray) -> Any:
         """A tree of views into ``flat``, one per leaf."""
-        return tree_unflatten(self.treedef, [flat[sl].reshape(s) for sl, s in self.slices])
+        return tree_unflatten(self.treedef, self.leaf_views(flat))
 
     def unpack(self, flat: np.ndarray) -> Any:
         """A tree of read-only views into ``flat`` (which is sealed here)."""
@@ -205,25 +209,46 @@ def _unpack_state(state: Any, paths: frozenset, layout: _Layout, path: tuple = (
     return state
 
 
+def _slotted(treedef: TreeDef, leaves: list) -> tuple[Any, list]:
+    """``leaves`` in a tree of plain dicts and lists, and the (container, key) of each
+    leaf: the params a bound model reads, whose leaves jit swaps before every step."""
+    slots: list = []
+    it = iter(leaves)
+
+    def build(t: TreeDef) -> Any:
+        if t.kind == "none":
+            return None
+        node: Any = {} if t.kind == "dict" else [None] * len(t.children)
+        for k, c in zip(t.keys if t.kind == "dict" else range(len(t.children)), t.children):
+            if c.kind == "leaf":
+                slots.append((node, k))
+                node[k] = next(it)
+            else:
+                node[k] = build(c)
+        return node
+
+    return build(treedef), slots
+
+
 @attrs.define
 class _Plan:
     """What jit keeps for one input signature.
 
-    With an elementwise optimizer the params live in one flat buffer (``layout``);
-    ``forward``/``backward`` are the model bound (:func:`fnnet.layers.bind`) to a working
-    copy of them in ``params`` and to the gradient buffer ``grads``: the hot path then
-    runs no per-layer bookkeeping. Models with state or randomness (batch norm, dropout)
-    and non-elementwise optimizers run ``apply`` with the workspace dicts instead.
+    With an elementwise optimizer and a model without state or randomness,
+    ``forward``/``backward`` are the model bound (:func:`fnnet.layers.bind`) to buffers
+    made once: they read the params through ``slots`` (pointed at the state's leaves
+    before each step, no copy) and write the gradients into the flat ``grads``, which
+    the optimizer then updates in one go. Other models, and non-elementwise optimizers,
+    run ``apply`` with the workspace dicts.
     """
 
     layout: _Layout
     ws_forward: dict = attrs.Factory(dict)
     ws_backward: dict = attrs.Factory(dict)
-    params: np.ndarray | None = None
     grads: np.ndarray | None = None
     forward: Callable | None = None
     backward: Callable | None = None
-    holds: np.ndarray | None = None  # the flat params that ``params`` holds a copy of
+    slots: list = attrs.Factory(list)
 
     @classmethod
     def of(cls, step: Step, params: Any, x: np.ndarray) -> _Plan:
@@ -231,22 +256,18 @@ class _Plan:
         plan = cls(layout)
         if not step.optimizer.elementwise:
             return plan
-        plan.params, plan.grads = np.empty(layout.size, layout.dtype), np.empty(layout.size, layout.dtype)
+        plan.grads = np.empty(layout.size, layout.dtype)
         model = step.model
-        if not (model.stateful or model.stochastic):
-            read_only = layout.views(plan.params)
-            for leaf in tree_leaves(read_only):
-                leaf.flags.writeable = False
-            plan.forward, plan.backward = bind(
-                model, read_only, layout.views(plan.grads), x.shape, x.dtype, need_dx=False
-            )
+        if not (model.stateful or model.stochastic) and layout.treedef.kind != "leaf":
+            bound, plan.slots = _slotted(layout.treedef, tree_leaves(params))
+            grads = layout.views(plan.grads)
+            plan.forward, plan.backward = bind(model, bound, grads, x.shape, x.dtype, need_dx=False)
         return plan
 
-    def load(self, flat: np.ndarray) -> None:
-        """Make the bound program see the params ``flat`` (a copy, skipped if current)."""
-        if self.holds is not flat:
-            np.copyto(self.params, flat)
-            self.holds = flat
+    def point(self, leaves: list) -> None:
+        """Make the bound model read ``leaves`` (the params in flattening order)."""
+        for (node, k), leaf in zip(self.slots, leaves):
+            node[k] = leaf
 
 
 class JitStep:
@@ -265,26 +286,29 @@ class JitStep:
             raise TypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
         self._plans: dict[tuple, _Plan] = {}
-        self._last: tuple | None = None  # (state returned, its flat params, packed opt state, paths, layout)
+        self._last: tuple | None = None  # (state returned, flat params, leaves, packed opt state, paths, layout)
 
     def _plan(self, state: TrainState, x: np.ndarray, labels: np.ndarray) -> _Plan:
         sig = (x.shape, x.dtype.str, labels.shape, labels.dtype.str)
         plan = self._plans.get(sig)
         if plan is not None:
             last = self._last
-            ours = last is not None and state is last[0] and last[4] is plan.layout
+            ours = last is not None and state is last[0] and last[5] is plan.layout
             if ours or plan.layout.matches(state.params):
                 return plan
         self.step.model.check(state.params, x.shape[1:], x.dtype)  # raises naming the layer
         plan = self._plans[sig] = _Plan.of(self.step, state.params, x)
         return plan
 
-    def _packed(self, state: TrainState, layout: _Layout) -> tuple[np.ndarray, Any, frozenset]:
-        """Flat params and packed optimizer state: reused if ``state`` is our last output."""
+    def _packed(self, state: TrainState, layout: _Layout) -> tuple[np.ndarray, list, Any, frozenset]:
+        """Flat params, param leaves and packed optimizer state: reused if ``state`` is
+        our last output."""
         last = self._last
-        if last is not None and state is last[0] and last[4] is layout:
-            return last[1:4]
-        return (layout.pack(state.params), *_pack_state(state.opt_state, layout))
+        if last is not None and state is last[0] and last[5] is layout:
+            return last[1:5]
+        leaves = tree_leaves(state.params)
+        flat = np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.empty(0, layout.dtype)
+        return (flat, leaves, *_pack_state(state.opt_state, layout))
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         step = self.step
@@ -296,9 +320,9 @@ class JitStep:
         if not step.optimizer.elementwise:
             return self._tree_step(plan, state, x, labels)
         layout = plan.layout
-        flat, opt, paths = self._packed(state, layout)
+        flat, leaves, opt, paths = self._packed(state, layout)
         if plan.forward is not None:
-            plan.load(flat)
+            plan.point(leaves)
             logits = plan.forward(x)
             loss, dlogits = step.loss(logits, labels)
             metrics = _metrics(loss, logits, labels)
@@ -314,8 +338,11 @@ class JitStep:
             layout.pack(step.model.param_grads(cache, dlogits, plan.ws_backward), out=plan.grads)
         updates, new_opt = step.optimizer.update(plan.grads, opt, flat)
         new_flat = np.add(flat, updates, dtype=layout.dtype)
-        new = TrainState(layout.unpack(new_flat), _unpack_state(new_opt, paths, layout), state.step + 1, model_state)
-        self._last = (new, new_flat, new_opt, paths, layout)
+        new_flat.setflags(write=False)
+        new_leaves = layout.leaf_views(new_flat)
+        params = tree_unflatten(layout.treedef, new_leaves)
+        new = TrainState(params, _unpack_state(new_opt, paths, layout), state.step + 1, model_state)
+        self._last = (new, new_flat, new_leaves, new_opt, paths, layout)
         return new, metrics
 
     def _tree_step(self, plan: _Plan, state: TrainState, x: np.ndarray, labels: np.ndarray):

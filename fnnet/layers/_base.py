@@ -48,11 +48,11 @@ class Layer:
     * ``bind(params, grads, x_shape, dtype, need_dx) -> (forward, backward)``: optional,
       the layer fixed to one input shape ``x_shape`` (with the batch axis), as
       :func:`fnnet.jit` runs it: ``forward(x) -> y`` and ``backward(dy) -> dx`` (None
-      unless ``need_dx``) reuse buffers made once, read ``params`` (arrays jit updates
-      in place between steps), and write the parameter gradients into ``grads``
-      (C-contiguous writeable arrays with the params' structure). Train mode, no key, no state; the
-      arrays returned are overwritten by the next call. :func:`bind` adapts a layer
-      without it.
+      unless ``need_dx``) reuse buffers made once and write the parameter gradients into
+      ``grads`` (C-contiguous writeable arrays with the params' structure). ``params``
+      has the params' structure, but jit swaps its leaves before each step: look them
+      up at each call, never keep them. Train mode, no key, no state; the arrays
+      returned are overwritten by the next call. :func:`bind` adapts a layer without it.
     """
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))

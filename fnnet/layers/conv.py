@@ -152,7 +152,7 @@ def conv2d(
         return backward(cache, dy, ws, need_dx=False)[0]
 
     def bind(params, grads, x_shape, dtype, need_dx):
-        w, b, db = params["w"], params["b"], grads["b"]
+        db = grads["b"]
         n, c = x_shape[:2]
         pad, (_, ho, wo) = geometry(tuple(x_shape[1:]))
         cols = np.empty((n, c * kh * kw, ho * wo), dtype)
@@ -162,12 +162,12 @@ def conv2d(
         dcols, dx = (np.empty_like(cols), np.empty(x_shape, dtype)) if need_dx else (None, None)
 
         def forward(x):
-            return forward_into(x, w, b, pad, cols, y).reshape(n, K, ho, wo)
+            return forward_into(x, params["w"], params["b"], pad, cols, y).reshape(n, K, ho, wo)
 
         def backward(dy):
             dy3 = np.ascontiguousarray(dy).reshape(n, K, -1)
             grads_into(dy3, cols, dw_n, dw2, db)
-            return None if dx is None else dx_into(w, dy3, pad, dcols, dx)
+            return None if dx is None else dx_into(params["w"], dy3, pad, dcols, dx)
 
         return forward, backward
 

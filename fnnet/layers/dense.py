@@ -68,17 +68,17 @@ def dense(
         return FrozenDict(w=dw, b=db), dx
 
     def bind(params, grads, x_shape, dtype, need_dx):
-        w, b, dw, db = params["w"], params["b"], grads["w"], grads["b"]
-        y = np.empty((x_shape[0], w.shape[1]), dtype)
+        dw, db = grads["w"], grads["b"]
+        y = np.empty((x_shape[0], dw.shape[1]), dtype)
         dx = np.empty(x_shape, dtype) if need_dx else None
         saved = [None]
 
         def forward(x):
             saved[0] = x
-            return forward_into(x, w, b, y)
+            return forward_into(x, params["w"], params["b"], y)
 
         def backward(dy):
-            return backward_into(saved[0], w, dy, dw, db, dx)
+            return backward_into(saved[0], params["w"], dy, dw, db, dx)
 
         return forward, backward
 
