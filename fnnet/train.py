@@ -162,7 +162,7 @@ class _Layout:
 
     def leaf_views(self, flat: np.ndarray) -> list:
         """Views into ``flat``, one per leaf, in flattening order."""
-        return [flat[sl].reshape(s) for sl, s in self.slices]
+        return [flat[sl] if len(s) == 1 else flat[sl].reshape(s) for sl, s in self.slices]
 
     def views(self, flat: np.ndarray) -> Any:
         """A tree of views into ``flat``, one per leaf."""
@@ -195,14 +195,15 @@ def _pack_state(state: Any, layout: _Layout, path: tuple = ()) -> tuple[Any, fro
 
 def _unpack_state(state: Any, paths: frozenset, layout: _Layout, path: tuple = ()) -> Any:
     """Inverse of :func:`_pack_state`: flat vectors become trees of read-only views."""
-    if path in paths:
+    if paths and path in paths:
         return layout.unpack(state)
-    if type(state) is np.ndarray:  # the common leaf first: ABC checks are slow per step
+    kind = type(state)
+    if kind is np.ndarray:  # the common cases first: ABC checks are slow per step
         state.setflags(write=False)
         return state
-    if isinstance(state, Mapping):
-        return FrozenDict((k, _unpack_state(v, paths, layout, path + (k,))) for k, v in state.items())
-    if isinstance(state, (tuple, list)):
+    if kind is FrozenDict or isinstance(state, Mapping):
+        return FrozenDict({k: _unpack_state(v, paths, layout, path + (k,)) for k, v in state.items()})
+    if kind is tuple or isinstance(state, (tuple, list)):
         return tuple(_unpack_state(v, paths, layout, path + (i,)) for i, v in enumerate(state))
     if isinstance(state, np.ndarray) and state.flags.writeable:
         state.flags.writeable = False
@@ -289,7 +290,7 @@ class JitStep:
         self._last: tuple | None = None  # (state returned, flat params, leaves, packed opt state, paths, layout)
 
     def _plan(self, state: TrainState, x: np.ndarray, labels: np.ndarray) -> _Plan:
-        sig = (x.shape, x.dtype.str, labels.shape, labels.dtype.str)
+        sig = (x.shape, x.dtype, labels.shape, labels.dtype)
         plan = self._plans.get(sig)
         if plan is not None:
             last = self._last
