@@ -54,7 +54,7 @@ def build(session: nox.Session) -> None:
     session.run("python", "-m", "build", "--outdir", str(dist))
     wheel = next(dist.glob("fnnet-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for mod in ("_conv", "_pool", "_loss"):
+    for mod in ("_conv", "_pool", "_loss", "_act"):
         if not any(n.startswith(f"fnnet/kernels/{mod}.") and n.endswith((".so", ".pyd")) for n in names):
             session.error(f"{wheel.name} lacks the compiled kernel fnnet/kernels/{mod}")
     if any(n.endswith("_pythran.py") for n in names):
