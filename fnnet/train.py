@@ -168,10 +168,14 @@ class _Layout:
         """A tree of views into ``flat``, one per leaf."""
         return tree_unflatten(self.treedef, self.leaf_views(flat))
 
+    def unpack_leaves(self, flat: np.ndarray) -> list:
+        """Read-only views into ``flat`` (which is sealed here), one per leaf."""
+        flat.setflags(write=False)
+        return self.leaf_views(flat)
+
     def unpack(self, flat: np.ndarray) -> Any:
         """A tree of read-only views into ``flat`` (which is sealed here)."""
-        flat.setflags(write=False)
-        return self.views(flat)
+        return tree_unflatten(self.treedef, self.unpack_leaves(flat))
 
 
 def _pack_state(state: Any, layout: _Layout, path: tuple = ()) -> tuple[Any, frozenset]:
@@ -308,8 +312,7 @@ class JitStep:
         if last is not None and state is last[0] and last[5] is layout:
             return last[1:5]
         leaves = tree_leaves(state.params)
-        flat = np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.empty(0, layout.dtype)
-        return (flat, leaves, *_pack_state(state.opt_state, layout))
+        return (layout.pack(leaves), leaves, *_pack_state(state.opt_state, layout))
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         step = self.step
@@ -330,28 +333,28 @@ class JitStep:
             plan.backward(dlogits)  # the gradients land in plan.grads
             model_state = NO_STATE
         else:
-            logits, cache, model_state = step.model.apply(
-                state.params, state.model_state, x, plan.ws_forward, step.step_key(state.step), True
-            )
+            logits, cache, model_state = self._apply(plan, state, x)
             model_state = freeze(model_state)
             loss, dlogits = step.loss(logits, labels)
             metrics = _metrics(loss, logits, labels)
             layout.pack(step.model.param_grads(cache, dlogits, plan.ws_backward), out=plan.grads)
         updates, new_opt = step.optimizer.update(plan.grads, opt, flat)
         new_flat = np.add(flat, updates, dtype=layout.dtype)
-        new_flat.setflags(write=False)
-        new_leaves = layout.leaf_views(new_flat)
+        new_leaves = layout.unpack_leaves(new_flat)
         params = tree_unflatten(layout.treedef, new_leaves)
         new = TrainState(params, _unpack_state(new_opt, paths, layout), state.step + 1, model_state)
         self._last = (new, new_flat, new_leaves, new_opt, paths, layout)
         return new, metrics
 
+    def _apply(self, plan: _Plan, state: TrainState, x: np.ndarray) -> tuple[np.ndarray, Any, Any]:
+        """The model's train-mode forward through ``apply``, reusing the plan's workspace."""
+        step = self.step
+        return step.model.apply(state.params, state.model_state, x, plan.ws_forward, step.step_key(state.step), True)
+
     def _tree_step(self, plan: _Plan, state: TrainState, x: np.ndarray, labels: np.ndarray):
         """The step for non-elementwise optimizers: the plain step with reused workspace."""
         step = self.step
-        logits, cache, model_state = step.model.apply(
-            state.params, state.model_state, x, plan.ws_forward, step.step_key(state.step), True
-        )
+        logits, cache, model_state = self._apply(plan, state, x)
         loss, dlogits = step.loss(logits, labels)
         metrics = _metrics(loss, logits, labels)
         grads = step.model.param_grads(cache, dlogits, plan.ws_backward)

@@ -10,7 +10,7 @@ from ._base import NO_PARAMS, Layer, buffer, check_dtype
 
 
 def _elementwise(name: str, fwd, bwd) -> Layer:
-    """A Layer from ``fwd(x, out) -> (y, saved)`` and ``bwd(saved, dy, out, ws) -> dx``."""
+    """A Layer from ``fwd(x, out) -> (y, saved)`` and ``bwd(saved, dy, out) -> dx``."""
 
     def init(key, input_shape, *, dtype=np.float32):
         return NO_PARAMS, tuple(input_shape)
@@ -23,17 +23,17 @@ def _elementwise(name: str, fwd, bwd) -> Layer:
         return fwd(x, buffer(ws, "y", x.shape, x.dtype))
 
     def backward(saved, dy, ws=None):
-        return NO_PARAMS, bwd(saved, dy, buffer(ws, "dx", dy.shape, dy.dtype), ws)
+        return NO_PARAMS, bwd(saved, dy, buffer(ws, "dx", dy.shape, dy.dtype))
 
     def bind(params, grads, x_shape, dtype, need_dx):
-        y, dx, ws, saved = np.empty(x_shape, dtype), np.empty(x_shape, dtype), {}, [None]
+        y, dx, saved = np.empty(x_shape, dtype), np.empty(x_shape, dtype), [None]
 
         def forward(x):
             out, saved[0] = fwd(x, y)
             return out
 
         def backward(dy):
-            return bwd(saved[0], dy, dx, ws) if need_dx else None
+            return bwd(saved[0], dy, dx) if need_dx else None
 
         return forward, backward
 
@@ -47,7 +47,7 @@ def relu() -> Layer:
         y = kernels.relu_forward(x, out)
         return y, y
 
-    def bwd(y, dy, out, ws):
+    def bwd(y, dy, out):
         return kernels.relu_backward(y, dy, out)
 
     return _elementwise("relu", fwd, bwd)
@@ -62,7 +62,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     def fwd(x, out):
         return np.where(x > 0, x, a * x), x
 
-    def bwd(x, dy, out, ws):
+    def bwd(x, dy, out):
         return np.where(x > 0, dy, a * dy)
 
     return _elementwise("leaky_relu", fwd, bwd)
@@ -75,7 +75,7 @@ def tanh() -> Layer:
         y = np.tanh(x, out=out)
         return y, y
 
-    def bwd(y, dy, out, ws):
+    def bwd(y, dy, out):
         np.multiply(y, y, out=out)
         np.subtract(1, out, out=out)
         return np.multiply(dy, out, out=out)
@@ -91,7 +91,7 @@ def sigmoid() -> Layer:
         y = np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
         return y, y
 
-    def bwd(y, dy, out, ws):
+    def bwd(y, dy, out):
         return np.multiply(dy, y * (1 - y), out=out)
 
     return _elementwise("sigmoid", fwd, bwd)
@@ -105,7 +105,7 @@ def softmax() -> Layer:
         y = np.divide(e, e.sum(axis=-1, keepdims=True), out=out)
         return y, y
 
-    def bwd(y, dy, out, ws):
+    def bwd(y, dy, out):
         return np.multiply(y, dy - np.sum(dy * y, axis=-1, keepdims=True), out=out)
 
     return _elementwise("softmax", fwd, bwd)
@@ -119,7 +119,7 @@ def log_softmax() -> Layer:
         y = np.subtract(z, np.log(np.exp(z).sum(axis=-1, keepdims=True)), out=out)
         return y, y
 
-    def bwd(y, dy, out, ws):
+    def bwd(y, dy, out):
         return np.subtract(dy, np.exp(y) * np.sum(dy, axis=-1, keepdims=True), out=out)
 
     return _elementwise("log_softmax", fwd, bwd)

@@ -12,6 +12,14 @@ from .._errors import ShapeError
 from ._base import NO_PARAMS, Layer, check_dtype, fmt_shape
 
 
+def _read_only_view(x: np.ndarray, shape: tuple) -> np.ndarray:
+    """``x`` reshaped; a view is made read-only so that it cannot write into ``x``."""
+    y = x.reshape(shape)
+    if y.base is not None:
+        y.setflags(write=False)
+    return y
+
+
 def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
     """A params-free layer whose output is ``x`` viewed with per-sample ``out_shape``."""
 
@@ -23,10 +31,7 @@ def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
         return out_shape(tuple(input_shape))
 
     def apply(params, x, ws=None):
-        y = x.reshape(x.shape[0], *out_shape(x.shape[1:]))
-        if y.base is not None:
-            y.flags.writeable = False
-        return y, x.shape
+        return _read_only_view(x, (x.shape[0], *out_shape(x.shape[1:]))), x.shape
 
     def backward(x_shape, dy, ws=None):
         return NO_PARAMS, dy.reshape(x_shape)
@@ -35,10 +40,7 @@ def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
         y_shape = (x_shape[0], *out_shape(tuple(x_shape[1:])))
 
         def forward(x):
-            y = x.reshape(y_shape)
-            if y.base is not None:
-                y.setflags(write=False)
-            return y
+            return _read_only_view(x, y_shape)
 
         def backward(dy):
             return dy.reshape(x_shape) if need_dx else None
