@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import runpy
 import zipfile
 
 import nox
@@ -17,6 +18,7 @@ nox.options.default_venv_backend = "venv"
 
 ROOT = pathlib.Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+KERNEL_FAMILIES = runpy.run_path(str(ROOT / "fnnet" / "kernels" / "_families.py"))["FAMILIES"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -54,9 +56,9 @@ def build(session: nox.Session) -> None:
     session.run("python", "-m", "build", "--outdir", str(dist))
     wheel = next(dist.glob("fnnet-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for mod in ("_conv", "_pool", "_loss", "_act"):
-        if not any(n.startswith(f"fnnet/kernels/{mod}.") and n.endswith((".so", ".pyd")) for n in names):
-            session.error(f"{wheel.name} lacks the compiled kernel fnnet/kernels/{mod}")
+    for family in KERNEL_FAMILIES:
+        if not any(n.startswith(f"fnnet/kernels/_{family}.") and n.endswith((".so", ".pyd")) for n in names):
+            session.error(f"{wheel.name} lacks the compiled kernel module fnnet/kernels/_{family}")
     if any(n.endswith("_pythran.py") for n in names):
         session.error(f"{wheel.name} ships pythran sources: an installed tree must not import the interpreted loops")
     session.log(f"{wheel.name}: {len(names)} files, compiled kernels present")

@@ -5,7 +5,7 @@ composes layers; ``train_step`` folds model, loss and optimizer into one pure st
 and ``jit`` specialises it.
 """
 
-from . import checkpoint, data, init, kernels, losses, optim, random, tree
+from . import checkpoint, data, init, kernels, layers, losses, metrics, optim, random, tree
 from ._errors import (
     DataError,
     DataNotFoundError,
@@ -15,6 +15,7 @@ from ._errors import (
     ShapeError,
     TreeMismatchError,
 )
+from ._jit import JitStep, jit
 from .combinators import residual, serial, summary
 from .layers import (
     Layer,
@@ -36,7 +37,7 @@ from .layers import (
     tanh,
 )
 from .losses import mse, softmax_cross_entropy
-from .train import JitStep, Step, TrainState, jit, predict, train_step
+from .train import Step, TrainState, predict, train_step
 from .tree import freeze, param_count, tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 
 __version__ = "0.1.0"
@@ -67,10 +68,12 @@ __all__ = [
     "init",
     "jit",
     "kernels",
+    "layers",
     "leaky_relu",
     "log_softmax",
     "losses",
     "max_pool2d",
+    "metrics",
     "mse",
     "optim",
     "param_count",

@@ -1,14 +1,23 @@
-"""Layers in, one Layer out: ``serial``, ``residual``; and the ``summary`` table."""
+"""Layers in, one Layer out: ``serial``, ``residual``; and the ``summary`` table.
+
+A combinator's buffers hook prepares its sub-layers (:func:`fnnet.layers._layer.prepare`)
+and its forward and backward run them through the runner, so every sub-layer is
+checked and sped up as a top-level layer is.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import SimpleNamespace
 
 import numpy as np
 
 from . import random
-from ._errors import FnnetError, ShapeError
-from .layers._base import NO_STATE, Layer, bind, buffer, check_init_dtype, fmt_shape
+from ._errors import FnnetError, ShapeError, TreeMismatchError
+from .layers._checks import fmt_shape
+from .layers._layer import Chain, Layer, prepare, run, run_backward, run_chain, run_chain_backward
 from .layers.reshape import identity
-from .tree import FrozenDict, param_count
+from .tree import EMPTY, FrozenDict, param_count
 
 
 def _reraise(err: FnnetError, key: str) -> FnnetError:
@@ -18,35 +27,32 @@ def _reraise(err: FnnetError, key: str) -> FnnetError:
     return new
 
 
-def _sub(ws: dict | None, key: str) -> dict | None:
-    """The workspace of a sub-layer (created on first use), or None without a workspace."""
-    if ws is None:
-        return None
-    sub = ws.get(key)
-    if sub is None:
-        sub = ws[key] = {}
-    return sub
+def _check_keys(name: str, params, keys: tuple) -> None:
+    if not isinstance(params, Mapping) or set(params) != set(keys):
+        got = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
+        raise TreeMismatchError(f"{name}: params must hold exactly the keys {list(keys)}, got {got}")
 
 
 def serial(*layers: Layer) -> Layer:
     """Layers applied in sequence.
 
     Params are a dict keyed by ``"<layer name>_<index>"`` (``conv2d_0``, ``relu_1``...),
-    the cache is the tuple of sub-caches, and backward runs in reverse. ``init`` splits
-    its key once per layer, and so does the forward pass for random layers (dropout).
-    The state is a dict with an entry for each layer that has state (batch norm).
+    and backward runs in reverse. ``init`` splits its key once per layer, and so does
+    the forward pass for random layers (dropout). The state is a dict with an entry for
+    each layer that has state (batch norm).
     """
     if not layers:
         raise ValueError("serial: needs at least one layer")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             raise TypeError(f"serial: argument {i} is a {type(layer).__name__}, not a Layer (did you forget the ()?)")
-    keys = tuple(f"{layer.name}_{i}" for i, layer in enumerate(layers))
-    children = tuple(zip(keys, layers))
+    names = tuple(f"{layer.name}_{i}" for i, layer in enumerate(layers))
+    children = tuple(zip(names, layers))
+    stateful = tuple(layer.stateful for layer in layers)
+    no_keys = (None,) * len(layers)
 
-    def init(key, input_shape, *, dtype=np.float32):
-        dtype = check_init_dtype("serial", dtype)
-        params, shape = {}, tuple(input_shape)
+    def init(key, input_shape, dtype):
+        params, shape = {}, input_shape
         for (k, layer), sub in zip(children, random.split(key, len(layers))):
             try:
                 params[k], shape = layer.init(sub, shape, dtype=dtype)
@@ -55,71 +61,40 @@ def serial(*layers: Layer) -> Layer:
         return FrozenDict(params), shape
 
     def check(params, input_shape, dtype):
-        shape = tuple(input_shape)
+        _check_keys("serial", params, names)
+        shape = input_shape
         for k, layer in children:
             try:
-                shape = layer.check(params[k], shape, dtype)
+                shape = layer.output_shape(params[k], shape, dtype)
             except FnnetError as err:
                 raise _reraise(err, k) from None
         return shape
 
-    stateful = tuple(layer.stateful for layer in layers)
-    stochastic = any(layer.stochastic for layer in layers)
-
     def init_state(params):
         return FrozenDict((k, layer.init_state(params[k])) for (k, layer), s in zip(children, stateful) if s)
 
-    def apply(params, state, x, ws=None, key=None, train=True):
-        caches, new_state = [], {}
-        keys = random.split(key, len(layers)) if stochastic and key is not None else (None,) * len(layers)
-        for (k, layer), has_state, sub in zip(children, stateful, keys):
-            x, cache, s = layer.apply(params[k], state[k] if has_state else NO_STATE, x, _sub(ws, k), sub, train)
-            caches.append(cache)
-            if has_state:
-                new_state[k] = s
-        return x, tuple(caches), FrozenDict(new_state) if new_state else NO_STATE
+    def buffers(params, sig):
+        sites, shape = [], sig.x_shape
+        for i, (k, layer) in enumerate(children):  # the first layer's dx only if serial's is needed
+            sites.append(prepare(layer, params[k], sig.child(k, shape, need_dx=sig.need_dx or i > 0)))
+            shape = (shape[0], *layer.output_shape(params[k], shape[1:], sig.dtype))
+        return Chain(names, tuple(sites)), sig.grads
 
-    def backward_from(caches, dy, ws, need_dx):
-        """Layers n..1; the first may skip its input gradient when it is not needed."""
-        grads = {}
-        (k0, first), *rest = children
-        for (k, layer), cache in zip(reversed(rest), reversed(caches[1:])):
-            grads[k], dy = layer.backward(cache, dy, _sub(ws, k))
-        if need_dx:
-            grads[k0], dy = first.backward(caches[0], dy, _sub(ws, k0))
-        else:
-            grads[k0], dy = first.param_grads(caches[0], dy, _sub(ws, k0)), None
-        return FrozenDict((k, grads[k]) for k in keys), dy
+    def forward(params, x, buf, key=None, state=EMPTY):
+        keys_ = random.split(key, len(layers)) if key is not None else no_keys
+        x, caches, new_state = run_chain(buf[0], params, x, keys_, state)
+        if new_state:
+            return x, (caches, buf), FrozenDict(new_state)
+        return x, (caches, buf)
 
-    def backward(caches, dy, ws=None):
-        return backward_from(caches, dy, ws, True)
-
-    def grad_params(caches, dy, ws=None):
-        return backward_from(caches, dy, ws, False)[0]
-
-    def bind_(params, grads, x_shape, dtype, need_dx):
-        forwards, backwards, shape = [], [], tuple(x_shape)
-        for i, (k, layer) in enumerate(children):
-            f, b = bind(layer, params[k], grads[k], shape, dtype, need_dx or i > 0)
-            forwards.append(f)
-            backwards.append(b)
-            shape = (shape[0], *layer.check(params[k], shape[1:], dtype))
-        backwards.reverse()
-
-        def forward(x):
-            for f in forwards:
-                x = f(x)
-            return x
-
-        def backward(dy):
-            for b in backwards:
-                dy = b(dy)
-            return dy
-
-        return forward, backward
+    def backward(cache, dy):
+        caches, (chain, grads) = cache
+        return grads, run_chain_backward(chain, caches, dy)
 
     return Layer(
-        "serial", init, apply, backward, check, children, init_state, any(stateful), stochastic, grad_params, bind_
+        "serial", init, forward, backward, check, buffers=buffers,
+        init_state=init_state if any(stateful) else None,
+        stochastic=any(layer.stochastic for layer in layers), children=children,
     )
 
 
@@ -134,58 +109,63 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         if not isinstance(layer, Layer):
             raise TypeError(f"residual: {what} is a {type(layer).__name__}, not a Layer")
     parts = (("block", block), ("shortcut", shortcut))
-    stochastic = block.stochastic or shortcut.stochastic
+    stateful = (block.stateful, shortcut.stateful)
 
-    def init(key, input_shape, *, dtype=np.float32):
-        k1, k2 = random.split(key)
-        pb, sb = block.init(k1, input_shape, dtype=dtype)
-        ps, ss = shortcut.init(k2, input_shape, dtype=dtype)
-        _same(sb, ss)
-        return FrozenDict(block=pb, shortcut=ps), sb
-
-    def _same(sb, ss):
+    def same(sb, ss):
         if tuple(sb) != tuple(ss):
             raise ShapeError(
                 f"residual: block output {fmt_shape(sb)} does not match shortcut output {fmt_shape(ss)}; "
                 "give a shortcut layer that maps the input to the block's output shape"
             )
 
+    def init(key, input_shape, dtype):
+        k1, k2 = random.split(key)
+        pb, sb = block.init(k1, input_shape, dtype=dtype)
+        ps, ss = shortcut.init(k2, input_shape, dtype=dtype)
+        same(sb, ss)
+        return FrozenDict(block=pb, shortcut=ps), sb
+
     def check(params, input_shape, dtype):
+        _check_keys("residual", params, ("block", "shortcut"))
         out = {}
         for k, layer in parts:
             try:
-                out[k] = layer.check(params[k], input_shape, dtype)
+                out[k] = layer.output_shape(params[k], input_shape, dtype)
             except FnnetError as err:
                 raise _reraise(err, f"residual/{k}") from None
-        _same(out["block"], out["shortcut"])
+        same(out["block"], out["shortcut"])
         return out["block"]
 
     def init_state(params):
-        return FrozenDict((k, layer.init_state(params[k])) for k, layer in parts if layer.stateful)
+        return FrozenDict((k, layer.init_state(params[k])) for (k, layer), s in zip(parts, stateful) if s)
 
-    def apply(params, state, x, ws=None, key=None, train=True):
-        keys = random.split(key) if stochastic and key is not None else (None, None)
+    def buffers(params, sig):
+        sites = tuple(prepare(layer, params[k], sig.child(k, sig.x_shape)) for k, layer in parts)
+        y_shape = (sig.x_shape[0], *block.output_shape(params["block"], sig.x_shape[1:], sig.dtype))
+        return SimpleNamespace(sites=sites, y=sig.empty(y_shape), dx=sig.dx_buffer(), grads=sig.grads)
+
+    def forward(params, x, buf, key=None, state=EMPTY):
+        subkeys = random.split(key) if key is not None else (None, None)
         outs, caches, new_state = [], [], {}
-        for (k, layer), sub in zip(parts, keys):
-            y, c, s = layer.apply(
-                params[k], state[k] if layer.stateful else NO_STATE, x,
-                _sub(ws, k), sub, train,
-            )
+        for (k, _), site, sub, has_state in zip(parts, buf.sites, subkeys, stateful):
+            y, cache, s = run(site, params[k], x, sub, state[k] if has_state else EMPTY)
             outs.append(y)
-            caches.append(c)
-            if layer.stateful:
+            caches.append(cache)
+            if has_state:
                 new_state[k] = s
-        y = np.add(outs[0], outs[1], out=buffer(ws, "y", outs[0].shape, outs[0].dtype))
-        return y, tuple(caches), FrozenDict(new_state) if new_state else NO_STATE
+        y = np.add(outs[0], outs[1], out=buf.y)
+        if new_state:
+            return y, (caches, buf), FrozenDict(new_state)
+        return y, (caches, buf)
 
-    def backward(caches, dy, ws=None):
-        gb, dxb = block.backward(caches[0], dy, _sub(ws, "block"))
-        gs, dxs = shortcut.backward(caches[1], dy, _sub(ws, "shortcut"))
-        return FrozenDict(block=gb, shortcut=gs), np.add(dxb, dxs, out=buffer(ws, "dx", dxb.shape, dxb.dtype))
+    def backward(cache, dy):
+        caches, buf = cache
+        dxb, dxs = (run_backward(site, c, dy) for site, c in zip(buf.sites, caches))
+        return buf.grads, None if buf.dx is None else np.add(dxb, dxs, out=buf.dx)
 
     return Layer(
-        "residual", init, apply, backward, check,
-        init_state=init_state, stateful=block.stateful or shortcut.stateful, stochastic=stochastic,
+        "residual", init, forward, backward, check, buffers=buffers,
+        init_state=init_state if any(stateful) else None, stochastic=block.stochastic or shortcut.stochastic,
     )
 
 
@@ -217,3 +197,4 @@ def summary(model: Layer, input_shape: tuple, dtype=np.float32, *, print_fn=prin
     out = "\n".join([fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])])
     print_fn(out)
     return out
+

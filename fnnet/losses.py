@@ -11,9 +11,9 @@ import numpy as np
 
 from . import kernels
 from ._errors import DTypeError, InvalidValueError, ShapeError
-from .layers._base import FLOAT_DTYPES
+from .layers._checks import FLOAT_DTYPES
 
-__all__ = ["softmax_cross_entropy", "mse", "accuracy"]
+__all__ = ["softmax_cross_entropy", "mse"]
 
 
 def _check_outputs(name: str, a, what: str, ndim: int | None = None) -> np.ndarray:
@@ -102,10 +102,3 @@ def mse(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
     loss = np.square(diff).sum(dtype=np.float64) / diff.size
     return np.asarray(loss), diff * (2.0 / diff.size)
 
-
-def accuracy(logits, labels) -> float:
-    """Fraction of rows whose arg-max matches the label (class ids or one-hot rows)."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels = labels.argmax(axis=1)
-    return float(np.count_nonzero(logits.argmax(axis=1) == labels) / len(labels))

@@ -11,15 +11,17 @@ two mappings have the same structure only if they have the same keys in the same
 
 from __future__ import annotations
 
+import collections
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import attrs
 import numpy as np
 
 from ._errors import TreeMismatchError
 
 __all__ = [
+    "EMPTY",
     "FrozenDict",
     "TreeDef",
     "freeze",
@@ -65,26 +67,45 @@ class FrozenDict(dict):
         return self
 
 
-@attrs.frozen(repr=False)
+EMPTY = FrozenDict()
+"""The empty tree: params of a layer without parameters, state of a layer without state.
+
+Trees built here use this one object for every empty mapping, so that the runner can
+recognise "nothing to do" by identity."""
+
+
 class TreeDef:
     """The structure of a pytree without its leaves.
 
     ``kind`` is ``"leaf"``, ``"none"``, ``"dict"``, ``"tuple"`` or ``"list"``; ``keys``
-    holds a mapping's keys in order; ``children`` the sub-structures; ``num_leaves`` is
-    derived.
+    holds a mapping's keys in order; ``children`` the sub-structures; ``num_leaves`` and
+    ``depth`` are derived. TreeDefs are interned: equal structures are the same object,
+    so comparing two is an identity test, and each structure compiles its
+    :meth:`builder` once per process.
     """
 
-    kind: str
-    keys: tuple = ()
-    children: tuple = ()
-    num_leaves: int = attrs.field(init=False, eq=False)
-    depth: int = attrs.field(init=False, eq=False)
-    _builder: Callable | None = attrs.field(init=False, eq=False, default=None)
+    __slots__ = ("kind", "keys", "children", "num_leaves", "depth", "_builder", "__weakref__")
+    _interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # identity while alive
+    _recent: collections.deque = collections.deque(maxlen=1024)  # keeps new structures (and builders) alive a while
 
-    def __attrs_post_init__(self) -> None:
-        n = 1 if self.kind == "leaf" else sum(c.num_leaves for c in self.children)
-        object.__setattr__(self, "num_leaves", n)
-        object.__setattr__(self, "depth", 1 + max((c.depth for c in self.children), default=0))
+    def __new__(cls, kind: str, keys: tuple = (), children: tuple = ()) -> TreeDef:
+        ident = (kind, keys, children)  # children are interned: their hash and == are by identity
+        self = cls._interned.get(ident)
+        if self is None:
+            self = object.__new__(cls)
+            for name, value in (("kind", kind), ("keys", keys), ("children", children), ("_builder", None),
+                                ("num_leaves", 1 if kind == "leaf" else sum(c.num_leaves for c in children)),
+                                ("depth", 1 + max((c.depth for c in children), default=0))):
+                object.__setattr__(self, name, value)
+            cls._interned[ident] = self
+            cls._recent.append(self)
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("TreeDef is immutable")
+
+    def __reduce__(self):
+        return (TreeDef, (self.kind, self.keys, self.children))
 
     def builder(self) -> Callable[[list], Any]:
         """``leaves -> tree``, compiled once per structure (see :func:`_compile_builder`)."""
@@ -187,11 +208,10 @@ def _build(treedef: TreeDef, leaves: Iterator) -> Any:
         return None
     children = [_build(c, leaves) for c in treedef.children]
     if kind == "dict":
-        return FrozenDict(zip(treedef.keys, children))
+        return FrozenDict(zip(treedef.keys, children)) if children else EMPTY
     return tuple(children) if kind == "tuple" else list(children)
 
 
-_EMPTY = FrozenDict()
 _MAX_COMPILED_DEPTH = 40  # deeper trees take the recursive path (the parser nests too)
 
 
@@ -223,7 +243,7 @@ def _compile_builder(treedef: TreeDef) -> Callable[[list], Any]:
         inner = "".join(f"{expr(c)}, " for c in t.children)
         return f"({inner})" if t.kind == "tuple" else f"[{inner}]"
 
-    namespace = {"F": FrozenDict, "E": _EMPTY}
+    namespace = {"F": FrozenDict, "E": EMPTY}
     exec(f"def build(L): return {expr(treedef)}", namespace)  # noqa: S102 - source made above
     namespace["K"] = tuple(keys)
     return namespace["build"]
@@ -273,7 +293,7 @@ def _map(f: Callable, trees: tuple, path: tuple) -> Any:
     cols = [_children(t, kind)[1] for t in trees]
     out = [_map(f, tuple(c[i] for c in cols), path + (k,)) for i, k in enumerate(keys)]
     if kind == "dict":
-        return FrozenDict(zip(keys, out))
+        return FrozenDict(zip(keys, out)) if out else EMPTY
     return tuple(out) if kind == "tuple" else list(out)
 
 
@@ -324,7 +344,9 @@ def freeze(tree: Any) -> Any:
         return None
     keys, children = _children(tree, kind)
     frozen = [freeze(c) for c in children]
-    return FrozenDict(zip(keys, frozen)) if kind == "dict" else tuple(frozen)
+    if kind == "dict":
+        return FrozenDict(zip(keys, frozen)) if frozen else EMPTY
+    return tuple(frozen)
 
 
 def param_count(tree: Any) -> int:

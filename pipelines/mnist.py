@@ -106,12 +106,6 @@ def evaluate(model, params, split: data.Split, dtype) -> dict:
     return {"loss": float(loss), "accuracy": float(np.mean(pred == split.y)), "pred": pred}
 
 
-def confusion(y: np.ndarray, pred: np.ndarray, k: int = 10) -> list[list[int]]:
-    m = np.zeros((k, k), np.int64)
-    np.add.at(m, (y, pred), 1)
-    return m.tolist()
-
-
 class Progress:
     """A one-line progress bar on a terminal, nothing otherwise (evaluations print lines)."""
 
@@ -278,7 +272,7 @@ def run(
         "test_loss": test["loss"],
         "val_accuracy": val["accuracy"],
         "val_loss": val["loss"],
-        "confusion_matrix_test": confusion(ds.test.y, test["pred"]),
+        "confusion_matrix_test": fn.metrics.confusion_matrix(ds.test.y, test["pred"], len(ds.classes)).tolist(),
         "params_sha256": checkpoint.digest(state.params),
         "wall_seconds": round(elapsed_before + time.perf_counter() - t_start, 2),
     }

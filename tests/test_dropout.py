@@ -35,18 +35,27 @@ def test_same_key_same_mask_other_key_other_mask():
 
 
 def test_backward_uses_the_same_mask():
+    layer = fn.dropout(0.4)
     x = np.ones((2, 30))
-    y, cache = fn.dropout(0.4).forward({}, x, key=fn.random.key(3))
-    _, dx = fn.dropout(0.4).backward(cache, np.ones_like(y))
+    y, cache = layer.forward({}, x, key=fn.random.key(3))
+    _, dx = layer.backward(cache, np.ones_like(y))
     np.testing.assert_array_equal(dx, y)
+    with pytest.raises(TypeError, match="takes the cache returned by this layer's forward"):
+        fn.dropout(0.4).backward(cache, np.ones_like(y))
 
 
 def test_serial_gives_each_dropout_its_own_key():
-    model = fn.serial(fn.dropout(0.5), fn.reshape((1, 100)), fn.flatten(), fn.dropout(0.5))
+    drop = fn.dropout(0.5)
+    model = fn.serial(drop, fn.reshape((1, 100)), fn.flatten(), drop)
     params, _ = model.init(fn.random.key(0), (100,))
     x = np.ones((1, 100))
-    _, caches = model.forward(params, x, key=fn.random.key(7))
-    assert not np.array_equal(caches[0], caches[3])
+    key = fn.random.key(7)
+    y, _ = model.forward(params, x, key=key)
+    k0, _, _, k3 = fn.random.split(key, 4)  # serial splits its key once per layer
+    a, _ = drop.forward({}, x, key=k0)
+    b, _ = drop.forward({}, a, key=k3)
+    np.testing.assert_array_equal(y, b)
+    assert not np.array_equal(a != 0, drop.forward({}, x, key=k3)[0] != 0)
 
 
 def test_train_mode_without_key_is_an_error():

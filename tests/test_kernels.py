@@ -11,6 +11,7 @@ import pytest
 from conftest import expected_backend
 
 from fnnet import kernels
+from fnnet.layers._geometry import out_size
 
 DTYPES = [np.float32, np.float64]
 
@@ -48,9 +49,7 @@ def _conv_geometry(rng):
 def _cols_shape(xshape, g):
     n, c, h, w = xshape
     kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = g
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    return (n, c * kh * kw, ho * wo)
+    return (n, c * kh * kw, out_size(h, kh, sh, dh, pt + pb), out_size(w, kw, sw, dw, pl + pr))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -83,7 +82,7 @@ def _pool_cases(rng):
 
 def _pool_out(xshape, kh, kw, sh, sw):
     n, c, h, w = xshape
-    return (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+    return (n, c, out_size(h, kh, sh), out_size(w, kw, sw))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -150,7 +149,7 @@ def test_avg_pool_matches_twin(compiled, dtype, rng):
 def test_wrappers_accept_views(rng):
     """The dispatch wrappers make non-contiguous inputs contiguous before the kernel."""
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)[:, :, ::2, :]
-    cols = np.empty((2, 27, 2 * 6), np.float32)
+    cols = np.empty((2, 27, 2, 6), np.float32)
     kernels.im2col(x, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, cols)
     ref = np.empty_like(cols)
     kernels.twins.im2col(np.ascontiguousarray(x), 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, ref)

@@ -1,13 +1,52 @@
-"""One contract for every layer: shape inference, gradients, purity, dtypes, errors."""
+"""One contract for every layer: shape inference, gradients, purity, dtypes, errors,
+and the runner: a layer prepared once (as jit keeps it) gives the bits of the eager
+pass, and ``jit(step)`` gives the bits of ``step``, for every row of the table."""
 
 from __future__ import annotations
+
+import pathlib
+import re
 
 import numpy as np
 import pytest
 from conftest import max_rel_err, numeric_grad, sample_indices
 
 import fnnet as fn
-from fnnet.layers import bind
+from fnnet.flat import Layout
+from fnnet.layers._layer import Sig, prepare, run, run_backward
+
+
+def _readme_layer(name: str):
+    """The layer factory ``name`` defined by a Python block of the README (run as written)."""
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if f"def {name}(" in b)
+    namespace: dict = {"__name__": "__readme__", "print": lambda *a, **k: None}
+    exec(compile(block, "README.md", "exec"), namespace)
+    return namespace[name]
+
+
+def channel_scale_without_hook() -> fn.Layer:
+    """The README's channel_scale written without the buffers hook: forward gets the Sig,
+    allocates its outputs, and backward returns new gradient arrays (the runner copies
+    them into the step's flat gradient)."""
+
+    def init(key, input_shape, dtype):
+        return {"s": np.linspace(0.5, 1.5, input_shape[0]).astype(dtype)}, input_shape
+
+    def check(params, input_shape, dtype):
+        fn.layers.check_params("channel_scale", params, dtype, s=input_shape[:1])
+        return input_shape
+
+    def forward(params, x, sig):
+        s = params["s"].reshape(-1, *[1] * (x.ndim - 2))
+        return x * s, (x, s)
+
+    def backward(cache, dy):
+        x, s = cache
+        return {"s": np.sum(dy * x, axis=(0, *range(2, x.ndim)))}, dy * s
+
+    return fn.Layer("channel_scale", init, forward, backward, check)
+
 
 # (id, layer factory, per-sample input shape)
 LAYERS = [
@@ -36,6 +75,12 @@ LAYERS = [
     ("softmax", fn.softmax, (6,)),
     ("log_softmax", fn.log_softmax, (6,)),
     ("identity", fn.identity, (2, 3)),
+    ("custom_readme_channel_scale", lambda: _readme_layer("channel_scale")(), (3, 4, 5)),
+    ("custom_channel_scale_without_hook", channel_scale_without_hook, (3, 4)),
+    ("swish_elementwise", lambda: fn.layers.elementwise(
+        "swish", lambda x, out: np.multiply(x, 1 / (1 + np.exp(-x)), out=out),
+        lambda x, dy, out: np.multiply(dy, (1 + np.exp(-x) * (1 + x)) / (1 + np.exp(-x)) ** 2, out=out),
+        grad_from_input=True), (5,)),
     ("reshape", lambda: fn.reshape((-1, 2)), (3, 4)),
     ("residual_identity", lambda: fn.residual(fn.serial(fn.conv2d(2, 3, padding="same"), fn.tanh())), (2, 5, 5)),
     (
@@ -142,26 +187,49 @@ def test_gradients_match_central_differences(name, factory, shape, train):
 
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
-def test_bound_layer_gives_the_bits_of_forward_and_backward(name, factory, shape, need_dx):
-    """bind (what jit runs) against forward/backward, over two batches through the same buffers."""
+def test_a_prepared_layer_gives_the_bits_of_forward_and_backward(name, factory, shape, need_dx):
+    """Prepared once and run on two batches through the same buffers (what jit does)
+    against the eager forward/backward; without dx it returns None and the same grads."""
     layer, params, out_shape, _ = _setup(factory, shape, np.float32)
-    if layer.stateful or layer.stochastic:
-        with pytest.raises(TypeError, match="state or is random"):
-            bind(layer, params, params, (BATCH, *shape), np.dtype(np.float32), need_dx)
-        return
-    grads = fn.tree_map(lambda a: np.full(a.shape, np.nan, a.dtype), params)
-    forward, backward = bind(layer, params, grads, (BATCH, *shape), np.dtype(np.float32), need_dx)
+    state = layer.init_state(params)
+    flat, grads = Layout.of(params).fresh_grads()
+    site = prepare(layer, params, Sig((BATCH, *shape), np.dtype(np.float32), True, need_dx, grads))
     rng = np.random.default_rng(11)
     for _ in range(2):
         x = rng.standard_normal((BATCH, *shape)).astype(np.float32)
         dy = rng.standard_normal((BATCH, *out_shape)).astype(np.float32)
-        y, cache = layer.forward(params, x)
+        y, cache, new_state = layer.forward_with_state(params, state, x, key=KEY)
         want_grads, want_dx = layer.backward(cache, dy)
-        assert forward(x).tobytes() == y.tobytes()
-        dx = backward(dy)
-        assert (dx is None) if not need_dx else dx.tobytes() == want_dx.tobytes()
+        got_y, got_cache, got_state = run(site, params, x, KEY, state)
+        assert got_y.tobytes() == y.tobytes()
+        for a, b in zip(fn.tree_leaves(got_state), fn.tree_leaves(new_state)):
+            assert a.tobytes() == b.tobytes()
+        dx = run_backward(site, got_cache, dy)
+        if need_dx or dx is not None:  # without need_dx, a layer may skip dx (most do) or return it
+            assert dx.tobytes() == want_dx.tobytes()
         for got, want in zip(fn.tree_leaves(grads), fn.tree_leaves(want_grads)):
             assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+def test_jit_step_equals_step_bit_for_bit(name, factory, shape):
+    """The layer first in a small model (no dx: the fast path's first-layer case), trained
+    by step and jit(step) over batches of two sizes."""
+    model = fn.serial(factory(), fn.flatten(), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), shape)
+    opt = fn.optim.adam(1e-2)
+    step = fn.train_step(model, fn.softmax_cross_entropy, opt, key=fn.random.key(1) if model.stochastic else None)
+    a = b = fn.TrainState.create(params, opt, model)
+    jstep, rng = fn.jit(step), np.random.default_rng(0)
+    for n in (BATCH, BATCH, 2, BATCH):
+        data = (rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, 3, n))
+        a, ma = step(a, data)
+        b, mb = jstep(b, data)
+        assert ma == mb
+    for u, v in zip(fn.tree_leaves((a.params, a.opt_state, a.model_state)),
+                    fn.tree_leaves((b.params, b.opt_state, b.model_state))):
+        assert u.dtype == v.dtype and u.tobytes() == v.tobytes()
+    assert a.step == b.step == 4
 
 
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import attrs
 import numpy as np
 import pytest
 
@@ -62,7 +65,7 @@ def test_jit_is_bit_identical_over_steps_and_shapes(opt, model_fn, dtype):
         b, mb = jstep(b, data)
         assert ma == mb
         assert_same_bits(a, b)
-    assert len(jstep._plans) == 3
+    assert len(jstep._local.plans) == 3
 
 
 def test_jit_accepts_a_state_it_did_not_make():
@@ -166,15 +169,119 @@ def test_jit_after_an_error_goes_on_with_the_same_bits():
     assert type(mb["loss"]) is float and type(mb["accuracy"]) is float
 
 
-def test_jit_checks_params_that_changed_shape():
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_params_of_another_model_are_refused_naming_the_layer(use_jit):
     step, state = make()
-    jstep = fn.jit(step)
+    f = fn.jit(step) if use_jit else step
     rng = np.random.default_rng(6)
-    jstep(state, batch(rng, 2))
+    f(state, batch(rng, 2))  # jit: a plan exists for this signature
     model = fn.serial(fn.conv2d(2, 3), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(16), fn.relu(), fn.dense(10))
     other, _ = model.init(fn.random.key(0), (1, 12, 12))
-    with pytest.raises(fn.ShapeError, match="dense_4"):
-        jstep(fn.TrainState.create(other, step.optimizer), batch(rng, 2))
+    want = r"^conv2d_0: conv2d: params 'w' has shape \(2, 1, 3, 3\), expected \(1, \?, 3, 3\)"
+    with pytest.raises(fn.ShapeError, match=want):
+        f(fn.TrainState.create(other, step.optimizer), batch(rng, 2))
+
+
+# -- jit checks what the step checks: the repros of the protocol issue -------------------------
+
+
+def _both(step, state, data):
+    """The error step and jit(step) raise for ``state`` (jit after a good step made its plan)."""
+    errors = []
+    for f in (step, fn.jit(step)):
+        if isinstance(f, fn.JitStep):
+            good = fn.TrainState.create(make()[1].params, step.optimizer)
+            f(good, data)
+        with pytest.raises(fn.FnnetError) as info:
+            f(state, data)
+        errors.append(info.value)
+    assert type(errors[0]) is type(errors[1]) and str(errors[0]) == str(errors[1])
+    return errors[0]
+
+
+def test_extra_params_are_refused_by_both_paths():
+    step, state = make()
+    data = batch(np.random.default_rng(0), 4)
+    p = dict(state.params)
+    p["junk_9"] = {"w": np.zeros(4, np.float32)}
+    err = _both(step, attrs.evolve(state, params=fn.freeze(p)), data)
+    assert isinstance(err, fn.TreeMismatchError) and "junk_9" in str(err) and "serial" in str(err)
+    p = dict(state.params)
+    p["dense_6"] = {**state.params["dense_6"], "junk": np.zeros(4, np.float32)}
+    err = _both(step, attrs.evolve(state, params=fn.freeze(p)), data)
+    assert isinstance(err, fn.TreeMismatchError) and str(err).startswith("dense_6: dense: params must hold exactly")
+
+
+def test_a_leaf_of_another_shape_is_refused_by_both_paths_never_broadcast():
+    step, state = make()
+    p = dict(state.params)
+    p["dense_6"] = {"w": state.params["dense_6"]["w"], "b": np.zeros(1, np.float32)}  # (1,) for (10,)
+    err = _both(step, attrs.evolve(state, params=fn.freeze(p)), batch(np.random.default_rng(0), 4))
+    assert isinstance(err, fn.ShapeError) and "dense_6: dense: params 'b' has shape (1,), expected (10,)" in str(err)
+
+
+def _custom_scale(backward):
+    """A per-feature scale layer with params {"s", "t"} and the given backward."""
+
+    def init(key, input_shape, dtype):
+        return {"s": np.ones(input_shape, dtype), "t": np.zeros(input_shape, dtype)}, input_shape
+
+    def check(params, input_shape, dtype):
+        fn.layers.check_params("scale", params, dtype, s=input_shape, t=input_shape)
+        return input_shape
+
+    def forward(params, x, buf):
+        return x * params["s"] + params["t"], (x, params["s"], buf)
+
+    return fn.Layer("scale", init, forward, backward, check, buffers=lambda params, sig: sig)
+
+
+@pytest.mark.parametrize("how", ["missing", "unwritten"])
+def test_a_backward_that_omits_a_gradient_is_an_error_naming_the_layer(how):
+    def backward(cache, dy):
+        x, s, sig = cache
+        if how == "missing":  # a gradient tree without "t"
+            return {"s": np.sum(dy * x, axis=0)}, dy * s
+        np.sum(dy * x, axis=0, out=sig.grads["s"])  # "t" left as it was
+        return sig.grads, dy * s
+
+    model = fn.serial(fn.dense(4), _custom_scale(backward), fn.dense(10))
+    params, _ = model.init(fn.random.key(0), (6,))
+    opt = optim.sgd(0.1)
+    step = fn.train_step(model, fn.softmax_cross_entropy, opt)
+    state = fn.TrainState.create(params, opt)
+    data = (np.ones((2, 6), np.float32), np.array([1, 2]))
+    for f in (step, fn.jit(step)):
+        with pytest.raises(fn.TreeMismatchError, match="scale_1") as info:
+            f(state, data)
+        assert "t" in str(info.value)
+
+
+def test_one_jit_step_serves_two_threads_with_the_bits_of_two_sequential_runs():
+    """Each thread gets its own plans (the jit of d5cb906 shared its buffers: wrong params in 5 of 5 trials)."""
+    step, state = make(lenet, "adam")
+    jstep = fn.jit(step)
+    datas = [[batch(np.random.default_rng(seed * 100 + i), 8) for i in range(30)] for seed in (1, 2)]
+
+    start = threading.Barrier(2)
+
+    def train(f, data, wait=lambda: None):
+        wait()  # both threads step at once (numpy and the kernels release the GIL)
+        s = state
+        for d in data:
+            s, _ = f(s, d)
+        return s
+
+    want = [train(step, d) for d in datas]
+    got: list = [None, None]
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, train(jstep, datas[i], start.wait)))
+               for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(want, got):
+        assert_same_bits(a, b)
 
 
 def test_jit_needs_a_train_step():

@@ -1,19 +1,17 @@
 """Hot kernels: compiled by Pythran when built, numpy twins otherwise.
 
-Each compiled kernel (``_conv_pythran.py`` -> ``fnnet.kernels._conv``,
-``_pool_pythran.py`` -> ``fnnet.kernels._pool``, ``_loss_pythran.py`` ->
-``fnnet.kernels._loss``, ``_act_pythran.py`` -> ``fnnet.kernels._act``) has a numpy
-twin with the same signature (:mod:`fnnet.kernels.conv`, :mod:`fnnet.kernels.pool`,
-:mod:`fnnet.kernels.loss`, :mod:`fnnet.kernels.act`). The functions here
-dispatch to one or the other, chosen once at import:
+The kernels come in families (:data:`FAMILIES`, declared in ``_families.py``): family
+``f`` is compiled from ``_f_pythran.py`` to ``fnnet.kernels._f`` and has a numpy twin
+``fnnet/kernels/f.py`` with the same signatures. The functions here dispatch to one or
+the other, chosen once at import:
 
 * ``FNNET_KERNELS=numpy`` forces the twins;
 * ``FNNET_KERNELS=pythran`` requires the compiled modules (ImportError otherwise);
 * unset or ``auto``: compiled if importable, else the twins with one RuntimeWarning.
 
 Kernels write into preallocated output arrays (their last arguments), so callers can
-reuse workspace. Inputs must be C-contiguous float32/float64 (int64 for indices); the
-wrappers here make them so.
+reuse buffers; output sizes come from the shapes of those arrays. Inputs must be
+C-contiguous float32/float64 (int64 for indices); the wrappers here make them so.
 """
 
 from __future__ import annotations
@@ -25,41 +23,26 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import act as _act_twin
-from . import conv as _conv_twin
-from . import loss as _loss_twin
-from . import pool as _pool_twin
+from ._families import FAMILIES
 
-KERNEL_NAMES = (
-    "im2col",
-    "col2im",
-    "max_pool_forward",
-    "max_pool_values",
-    "max_pool_backward",
-    "avg_pool_forward",
-    "avg_pool_backward",
-    "softmax_xent",
-    "relu_forward",
-    "relu_backward",
-)
-__all__ = ["backend", "twins", "compiled", "KERNEL_NAMES", *KERNEL_NAMES]
+KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
+__all__ = ["backend", "twins", "compiled", "FAMILIES", "KERNEL_NAMES", *KERNEL_NAMES]
 
 
-def _namespace(conv_mod, pool_mod, loss_mod, act_mod) -> SimpleNamespace:
-    mods = {"im2col": conv_mod, "col2im": conv_mod, "softmax_xent": loss_mod}
-    mods.update(relu_forward=act_mod, relu_backward=act_mod)
-    return SimpleNamespace(**{n: getattr(mods.get(n, pool_mod), n) for n in KERNEL_NAMES})
+def _namespace(prefix: str) -> SimpleNamespace:
+    """Every kernel from the modules ``<prefix><family>`` of this package."""
+    mods = {f: importlib.import_module(f"{__name__}.{prefix}{f}") for f in FAMILIES}
+    return SimpleNamespace(**{n: getattr(mods[f], n) for f, names in FAMILIES.items() for n in names})
 
 
-twins = _namespace(_conv_twin, _pool_twin, _loss_twin, _act_twin)
+twins = _namespace("")
 
 
 def _load_compiled() -> tuple[SimpleNamespace | None, str]:
     try:
-        mods = [importlib.import_module(f"{__name__}.{m}") for m in ("_conv", "_pool", "_loss", "_act")]
+        return _namespace("_"), ""
     except ImportError as exc:
         return None, str(exc)
-    return _namespace(*mods), ""
 
 
 def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:
@@ -95,13 +78,18 @@ def _c(a: np.ndarray) -> np.ndarray:
 
 
 def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> np.ndarray:
-    """Patch matrix of ``x`` (N, C, H, W) into ``cols`` (N, C*kh*kw, Ho*Wo); returns cols."""
+    """Patch matrix of ``x`` (N, C, H, W) into ``cols`` (N, C*kh*kw, Ho, Wo); returns cols.
+
+    Windows of kh x kw taps at strides (sh, sw), dilations (dh, dw), over ``x`` zero-padded
+    by (top pt, bottom pb, left pl, right pr). Row ``(c*kh + i)*kw + j`` of a sample's
+    matrix holds the pixels under tap (i, j) of channel c."""
     _impl.im2col(_c(x), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols)
     return cols
 
 
 def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x) -> np.ndarray:
-    """Adjoint of :func:`im2col` into ``x`` (N, C, H, W), overwritten; returns x."""
+    """Adjoint of :func:`im2col`: ``cols`` (N, C*kh*kw, Ho, Wo) summed into ``x`` (N, C, H, W),
+    overwritten; returns x."""
     _impl.col2im(_c(cols), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x)
     return x
 

@@ -3,14 +3,16 @@
 Written with row slices, not scalar 4-D indexing: pythran vectorises slice
 expressions (3-8x faster, see docs/pythran-notes.md). The contractions themselves stay
 in numpy's BLAS. Without padding the input is read (or the gradient written) in place;
-with padding through one zero-padded copy. Numpy twins with the same signatures:
+with padding through one zero-padded copy. ``cols`` is (N, C*kh*kw, Ho, Wo): the output
+size is read from it, not recomputed. Numpy twins with the same signatures:
 fnnet/kernels/conv.py.
 """
 import numpy as np
 
 
-def _im2col(xp, kh, kw, sh, sw, dh, dw, ho, wo, cols):
+def _im2col(xp, kh, kw, sh, sw, dh, dw, cols):
     n, c = xp.shape[0], xp.shape[1]
+    ho, wo = cols.shape[2], cols.shape[3]
     span = sw * (wo - 1) + 1
     for b in range(n):
         for ci in range(c):
@@ -20,15 +22,16 @@ def _im2col(xp, kh, kw, sh, sw, dh, dw, ho, wo, cols):
                     if sw == 1:  # a step-free slice is a contiguous copy (about 20% faster)
                         for oh in range(ho):
                             row = i * dh + oh * sh
-                            cols[b, r, oh * wo:(oh + 1) * wo] = xp[b, ci, row, j * dw:j * dw + wo]
+                            cols[b, r, oh] = xp[b, ci, row, j * dw:j * dw + wo]
                     else:
                         for oh in range(ho):
                             row = i * dh + oh * sh
-                            cols[b, r, oh * wo:(oh + 1) * wo] = xp[b, ci, row, j * dw:j * dw + span:sw]
+                            cols[b, r, oh] = xp[b, ci, row, j * dw:j * dw + span:sw]
 
 
-def _col2im(cols, kh, kw, sh, sw, dh, dw, ho, wo, xp):
+def _col2im(cols, kh, kw, sh, sw, dh, dw, xp):
     n, c = xp.shape[0], xp.shape[1]
+    ho, wo = cols.shape[2], cols.shape[3]
     span = sw * (wo - 1) + 1
     for b in range(n):
         for ci in range(c):
@@ -38,37 +41,33 @@ def _col2im(cols, kh, kw, sh, sw, dh, dw, ho, wo, xp):
                     if sw == 1:
                         for oh in range(ho):
                             row = i * dh + oh * sh
-                            xp[b, ci, row, j * dw:j * dw + wo] += cols[b, r, oh * wo:(oh + 1) * wo]
+                            xp[b, ci, row, j * dw:j * dw + wo] += cols[b, r, oh]
                     else:
                         for oh in range(ho):
                             row = i * dh + oh * sh
-                            xp[b, ci, row, j * dw:j * dw + span:sw] += cols[b, r, oh * wo:(oh + 1) * wo]
+                            xp[b, ci, row, j * dw:j * dw + span:sw] += cols[b, r, oh]
 
 
-# pythran export im2col(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:])
-# pythran export im2col(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:])
+# pythran export im2col(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
+# pythran export im2col(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
 def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols):
     n, c, h, w = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if pt == 0 and pb == 0 and pl == 0 and pr == 0:
-        _im2col(x, kh, kw, sh, sw, dh, dw, ho, wo, cols)
+        _im2col(x, kh, kw, sh, sw, dh, dw, cols)
     else:
         xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
         xp[:, :, pt:pt + h, pl:pl + w] = x
-        _im2col(xp, kh, kw, sh, sw, dh, dw, ho, wo, cols)
+        _im2col(xp, kh, kw, sh, sw, dh, dw, cols)
 
 
-# pythran export col2im(float32[:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
-# pythran export col2im(float64[:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
+# pythran export col2im(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
+# pythran export col2im(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
 def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x):
     n, c, h, w = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if pt == 0 and pb == 0 and pl == 0 and pr == 0:
         x[:] = 0
-        _col2im(cols, kh, kw, sh, sw, dh, dw, ho, wo, x)
+        _col2im(cols, kh, kw, sh, sw, dh, dw, x)
     else:
         xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
-        _col2im(cols, kh, kw, sh, sw, dh, dw, ho, wo, xp)
+        _col2im(cols, kh, kw, sh, sw, dh, dw, xp)
         x[:] = xp[:, :, pt:pt + h, pl:pl + w]

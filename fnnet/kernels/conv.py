@@ -1,9 +1,10 @@
 """Numpy twins of the convolution kernels (reference; fallback when nothing is compiled).
 
 Same signatures as fnnet/kernels/_conv_pythran.py. Layout: ``x`` is (N, C, H, W);
-``cols`` is (N, C*kh*kw, Ho*Wo) with row ``(c*kh + i)*kw + j`` holding the input
-pixels under filter tap (i, j) of channel c, so that ``w.reshape(K, -1) @ cols`` is
-the convolution. Padding (top, bottom, left, right) is zero padding.
+``cols`` is (N, C*kh*kw, Ho, Wo) with row ``(c*kh + i)*kw + j`` holding the input
+pixels under filter tap (i, j) of channel c, so that ``w.reshape(K, -1) @ cols``
+(with cols seen as (N, C*kh*kw, Ho*Wo)) is the convolution. Padding (top, bottom, left,
+right) is zero padding. The output size (Ho, Wo) is read from ``cols``.
 """
 
 from __future__ import annotations
@@ -26,19 +27,17 @@ def _windows(xp: np.ndarray, kh, kw, sh, sw, dh, dw, ho, wo) -> np.ndarray:
 
 
 def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> None:
-    """Write the (N, C*kh*kw, Ho*Wo) patch matrix of ``x`` into ``cols``."""
-    n, c, h, w = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    """Write the (N, C*kh*kw, Ho, Wo) patch matrix of ``x`` into ``cols``."""
+    n, c = x.shape[:2]
+    ho, wo = cols.shape[2:]
     win = _windows(_pad(x, pt, pb, pl, pr), kh, kw, sh, sw, dh, dw, ho, wo)
-    cols[...] = win.reshape(n, c * kh * kw, ho * wo)
+    cols[...] = win.reshape(n, c * kh * kw, ho, wo)
 
 
 def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x) -> None:
     """Adjoint of :func:`im2col`: scatter-add ``cols`` back into ``x`` (N, C, H, W)."""
     n, c, h, w = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = cols.shape[2:]
     xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
     c6 = cols.reshape(n, c, kh, kw, ho, wo)
     rows, cols_ = sh * (ho - 1) + 1, sw * (wo - 1) + 1

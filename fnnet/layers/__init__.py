@@ -1,7 +1,13 @@
-"""Layers: each constructor returns a :class:`Layer` record of pure functions."""
+"""Layers: each constructor returns a :class:`Layer` record of pure functions.
 
-from ._base import Layer, bind
-from .activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+``Layer``, ``Sig`` and the runner (``prepare``, ``run``, ``run_backward``) live in
+``_layer.py``. For writing layers: ``elementwise`` makes a layer without params from two
+array functions, and ``check_params`` is the params check the built-in layers use.
+"""
+
+from ._checks import check_params
+from ._layer import Layer, Sig
+from .activations import elementwise, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .conv import conv2d
 from .dense import dense
 from .dropout import dropout
@@ -11,12 +17,14 @@ from .reshape import flatten, identity, reshape
 
 __all__ = [
     "Layer",
+    "Sig",
     "avg_pool2d",
     "batch_norm",
-    "bind",
+    "check_params",
     "conv2d",
     "dense",
     "dropout",
+    "elementwise",
     "flatten",
     "global_avg_pool2d",
     "identity",

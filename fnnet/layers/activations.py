@@ -2,55 +2,54 @@
 
 from __future__ import annotations
 
-import attrs
+from collections.abc import Callable
+
 import numpy as np
 
 from .. import kernels
-from ._base import NO_PARAMS, Layer, buffer, check_dtype
+from ..tree import EMPTY
+from ._checks import check_params
+from ._layer import Layer
 
 
-def _elementwise(name: str, fwd, bwd) -> Layer:
-    """A Layer from ``fwd(x, out) -> (y, saved)`` and ``bwd(saved, dy, out) -> dx``."""
+def elementwise(
+    name: str,
+    fwd: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    bwd: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    *,
+    grad_from_input: bool = False,
+) -> Layer:
+    """A layer without params that keeps the shape of its input, as stax's ``elementwise``.
 
-    def init(key, input_shape, *, dtype=np.float32):
-        return NO_PARAMS, tuple(input_shape)
+    ``fwd(x, out) -> y`` and ``bwd(y, dy, out) -> dx``, or ``bwd(x, dy, out)`` with
+    ``grad_from_input=True``: ``out`` is a buffer of the input's shape and dtype that the
+    function may write into and return (jit reuses it from step to step).
+    """
+
+    def init(key, input_shape, dtype):
+        return EMPTY, input_shape
 
     def check(params, input_shape, dtype):
-        check_dtype(name, params, dtype)
+        check_params(name, params, dtype)
         return tuple(input_shape)
 
-    def apply(params, x, ws=None):
-        return fwd(x, buffer(ws, "y", x.shape, x.dtype))
+    def buffers(params, sig):
+        return sig.empty(), sig.dx_buffer()
 
-    def backward(saved, dy, ws=None):
-        return NO_PARAMS, bwd(saved, dy, buffer(ws, "dx", dy.shape, dy.dtype))
+    def forward(params, x, buf):
+        y = fwd(x, buf[0])
+        return y, (x if grad_from_input else y, buf[1])
 
-    def bind(params, grads, x_shape, dtype, need_dx):
-        y, dx, saved = np.empty(x_shape, dtype), np.empty(x_shape, dtype), [None]
+    def backward(cache, dy):
+        saved, dx = cache
+        return EMPTY, None if dx is None else bwd(saved, dy, dx)
 
-        def forward(x):
-            out, saved[0] = fwd(x, y)
-            return out
-
-        def backward(dy):
-            return bwd(saved[0], dy, dx) if need_dx else None
-
-        return forward, backward
-
-    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), bind=bind)
+    return Layer(name, init, forward, backward, check, buffers=buffers)
 
 
 def relu() -> Layer:
     """max(x, 0); the gradient at 0 is 0."""
-
-    def fwd(x, out):
-        y = kernels.relu_forward(x, out)
-        return y, y
-
-    def bwd(y, dy, out):
-        return kernels.relu_backward(y, dy, out)
-
-    return _elementwise("relu", fwd, bwd)
+    return elementwise("relu", kernels.relu_forward, kernels.relu_backward)
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
@@ -58,29 +57,21 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     a = float(negative_slope)
     if not np.isfinite(a):
         raise ValueError(f"leaky_relu: negative_slope must be finite, got {negative_slope!r}")
-
-    def fwd(x, out):
-        return np.where(x > 0, x, a * x), x
-
-    def bwd(x, dy, out):
-        return np.where(x > 0, dy, a * dy)
-
-    return _elementwise("leaky_relu", fwd, bwd)
+    return elementwise(
+        "leaky_relu", lambda x, out: np.where(x > 0, x, a * x), lambda x, dy, out: np.where(x > 0, dy, a * dy),
+        grad_from_input=True,
+    )
 
 
 def tanh() -> Layer:
     """Hyperbolic tangent."""
-
-    def fwd(x, out):
-        y = np.tanh(x, out=out)
-        return y, y
 
     def bwd(y, dy, out):
         np.multiply(y, y, out=out)
         np.subtract(1, out, out=out)
         return np.multiply(dy, out, out=out)
 
-    return _elementwise("tanh", fwd, bwd)
+    return elementwise("tanh", lambda x, out: np.tanh(x, out=out), bwd)
 
 
 def sigmoid() -> Layer:
@@ -88,13 +79,9 @@ def sigmoid() -> Layer:
 
     def fwd(x, out):
         e = np.exp(-np.abs(x))
-        y = np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
-        return y, y
+        return np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
 
-    def bwd(y, dy, out):
-        return np.multiply(dy, y * (1 - y), out=out)
-
-    return _elementwise("sigmoid", fwd, bwd)
+    return elementwise("sigmoid", fwd, lambda y, dy, out: np.multiply(dy, y * (1 - y), out=out))
 
 
 def softmax() -> Layer:
@@ -102,13 +89,12 @@ def softmax() -> Layer:
 
     def fwd(x, out):
         e = np.exp(x - x.max(axis=-1, keepdims=True))
-        y = np.divide(e, e.sum(axis=-1, keepdims=True), out=out)
-        return y, y
+        return np.divide(e, e.sum(axis=-1, keepdims=True), out=out)
 
     def bwd(y, dy, out):
         return np.multiply(y, dy - np.sum(dy * y, axis=-1, keepdims=True), out=out)
 
-    return _elementwise("softmax", fwd, bwd)
+    return elementwise("softmax", fwd, bwd)
 
 
 def log_softmax() -> Layer:
@@ -116,10 +102,9 @@ def log_softmax() -> Layer:
 
     def fwd(x, out):
         z = x - x.max(axis=-1, keepdims=True)
-        y = np.subtract(z, np.log(np.exp(z).sum(axis=-1, keepdims=True)), out=out)
-        return y, y
+        return np.subtract(z, np.log(np.exp(z).sum(axis=-1, keepdims=True)), out=out)
 
     def bwd(y, dy, out):
         return np.subtract(dy, np.exp(y) * np.sum(dy, axis=-1, keepdims=True), out=out)
 
-    return _elementwise("log_softmax", fwd, bwd)
+    return elementwise("log_softmax", fwd, bwd)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import attrs
+from types import SimpleNamespace
+
 import numpy as np
 
 from .. import init as initializers
 from .. import random
 from .._errors import ShapeError
-from ..tree import FrozenDict
-from ._base import Layer, buffer, check_dtype, check_init_dtype, check_ndim, fmt_shape, seal
+from ._checks import check_ndim, check_params, fmt_shape, positive_int, seal
+from ._layer import Layer
 
 
 def dense(
@@ -23,63 +24,40 @@ def dense(
     Input (N, in), output (N, features). Params ``{"w": (in, features), "b": (features,)}``;
     defaults: ``w`` he_normal, ``b`` zeros.
     """
-    if isinstance(features, bool) or not isinstance(features, (int, np.integer)) or features < 1:
-        raise ValueError(f"dense: features must be a positive int, got {features!r}")
-    features = int(features)
-    w_init = w_init or initializers.he_normal()
     name = "dense"
+    features = positive_int(features, "features", name)
+    w_init = w_init or initializers.he_normal()
 
-    def init(key, input_shape, *, dtype=np.float32):
-        input_shape = tuple(input_shape)
+    def init(key, input_shape, dtype):
         check_ndim(name, input_shape, 1, "a flat")
-        dtype = check_init_dtype(name, dtype)
-        kw, kb = random.split(key)
+        k_w, k_b = random.split(key)
         fan_in = input_shape[0]
-        w = np.asarray(w_init(kw, (fan_in, features), dtype, fan_in, features), dtype)
-        b = np.asarray(b_init(kb, (features,), dtype, fan_in, features), dtype)
+        w = np.asarray(w_init(k_w, (fan_in, features), dtype, fan_in, features), dtype)
+        b = np.asarray(b_init(k_b, (features,), dtype, fan_in, features), dtype)
         return seal(w=w, b=b), (features,)
 
     def check(params, input_shape, dtype):
-        check_dtype(name, params, dtype)
+        check_params(name, params, dtype, w=(None, features), b=(features,))
+        n_in = params["w"].shape[0]
+        if tuple(input_shape) != (n_in,):
+            raise ShapeError(f"{name}: expected input of shape {fmt_shape((n_in,))}, got {fmt_shape(input_shape)}")
+        return (features,)
+
+    def buffers(params, sig):
+        grads = sig.grads or {}
+        return SimpleNamespace(y=sig.empty((sig.x_shape[0], features)), dx=sig.dx_buffer(), grads=sig.grads,
+                               dw=grads.get("w"), db=grads.get("b"))
+
+    def forward(params, x, buf):
         w = params["w"]
-        if tuple(input_shape) != (w.shape[0],):
-            raise ShapeError(f"{name}: expected input of shape {fmt_shape(w.shape[:1])}, got {fmt_shape(input_shape)}")
-        return (w.shape[1],)
+        y = np.matmul(x, w, out=buf.y)
+        y += params["b"]
+        return y, (x, w, buf)
 
-    def forward_into(x, w, b, y):
-        np.matmul(x, w, out=y)
-        y += b
-        return y
+    def backward(cache, dy):
+        x, w, buf = cache
+        np.matmul(x.T, dy, out=buf.dw)
+        np.add.reduce(dy, axis=0, out=buf.db)
+        return buf.grads, None if buf.dx is None else np.matmul(dy, w.T, out=buf.dx)
 
-    def backward_into(x, w, dy, dw, db, dx):
-        np.matmul(x.T, dy, out=dw)
-        np.add.reduce(dy, axis=0, out=db)
-        return None if dx is None else np.matmul(dy, w.T, out=dx)
-
-    def apply(params, x, ws=None):
-        w, b = params["w"], params["b"]
-        y = forward_into(x, w, b, buffer(ws, "y", (x.shape[0], w.shape[1]), x.dtype))
-        return y, (x, w)
-
-    def backward(cache, dy, ws=None):
-        x, w = cache
-        dw, db = buffer(ws, "dw", w.shape, w.dtype), buffer(ws, "db", w.shape[1:], w.dtype)
-        dx = backward_into(x, w, dy, dw, db, buffer(ws, "dx", x.shape, x.dtype))
-        return FrozenDict(w=dw, b=db), dx
-
-    def bind(params, grads, x_shape, dtype, need_dx):
-        dw, db = grads["w"], grads["b"]
-        y = np.empty((x_shape[0], dw.shape[1]), dtype)
-        dx = np.empty(x_shape, dtype) if need_dx else None
-        saved = [None]
-
-        def forward(x):
-            saved[0] = x
-            return forward_into(x, params["w"], params["b"], y)
-
-        def backward(dy):
-            return backward_into(saved[0], params["w"], dy, dw, db, dx)
-
-        return forward, backward
-
-    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), bind=bind)
+    return Layer(name, init, forward, backward, check, buffers=buffers)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from .. import random
-from ._base import NO_PARAMS, Layer, buffer, check_dtype
+from ..tree import EMPTY
+from ._checks import check_params
+from ._layer import Layer
 
 
 def dropout(rate: float) -> Layer:
@@ -21,25 +25,30 @@ def dropout(rate: float) -> Layer:
     name = "dropout"
     keep_scale = 1.0 / (1.0 - rate)
 
-    def init(key, input_shape, *, dtype=np.float32):
-        return NO_PARAMS, tuple(input_shape)
+    def init(key, input_shape, dtype):
+        return EMPTY, input_shape
 
     def check(params, input_shape, dtype):
-        check_dtype(name, params, dtype)
+        check_params(name, params, dtype)
         return tuple(input_shape)
 
-    def apply(params, state, x, ws=None, key=None, train=True):
-        if not train or rate == 0.0:
+    def buffers(params, sig):
+        if not sig.train or rate == 0.0:
+            return None
+        return SimpleNamespace(scale=sig.empty(), y=sig.empty(), dx=sig.dx_buffer())
+
+    def forward(params, x, buf, key=None):
+        if buf is None:  # eval mode, or nothing to drop
             y = x.view()
             y.flags.writeable = False
-            return y, None, state
+            return y, None
         keep = random.uniform(key, x.shape, np.float64) >= rate
-        scale = np.multiply(keep, keep_scale, out=buffer(ws, "scale", x.shape, x.dtype))
-        return np.multiply(x, scale, out=buffer(ws, "y", x.shape, x.dtype)), scale, state
+        scale = np.multiply(keep, keep_scale, out=buf.scale)
+        return np.multiply(x, scale, out=buf.y), buf
 
-    def backward(scale, dy, ws=None):
-        if scale is None:
-            return NO_PARAMS, dy
-        return NO_PARAMS, np.multiply(dy, scale, out=buffer(ws, "dx", dy.shape, dy.dtype))
+    def backward(buf, dy):
+        if buf is None:
+            return EMPTY, dy
+        return EMPTY, None if buf.dx is None else np.multiply(dy, buf.scale, out=buf.dx)
 
-    return Layer(name, init, apply, backward, check, stochastic=rate > 0)
+    return Layer(name, init, forward, backward, check, buffers=buffers, stochastic=rate > 0)

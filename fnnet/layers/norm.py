@@ -6,7 +6,8 @@ import numpy as np
 
 from .._errors import ShapeError
 from ..tree import FrozenDict
-from ._base import Layer, check_dtype, check_init_dtype, fmt_shape, seal
+from ._checks import check_params, fmt_shape, seal
+from ._layer import Layer
 
 
 def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
@@ -18,18 +19,17 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     Train mode normalises with the batch statistics and returns the running statistics
     updated as ``running = momentum * running + (1 - momentum) * batch`` (the variance
     unbiased, as in PyTorch); eval mode (``train=False``) normalises with the running
-    statistics and returns the state unchanged.
+    statistics and returns the state unchanged. It has no buffers hook: jit runs it
+    through the same forward and backward, with fresh arrays.
     """
     momentum, eps = float(momentum), float(eps)
     if not 0.0 <= momentum < 1.0 or eps <= 0:
         raise ValueError(f"batch_norm: momentum must be in [0, 1) and eps > 0, got {momentum}, {eps}")
     name = "batch_norm"
 
-    def init(key, input_shape, *, dtype=np.float32):
-        input_shape = tuple(input_shape)
+    def init(key, input_shape, dtype):
         if len(input_shape) not in (1, 3):
             raise ShapeError(f"{name}: expects (F,) or (C, H, W) inputs per sample, got {fmt_shape(input_shape)}")
-        dtype = check_init_dtype(name, dtype)
         f = input_shape[0]
         return seal(scale=np.ones(f, dtype), shift=np.zeros(f, dtype)), input_shape
 
@@ -38,8 +38,9 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return seal(mean=np.zeros(f, dtype), var=np.ones(f, dtype))
 
     def check(params, input_shape, dtype):
-        check_dtype(name, params, dtype)
+        check_params(name, params, dtype, scale=(None,), shift=(None,))
         f = params["scale"].shape[0]
+        check_params(name, params, dtype, scale=(f,), shift=(f,))
         if len(input_shape) not in (1, 3) or input_shape[0] != f:
             raise ShapeError(
                 f"{name}: expected input of shape {fmt_shape((f,))} or {fmt_shape((f, 'H', 'W'))}, "
@@ -47,10 +48,10 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             )
         return tuple(input_shape)
 
-    def apply(params, state, x, ws=None, key=None, train=True):
+    def forward(params, x, sig, state):
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
-        if train:
+        if sig.train:
             m = x.size // x.shape[1]
             mean = x.mean(axis=axes)
             var = x.var(axis=axes)
@@ -64,9 +65,9 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         inv_std = 1.0 / np.sqrt(var + eps)
         xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
         y = xhat * params["scale"].reshape(shape) + params["shift"].reshape(shape)
-        return y, (xhat, inv_std, params["scale"], axes, shape, train), new_state
+        return y, (xhat, inv_std, params["scale"], axes, shape, sig.train), new_state
 
-    def backward(cache, dy, ws=None):
+    def backward(cache, dy):
         xhat, inv_std, scale, axes, shape, train = cache
         dscale = np.sum(dy * xhat, axis=axes)
         dshift = np.sum(dy, axis=axes)
@@ -81,4 +82,4 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             dx = dxhat * inv_std.reshape(shape)
         return FrozenDict(scale=dscale, shift=dshift), dx
 
-    return Layer(name, init, apply, backward, check, init_state=init_state, stateful=True)
+    return Layer(name, init, forward, backward, check, init_state=init_state)

@@ -6,113 +6,109 @@ the whole gradient (a NaN counts as the largest); see fnnet/kernels/pool.py.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from .. import kernels
 from .._errors import ShapeError
-from ._base import NO_PARAMS, Layer, buffer, check_dtype, check_ndim, fmt_shape, pair
+from ..tree import EMPTY
+from ._checks import check_ndim, check_params, fmt_shape, pair
+from ._geometry import out_size
+from ._layer import Layer
 
 
-def _pool(name: str, window: tuple[int, int], stride: tuple[int, int], fwd, bwd) -> Layer:
-    """A pooling Layer from ``fwd(x, out_shape, ws, train) -> (y, cache)`` (the cache may
-    live in ``ws``) and ``bwd(cache, dy, dx) -> dx``."""
-    (kh, kw), (sh, sw) = window, stride
+def _windowed(name: str, window, stride) -> tuple:
+    """``(kh, kw, sh, sw)``, and ``init``, ``check`` and the output shape of a pooling layer."""
+    kh, kw = pair(window, "window", name)
+    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", name)
 
     def out_shape(input_shape):
-        check_ndim(name, tuple(input_shape), 3, "a (C, H, W)")
+        check_ndim(name, input_shape, 3, "a (C, H, W)")
         c, h, w = input_shape
         if h < kh or w < kw:
             raise ShapeError(f"{name}: input {fmt_shape(input_shape)} is smaller than the {kh}x{kw} window")
-        return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+        return (c, out_size(h, kh, sh), out_size(w, kw, sw))
 
-    def init(key, input_shape, *, dtype=np.float32):
-        return NO_PARAMS, out_shape(tuple(input_shape))
+    def init(key, input_shape, dtype):
+        return EMPTY, out_shape(input_shape)
 
     def check(params, input_shape, dtype):
-        check_dtype(name, params, dtype)
+        check_params(name, params, dtype)
         return out_shape(tuple(input_shape))
 
-    def apply(params, state, x, ws=None, key=None, train=True):
-        y, cache = fwd(x, (x.shape[0], *out_shape(x.shape[1:])), ws, train)
-        return y, (cache, x.shape), state
-
-    def backward(cache, dy, ws=None):
-        cache, x_shape = cache
-        return NO_PARAMS, bwd(cache, dy, buffer(ws, "dx", x_shape, dy.dtype))
-
-    def bind(params, grads, x_shape, dtype, need_dx):
-        shape, ws, dx, saved = (x_shape[0], *out_shape(x_shape[1:])), {}, np.empty(x_shape, dtype), [None]
-
-        def forward(x):
-            y, saved[0] = fwd(x, shape, ws, True)
-            return y
-
-        def backward(dy):
-            return bwd(saved[0], dy, dx) if need_dx else None
-
-        return forward, backward
-
-    return Layer(name, init, apply, backward, check, bind=bind)
+    return (kh, kw, sh, sw), init, check, out_shape
 
 
 def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:
     """Max pooling; ``stride`` defaults to ``window``. (N, C, H, W) -> (N, C, Ho, Wo)."""
-    kh, kw = pair(window, "window", "max_pool2d")
-    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", "max_pool2d")
+    name = "max_pool2d"
+    (kh, kw, sh, sw), init, check, out_shape = _windowed(name, window, stride)
 
-    def fwd(x, shape, ws, train):
-        y = buffer(ws, "y", shape, x.dtype)
-        if not train:  # inference: maxima alone (3x faster); positions found if backward asks
-            return kernels.max_pool_values(x, kh, kw, sh, sw, y), x
-        idx = buffer(ws, "idx", shape, np.dtype(np.int64))
-        kernels.max_pool_forward(x, kh, kw, sh, sw, y, idx)
-        return y, idx
+    def buffers(params, sig):
+        y_shape = (sig.x_shape[0], *out_shape(sig.x_shape[1:]))
+        idx = sig.empty(y_shape, np.int64) if sig.train else None  # eval mode needs no positions
+        return SimpleNamespace(y=sig.empty(y_shape), idx=idx, dx=sig.dx_buffer())
 
-    def bwd(idx, dy, dx):
-        if idx.dtype != np.int64:  # eval-mode cache: the input; find the winners now
-            x, idx = idx, np.empty(dy.shape, np.int64)
+    def forward(params, x, buf):
+        if buf.idx is None:  # eval mode: maxima alone (3x faster); positions found if backward asks
+            return kernels.max_pool_values(x, kh, kw, sh, sw, buf.y), (x, buf)
+        kernels.max_pool_forward(x, kh, kw, sh, sw, buf.y, buf.idx)
+        return buf.y, (None, buf)
+
+    def backward(cache, dy):
+        x, buf = cache
+        if buf.dx is None:
+            return EMPTY, None
+        idx = buf.idx
+        if idx is None:  # after an eval-mode forward: find the winners from the input now
+            idx = np.empty(dy.shape, np.int64)
             kernels.max_pool_forward(x, kh, kw, sh, sw, np.empty(dy.shape, x.dtype), idx)
-        return kernels.max_pool_backward(dy, idx, dx)
+        return EMPTY, kernels.max_pool_backward(dy, idx, buf.dx)
 
-    return _pool("max_pool2d", (kh, kw), (sh, sw), fwd, bwd)
+    return Layer(name, init, forward, backward, check, buffers=buffers)
 
 
 def avg_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:
     """Average pooling; ``stride`` defaults to ``window``. (N, C, H, W) -> (N, C, Ho, Wo)."""
-    kh, kw = pair(window, "window", "avg_pool2d")
-    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", "avg_pool2d")
+    name = "avg_pool2d"
+    (kh, kw, sh, sw), init, check, out_shape = _windowed(name, window, stride)
 
-    def fwd(x, shape, ws, train):
-        y = buffer(ws, "y", shape, x.dtype)
-        kernels.avg_pool_forward(x, kh, kw, sh, sw, y)
-        return y, None
+    def buffers(params, sig):
+        return SimpleNamespace(y=sig.empty((sig.x_shape[0], *out_shape(sig.x_shape[1:]))), dx=sig.dx_buffer())
 
-    def bwd(_, dy, dx):
-        return kernels.avg_pool_backward(dy, kh, kw, sh, sw, dx)
+    def forward(params, x, buf):
+        return kernels.avg_pool_forward(x, kh, kw, sh, sw, buf.y), buf
 
-    return _pool("avg_pool2d", (kh, kw), (sh, sw), fwd, bwd)
+    def backward(buf, dy):
+        return EMPTY, None if buf.dx is None else kernels.avg_pool_backward(dy, kh, kw, sh, sw, buf.dx)
+
+    return Layer(name, init, forward, backward, check, buffers=buffers)
 
 
 def global_avg_pool2d() -> Layer:
     """The mean over all of H and W: (N, C, H, W) -> (N, C)."""
     name = "global_avg_pool2d"
 
-    def init(key, input_shape, *, dtype=np.float32):
-        check_ndim(name, tuple(input_shape), 3, "a (C, H, W)")
-        return NO_PARAMS, tuple(input_shape)[:1]
+    def init(key, input_shape, dtype):
+        check_ndim(name, input_shape, 3, "a (C, H, W)")
+        return EMPTY, input_shape[:1]
 
     def check(params, input_shape, dtype):
-        check_dtype(name, params, dtype)
+        check_params(name, params, dtype)
         check_ndim(name, tuple(input_shape), 3, "a (C, H, W)")
         return tuple(input_shape)[:1]
 
-    def apply(params, x, ws=None):
-        y = np.mean(x, axis=(2, 3), out=buffer(ws, "y", x.shape[:2], x.dtype))
-        return y, x.shape
+    def buffers(params, sig):
+        return SimpleNamespace(y=sig.empty(sig.x_shape[:2]), dx=sig.dx_buffer())
 
-    def backward(x_shape, dy, ws=None):
-        dx = buffer(ws, "dx", x_shape, dy.dtype)
-        np.multiply(dy[:, :, None, None], 1.0 / (x_shape[2] * x_shape[3]), out=dx)
-        return NO_PARAMS, dx
+    def forward(params, x, buf):
+        return np.mean(x, axis=(2, 3), out=buf.y), buf
 
-    return Layer.stateless(name, init, apply, backward, check)
+    def backward(buf, dy):
+        if buf.dx is None:
+            return EMPTY, None
+        h, w = buf.dx.shape[2:]
+        return EMPTY, np.multiply(dy[:, :, None, None], 1.0 / (h * w), out=buf.dx)
+
+    return Layer(name, init, forward, backward, check, buffers=buffers)

@@ -5,49 +5,35 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import attrs
-import numpy as np
-
 from .._errors import ShapeError
-from ._base import NO_PARAMS, Layer, check_dtype, fmt_shape
-
-
-def _read_only_view(x: np.ndarray, shape: tuple) -> np.ndarray:
-    """``x`` reshaped; a view is made read-only so that it cannot write into ``x``."""
-    y = x.reshape(shape)
-    if y.base is not None:
-        y.setflags(write=False)
-    return y
+from ..tree import EMPTY
+from ._checks import check_params, fmt_shape
+from ._layer import Layer
 
 
 def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
-    """A params-free layer whose output is ``x`` viewed with per-sample ``out_shape``."""
+    """A layer without params whose output is ``x`` viewed with per-sample ``out_shape``."""
 
-    def init(key, input_shape, *, dtype=np.float32):
-        return NO_PARAMS, out_shape(tuple(input_shape))
+    def init(key, input_shape, dtype):
+        return EMPTY, out_shape(input_shape)
 
     def check(params, input_shape, dtype):
-        check_dtype(name, params, dtype)
+        check_params(name, params, dtype)
         return out_shape(tuple(input_shape))
 
-    def apply(params, x, ws=None):
-        return _read_only_view(x, (x.shape[0], *out_shape(x.shape[1:]))), x.shape
+    def buffers(params, sig):  # nothing to allocate: the output shape, found once
+        return (sig.x_shape[0], *out_shape(sig.x_shape[1:]))
 
-    def backward(x_shape, dy, ws=None):
-        return NO_PARAMS, dy.reshape(x_shape)
+    def forward(params, x, y_shape):
+        y = x.reshape(y_shape)
+        if y.base is not None:  # a view must not write into x
+            y.setflags(write=False)
+        return y, x.shape
 
-    def bind(params, grads, x_shape, dtype, need_dx):
-        y_shape = (x_shape[0], *out_shape(tuple(x_shape[1:])))
+    def backward(x_shape, dy):
+        return EMPTY, dy.reshape(x_shape)
 
-        def forward(x):
-            return _read_only_view(x, y_shape)
-
-        def backward(dy):
-            return dy.reshape(x_shape) if need_dx else None
-
-        return forward, backward
-
-    return attrs.evolve(Layer.stateless(name, init, apply, backward, check), bind=bind)
+    return Layer(name, init, forward, backward, check, buffers=buffers)
 
 
 def flatten() -> Layer:

@@ -1,0 +1,55 @@
+"""``jit``: the training step with its plans kept, one per input signature.
+
+A :class:`JitStep` runs :func:`fnnet.train.run_step`, the body the plain step runs; it
+only keeps the :class:`~fnnet.train.Plan` of each input signature (checks once, buffers
+made once, gradients in one flat vector) and the flat params of the state it returned
+last. Each thread gets its own plans, so one JitStep can serve several threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .train import Plan, Step, TrainState, check_inputs, run_step
+
+__all__ = ["JitStep", "jit"]
+
+
+class JitStep:
+    """``step`` specialised per input signature: same signature, bit-identical results.
+
+    For each new ``(x.shape, x.dtype, labels.shape, labels.dtype)``, and whenever the
+    params change structure, shape or dtype, it checks the params against the model
+    (errors name the layer, as the plain step's do) and prepares the model's buffers;
+    later calls reuse them. The states it returns own fresh read-only buffers: a state
+    you hold is never overwritten. Plans are kept per thread.
+    """
+
+    def __init__(self, step: Step) -> None:
+        if not isinstance(step, Step):
+            raise TypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
+        self.step = step
+        self._local = threading.local()  # .plans {signature: Plan}, .carry (the last step's Carry)
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
+        step, local = self.step, self._local
+        x, labels = check_inputs(step, state, batch)
+        plans = getattr(local, "plans", None)
+        if plans is None:  # this thread's first call
+            plans = local.plans = {}
+            local.carry = None
+        carry, plan = local.carry, plans.get((x.shape, x.dtype, labels.shape, labels.dtype))
+        if carry is None or carry.state is not state or carry.plan is not plan:  # not the state we returned
+            carry = None
+            if plan is None or not plan.layout.matches(state.params):
+                plan = Plan.make(step, state, x, labels)
+                plans[plan.signature] = plan
+        new, metrics, local.carry = run_step(step, plan, state, x, labels, carry)
+        return new, metrics
+
+
+def jit(step: Step) -> JitStep:
+    """Specialise ``step`` (from :func:`fnnet.train_step`): same signature, bit-identical
+    results, checks once per input signature, buffers reused between calls."""
+    return JitStep(step)

@@ -1,0 +1,19 @@
+"""The compiled kernel families, declared once: family -> the kernels it exports.
+
+A family ``f`` is a numpy twin ``fnnet/kernels/f.py`` and a Pythran source
+``fnnet/kernels/_f_pythran.py`` compiled to ``fnnet.kernels._f``, both defining every
+kernel listed here with the same signature. ``meson.build`` (which runs this file to
+list the families), ``fnnet/meson.build``, ``fnnet/kernels/__init__.py`` and
+``noxfile.py`` all read this table; adding a family means adding a line here and the
+two files, and a wrapper per kernel in ``fnnet/kernels/__init__.py``.
+"""
+
+FAMILIES = {
+    "conv": ("im2col", "col2im"),
+    "pool": ("max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"),
+    "loss": ("softmax_xent",),
+    "act": ("relu_forward", "relu_backward"),
+}
+
+if __name__ == "__main__":  # for meson.build
+    print(" ".join(FAMILIES))

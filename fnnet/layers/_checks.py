@@ -1,0 +1,89 @@
+"""Checks and small argument helpers shared by the layers.
+
+Shapes passed to ``init`` and ``check`` are per-sample shapes: they exclude the batch
+axis (``(C, H, W)`` for images, ``(features,)`` for vectors). Arrays passed to
+``forward`` carry the batch axis first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._errors import DTypeError, ShapeError, TreeMismatchError
+from ..tree import FrozenDict
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_batch(x: Any, name: str) -> np.ndarray:
+    """``x`` as an ndarray with a batch axis, or a ShapeError naming the layer."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim < 1:
+        raise ShapeError(f"{name}: input must have a batch axis, got a scalar")
+    return x
+
+
+def fmt_shape(shape: tuple) -> str:
+    """``(N, 1, 28, 28)``-style text for a per-sample shape."""
+    return "(" + ", ".join(["N", *map(str, shape)]) + ")"
+
+
+def check_init_dtype(name: str, dtype: Any) -> np.dtype:
+    """``dtype`` as a float32/float64 np.dtype, or a DTypeError naming the layer."""
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{name}: params dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def check_ndim(name: str, shape: tuple, ndim: int, what: str) -> None:
+    if len(shape) != ndim:
+        raise ShapeError(f"{name}: expected {what} input {ndim}-D per sample, got shape {fmt_shape(shape)}")
+
+
+def check_params(name: str, params: Any, dtype: np.dtype, **shapes: tuple) -> None:
+    """Params and input dtype of a layer: ``dtype`` (the input's) must be float32 or
+    float64, and ``params`` a mapping with exactly the keys of ``shapes``, each an array
+    of that shape (``None`` matches any size) and of ``dtype`` (no silent upcast). Raises
+    a DTypeError, TreeMismatchError or ShapeError naming the layer.
+    ``check_params(name, params, dtype)`` asks for no params."""
+    if dtype not in FLOAT_DTYPES:
+        raise DTypeError(f"{name}: input dtype must be float32 or float64, got {dtype}")
+    if not (type(params) is FrozenDict or isinstance(params, Mapping)) or params.keys() != shapes.keys():
+        got = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
+        raise TreeMismatchError(f"{name}: params must hold exactly the keys {sorted(shapes)}, got {got}")
+    for key, want in shapes.items():
+        leaf = params[key]
+        if not isinstance(leaf, np.ndarray):
+            raise TreeMismatchError(f"{name}: params {key!r} must be an array, got {type(leaf).__name__}")
+        if leaf.ndim != len(want) or any(w is not None and w != s for w, s in zip(want, leaf.shape)):
+            expected = "(" + ", ".join("?" if w is None else str(w) for w in want) + ("," if len(want) == 1 else "")
+            raise ShapeError(f"{name}: params {key!r} has shape {leaf.shape}, expected {expected})")
+        if leaf.dtype != dtype:
+            raise DTypeError(f"{name}: input dtype {dtype} does not match the params' dtype {leaf.dtype}")
+
+
+def seal(**arrays: np.ndarray) -> FrozenDict:
+    """Params from freshly made arrays: a FrozenDict of read-only leaves (no copy)."""
+    for a in arrays.values():
+        a.flags.writeable = False
+    return FrozenDict(arrays)
+
+
+def positive_int(v: Any, what: str, name: str) -> int:
+    """``v`` as an int >= 1, or a ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: {what} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def pair(v: Any, what: str, name: str, minimum: int = 1) -> tuple[int, int]:
+    """``v`` or ``(v, v)`` as a pair of ints >= minimum, or a ValueError naming it."""
+    t = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= minimum for i in t):
+        raise ValueError(f"{name}: {what} must be an int >= {minimum} or a pair of them, got {v!r}")
+    return int(t[0]), int(t[1])

@@ -1,0 +1,274 @@
+"""The layer protocol, and the runner that every path goes through.
+
+A layer author writes four functions and, for speed, one optional hook:
+
+* ``init(key, input_shape, dtype) -> (params, output_shape)``
+* ``forward(params, x, buf) -> (y, cache)``
+* ``backward(cache, dy) -> (dparams, dx)``
+* ``check(params, input_shape, dtype) -> output_shape``: raises naming the problem
+* ``buffers(params, sig) -> buf`` (optional): the arrays ``forward`` and ``backward``
+  write into, made once per input signature ``sig`` (a :class:`Sig`). Without it,
+  ``forward`` gets ``sig`` itself as ``buf``.
+
+The runner (:func:`prepare`, :func:`run`, :func:`run_backward`) is the one place that
+calls them: ``Layer.forward``/``backward``, the training step, :func:`fnnet.jit` and
+:func:`fnnet.predict` all go through it. jit only keeps what :func:`prepare` made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .._errors import DTypeError, ShapeError, TreeMismatchError
+from ..flat import Layout
+from ..tree import EMPTY, freeze, tree_leaves, tree_leaves_with_path, tree_zip
+from ._checks import as_batch, check_init_dtype
+
+__all__ = ["Chain", "Layer", "Sig", "Site", "prepare", "run", "run_backward", "run_chain", "run_chain_backward"]
+
+
+@attrs.frozen
+class Sig:
+    """What the runner tells a layer about one input signature (its hook's argument).
+
+    * ``x_shape``: the input shape with the batch axis; ``dtype``: the input dtype.
+    * ``train``: train mode (False: eval mode, as in :func:`fnnet.predict`).
+    * ``need_dx``: whether backward must return ``dx`` (a training step needs no
+      gradient of its input images); when False, backward may return None.
+    * ``grads``: writeable, C-contiguous arrays with the params' structure (views of
+      the step's flat gradient). A backward that writes its ``dparams`` into them and
+      returns ``grads`` itself costs no copy; None where no backward will run.
+    * ``path``: where the layer sits in the model (``"conv2d_0"``), for errors.
+    """
+
+    x_shape: tuple
+    dtype: np.dtype
+    train: bool = True
+    need_dx: bool = True
+    grads: Any = None
+    path: str = ""
+
+    def empty(self, shape: tuple | None = None, dtype: Any = None) -> np.ndarray:
+        """A new array of ``shape`` (default ``x_shape``) and ``dtype`` (default the input's)."""
+        return np.empty(self.x_shape if shape is None else shape, self.dtype if dtype is None else dtype)
+
+    def dx_buffer(self) -> np.ndarray | None:
+        """A new array for ``dx`` when backward must return one, else None."""
+        return self.empty() if self.need_dx else None
+
+    def child(self, key: str, x_shape: tuple, need_dx: bool | None = None) -> Sig:
+        """The signature of a sub-layer ``key`` of a combinator, with input ``x_shape``."""
+        return Sig(
+            tuple(x_shape), self.dtype, self.train, self.need_dx if need_dx is None else need_dx,
+            None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key,
+        )
+
+
+@attrs.frozen
+class Layer:
+    """A layer: the pure functions its author wrote (see the module docstring).
+
+    ``Layer(name, init, forward, backward, check, buffers=None)`` is all most layers
+    need. Two optional capabilities stay explicit: a layer with state (batch norm's
+    running statistics) gives ``init_state(params) -> state``, and its ``forward`` takes
+    ``state=`` and returns ``(y, cache, new_state)``; a random layer (dropout) sets
+    ``stochastic=True``, and its ``forward`` takes ``key=`` (None in eval mode).
+    Combinators list their sub-layers as ``children`` (``((key, layer), ...)``).
+
+    The methods run the layer eagerly, checked, through the runner:
+    ``init(key, input_shape, *, dtype=float32)``, ``forward(params, x, *, key=None,
+    train=True) -> (y, cache)``, ``forward_with_state(params, state, x, ...) -> (y,
+    cache, state)``, ``backward(cache, dy) -> (dparams, dx)``, ``init_state(params)``,
+    ``output_shape(params, input_shape, dtype)``. Shapes given to ``init`` exclude the
+    batch axis; arrays carry it first.
+    """
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    _init: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
+    _forward: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
+    _backward: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
+    _check: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
+    buffers: Callable | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable()), repr=False
+    )
+    _init_state: Callable | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.is_callable()), repr=False
+    )
+    stochastic: bool = False
+    children: tuple = attrs.field(default=(), repr=False)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the layer has state (its forward takes and returns ``state``)."""
+        return self._init_state is not None
+
+    def init(self, key: Any, input_shape: tuple, *, dtype: Any = np.float32) -> tuple[Any, tuple]:
+        """``(params, output_shape)`` for per-sample ``input_shape``: params of ``dtype``,
+        frozen (read-only leaves; writeable arrays an ``init`` returned are copied)."""
+        params, shape = self._init(key, tuple(input_shape), check_init_dtype(self.name, dtype))
+        return freeze(params), tuple(shape)
+
+    def init_state(self, params: Any) -> Any:
+        """The initial state (empty for a layer without state)."""
+        return EMPTY if self._init_state is None else self._init_state(params)
+
+    def output_shape(self, params: Any, input_shape: tuple, dtype: Any = np.float32) -> tuple:
+        """Per-sample output shape for ``input_shape``; checks params, shape and dtype."""
+        return tuple(self._check(params, tuple(input_shape), np.dtype(dtype)))
+
+    def forward(self, params: Any, x: np.ndarray, *, key: Any = None, train: bool = True) -> tuple[np.ndarray, Any]:
+        """Checked forward pass: ``x`` is (N, *input_shape); returns ``(y, cache)``."""
+        if self.stateful:
+            raise TypeError(f"{self.name} has state (e.g. batch norm): use forward_with_state(params, state, x)")
+        y, cache, _ = self.forward_with_state(params, EMPTY, x, key=key, train=train)
+        return y, cache
+
+    def forward_with_state(
+        self, params: Any, state: Any, x: np.ndarray, *, key: Any = None, train: bool = True
+    ) -> tuple[np.ndarray, Any, Any]:
+        """Checked forward pass threading ``state``; returns ``(y, cache, new_state)``."""
+        x = as_batch(x, self.name)
+        self._check(params, x.shape[1:], x.dtype)
+        if train and self.stochastic and key is None:
+            raise TypeError(f"{self.name} is random in train mode: pass key=fnnet.random.key(...) (or train=False)")
+        layout = Layout.of(params)
+        flat, grads = layout.fresh_grads()
+        site = prepare(self, params, Sig(x.shape, x.dtype, train, True, grads))
+        y, cache, state = run(site, params, x, key, state)
+        return y, _Cache(site, cache, y.shape, layout, flat), state
+
+    def backward(self, cache: Any, dy: np.ndarray) -> tuple[Any, np.ndarray]:
+        """``(dparams, dx)`` for the ``cache`` of this layer's forward and ``dy`` (N, *output_shape)."""
+        if not isinstance(cache, _Cache) or cache.site.layer is not self:
+            raise TypeError(f"{self.name}.backward takes the cache returned by this layer's forward")
+        dy = as_batch(dy, self.name)
+        if dy.shape != cache.y_shape:
+            raise ShapeError(f"{self.name}: dy has shape {dy.shape}, the forward output had {cache.y_shape}")
+        dx = run_backward(cache.site, cache.inner, dy)
+        cache.layout.check_written(cache.grads, self.name)
+        return cache.site.grads, dx
+
+
+@attrs.frozen
+class _Cache:
+    """What ``Layer.forward`` hands to ``Layer.backward``: the layer's own cache and its site."""
+
+    site: Site
+    inner: Any
+    y_shape: tuple
+    layout: Layout
+    grads: np.ndarray
+
+
+@attrs.frozen
+class Site:
+    """A layer prepared for one :class:`Sig`: its buffers, and what :func:`run` calls."""
+
+    layer: Layer
+    sig: Sig
+    buf: Any
+    forward: Callable = attrs.field(init=False)
+    backward: Callable = attrs.field(init=False)
+    grads: Any = attrs.field(init=False)
+    plain: bool = attrs.field(init=False)  # neither random nor stateful: the hot path
+
+    def __attrs_post_init__(self) -> None:
+        layer = self.layer
+        object.__setattr__(self, "forward", layer._forward)
+        object.__setattr__(self, "backward", layer._backward)
+        object.__setattr__(self, "grads", self.sig.grads)
+        object.__setattr__(self, "plain", not (layer.stochastic or layer.stateful))
+
+
+def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
+    """``layer`` ready to run on inputs of ``sig``: its hook's buffers made (unchecked:
+    check the params and the input shape first)."""
+    return Site(layer, sig, sig if layer.buffers is None else layer.buffers(params, sig))
+
+
+def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EMPTY) -> tuple[np.ndarray, Any, Any]:
+    """The forward pass of a prepared layer: ``(y, cache, new_state)``."""
+    if site.plain:
+        y, cache = site.forward(params, x, site.buf)
+        return y, cache, state
+    layer = site.layer
+    kw = {"key": key} if layer.stochastic else {}
+    if layer.stateful:
+        return site.forward(params, x, site.buf, state=state, **kw)
+    y, cache = site.forward(params, x, site.buf, **kw)
+    return y, cache, state
+
+
+@attrs.frozen
+class Chain:
+    """Prepared layers to run in sequence (what ``serial`` runs), layer ``i`` on the
+    params ``names[i]``: made once per signature by :func:`chain`."""
+
+    names: tuple
+    sites: tuple
+    forward_steps: tuple = attrs.field(init=False)  # (name, forward or None, buf, site), first layer first
+    backward_steps: tuple = attrs.field(init=False)  # (backward, grads, site), last layer first
+
+    def __attrs_post_init__(self) -> None:
+        steps = tuple((n, s.forward if s.plain else None, s.buf, s) for n, s in zip(self.names, self.sites))
+        object.__setattr__(self, "forward_steps", steps)
+        object.__setattr__(self, "backward_steps", tuple((s.backward, s.grads, s) for s in reversed(self.sites)))
+
+
+def run_chain(chain: Chain, params: Any, x: np.ndarray, keys: tuple, state: Any) -> tuple[np.ndarray, list, dict]:
+    """The layers of ``chain`` in sequence, layer ``i`` on ``params[names[i]]`` with
+    ``keys[i]`` and (if it has state) ``state[names[i]]``: ``(y, caches, new_state)``."""
+    caches, new_state = [], {}
+    for (name, forward, buf, site), key in zip(chain.forward_steps, keys):
+        if forward is not None:  # what run does for a plain layer, inlined: the hot path of every serial model
+            x, cache = forward(params[name], x, buf)
+        else:
+            stateful = site.layer.stateful
+            x, cache, s = run(site, params[name], x, key, state[name] if stateful else EMPTY)
+            if stateful:
+                new_state[name] = s
+        caches.append(cache)
+    return x, caches, new_state
+
+
+def run_chain_backward(chain: Chain, caches: list, dy: np.ndarray) -> np.ndarray | None:
+    """:func:`run_backward` through the layers of ``chain``, last first; returns the first layer's dx."""
+    for (backward, want, site), cache in zip(chain.backward_steps, reversed(caches)):
+        grads, dy = backward(cache, dy)  # run_backward, inlined
+        if grads is not want:
+            _adopt(site, grads)
+    return dy
+
+
+def run_backward(site: Site, cache: Any, dy: np.ndarray) -> np.ndarray | None:
+    """The backward pass of a prepared layer: the gradients land in ``site.sig.grads``
+    (checked against the params' structure, shapes and dtype); returns ``dx``."""
+    grads, dx = site.backward(cache, dy)
+    if grads is not site.grads:  # new arrays: check them and copy them in
+        _adopt(site, grads)
+    return dx
+
+
+def _adopt(site: Site, grads: Any) -> None:
+    """Copy gradients a backward returned as new arrays into ``site.sig.grads``."""
+    want, where = site.grads, site.sig.path or site.layer.name
+    if not tree_leaves(want) and not tree_leaves(grads):
+        return
+    try:
+        pairs = tree_zip(want, grads)
+    except TreeMismatchError as err:
+        raise TreeMismatchError(f"{where}: backward returned gradients without the params' structure ({err})") from None
+    for (path, target), (_, leaf) in zip(tree_leaves_with_path(want), pairs):
+        leaf = np.asarray(leaf)
+        name = "/".join(map(str, path))
+        if leaf.shape != target.shape:
+            raise ShapeError(f"{where}: backward returned a gradient of shape {leaf.shape} for params {name!r} "
+                             f"of shape {target.shape}")
+        if leaf.dtype != target.dtype:
+            raise DTypeError(f"{where}: backward returned a {leaf.dtype} gradient for {target.dtype} params {name!r}")
+        np.copyto(target, leaf)
+
