@@ -26,7 +26,7 @@ def cases(rng):
         n, c, h, w = shape
         x = rng.random(shape, dtype=f32)
         ho, wo = h - k + 1, w - k + 1
-        cols = np.empty((n, c * k * k, ho * wo), f32)
+        cols = np.empty((n, c * k * k, ho, wo), f32)
         g = (k, k, 1, 1, 1, 1, 0, 0, 0, 0)
         yield f"im2col {label}", "im2col", (x, *g, cols)
         yield f"col2im {label}", "col2im", (rng.random(cols.shape, dtype=f32), *g, np.empty(shape, f32))

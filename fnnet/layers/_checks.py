@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import DTypeError, ShapeError, TreeMismatchError
-from ..tree import FrozenDict
+from ..tree import EMPTY, FrozenDict
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -65,6 +65,19 @@ def check_params(name: str, params: Any, dtype: np.dtype, **shapes: tuple) -> No
             raise ShapeError(f"{name}: params {key!r} has shape {leaf.shape}, expected {expected})")
         if leaf.dtype != dtype:
             raise DTypeError(f"{name}: input dtype {dtype} does not match the params' dtype {leaf.dtype}")
+
+
+def shape_keeping(name: str) -> tuple:
+    """``init`` and ``check`` of a layer without params whose output has its input's shape."""
+
+    def init(key, input_shape, dtype):
+        return EMPTY, input_shape
+
+    def check(params, input_shape, dtype):
+        check_params(name, params, dtype)
+        return tuple(input_shape)
+
+    return init, check
 
 
 def seal(**arrays: np.ndarray) -> FrozenDict:

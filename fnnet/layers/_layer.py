@@ -10,8 +10,9 @@ A layer author writes four functions and, for speed, one optional hook:
   write into, made once per input signature ``sig`` (a :class:`Sig`). Without it,
   ``forward`` gets ``sig`` itself as ``buf``.
 
-The runner (:func:`prepare`, :func:`run`, :func:`run_backward`) is the one place that
-calls them: ``Layer.forward``/``backward``, the training step, :func:`fnnet.jit` and
+The runner (:func:`prepare`, :func:`run`, :func:`run_backward`, and for a sequence
+:func:`run_chain`, :func:`run_chain_backward`) is the one place that calls them:
+``Layer.forward``/``backward``, the training step, :func:`fnnet.jit` and
 :func:`fnnet.predict` all go through it. jit only keeps what :func:`prepare` made.
 """
 
@@ -205,8 +206,8 @@ def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EM
 
 @attrs.frozen
 class Chain:
-    """Prepared layers to run in sequence (what ``serial`` runs), layer ``i`` on the
-    params ``names[i]``: made once per signature by :func:`chain`."""
+    """Prepared layers to run in sequence, layer ``i`` on the params ``names[i]``:
+    ``serial``'s buffers, made once per signature."""
 
     names: tuple
     sites: tuple

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..tree import EMPTY
-from ._checks import check_params
+from ._checks import shape_keeping
 from ._layer import Layer
 
 
@@ -26,12 +26,7 @@ def elementwise(
     function may write into and return (jit reuses it from step to step).
     """
 
-    def init(key, input_shape, dtype):
-        return EMPTY, input_shape
-
-    def check(params, input_shape, dtype):
-        check_params(name, params, dtype)
-        return tuple(input_shape)
+    init, check = shape_keeping(name)
 
     def buffers(params, sig):
         return sig.empty(), sig.dx_buffer()

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import random
 from ..tree import EMPTY
-from ._checks import check_params
+from ._checks import shape_keeping
 from ._layer import Layer
 
 
@@ -25,12 +25,7 @@ def dropout(rate: float) -> Layer:
     name = "dropout"
     keep_scale = 1.0 / (1.0 - rate)
 
-    def init(key, input_shape, dtype):
-        return EMPTY, input_shape
-
-    def check(params, input_shape, dtype):
-        check_params(name, params, dtype)
-        return tuple(input_shape)
+    init, check = shape_keeping(name)
 
     def buffers(params, sig):
         if not sig.train or rate == 0.0:
