@@ -1,7 +1,7 @@
 """Numpy twins of the pooling kernels (reference; fallback when nothing is compiled).
 
 Same signatures as fnnet/kernels/_pool_pythran.py. Windows are ``kh x kw`` with strides
-``sh, sw``, no padding; output size ``(H - kh)//sh + 1`` (a partial window is dropped).
+``sh, sw``, no padding; the output size is read from ``y`` (a partial window is dropped).
 
 Tie rule of max pooling: the first maximal element of the window in row-major order
 receives the gradient; a NaN counts as larger than any number (first NaN wins), which
