@@ -107,24 +107,31 @@ def pack_state(state: Any, layout: Layout, path: tuple = ()) -> tuple[Any, froze
     return state, frozenset()
 
 
-def unpack_state(state: Any, paths: frozenset, layout: Layout, scratch: np.ndarray, path: tuple = ()) -> Any:
+def unpack_state(state: Any, paths: frozenset, layout: Layout, scratch: np.ndarray) -> tuple[Any, bool]:
     """Inverse of :func:`pack_state`: flat vectors become trees of read-only views.
 
     An array that is ``scratch`` (a buffer the caller reuses) or a view of it is copied
-    before it is sealed, so that the state never aliases it.
+    before it is sealed, so that the tree never aliases it. Returns the tree and whether
+    such a copy was made (``state`` itself then still aliases ``scratch``).
     """
-    kind = type(state)
-    if kind is np.ndarray:  # the common cases first: ABC checks are slow per step
-        if state is scratch or state.base is scratch:
-            state = state.copy()
-        if paths and path in paths:
-            return layout.unpack(state)
-        state.setflags(write=False)
-        return state
-    if kind is FrozenDict or isinstance(state, Mapping):
-        return FrozenDict({k: unpack_state(v, paths, layout, scratch, path + (k,)) for k, v in state.items()})
-    if kind is tuple or isinstance(state, (tuple, list)):
-        return tuple(unpack_state(v, paths, layout, scratch, path + (i,)) for i, v in enumerate(state))
-    if isinstance(state, np.ndarray) and state.flags.writeable:  # an ndarray subclass
-        state.flags.writeable = False
-    return state
+    copied = False
+
+    def walk(node: Any, path: tuple) -> Any:
+        nonlocal copied
+        kind = type(node)
+        if kind is np.ndarray:  # the common cases first: ABC checks are slow per step
+            if node is scratch or node.base is scratch:
+                node, copied = node.copy(), True
+            if paths and path in paths:
+                return layout.unpack(node)
+            node.setflags(write=False)
+            return node
+        if kind is FrozenDict or isinstance(node, Mapping):
+            return FrozenDict({k: walk(v, path + (k,)) for k, v in node.items()})
+        if kind is tuple or isinstance(node, (tuple, list)):
+            return tuple(walk(v, path + (i,)) for i, v in enumerate(node))
+        if isinstance(node, np.ndarray) and node.flags.writeable:  # an ndarray subclass
+            node.flags.writeable = False
+        return node
+
+    return walk(state, ()), copied

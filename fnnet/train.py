@@ -183,8 +183,10 @@ def run_step(
     updates, opt_state = step.optimizer.update(plan.grads, opt_state, flat)
     new_flat = np.add(flat, updates, dtype=plan.layout.dtype)
     params = plan.layout.unpack(new_flat)
-    new_opt = unpack_state(opt_state, packed, plan.layout, plan.grads)
+    new_opt, aliased = unpack_state(opt_state, packed, plan.layout, plan.grads)
     new = TrainState(params, new_opt, state.step + 1, model_state)
+    if aliased:  # the optimizer kept the gradient buffer in its state: carry nothing, pack again next time
+        return new, metrics, None
     return new, metrics, Carry(plan, new, new_flat, opt_state, packed)
 
 

@@ -292,3 +292,30 @@ def test_jit_needs_a_train_step():
 def test_train_state_validates_step():
     with pytest.raises(ValueError, match="TrainState.step must be an int >= 0"):
         fn.TrainState({}, (), -1)
+
+
+def test_an_optimizer_that_keeps_the_gradient_array_in_its_state():
+    """An elementwise transform may return the gradient it was given as its state: the
+    state must not alias the gradient buffer that the next backward pass overwrites."""
+
+    def init(params):
+        return {"last": fn.tree_map(np.zeros_like, params)}
+
+    def update(grads, state, params=None):
+        out = fn.tree_map(lambda g, last: -0.1 * (g + 0.5 * last), grads, state["last"])
+        return out, {"last": grads}  # the array itself, not a copy
+
+    opt = optim.GradientTransformation(init, update, elementwise=True)
+    model = seed_net()
+    params, _ = model.init(fn.random.key(0), (1, 12, 12))
+    step = fn.train_step(model, fn.softmax_cross_entropy, opt)
+    a = b = fn.TrainState.create(params, opt)
+    jstep, rng = fn.jit(step), np.random.default_rng(9)
+    for _ in range(4):
+        data = batch(rng, 4)
+        a, _ = step(a, data)
+        held = [leaf.copy() for leaf in leaves(b)]
+        previous, (b, _) = b, jstep(b, data)
+        for leaf, copy in zip(leaves(previous), held):  # a state you hold is never overwritten
+            assert leaf.tobytes() == copy.tobytes()
+        assert_same_bits(a, b)
