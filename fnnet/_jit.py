@@ -3,17 +3,28 @@
 A :class:`JitStep` runs :func:`fnnet.train.run_step`, the body the plain step runs; it
 only keeps the :class:`~fnnet.train.Plan` of each input signature (checks once, buffers
 made once, gradients in one flat vector) and the flat params of the state it returned
-last. Each thread gets its own plans, so one JitStep can serve several threads.
+last. Each thread gets its own plans (kept by thread id), so one JitStep can serve
+several threads.
 """
 
 from __future__ import annotations
 
-import threading
+from threading import get_ident
 from typing import Any
 
-from .train import Plan, Step, TrainState, check_inputs, run_step
+import attrs
+
+from .train import Carry, Plan, Step, TrainState, check_inputs, run_step
 
 __all__ = ["JitStep", "jit"]
+
+
+@attrs.define
+class _Thread:
+    """What a JitStep keeps for one thread: its plans and the carry of its last step."""
+
+    plans: dict = attrs.Factory(dict)  # {signature: Plan}
+    carry: Carry | None = None
 
 
 class JitStep:
@@ -30,15 +41,15 @@ class JitStep:
         if not isinstance(step, Step):
             raise TypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
-        self._local = threading.local()  # .plans {signature: Plan}, .carry (the last step's Carry)
+        self._threads: dict[int, _Thread] = {}  # by thread id (an id a finished thread freed is reused)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
-        step, local = self.step, self._local
+        step = self.step
         x, labels = check_inputs(step, state, batch)
-        plans = getattr(local, "plans", None)
-        if plans is None:  # this thread's first call
-            plans = local.plans = {}
-            local.carry = None
+        local = self._threads.get(get_ident())
+        if local is None:  # this thread's first call
+            local = self._threads[get_ident()] = _Thread()
+        plans = local.plans
         carry, plan = local.carry, plans.get((x.shape, x.dtype, labels.shape, labels.dtype))
         if carry is None or carry.state is not state or carry.plan is not plan:  # not the state we returned
             carry = None

@@ -49,7 +49,6 @@ def serial(*layers: Layer) -> Layer:
     names = tuple(f"{layer.name}_{i}" for i, layer in enumerate(layers))
     children = tuple(zip(names, layers))
     stateful = tuple(layer.stateful for layer in layers)
-    no_keys = (None,) * len(layers)
 
     def init(key, input_shape, dtype):
         params, shape = {}, input_shape
@@ -81,8 +80,7 @@ def serial(*layers: Layer) -> Layer:
         return Chain(names, tuple(sites)), sig.grads
 
     def forward(params, x, buf, key=None, state=EMPTY):
-        keys_ = random.split(key, len(layers)) if key is not None else no_keys
-        x, caches, new_state = run_chain(buf[0], params, x, keys_, state)
+        x, caches, new_state = run_chain(buf[0], params, x, key, state)
         if new_state:
             return x, (caches, buf), FrozenDict(new_state)
         return x, (caches, buf)

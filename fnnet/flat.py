@@ -114,24 +114,24 @@ def unpack_state(state: Any, paths: frozenset, layout: Layout, scratch: np.ndarr
     before it is sealed, so that the tree never aliases it. Returns the tree and whether
     such a copy was made (``state`` itself then still aliases ``scratch``).
     """
-    copied = False
+    copied: list = []
+    return _unpack(state, paths, layout, scratch, (), copied), bool(copied)
 
-    def walk(node: Any, path: tuple) -> Any:
-        nonlocal copied
-        kind = type(node)
-        if kind is np.ndarray:  # the common cases first: ABC checks are slow per step
-            if node is scratch or node.base is scratch:
-                node, copied = node.copy(), True
-            if paths and path in paths:
-                return layout.unpack(node)
-            node.setflags(write=False)
-            return node
-        if kind is FrozenDict or isinstance(node, Mapping):
-            return FrozenDict({k: walk(v, path + (k,)) for k, v in node.items()})
-        if kind is tuple or isinstance(node, (tuple, list)):
-            return tuple(walk(v, path + (i,)) for i, v in enumerate(node))
-        if isinstance(node, np.ndarray) and node.flags.writeable:  # an ndarray subclass
-            node.flags.writeable = False
+
+def _unpack(node: Any, paths: frozenset, layout: Layout, scratch: np.ndarray, path: tuple, copied: list) -> Any:
+    kind = type(node)
+    if kind is np.ndarray:  # the common cases first: ABC checks are slow per step
+        if node is scratch or node.base is scratch:
+            node = node.copy()
+            copied.append(path)
+        if paths and path in paths:
+            return layout.unpack(node)
+        node.setflags(write=False)
         return node
-
-    return walk(state, ()), copied
+    if kind is FrozenDict or isinstance(node, Mapping):
+        return FrozenDict({k: _unpack(v, paths, layout, scratch, path + (k,), copied) for k, v in node.items()})
+    if kind is tuple or isinstance(node, (tuple, list)):
+        return tuple(_unpack(v, paths, layout, scratch, path + (i,), copied) for i, v in enumerate(node))
+    if isinstance(node, np.ndarray) and node.flags.writeable:  # an ndarray subclass
+        node.flags.writeable = False
+    return node

@@ -13,7 +13,8 @@ def accuracy(logits, labels) -> float:
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels.argmax(axis=1)
-    return float(np.count_nonzero(np.asarray(logits).argmax(axis=1) == labels) / len(labels))
+    logits = logits if type(logits) is np.ndarray else np.asarray(logits)
+    return float(np.count_nonzero(logits.argmax(axis=1) == labels) / len(labels))
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:

@@ -161,7 +161,8 @@ def run_step(
     call returned on this plan (it saves packing the params and the optimizer state
     again), else None. Returns the new state, the metrics and the new carry.
     """
-    logits, cache, model_state = run(plan.site, state.params, x, step.step_key(state.step), state.model_state)
+    key = None if step.key is None else random.fold_in(step.key, state.step)  # as step_key, without the call
+    logits, cache, model_state = run(plan.site, state.params, x, key, state.model_state)
     loss, dlogits = step.loss(logits, labels)
     metrics = {"loss": float(loss)}
     if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":

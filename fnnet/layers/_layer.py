@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from .. import random
 from .._errors import DTypeError, ShapeError, TreeMismatchError
 from ..flat import Layout
 from ..tree import EMPTY, freeze, tree_leaves, tree_leaves_with_path, tree_zip
@@ -101,11 +102,10 @@ class Layer:
     )
     stochastic: bool = False
     children: tuple = attrs.field(default=(), repr=False)
+    stateful: bool = attrs.field(init=False)  # whether forward takes and returns ``state`` (derived)
 
-    @property
-    def stateful(self) -> bool:
-        """Whether the layer has state (its forward takes and returns ``state``)."""
-        return self._init_state is not None
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "stateful", self._init_state is not None)
 
     def init(self, key: Any, input_shape: tuple, *, dtype: Any = np.float32) -> tuple[Any, tuple]:
         """``(params, output_shape)`` for per-sample ``input_shape``: params of ``dtype``,
@@ -211,25 +211,32 @@ class Chain:
 
     names: tuple
     sites: tuple
-    forward_steps: tuple = attrs.field(init=False)  # (name, forward or None, buf, site), first layer first
+    # (name, forward, buf) per layer, first first; a layer that is not plain has
+    # forward None and its index in place of buf
+    forward_steps: tuple = attrs.field(init=False)
     backward_steps: tuple = attrs.field(init=False)  # (backward, grads, site), last layer first
 
     def __attrs_post_init__(self) -> None:
-        steps = tuple((n, s.forward if s.plain else None, s.buf, s) for n, s in zip(self.names, self.sites))
+        steps = tuple((n, s.forward, s.buf) if s.plain else (n, None, i)
+                      for i, (n, s) in enumerate(zip(self.names, self.sites)))
         object.__setattr__(self, "forward_steps", steps)
         object.__setattr__(self, "backward_steps", tuple((s.backward, s.grads, s) for s in reversed(self.sites)))
 
 
-def run_chain(chain: Chain, params: Any, x: np.ndarray, keys: tuple, state: Any) -> tuple[np.ndarray, list, dict]:
-    """The layers of ``chain`` in sequence, layer ``i`` on ``params[names[i]]`` with
-    ``keys[i]`` and (if it has state) ``state[names[i]]``: ``(y, caches, new_state)``."""
+def run_chain(chain: Chain, params: Any, x: np.ndarray, key: Any, state: Any) -> tuple[np.ndarray, list, dict]:
+    """The layers of ``chain`` in sequence, layer ``i`` on ``params[names[i]]``, with the
+    ``i``-th key of ``split(key, len(sites))`` (for random layers) and ``state[names[i]]``
+    (for layers with state): ``(y, caches, new_state)``."""
+    keys = None if key is None else random.split(key, len(chain.sites))
     caches, new_state = [], {}
-    for (name, forward, buf, site), key in zip(chain.forward_steps, keys):
+    for name, forward, buf in chain.forward_steps:
         if forward is not None:  # what run does for a plain layer, inlined: the hot path of every serial model
             x, cache = forward(params[name], x, buf)
         else:
+            site = chain.sites[buf]
             stateful = site.layer.stateful
-            x, cache, s = run(site, params[name], x, key, state[name] if stateful else EMPTY)
+            x, cache, s = run(site, params[name], x, None if keys is None else keys[buf],
+                              state[name] if stateful else EMPTY)
             if stateful:
                 new_state[name] = s
         caches.append(cache)

@@ -7,7 +7,7 @@ columns for the weight gradient; dx is a BLAS product followed by the col2im ker
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -17,6 +17,24 @@ from .._errors import ShapeError
 from ._checks import check_ndim, check_params, fmt_shape, pair, positive_int, seal
 from ._geometry import out_size, same_pad
 from ._layer import Layer
+
+
+class _Buffers(NamedTuple):
+    """What a conv2d layer writes into for one input signature (a tuple: the backward
+    pass unpacks it in one go)."""
+
+    args: tuple  # the kernels' geometry and padding arguments
+    cols: np.ndarray  # (N, C*kh*kw, Ho, Wo): im2col's layout
+    cols3: np.ndarray  # the same memory as (N, C*kh*kw, Ho*Wo), for BLAS
+    y: np.ndarray  # (N, K, Ho*Wo)
+    y_shape: tuple  # (N, K, Ho, Wo)
+    dw_n: np.ndarray  # (N, K, C*kh*kw): the weight gradient of each sample
+    dw: Any  # grads["w"] seen as (K, C*kh*kw) (a view: grads are C-contiguous), or None
+    db: Any  # grads["b"], or None
+    grads: Any
+    dcols: Any  # like cols, and dcols3 like cols3, when dx is needed; else None
+    dcols3: Any
+    dx: Any
 
 
 def conv2d(
@@ -90,14 +108,13 @@ def conv2d(
     def buffers(params, sig):
         n, c = sig.x_shape[:2]
         pads, (_, ho, wo) = geometry(sig.x_shape[1:])
-        cols = sig.empty((n, c * kh * kw, ho, wo))  # the kernels' layout; BLAS sees (N, C*kh*kw, Ho*Wo)
+        cols = sig.empty((n, c * kh * kw, ho, wo))
         dcols = sig.empty(cols.shape) if sig.need_dx else None
         grads = sig.grads or {}
-        return SimpleNamespace(
-            args=(*window, *pads), cols=cols, cols3=cols.reshape(n, -1, ho * wo), y=sig.empty((n, K, ho * wo)),
-            y_shape=(n, K, ho, wo), dw_n=sig.empty((n, K, c * kh * kw)), grads=sig.grads,
-            dw2=grads["w"].reshape(K, -1) if grads else None, db=grads.get("b"),  # views: grads are C-contiguous
-            dcols=dcols, dcols3=None if dcols is None else dcols.reshape(n, -1, ho * wo), dx=sig.dx_buffer(),
+        return _Buffers(
+            (*window, *pads), cols, cols.reshape(n, -1, ho * wo), sig.empty((n, K, ho * wo)), (n, K, ho, wo),
+            sig.empty((n, K, c * kh * kw)), grads["w"].reshape(K, -1) if grads else None, grads.get("b"), sig.grads,
+            dcols, None if dcols is None else dcols.reshape(n, -1, ho * wo), sig.dx_buffer(),
         )
 
     def forward(params, x, buf):
@@ -108,18 +125,17 @@ def conv2d(
         return y.reshape(buf.y_shape), (w, buf)
 
     def backward(cache, dy):
-        w, buf = cache
-        dy3 = np.ascontiguousarray(dy).reshape(buf.y.shape)
-        np.add.reduce(dy3, axis=(0, 2), out=buf.db)
-        np.matmul(dy3, buf.cols3.transpose(0, 2, 1), out=buf.dw_n)
-        np.add.reduce(buf.dw_n, axis=0, out=buf.dw2)
-        grads = buf.grads
-        if buf.dx is None:
+        w, (args, _, cols3, y, _, dw_n, dw, db, grads, dcols, dcols3, dx) = cache
+        dy3 = np.ascontiguousarray(dy).reshape(y.shape)
+        np.add.reduce(dy3, axis=(0, 2), out=db)
+        np.matmul(dy3, cols3.transpose(0, 2, 1), out=dw_n)
+        np.add.reduce(dw_n, axis=0, out=dw)
+        if dx is None:
             return grads, None
         if K == 1:  # an outer product per sample: a broadcast multiply beats matmul's k=1 path
-            np.multiply(w.reshape(1, -1, 1), dy3, out=buf.dcols3)
+            np.multiply(w.reshape(1, -1, 1), dy3, out=dcols3)
         else:
-            np.matmul(w.reshape(K, -1).T, dy3, out=buf.dcols3)
-        return grads, kernels.col2im(buf.dcols, *buf.args, buf.dx)
+            np.matmul(w.reshape(K, -1).T, dy3, out=dcols3)
+        return grads, kernels.col2im(dcols, *args, dx)
 
     return Layer(name, init, forward, backward, check, buffers=buffers)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -11,6 +11,16 @@ from .. import random
 from .._errors import ShapeError
 from ._checks import check_ndim, check_params, fmt_shape, positive_int, seal
 from ._layer import Layer
+
+
+class _Buffers(NamedTuple):
+    """What a dense layer writes into for one input signature."""
+
+    y: np.ndarray  # (N, features)
+    dx: Any  # (N, in), or None when dx is not needed
+    grads: Any
+    dw: Any  # grads["w"] and grads["b"] (None without gradients)
+    db: Any
 
 
 def dense(
@@ -45,8 +55,8 @@ def dense(
 
     def buffers(params, sig):
         grads = sig.grads or {}
-        return SimpleNamespace(y=sig.empty((sig.x_shape[0], features)), dx=sig.dx_buffer(), grads=sig.grads,
-                               dw=grads.get("w"), db=grads.get("b"))
+        y = sig.empty((sig.x_shape[0], features))
+        return _Buffers(y, sig.dx_buffer(), sig.grads, grads.get("w"), grads.get("b"))
 
     def forward(params, x, buf):
         w = params["w"]
@@ -55,9 +65,9 @@ def dense(
         return y, (x, w, buf)
 
     def backward(cache, dy):
-        x, w, buf = cache
-        np.matmul(x.T, dy, out=buf.dw)
-        np.add.reduce(dy, axis=0, out=buf.db)
-        return buf.grads, None if buf.dx is None else np.matmul(dy, w.T, out=buf.dx)
+        x, w, (_, dx, grads, dw, db) = cache
+        np.matmul(x.T, dy, out=dw)
+        np.add.reduce(dy, axis=0, out=db)
+        return grads, None if dx is None else np.matmul(dy, w.T, out=dx)
 
     return Layer(name, init, forward, backward, check, buffers=buffers)
