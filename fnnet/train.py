@@ -207,12 +207,12 @@ def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 64, mode
         raise ValueError(f"predict: the {model.name} model has state (batch norm): pass model_state=state.model_state")
     out_shape = model.output_shape(params, x.shape[1:], x.dtype)
     out = np.empty((x.shape[0], *out_shape), x.dtype)
-    sites: dict[int, Site] = {}
+    site = None
     for i in range(0, x.shape[0], batch_size):
         chunk = x[i : i + batch_size]
-        site = sites.get(len(chunk))
-        if site is None:
-            site = sites[len(chunk)] = prepare(model, params, Sig(chunk.shape, x.dtype, train=False, need_dx=False))
+        if site is None or site.sig.x_shape != chunk.shape:  # the first chunk, or a shorter last one
+            site = None  # one set of buffers at a time: release the previous one first
+            site = prepare(model, params, Sig(chunk.shape, x.dtype, train=False, need_dx=False))
         y, _, _ = run(site, params, chunk, None, model_state)
         out[i : i + batch_size] = y
     return out

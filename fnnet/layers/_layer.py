@@ -43,7 +43,8 @@ class Sig:
       gradient of its input images); when False, backward may return None.
     * ``grads``: writeable, C-contiguous arrays with the params' structure (views of
       the step's flat gradient). A backward that writes its ``dparams`` into them and
-      returns ``grads`` itself costs no copy; None where no backward will run.
+      returns ``grads`` itself costs no copy. None where no backward will run (as in
+      :func:`fnnet.predict`): a hook then need not make backward's buffers.
     * ``path``: where the layer sits in the model (``"conv2d_0"``), for errors.
     """
 

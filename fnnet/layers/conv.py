@@ -113,7 +113,8 @@ def conv2d(
         grads = sig.grads or {}
         return _Buffers(
             (*window, *pads), cols, cols.reshape(n, -1, ho * wo), sig.empty((n, K, ho * wo)), (n, K, ho, wo),
-            sig.empty((n, K, c * kh * kw)), grads["w"].reshape(K, -1) if grads else None, grads.get("b"), sig.grads,
+            sig.empty((n, K, c * kh * kw)) if grads else None,  # no backward in eval mode (predict)
+            grads["w"].reshape(K, -1) if grads else None, grads.get("b"), sig.grads,
             dcols, None if dcols is None else dcols.reshape(n, -1, ho * wo), sig.dx_buffer(),
         )
 
