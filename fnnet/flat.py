@@ -7,6 +7,7 @@ parameters; the trees a user sees are read-only views into those vectors.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,15 +36,20 @@ class Layout:
 
     @classmethod
     def of(cls, params: Any) -> Layout:
+        """The layout of ``params`` (one per structure, shapes and dtype: made once)."""
         leaves = tree_leaves(params)
         dtypes = {leaf.dtype for leaf in leaves}
         if len(dtypes) > 1:
             raise TreeMismatchError(f"params must share one dtype, got {sorted(map(str, dtypes))}")
-        offsets = np.cumsum([0, *(leaf.size for leaf in leaves)]).tolist()
-        shapes = tuple(leaf.shape for leaf in leaves)
-        slices = tuple((slice(o, e), s) for o, e, s in zip(offsets, offsets[1:], shapes))
+        treedef, shapes = tree_structure(params), tuple(leaf.shape for leaf in leaves)
         dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
-        return cls(tree_structure(params), shapes, dtype, offsets[-1], slices)
+        known = _LAYOUTS.setdefault(treedef, {})
+        layout = known.get((shapes, dtype))
+        if layout is None:
+            offsets = np.cumsum([0, *(leaf.size for leaf in leaves)]).tolist()
+            slices = tuple((slice(o, e), s) for o, e, s in zip(offsets, offsets[1:], shapes))
+            layout = known[shapes, dtype] = cls(treedef, shapes, dtype, offsets[-1], slices)
+        return layout
 
     def matches(self, tree: Any) -> bool:
         """Whether ``tree`` has this structure, these shapes and this dtype."""
@@ -86,6 +92,9 @@ class Layout:
                     f"{where}: backward left the gradient of {'/'.join(map(str, path))} (or part of it) unwritten: "
                     "a backward must fill every leaf of sig.grads it returns, or return new arrays"
                 )
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # TreeDef -> {(shapes, dtype): Layout}
 
 
 def pack_state(state: Any, layout: Layout, path: tuple = ()) -> tuple[Any, frozenset]:

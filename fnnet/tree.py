@@ -47,7 +47,7 @@ class FrozenDict(dict):
     speed, which matters on the training step's hot path.
     """
 
-    __slots__ = ()
+    __slots__ = ("_treedef",)  # its structure, when a TreeDef's builder made it
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable
     __ior__ = _immutable
 
@@ -158,6 +158,10 @@ def _path_str(path: tuple) -> str:
 
 def tree_structure(tree: Any) -> TreeDef:
     """The :class:`TreeDef` of ``tree``."""
+    if type(tree) is FrozenDict:  # a tree a builder made knows its structure (a step's params: O(1))
+        known = getattr(tree, "_treedef", None)
+        if known is not None:
+            return known
     kind = _kind(tree)
     if kind in ("leaf", "none"):
         return TreeDef(kind)
@@ -243,8 +247,13 @@ def _compile_builder(treedef: TreeDef) -> Callable[[list], Any]:
         inner = "".join(f"{expr(c)}, " for c in t.children)
         return f"({inner})" if t.kind == "tuple" else f"[{inner}]"
 
-    namespace = {"F": FrozenDict, "E": EMPTY}
-    exec(f"def build(L): return {expr(treedef)}", namespace)  # noqa: S102 - source made above
+    namespace = {"F": FrozenDict, "E": EMPTY, "T": treedef, "setattr": object.__setattr__}
+    body = expr(treedef)
+    if body.startswith("F("):  # a mapping at the root records the structure it was built with
+        body = f"t = {body}\n    setattr(t, '_treedef', T)\n    return t"
+    else:
+        body = f"return {body}"
+    exec(f"def build(L):\n    {body}", namespace)  # noqa: S102 - source made above
     namespace["K"] = tuple(keys)
     return namespace["build"]
 

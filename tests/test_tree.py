@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,24 @@ def test_treedef_repr_and_equality():
     assert t == fn.tree_structure({"w": 5, "b": (6, None)})
     assert t != fn.tree_structure({"b": (6, None), "w": 5})
     assert isinstance(t, TreeDef)
+
+
+def test_structures_are_interned_and_built_trees_know_theirs():
+    a = fn.freeze({"x": np.zeros(2), "y": ({"z": np.ones(3)}, None)})
+    b = fn.freeze({"x": np.ones(2), "y": ({"z": np.zeros(3)}, None)})
+    t = fn.tree_structure(a)
+    assert t is fn.tree_structure(b) and t is fn.tree_structure(dict(a))  # equal structures are one object
+    assert fn.tree_structure({"y": a["y"], "x": a["x"]}) is not t  # key order is part of the structure
+    built = fn.tree_unflatten(t, fn.tree_leaves(b))
+    assert fn.tree_structure(built) is t and fn.tree_leaves(built)[1] is fn.tree_leaves(b)[1]
+    assert pickle.loads(pickle.dumps(t)) is t
+
+
+def test_layouts_are_made_once_per_structure_shapes_and_dtype():
+    from fnnet.flat import Layout
+
+    p = fn.freeze({"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)})
+    q = fn.freeze({"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32)})
+    assert Layout.of(p) is Layout.of(q)
+    assert Layout.of(fn.tree_map(lambda a: a.astype(np.float64), p)) is not Layout.of(p)
+    assert Layout.of(fn.freeze({"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)})) is not Layout.of(p)

@@ -19,7 +19,7 @@ The runner (:func:`prepare`, :func:`run`, :func:`run_backward`, and for a sequen
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
@@ -166,30 +166,24 @@ class _Cache:
     grads: np.ndarray
 
 
-@attrs.frozen
-class Site:
-    """A layer prepared for one :class:`Sig`: its buffers, and what :func:`run` calls."""
+class Site(NamedTuple):
+    """A layer prepared for one :class:`Sig` by :func:`prepare`: its buffers, and what
+    :func:`run` calls. (A NamedTuple: one is made per layer for every plain step.)"""
 
     layer: Layer
     sig: Sig
     buf: Any
-    forward: Callable = attrs.field(init=False)
-    backward: Callable = attrs.field(init=False)
-    grads: Any = attrs.field(init=False)
-    plain: bool = attrs.field(init=False)  # neither random nor stateful: the hot path
-
-    def __attrs_post_init__(self) -> None:
-        layer = self.layer
-        object.__setattr__(self, "forward", layer._forward)
-        object.__setattr__(self, "backward", layer._backward)
-        object.__setattr__(self, "grads", self.sig.grads)
-        object.__setattr__(self, "plain", not (layer.stochastic or layer.stateful))
+    forward: Callable  # layer's forward and backward, and sig.grads, at hand for the hot path
+    backward: Callable
+    grads: Any
+    plain: bool  # neither random nor stateful
 
 
 def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
     """``layer`` ready to run on inputs of ``sig``: its hook's buffers made (unchecked:
     check the params and the input shape first)."""
-    return Site(layer, sig, sig if layer.buffers is None else layer.buffers(params, sig))
+    buf = sig if layer.buffers is None else layer.buffers(params, sig)
+    return Site(layer, sig, buf, layer._forward, layer._backward, sig.grads, not (layer.stochastic or layer.stateful))
 
 
 def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EMPTY) -> tuple[np.ndarray, Any, Any]:
