@@ -23,7 +23,7 @@ from . import random
 from ._errors import ShapeError
 from .flat import Layout, pack_state, unpack_state
 from .layers._checks import as_batch
-from .layers._layer import Layer, Sig, Site, prepare, run, run_backward
+from .layers._layer import Layer, Site, prepare_checked, run, run_backward
 from .metrics import accuracy
 from .optim import GradientTransformation, apply_updates
 from .tree import EMPTY, freeze
@@ -133,10 +133,7 @@ class Plan:
     def make(cls, step: Step, state: TrainState, x: np.ndarray, labels: np.ndarray) -> Plan:
         """Check the params against the model and the input (errors name the layer),
         then prepare the model in train mode, without the input's gradient."""
-        step.model.output_shape(state.params, x.shape[1:], x.dtype)
-        layout = Layout.of(state.params)
-        grads, views = layout.fresh_grads()
-        site = prepare(step.model, state.params, Sig(x.shape, x.dtype, train=True, need_dx=False, grads=views))
+        site, layout, grads = prepare_checked(step.model, state.params, x.shape, x.dtype, train=True, need_dx=False)
         return cls((x.shape, x.dtype, labels.shape, labels.dtype), layout, site, grads, step.optimizer.elementwise)
 
 
@@ -161,8 +158,7 @@ def run_step(
     call returned on this plan (it saves packing the params and the optimizer state
     again), else None. Returns the new state, the metrics and the new carry.
     """
-    key = None if step.key is None else random.fold_in(step.key, state.step)  # as step_key, without the call
-    logits, cache, model_state = run(plan.site, state.params, x, key, state.model_state)
+    logits, cache, model_state = run(plan.site, state.params, x, step.step_key(state.step), state.model_state)
     loss, dlogits = step.loss(logits, labels)
     metrics = {"loss": float(loss)}
     if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
@@ -205,14 +201,15 @@ def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 64, mode
         raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
     if model.stateful and not model_state:
         raise ValueError(f"predict: the {model.name} model has state (batch norm): pass model_state=state.model_state")
-    out_shape = model.output_shape(params, x.shape[1:], x.dtype)
-    out = np.empty((x.shape[0], *out_shape), x.dtype)
+    out = np.empty((x.shape[0], *model.output_shape(params, x.shape[1:], x.dtype)), x.dtype)
     site = None
     for i in range(0, x.shape[0], batch_size):
         chunk = x[i : i + batch_size]
         if site is None or site.sig.x_shape != chunk.shape:  # the first chunk, or a shorter last one
             site = None  # one set of buffers at a time: release the previous one first
-            site = prepare(model, params, Sig(chunk.shape, x.dtype, train=False, need_dx=False))
+            site, _, _ = prepare_checked(
+                model, params, chunk.shape, x.dtype, train=False, need_dx=False, backward=False
+            )
         y, _, _ = run(site, params, chunk, None, model_state)
         out[i : i + batch_size] = y
     return out

@@ -30,7 +30,8 @@ from ..flat import Layout
 from ..tree import EMPTY, freeze, tree_leaves, tree_leaves_with_path, tree_zip
 from ._checks import as_batch, check_init_dtype
 
-__all__ = ["Chain", "Layer", "Sig", "Site", "prepare", "run", "run_backward", "run_chain", "run_chain_backward"]
+__all__ = ["Chain", "Layer", "Sig", "Site", "prepare", "prepare_checked", "run", "run_backward", "run_chain",
+           "run_chain_backward"]
 
 
 @attrs.frozen
@@ -134,12 +135,9 @@ class Layer:
     ) -> tuple[np.ndarray, Any, Any]:
         """Checked forward pass threading ``state``; returns ``(y, cache, new_state)``."""
         x = as_batch(x, self.name)
-        self._check(params, x.shape[1:], x.dtype)
+        site, layout, flat = prepare_checked(self, params, x.shape, x.dtype, train=train, need_dx=True)
         if train and self.stochastic and key is None:
             raise TypeError(f"{self.name} is random in train mode: pass key=fnnet.random.key(...) (or train=False)")
-        layout = Layout.of(params)
-        flat, grads = layout.fresh_grads()
-        site = prepare(self, params, Sig(x.shape, x.dtype, train, True, grads))
         y, cache, state = run(site, params, x, key, state)
         return y, _Cache(site, cache, y.shape, layout, flat), state
 
@@ -184,6 +182,20 @@ def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
     check the params and the input shape first)."""
     buf = sig if layer.buffers is None else layer.buffers(params, sig)
     return Site(layer, sig, buf, layer._forward, layer._backward, sig.grads, not (layer.stochastic or layer.stateful))
+
+
+def prepare_checked(
+    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool = True
+) -> tuple[Site, Layout | None, np.ndarray | None]:
+    """Check ``params`` and inputs of ``x_shape`` and ``dtype`` against ``layer`` (errors
+    name the layer), then :func:`prepare` it. With ``backward``, its gradients go to a
+    fresh flat vector, returned with its layout (else both are None)."""
+    layer.output_shape(params, x_shape[1:], dtype)
+    if not backward:
+        return prepare(layer, params, Sig(x_shape, dtype, train, need_dx)), None, None
+    layout = Layout.of(params)
+    flat, grads = layout.fresh_grads()
+    return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, grads)), layout, flat
 
 
 def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EMPTY) -> tuple[np.ndarray, Any, Any]:
