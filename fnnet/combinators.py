@@ -7,14 +7,13 @@ checked and sped up as a top-level layer is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import SimpleNamespace
 
 import numpy as np
 
 from . import random
-from ._errors import FnnetError, ShapeError, TreeMismatchError
-from .layers._checks import fmt_shape
+from ._errors import FnnetError, ShapeError
+from .layers._checks import check_keys, fmt_shape
 from .layers._layer import Chain, Layer, prepare, run, run_backward, run_chain, run_chain_backward
 from .layers.reshape import identity
 from .tree import EMPTY, FrozenDict, param_count
@@ -25,12 +24,6 @@ def _reraise(err: FnnetError, key: str) -> FnnetError:
     new = type(err)(f"{key}: {err}")
     new.__cause__ = None
     return new
-
-
-def _check_keys(name: str, params, keys: tuple) -> None:
-    if not isinstance(params, Mapping) or set(params) != set(keys):
-        got = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
-        raise TreeMismatchError(f"{name}: params must hold exactly the keys {list(keys)}, got {got}")
 
 
 def serial(*layers: Layer) -> Layer:
@@ -60,7 +53,7 @@ def serial(*layers: Layer) -> Layer:
         return FrozenDict(params), shape
 
     def check(params, input_shape, dtype):
-        _check_keys("serial", params, names)
+        check_keys("serial", params, names)
         shape = input_shape
         for k, layer in children:
             try:
@@ -124,7 +117,7 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         return FrozenDict(block=pb, shortcut=ps), sb
 
     def check(params, input_shape, dtype):
-        _check_keys("residual", params, ("block", "shortcut"))
+        check_keys("residual", params, ("block", "shortcut"))
         out = {}
         for k, layer in parts:
             try:

@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from ._errors import TreeMismatchError
-from .tree import FrozenDict, TreeDef, tree_leaves, tree_leaves_with_path, tree_structure, tree_unflatten
+from .tree import FrozenDict, TreeDef, _path_str, tree_leaves, tree_leaves_with_path, tree_structure, tree_unflatten
 
 __all__ = ["Layout", "pack_state", "unpack_state"]
 
@@ -89,7 +89,7 @@ class Layout:
         for (path, _), (sl, _) in zip(tree_leaves_with_path(self.views(flat)), self.slices):
             if (bits[sl] == marker).any():
                 raise TreeMismatchError(
-                    f"{where}: backward left the gradient of {'/'.join(map(str, path))} (or part of it) unwritten: "
+                    f"{where}: backward left the gradient of {_path_str(path)} (or part of it) unwritten: "
                     "a backward must fill every leaf of sig.grads it returns, or return new arrays"
                 )
 

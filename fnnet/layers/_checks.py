@@ -7,7 +7,7 @@ axis (``(C, H, W)`` for images, ``(features,)`` for vectors). Arrays passed to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,9 +53,7 @@ def check_params(name: str, params: Any, dtype: np.dtype, **shapes: tuple) -> No
     ``check_params(name, params, dtype)`` asks for no params."""
     if dtype not in FLOAT_DTYPES:
         raise DTypeError(f"{name}: input dtype must be float32 or float64, got {dtype}")
-    if not (type(params) is FrozenDict or isinstance(params, Mapping)) or params.keys() != shapes.keys():
-        got = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
-        raise TreeMismatchError(f"{name}: params must hold exactly the keys {sorted(shapes)}, got {got}")
+    check_keys(name, params, shapes.keys())
     for key, want in shapes.items():
         leaf = params[key]
         if not isinstance(leaf, np.ndarray):
@@ -67,15 +65,30 @@ def check_params(name: str, params: Any, dtype: np.dtype, **shapes: tuple) -> No
             raise DTypeError(f"{name}: input dtype {dtype} does not match the params' dtype {leaf.dtype}")
 
 
-def shape_keeping(name: str) -> tuple:
-    """``init`` and ``check`` of a layer without params whose output has its input's shape."""
+def check_keys(name: str, params: Any, keys: Collection) -> None:
+    """``params`` must be a mapping with exactly ``keys`` (a dict's keys, listed sorted, or
+    a sequence, listed in order), or a TreeMismatchError naming the layer."""
+    view = type(keys) is _DICT_KEYS
+    mapping = type(params) is FrozenDict or isinstance(params, Mapping)
+    if not mapping or params.keys() != (keys if view else set(keys)):
+        got = sorted(map(str, params)) if isinstance(params, Mapping) else type(params).__name__
+        raise TreeMismatchError(f"{name}: params must hold exactly the keys {sorted(keys) if view else list(keys)}, "
+                                f"got {got}")
+
+
+_DICT_KEYS = type({}.keys())
+
+
+def without_params(name: str, out_shape: Callable[[tuple], tuple] = tuple) -> tuple:
+    """``init`` and ``check`` of a layer without params whose per-sample output shape is
+    ``out_shape(input_shape)`` (which raises for an input it cannot take)."""
 
     def init(key, input_shape, dtype):
-        return EMPTY, input_shape
+        return EMPTY, out_shape(input_shape)
 
     def check(params, input_shape, dtype):
         check_params(name, params, dtype)
-        return tuple(input_shape)
+        return out_shape(tuple(input_shape))
 
     return init, check
 

@@ -27,7 +27,7 @@ import numpy as np
 from .. import random
 from .._errors import DTypeError, ShapeError, TreeMismatchError
 from ..flat import Layout
-from ..tree import EMPTY, freeze, tree_leaves, tree_leaves_with_path, tree_zip
+from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path, tree_zip
 from ._checks import as_batch, check_init_dtype
 
 __all__ = ["Chain", "Layer", "Sig", "Site", "prepare", "prepare_checked", "run", "run_backward", "run_chain",
@@ -279,7 +279,7 @@ def _adopt(site: Site, grads: Any) -> None:
         raise TreeMismatchError(f"{where}: backward returned gradients without the params' structure ({err})") from None
     for (path, target), (_, leaf) in zip(tree_leaves_with_path(want), pairs):
         leaf = np.asarray(leaf)
-        name = "/".join(map(str, path))
+        name = _path_str(path)
         if leaf.shape != target.shape:
             raise ShapeError(f"{where}: backward returned a gradient of shape {leaf.shape} for params {name!r} "
                              f"of shape {target.shape}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..tree import EMPTY
-from ._checks import shape_keeping
+from ._checks import without_params
 from ._layer import Layer
 
 
@@ -26,7 +26,7 @@ def elementwise(
     function may write into and return (jit reuses it from step to step).
     """
 
-    init, check = shape_keeping(name)
+    init, check = without_params(name)
 
     def buffers(params, sig):
         return sig.empty(), sig.dx_buffer()

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import random
 from ..tree import EMPTY
-from ._checks import shape_keeping
+from ._checks import without_params
 from ._layer import Layer
 
 
@@ -25,7 +25,7 @@ def dropout(rate: float) -> Layer:
     name = "dropout"
     keep_scale = 1.0 / (1.0 - rate)
 
-    init, check = shape_keeping(name)
+    init, check = without_params(name)
 
     def buffers(params, sig):
         if not sig.train or rate == 0.0:

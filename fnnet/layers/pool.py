@@ -13,7 +13,7 @@ import numpy as np
 from .. import kernels
 from .._errors import ShapeError
 from ..tree import EMPTY
-from ._checks import check_ndim, check_params, fmt_shape, pair
+from ._checks import check_ndim, fmt_shape, pair, without_params
 from ._geometry import out_size
 from ._layer import Layer
 
@@ -30,14 +30,7 @@ def _windowed(name: str, window, stride) -> tuple:
             raise ShapeError(f"{name}: input {fmt_shape(input_shape)} is smaller than the {kh}x{kw} window")
         return (c, out_size(h, kh, sh), out_size(w, kw, sw))
 
-    def init(key, input_shape, dtype):
-        return EMPTY, out_shape(input_shape)
-
-    def check(params, input_shape, dtype):
-        check_params(name, params, dtype)
-        return out_shape(tuple(input_shape))
-
-    return (kh, kw, sh, sw), init, check, out_shape
+    return (kh, kw, sh, sw), *without_params(name, out_shape), out_shape
 
 
 def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:
@@ -90,14 +83,11 @@ def global_avg_pool2d() -> Layer:
     """The mean over all of H and W: (N, C, H, W) -> (N, C)."""
     name = "global_avg_pool2d"
 
-    def init(key, input_shape, dtype):
+    def out_shape(input_shape):
         check_ndim(name, input_shape, 3, "a (C, H, W)")
-        return EMPTY, input_shape[:1]
+        return input_shape[:1]
 
-    def check(params, input_shape, dtype):
-        check_params(name, params, dtype)
-        check_ndim(name, tuple(input_shape), 3, "a (C, H, W)")
-        return tuple(input_shape)[:1]
+    init, check = without_params(name, out_shape)
 
     def buffers(params, sig):
         return SimpleNamespace(y=sig.empty(sig.x_shape[:2]), dx=sig.dx_buffer())

@@ -7,19 +7,14 @@ from collections.abc import Callable
 
 from .._errors import ShapeError
 from ..tree import EMPTY
-from ._checks import check_params, fmt_shape
+from ._checks import fmt_shape, without_params
 from ._layer import Layer
 
 
 def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
     """A layer without params whose output is ``x`` viewed with per-sample ``out_shape``."""
 
-    def init(key, input_shape, dtype):
-        return EMPTY, out_shape(input_shape)
-
-    def check(params, input_shape, dtype):
-        check_params(name, params, dtype)
-        return out_shape(tuple(input_shape))
+    init, check = without_params(name, out_shape)
 
     def buffers(params, sig):  # nothing to allocate: the output shape, found once
         return (sig.x_shape[0], *out_shape(sig.x_shape[1:]))
