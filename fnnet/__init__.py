@@ -5,12 +5,14 @@ composes layers; ``train_step`` folds model, loss and optimizer into one pure st
 and ``jit`` specialises it.
 """
 
-from . import checkpoint, data, init, kernels, layers, losses, metrics, optim, random, tree
+from . import checkpoint, data, init, kernels, layers, losses, metrics, optim, random, runtime, tree
 from ._errors import (
     DataError,
     DataNotFoundError,
+    DivergenceError,
     DTypeError,
     FnnetError,
+    InvalidTypeError,
     InvalidValueError,
     ShapeError,
     TreeMismatchError,
@@ -45,8 +47,10 @@ __version__ = "0.1.0"
 __all__ = [
     "DataError",
     "DataNotFoundError",
+    "DivergenceError",
     "DTypeError",
     "FnnetError",
+    "InvalidTypeError",
     "InvalidValueError",
     "JitStep",
     "Layer",
@@ -81,6 +85,7 @@ __all__ = [
     "random",
     "relu",
     "reshape",
+    "runtime",
     "residual",
     "serial",
     "sigmoid",

@@ -21,6 +21,15 @@ class InvalidValueError(FnnetError, ValueError):
     """A value is out of its domain (NaN or inf in a loss input, a label out of range...)."""
 
 
+class InvalidTypeError(FnnetError, TypeError):
+    """An argument is of the wrong kind (a number where a schedule is expected...)."""
+
+
+class DivergenceError(InvalidValueError):
+    """A training step would have returned non-finite params or loss. Nothing was
+    returned: the state passed in is the last good one."""
+
+
 class DataError(FnnetError, ValueError):
     """A data or checkpoint file is corrupt, truncated, tampered with or of the wrong kind."""
 

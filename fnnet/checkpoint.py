@@ -1,11 +1,15 @@
 """Safe checkpoints of any pytree of arrays: ``.npz`` plus JSON structure, no pickle.
 
 The file is a numpy ``.npz`` holding one entry per leaf (``leaf_0``, ``leaf_1``, ...) and
-a ``__header__`` entry: UTF-8 JSON with the tree structure, user metadata and the sha256
-of the structure and every leaf's dtype, shape and bytes. :func:`save` writes to a
-temporary file in the same folder, flushes it to disk and renames it over the target,
-so a crash or a full disk never destroys the previous checkpoint. :func:`load` rejects
-truncated or tampered files and, given ``like=``, trees of another structure.
+a ``__header__`` entry: UTF-8 JSON with the tree structure, user metadata, the sha256
+of the structure and every leaf's dtype, shape and bytes (:func:`digest`), and a sha256
+of the header itself, so that the metadata (a step count, a config) is covered too.
+:func:`save` writes to a temporary file in the same folder, flushes it to disk and
+renames it over the target, so a crash or a full disk never destroys the previous
+checkpoint; temporary files that a killed save left behind are removed by the next
+successful save of the same checkpoint. :func:`load` rejects truncated, malformed or
+tampered files (a :class:`~fnnet.DataError` naming the file) before it allocates
+anything a header claims, and, given ``like=``, trees of another structure.
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
+import re
+import secrets
 import zipfile
 from typing import Any
 
 import numpy as np
 
 from ._errors import DataError, TreeMismatchError
-from .tree import TreeDef, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
+from .tree import TreeDef, check_like, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 
 __all__ = ["save", "load", "digest"]
 
-FORMAT = "fnnet-checkpoint-1"
+FORMAT = "fnnet-checkpoint-2"  # 1: the header's own sha256 did not exist (metadata not covered)
+_KINDS = ("dict", "tuple", "list")
 
 
 def _treedef_to_json(t: TreeDef) -> Any:
@@ -43,12 +49,19 @@ def _treedef_to_json(t: TreeDef) -> Any:
 
 
 def _treedef_from_json(j: Any) -> TreeDef:
+    """The inverse of :func:`_treedef_to_json`; ValueError for anything it never writes."""
     if j == "*":
         return TreeDef("leaf")
     if j is None:
         return TreeDef("none")
+    if not (isinstance(j, dict) and len(j) == 1):
+        raise ValueError(f"bad structure node {j!r:.60}")
     (kind, body), = j.items()
+    if kind not in _KINDS or not isinstance(body, list):
+        raise ValueError(f"bad structure node {j!r:.60}")
     if kind == "dict":
+        if not all(isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str) for kv in body):
+            raise ValueError(f"bad mapping node {j!r:.60}")
         return TreeDef("dict", tuple(k for k, _ in body), tuple(_treedef_from_json(c) for _, c in body))
     return TreeDef(kind, (), tuple(_treedef_from_json(c) for c in body))
 
@@ -78,19 +91,62 @@ def _digest(structure: str, leaves: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _header_sha256(header: dict) -> str:
+    """sha256 of everything in the header but itself (canonical JSON)."""
+    body = {k: header[k] for k in ("format", "structure", "sha256", "metadata")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _tmp_pattern(path: pathlib.Path) -> re.Pattern:
+    return re.compile(re.escape(f".{path.name}.") + r"(?P<pid>[^.]+)\.[0-9a-f]+\.tmp")
+
+
+def _remove_stale_tmp(path: pathlib.Path) -> list[pathlib.Path]:
+    """Remove the temporary files of earlier saves of ``path`` whose process is gone
+    (a save killed between writing and renaming); returns what was removed."""
+    removed, pattern = [], _tmp_pattern(path)
+    for q in path.parent.iterdir():
+        m = pattern.fullmatch(q.name)
+        if m is None:
+            continue
+        pid = int(m["pid"]) if m["pid"].isdigit() else None
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # that process still runs: it may be saving right now
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, another user's
+        try:
+            q.unlink()
+            removed.append(q)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> str:
-    """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically; returns the sha256."""
+    """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically; returns the
+    sha256 of the tree (:func:`digest`)."""
     path = pathlib.Path(path)
     leaves = _leaves(tree)
     structure = json.dumps(_treedef_to_json(tree_structure(tree)))
     sha = _digest(structure, leaves)
-    header = json.dumps({"format": FORMAT, "structure": structure, "sha256": sha, "metadata": metadata or {}})
-    arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
-    arrays["__header__"] = np.frombuffer(header.encode(), np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    header = {"format": FORMAT, "structure": structure, "sha256": sha, "metadata": metadata or {}}
     try:
-        with os.fdopen(fd, "wb") as f:
+        header["header_sha256"] = _header_sha256(header)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"checkpoint: metadata must be JSON-able ({exc})") from None
+    arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a checkpoint file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the pid in the name lets a later save tell a dead save's leftovers from a running one's
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -98,51 +154,71 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> st
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _remove_stale_tmp(path)
     return sha
+
+
+def _read_leaf(z: zipfile.ZipFile, name: str, path: pathlib.Path, budget: int) -> np.ndarray:
+    """One ``.npy`` member, after checking that its header's shape and dtype fit the bytes
+    the member holds (a crafted size is an error, never a huge allocation)."""
+    try:
+        info = z.getinfo(name + ".npy")
+    except KeyError:
+        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint (no {name})") from None
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size or info.file_size > budget:
+        raise DataError(f"{path}: {name} is not stored as fnnet writes it (compressed or larger than the file)")
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+            raise DataError(f"{path}: {name} holds Python objects, which a checkpoint never does")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if info.file_size - f.tell() != nbytes:
+            raise DataError(
+                f"{path}: {name} declares {dtype}{list(shape)} ({nbytes} bytes) but holds {info.file_size - f.tell()}"
+            )
+        raw = f.read(nbytes)
+    a = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C")  # read-only, on ``raw``
+    return a if a.flags.c_contiguous else a.copy()
 
 
 def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
     """``(tree, metadata)`` from a checkpoint written by :func:`save`.
 
     The tree is frozen (FrozenDict/tuple containers, read-only leaves). Raises
-    :class:`DataError` for a missing, truncated or tampered file, and
-    :class:`TreeMismatchError` if ``like`` is given and the structure, a shape or a dtype
-    differs (the message names the path).
+    :class:`DataError` naming the file for a missing, truncated, malformed or tampered
+    file (leaves or metadata), and :class:`TreeMismatchError` if ``like`` is given and
+    the structure, a shape or a dtype differs (the message names the path).
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
+        raise DataError(f"{path}: no such checkpoint" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(bytes(z["__header__"]).decode())
+        with zipfile.ZipFile(path) as z:
+            budget = path.stat().st_size
+            header = json.loads(bytes(_read_leaf(z, "__header__", path, budget)).decode())
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
             if header.get("format") != FORMAT:
-                raise DataError(f"{path}: not an fnnet checkpoint (format {header.get('format')!r})")
+                raise DataError(f"{path}: not an fnnet checkpoint of format {FORMAT} (format {header.get('format')!r})")
+            if not (isinstance(header.get("structure"), str) and isinstance(header.get("metadata"), dict)
+                    and isinstance(header.get("sha256"), str) and isinstance(header.get("header_sha256"), str)):
+                raise ValueError("the header lacks structure, metadata or digests")
+            if _header_sha256(header) != header["header_sha256"]:
+                raise DataError(f"{path}: sha256 mismatch in the header, its metadata was modified or damaged")
             treedef = _treedef_from_json(json.loads(header["structure"]))
-            leaves = [z[f"leaf_{i}"] for i in range(treedef.num_leaves)]
+            leaves = [_read_leaf(z, f"leaf_{i}", path, budget) for i in range(treedef.num_leaves)]
+            if len(z.namelist()) != treedef.num_leaves + 1:
+                raise ValueError(f"{len(z.namelist())} entries for {treedef.num_leaves} leaves")
     except DataError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: truncated or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    except (OSError, ValueError, TypeError, KeyError, EOFError, RecursionError, MemoryError, UnicodeDecodeError,
+            zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
     if _digest(header["structure"], leaves) != header["sha256"]:
         raise DataError(f"{path}: sha256 mismatch, the checkpoint was modified or damaged")
     tree = tree_unflatten(treedef, leaves)
     if like is not None:
-        _check_like(tree, like, path)
+        check_like(tree, like, f"{path}: the checkpoint does not match the expected tree")
     return freeze(tree), header["metadata"]
-
-
-def _check_like(tree: Any, like: Any, path: pathlib.Path) -> None:
-    if tree_structure(like) != tree_structure(tree):
-        from .tree import tree_map
-
-        try:
-            tree_map(lambda a, b: None, like, tree)
-        except TreeMismatchError as exc:
-            raise TreeMismatchError(f"{path}: checkpoint does not match the expected tree: {exc}") from None
-        raise TreeMismatchError(f"{path}: checkpoint structure {tree_structure(tree)} != {tree_structure(like)}")
-    for (p, a), b in zip(tree_leaves_with_path(tree), _leaves(like)):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            where = "/".join(map(str, p)) or "<root>"
-            raise TreeMismatchError(
-                f"{path}: at {where} the checkpoint has {a.dtype}{list(a.shape)}, expected {b.dtype}{list(b.shape)}"
-            )

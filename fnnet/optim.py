@@ -16,12 +16,14 @@ Transforms flagged ``elementwise=True`` act on each element independently, so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import numpy as np
 
+from ._errors import InvalidTypeError, InvalidValueError
 from .tree import FrozenDict, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map, tree_unflatten
 
 __all__ = [
@@ -86,21 +88,61 @@ def _zeros_like(tree: Any) -> Any:
     return tree_map(np.zeros_like, tree)
 
 
+def _real(where: str, what: str, value: Any, low: float | None = None, high: float | None = None,
+          low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float in the interval given, or an InvalidValueError naming
+    ``where`` (the function) and ``what`` (the argument), with the value received."""
+    interval = ""
+    if low is not None and high is not None:
+        interval = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        interval = f" {'>' if low_open else '>='} {low:g}"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not (
+        math.isfinite(v)
+        and (low is None or (v > low if low_open else v >= low))
+        and (high is None or (v < high if high_open else v <= high))
+    ):
+        raise InvalidValueError(f"{where}: {what} must be a finite number{interval}, got {value!r}")
+    return v
+
+
+def _int(where: str, what: str, value: Any, low: int) -> int:
+    """``value`` as an int >= ``low``, or an InvalidValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidValueError(f"{where}: {what} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
 def _check_rate(name: str, value: Any) -> Schedule:
-    """A float becomes a constant schedule; a callable is taken as a schedule."""
+    """A float becomes a constant schedule; a callable is taken as a schedule (its values
+    are checked at each step by :func:`_value_at`)."""
     if callable(value):
         return value
-    v = float(value)
-    if not np.isfinite(v) or v < 0:
-        raise ValueError(f"{name}: learning_rate must be a finite float >= 0 or a schedule, got {value!r}")
-    return constant(v)
+    return constant(_real(name, "learning_rate", value, low=0.0))
+
+
+def _value_at(name: str, what: str, schedule: Schedule, step: int, low: float | None = None) -> float:
+    """``schedule(step)`` as a float, or an error before it is used if it is NaN, inf or
+    below ``low`` (a negative rate trains the wrong way, an inf one makes NaN params)."""
+    value = schedule(step)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not math.isfinite(v) or (low is not None and v < low):
+        bound = "" if low is None else f" >= {low:g}"
+        raise InvalidValueError(
+            f"{name}: the schedule gave {value!r} at step {step}; {what} must be a finite number{bound}"
+        )
+    return v
 
 
 def _check_unit(name: str, what: str, value: float, closed: bool = True) -> float:
-    v = float(value)
-    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
-        raise ValueError(f"{name}: {what} must be in [0, 1{']' if closed else ')'}, got {value!r}")
-    return v
+    return _real(name, what, value, 0.0, 1.0, high_open=not closed)
 
 
 # -- schedules ---------------------------------------------------------------------------
@@ -108,23 +150,22 @@ def _check_unit(name: str, what: str, value: float, closed: bool = True) -> floa
 
 def constant(value: float) -> Schedule:
     """``step -> value``."""
-    value = float(value)
+    value = _real("constant", "value", value)
     return lambda step: value
 
 
 def inverse_time_decay(init_value: float, decay: float) -> Schedule:
     """``step -> init_value / (1 + decay * step)`` (Keras' legacy ``decay``)."""
-    init_value, decay = float(init_value), float(decay)
-    if decay < 0:
-        raise ValueError(f"inverse_time_decay: decay must be >= 0, got {decay}")
+    init_value = _real("inverse_time_decay", "init_value", init_value)
+    decay = _real("inverse_time_decay", "decay", decay, low=0.0)
     return lambda step: init_value / (1.0 + decay * step)
 
 
 def exponential_decay(init_value: float, decay_rate: float, transition_steps: int, staircase: bool = False) -> Schedule:
     """``step -> init_value * decay_rate ** (step / transition_steps)`` (floored if ``staircase``)."""
-    init_value, decay_rate = float(init_value), float(decay_rate)
-    if transition_steps < 1 or decay_rate <= 0:
-        raise ValueError("exponential_decay: transition_steps must be >= 1 and decay_rate > 0")
+    init_value = _real("exponential_decay", "init_value", init_value)
+    decay_rate = _real("exponential_decay", "decay_rate", decay_rate, low=0.0, low_open=True)
+    transition_steps = _int("exponential_decay", "transition_steps", transition_steps, 1)
 
     def schedule(step):
         p = step // transition_steps if staircase else step / transition_steps
@@ -135,18 +176,23 @@ def exponential_decay(init_value: float, decay_rate: float, transition_steps: in
 
 def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule:
     """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) == len(boundaries) + 1``)."""
-    boundaries, values = [int(b) for b in boundaries], [float(v) for v in values]
+    boundaries = [_int("piecewise_constant", f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
+    values = [_real("piecewise_constant", f"values[{i}]", v) for i, v in enumerate(values)]
     if len(values) != len(boundaries) + 1 or boundaries != sorted(boundaries):
-        raise ValueError("piecewise_constant: needs sorted boundaries and one more value than boundaries")
+        raise InvalidValueError(
+            f"piecewise_constant: needs sorted boundaries and one more value than boundaries, got boundaries "
+            f"{boundaries} and {len(values)} values"
+        )
     return lambda step: values[int(np.searchsorted(boundaries, step, side="right"))]
 
 
 def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0, warmup_steps: int = 0) -> Schedule:
     """Linear warm-up from 0 over ``warmup_steps``, then half a cosine from ``init_value``
     down to ``alpha * init_value`` at ``decay_steps`` (counted after the warm-up), then flat."""
-    init_value, alpha = float(init_value), float(alpha)
-    if decay_steps < 1 or warmup_steps < 0:
-        raise ValueError("cosine_decay: decay_steps must be >= 1 and warmup_steps >= 0")
+    init_value = _real("cosine_decay", "init_value", init_value)
+    alpha = _real("cosine_decay", "alpha", alpha, 0.0, 1.0)
+    decay_steps = _int("cosine_decay", "decay_steps", decay_steps, 1)
+    warmup_steps = _int("cosine_decay", "warmup_steps", warmup_steps, 0)
 
     def schedule(step):
         if step < warmup_steps:
@@ -167,7 +213,7 @@ def identity() -> GradientTransformation:
 
 def scale(factor: float) -> GradientTransformation:
     """``u -> factor * u``."""
-    factor = float(factor)
+    factor = _real("scale", "factor", factor)
 
     def update(updates, state, params=None):
         return tree_map(lambda u: u * factor, updates), state
@@ -184,7 +230,7 @@ def scale_by_learning_rate(learning_rate: float | Schedule) -> GradientTransform
 
     def update(updates, state, params=None):
         t = int(state["count"])
-        lr = float(schedule(t))
+        lr = _value_at("scale_by_learning_rate", "a learning rate", schedule, t, low=0.0)
         new = tree_map(lambda u: u * -lr, updates)
         return new, FrozenDict(count=_count(t + 1), learning_rate=_scalar(lr))
 
@@ -214,7 +260,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     """
     b1 = _check_unit("scale_by_adam", "b1", b1, closed=False)
     b2 = _check_unit("scale_by_adam", "b2", b2, closed=False)
-    eps = float(eps)
+    eps = _real("scale_by_adam", "eps", eps, low=0.0)
 
     def init(params):
         return FrozenDict(count=_count(0), mu=_zeros_like(params), nu=_zeros_like(params))
@@ -233,11 +279,11 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
 def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
     """``u -> schedule(t) * u``, with ``t`` the number of updates already applied."""
     if not callable(schedule):
-        raise TypeError("scale_by_schedule: schedule must be a callable step -> value")
+        raise InvalidTypeError(f"scale_by_schedule: schedule must be a callable step -> value, got {schedule!r}")
 
     def update(updates, state, params=None):
         t = int(state["count"])
-        factor = float(schedule(t))
+        factor = _value_at("scale_by_schedule", "a scale factor", schedule, t)
         return tree_map(lambda u: u * factor, updates), FrozenDict(count=_count(t + 1))
 
     return GradientTransformation(lambda params: FrozenDict(count=_count(0)), update, elementwise=True)
@@ -246,7 +292,7 @@ def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformation:
     """RMSprop's direction: ``nu = decay nu + (1-decay) g^2``, ``u = g / (sqrt(nu) + eps)``."""
     decay = _check_unit("scale_by_rms", "decay", decay, closed=False)
-    eps = float(eps)
+    eps = _real("scale_by_rms", "eps", eps, low=0.0)
 
     def init(params):
         return FrozenDict(nu=_zeros_like(params))
@@ -261,9 +307,8 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformatio
 def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> GradientTransformation:
     """Adagrad's direction: ``s = s + g^2`` (from ``initial_accumulator_value``),
     ``u = g / (sqrt(s) + eps)``."""
-    init_value, eps = float(initial_accumulator_value), float(eps)
-    if init_value < 0:
-        raise ValueError(f"scale_by_rss: initial_accumulator_value must be >= 0, got {init_value}")
+    init_value = _real("scale_by_rss", "initial_accumulator_value", initial_accumulator_value, low=0.0)
+    eps = _real("scale_by_rss", "eps", eps, low=0.0)
 
     def init(params):
         return FrozenDict(sum_of_squares=tree_map(lambda p: np.full_like(p, init_value), params))
@@ -279,13 +324,11 @@ def add_decayed_weights(weight_decay: float, mask: Any = None) -> GradientTransf
     """``u -> u + weight_decay * params`` (decoupled weight decay, applied before the
     learning rate). ``mask`` (a tree of bools like params, or ``params -> tree``) limits
     it to some leaves, e.g. ``lambda p: tree_map(lambda a: a.ndim > 1, p)`` skips biases."""
-    weight_decay = float(weight_decay)
-    if weight_decay < 0:
-        raise ValueError(f"add_decayed_weights: weight_decay must be >= 0, got {weight_decay}")
+    weight_decay = _real("add_decayed_weights", "weight_decay", weight_decay, low=0.0)
 
     def update(updates, state, params=None):
         if params is None:
-            raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
+            raise InvalidValueError("add_decayed_weights needs params: call update(grads, state, params)")
         return tree_map(lambda u, p: u + weight_decay * p, updates, params), state
 
     t = GradientTransformation(lambda params: FrozenDict(), update, elementwise=True)
@@ -295,9 +338,7 @@ def add_decayed_weights(weight_decay: float, mask: Any = None) -> GradientTransf
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all updates by ``max_norm / global_norm`` when their global L2 norm exceeds
     ``max_norm`` (the norm over all leaves together)."""
-    max_norm = float(max_norm)
-    if not max_norm > 0:
-        raise ValueError(f"clip_by_global_norm: max_norm must be > 0, got {max_norm}")
+    max_norm = _real("clip_by_global_norm", "max_norm", max_norm, low=0.0, low_open=True)
 
     def update(updates, state, params=None):
         norm = float(np.sqrt(sum(np.vdot(u, u).real for u in tree_leaves(updates))))
@@ -325,7 +366,7 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
     leaves. Freeze params with ``masked(set_to_zero(), frozen)`` first in a chain.
     """
     if not isinstance(inner, GradientTransformation):
-        raise TypeError(f"masked: inner is a {type(inner).__name__}, not a GradientTransformation")
+        raise InvalidTypeError(f"masked: inner is a {type(inner).__name__}, not a GradientTransformation")
 
     def flags(tree):
         m = mask(tree) if callable(mask) else mask
@@ -355,7 +396,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply ``transforms`` in order; the state is the tuple of their states."""
     for i, t in enumerate(transforms):
         if not isinstance(t, GradientTransformation):
-            raise TypeError(f"chain: argument {i} is a {type(t).__name__}, not a GradientTransformation")
+            raise InvalidTypeError(f"chain: argument {i} is a {type(t).__name__}, not a GradientTransformation")
 
     def init(params):
         return tuple(t.init(params) for t in transforms)
@@ -378,7 +419,7 @@ def sgd(learning_rate: float | Schedule, momentum: float = 0.0, nesterov: bool =
     ``w -= lr m``."""
     momentum = _check_unit("sgd", "momentum", momentum)
     if nesterov and momentum == 0:
-        raise ValueError("sgd: nesterov=True needs momentum > 0")
+        raise InvalidValueError("sgd: nesterov=True needs momentum > 0, got momentum=0")
     lr = scale_by_learning_rate(learning_rate)
     return chain(trace(momentum, nesterov), lr) if momentum else lr
 
@@ -429,7 +470,8 @@ def keras_sgd(learning_rate: float, momentum: float = 0.0, decay: float = 0.0) -
     with ``t`` the number of updates already applied (0 for the first).
     """
     momentum = _check_unit("keras_sgd", "momentum", momentum)
-    schedule = inverse_time_decay(float(learning_rate), decay)
+    learning_rate = _real("keras_sgd", "learning_rate", learning_rate, low=0.0)
+    schedule = inverse_time_decay(learning_rate, _real("keras_sgd", "decay", decay, low=0.0))
 
     def init(params):
         return FrozenDict(count=_count(0), learning_rate=_scalar(schedule(0)), velocity=_zeros_like(params))

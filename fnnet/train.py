@@ -13,6 +13,7 @@ they give the same bits by construction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,13 +21,13 @@ import attrs
 import numpy as np
 
 from . import random
-from ._errors import ShapeError
+from ._errors import DivergenceError, ShapeError
 from .flat import Layout, pack_state, unpack_state
 from .layers._checks import as_batch
 from .layers._layer import Layer, Site, prepare_checked, run, run_backward
 from .metrics import accuracy
-from .optim import GradientTransformation, apply_updates
-from .tree import EMPTY, freeze
+from .optim import GradientTransformation, apply_updates, learning_rate
+from .tree import EMPTY, _path_str, check_like, freeze, tree_leaves, tree_leaves_with_path
 
 __all__ = ["TrainState", "Step", "train_step", "predict"]
 
@@ -158,9 +159,18 @@ def run_step(
     call returned on this plan (it saves packing the params and the optimizer state
     again), else None. Returns the new state, the metrics and the new carry.
     """
+    if carry is None:  # a state this plan has not seen: does it fit the optimizer and model?
+        check_state(step, state)
     logits, cache, model_state = run(plan.site, state.params, x, step.step_key(state.step), state.model_state)
+    if not _finite(logits):
+        raise DivergenceError(
+            f"step {state.step}: the model's outputs are NaN or inf (the forward pass overflowed: params or inputs "
+            "too large); the state passed in is unchanged"
+        )
     loss, dlogits = step.loss(logits, labels)
     metrics = {"loss": float(loss)}
+    if not math.isfinite(metrics["loss"]):
+        raise DivergenceError(f"step {state.step}: the loss is {metrics['loss']}; the state passed in is unchanged")
     if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
         metrics["accuracy"] = accuracy(logits, labels)
     run_backward(plan.site, cache, dlogits)  # the gradients land in plan.grads
@@ -170,7 +180,10 @@ def run_step(
     model_state = model_state if model_state is EMPTY else freeze(model_state)
     if not plan.flat:  # the optimizer needs the tree (clip_by_global_norm, masked)
         updates, opt_state = step.optimizer.update(plan.site.grads, state.opt_state, state.params)
-        new = TrainState(apply_updates(state.params, updates), freeze(opt_state), state.step + 1, model_state)
+        params = apply_updates(state.params, updates)
+        if not all(map(_finite, tree_leaves(params))):
+            raise _diverged(state.step, params, plan.site.grads, opt_state)
+        new = TrainState(params, freeze(opt_state), state.step + 1, model_state)
         return new, metrics, None
     if carry is not None:
         flat, opt_state, packed = carry.params, carry.opt_state, carry.packed
@@ -179,12 +192,51 @@ def run_step(
         opt_state, packed = pack_state(state.opt_state, plan.layout)
     updates, opt_state = step.optimizer.update(plan.grads, opt_state, flat)
     new_flat = np.add(flat, updates, dtype=plan.layout.dtype)
+    if not _finite(new_flat):
+        raise _diverged(state.step, plan.layout.views(new_flat), plan.grads, opt_state)
     params = plan.layout.unpack(new_flat)
     new_opt, aliased = unpack_state(opt_state, packed, plan.layout, plan.grads)
     new = TrainState(params, new_opt, state.step + 1, model_state)
     if aliased:  # the optimizer kept the gradient buffer in its state: carry nothing, pack again next time
         return new, metrics, None
     return new, metrics, Carry(plan, new, new_flat, opt_state, packed)
+
+
+def check_state(step: Step, state: TrainState) -> None:
+    """TreeMismatchError unless ``state.opt_state`` (and a stateful model's
+    ``state.model_state``) has the structure, shapes and dtypes that ``step``'s optimizer
+    (and model) make for ``state.params``: a state of another optimizer or model is
+    named as such, not met as a KeyError deep inside an update."""
+    check_like(
+        state.opt_state, step.optimizer.init(state.params),
+        "step: state.opt_state does not fit this step's optimizer (a state made by another optimizer or for other params?)",
+    )
+    if step.model.stateful:
+        check_like(
+            state.model_state, step.model.init_state(state.params),
+            f"step: state.model_state does not fit the {step.model.name} model (a state of another model?)",
+        )
+
+
+def _finite(a: np.ndarray) -> bool:
+    """Whether every element of ``a`` is finite: one BLAS dot product (a NaN or inf makes
+    it NaN or inf), and the exact test only when that overflows or fails."""
+    return math.isfinite(np.vdot(a, a)) or bool(np.isfinite(a).all())
+
+
+def _diverged(step: int, params: Any, grads: Any, opt_state: Any) -> DivergenceError:
+    """The error of a step whose update made ``params`` non-finite, with the likely cause."""
+    bad = [_path_str(path) for path, leaf in tree_leaves_with_path(params) if not np.isfinite(leaf).all()]
+    lr = learning_rate(opt_state)
+    if all(np.isfinite(g).all() for g in tree_leaves(grads)):
+        cause = (f"the gradients were finite, so the optimizer's update overflowed: the learning rate "
+                 f"{'' if lr is None else f'({lr:g}) '}is likely too large")
+    else:
+        cause = "the gradients were already NaN or inf: the forward or backward pass overflowed (params or inputs too large)"
+    return DivergenceError(
+        f"step {step}: the update would make the params NaN or inf (at {', '.join(bad[:4])}"
+        f"{'...' if len(bad) > 4 else ''}); the state passed in is unchanged. Likely cause: {cause}"
+    )
 
 
 def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 64, model_state: Any = EMPTY) -> np.ndarray:

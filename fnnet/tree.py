@@ -24,6 +24,7 @@ __all__ = [
     "EMPTY",
     "FrozenDict",
     "TreeDef",
+    "check_like",
     "freeze",
     "param_count",
     "tree_flatten",
@@ -269,38 +270,52 @@ def tree_unflatten(treedef: TreeDef, leaves: list | tuple) -> Any:
     return treedef.builder()(leaves)
 
 
-def _check_same(trees: tuple, path: tuple) -> str:
-    """Raise TreeMismatchError naming ``path`` unless all nodes have one kind and keys."""
+def _describe(node: Any, kind: str) -> str:
+    """A node as an error message shows it: its kind and keys, length or array type."""
+    if kind == "dict":
+        return f"a mapping with keys {list(node.keys())}"
+    if kind in ("tuple", "list"):
+        return f"a {kind} of {len(node)}"
+    if kind == "none":
+        return "None"
+    if isinstance(node, np.ndarray):
+        return f"an array {node.dtype}{list(node.shape)}"
+    return f"a leaf of type {type(node).__name__}"
+
+
+def _check_same(trees: tuple, path: tuple, what: str = "") -> str:
+    """Raise TreeMismatchError naming ``path`` unless all nodes have one kind and keys.
+    With ``what``, the two trees are (expected, given) and the message starts with it."""
     kinds = [_kind(t) for t in trees]
-    if len(set(kinds)) != 1:
-        raise TreeMismatchError(
-            f"tree structures differ at {_path_str(path)}: node kinds {kinds}"
-        )
-    kind = kinds[0]
-    if kind in ("leaf", "none"):
-        return kind
-    keys = [_children(t, kind)[0] for t in trees]
-    for other in keys[1:]:
-        if other != keys[0]:
-            if kind == "dict":
+    keys = [_children(t, k)[0] for t, k in zip(trees, kinds)]
+    for i in range(1, len(trees)):
+        if kinds[i] != kinds[0] or keys[i] != keys[0]:
+            detail = ""
+            if kinds[i] == kinds[0] == "dict":
+                missing = [k for k in keys[0] if k not in keys[i]]
+                extra = [k for k in keys[i] if k not in keys[0]]
+                detail = f" (lacks {missing}, has extra {extra})" if missing or extra else " (key order)"
+            if what:
                 raise TreeMismatchError(
-                    f"tree structures differ at {_path_str(path)}: keys {list(keys[0])} vs {list(other)}"
+                    f"{what}: at {_path_str(path)} expected {_describe(trees[0], kinds[0])}, got "
+                    f"{_describe(trees[i], kinds[i])}{detail}"
                 )
             raise TreeMismatchError(
-                f"tree structures differ at {_path_str(path)}: lengths {len(keys[0])} vs {len(other)}"
+                f"tree structures differ at {_path_str(path)}: {_describe(trees[0], kinds[0])} in tree 0, "
+                f"{_describe(trees[i], kinds[i])} in tree {i}{detail}"
             )
-    return kind
+    return kinds[0]
 
 
-def _map(f: Callable, trees: tuple, path: tuple) -> Any:
-    kind = _check_same(trees, path)
+def _map(f: Callable, trees: tuple, path: tuple, what: str = "") -> Any:
+    kind = _check_same(trees, path, what)
     if kind == "leaf":
         return f(*trees)
     if kind == "none":
         return None
     keys = _children(trees[0], kind)[0]
     cols = [_children(t, kind)[1] for t in trees]
-    out = [_map(f, tuple(c[i] for c in cols), path + (k,)) for i, k in enumerate(keys)]
+    out = [_map(f, tuple(c[i] for c in cols), path + (k,), what) for i, k in enumerate(keys)]
     if kind == "dict":
         return FrozenDict(zip(keys, out)) if out else EMPTY
     return tuple(out) if kind == "tuple" else list(out)
@@ -323,6 +338,20 @@ def tree_zip(*trees: Any) -> list[tuple]:
         return []
     _map(lambda *leaves: None, trees, ())  # structure check with a path in the error
     return list(zip(*(tree_leaves(t) for t in trees)))
+
+
+def check_like(tree: Any, like: Any, what: str) -> None:
+    """TreeMismatchError unless ``tree`` has the structure of ``like`` and, where both
+    hold arrays, arrays of its shapes and dtypes; the message starts with ``what`` and names the first path that
+    differs, with what was expected there and what was found."""
+    _map(lambda a, b: None, (like, tree), (), what)
+    for (path, a), b in zip(tree_leaves_with_path(tree), tree_leaves(like)):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            continue  # other leaves (a Python count in a custom state) have no shape to compare
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise TreeMismatchError(
+                f"{what}: at {_path_str(path)} expected {b.dtype}{list(b.shape)}, got {a.dtype}{list(a.shape)}"
+            )
 
 
 def _seal(a: np.ndarray) -> np.ndarray:

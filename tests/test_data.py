@@ -154,6 +154,7 @@ def test_own_files_load_without_verification(isolated):
 
 def test_not_found_offline_says_where_it_looked(isolated):
     want = r"no data files found; looked in .*mine/mnist.*cache/fnnet/mnist"
+    (isolated / "mine").mkdir()
     with pytest.raises(fn.DataNotFoundError, match=want) as e:
         data.load("mnist", isolated / "mine", download=False)
     assert "FNNET_DATA_DIR" in str(e.value)

@@ -208,16 +208,16 @@ def test_chain_composes_in_order():
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: optim.sgd(-0.1), "learning_rate must be a finite float >= 0"),
-        (lambda: optim.sgd(0.1, momentum=1.5), r"momentum must be in \[0, 1\]"),
+        (lambda: optim.sgd(-0.1), "learning_rate must be a finite number >= 0, got -0.1"),
+        (lambda: optim.sgd(0.1, momentum=1.5), r"momentum must be a finite number in \[0, 1\], got 1.5"),
         (lambda: optim.sgd(0.1, nesterov=True), "nesterov=True needs momentum > 0"),
-        (lambda: optim.adam(0.1, b1=1.0), r"b1 must be in \[0, 1\)"),
-        (lambda: optim.inverse_time_decay(0.1, -1), "decay must be >= 0"),
-        (lambda: optim.clip_by_global_norm(0), "max_norm must be > 0"),
-        (lambda: optim.add_decayed_weights(-1), "weight_decay must be >= 0"),
+        (lambda: optim.adam(0.1, b1=1.0), r"b1 must be a finite number in \[0, 1\), got 1.0"),
+        (lambda: optim.inverse_time_decay(0.1, -1), "decay must be a finite number >= 0, got -1"),
+        (lambda: optim.clip_by_global_norm(0), "max_norm must be a finite number > 0, got 0"),
+        (lambda: optim.add_decayed_weights(-1), "weight_decay must be a finite number >= 0, got -1"),
         (lambda: optim.piecewise_constant([2, 1], [1, 2, 3]), "sorted boundaries"),
-        (lambda: optim.cosine_decay(1.0, 0), "decay_steps must be >= 1"),
-        (lambda: optim.rmsprop(0.1, decay=1.0), r"decay must be in \[0, 1\)"),
+        (lambda: optim.cosine_decay(1.0, 0), "decay_steps must be an int >= 1, got 0"),
+        (lambda: optim.rmsprop(0.1, decay=1.0), r"decay must be a finite number in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_hyperparameters(make, match):

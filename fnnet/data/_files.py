@@ -71,6 +71,8 @@ def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[pat
     dirs = []
     if data_dir is not None:
         d = pathlib.Path(data_dir).expanduser()
+        if not d.is_dir():  # a typo must not silently fall back to another copy
+            raise DataNotFoundError(f"data_dir {str(data_dir)!r}: " + ("is a file, not a folder" if d.exists() else "no such folder"))
         dirs += [d / dataset, d]
     env = os.environ.get("FNNET_DATA_DIR")
     if env:
@@ -80,11 +82,14 @@ def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[pat
 
 
 def find_file(directory: pathlib.Path, spec: FileSpec) -> pathlib.Path | None:
-    """The gzipped file, or its uncompressed twin, in ``directory``."""
+    """The gzipped file, or its uncompressed twin, in ``directory``; a DataError if that
+    name is taken by something that is not a file (a folder, say)."""
     for name in (spec.name, spec.name.removesuffix(".gz")):
         p = directory / name
         if p.is_file():
             return p
+        if p.exists():
+            raise DataError(f"{p}: is not a file (a folder?); expected the data file {spec.name}")
     return None
 
 

@@ -196,8 +196,23 @@ def load_pickle(path: str | os.PathLike, *, verify: bool = True) -> tuple:
     return data
 
 
+def _check_pickle_split(path: pathlib.Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    """The IDX path's checks, for one split of the pickle: 28x28 images (as 784 values in
+    [0, 1]), integer labels 0..9, one label per image."""
+    if x.ndim != 2 or x.shape[1] != 28 * 28:
+        raise DataError(f"{path}: {split} images have shape {x.shape}, expected (N, 784): 28x28 images, one per row")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: {split} has {len(x)} images but labels of shape {y.shape}")
+    if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() > 9)):
+        raise DataError(f"{path}: {split} labels must be integers in 0..9, got {y.dtype} in [{y.min()}, {y.max()}]")
+    if x.size and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1):
+        raise DataError(f"{path}: {split} pixel values must be finite and in [0, 1]")
+
+
 def _load_pickle_dataset(path: pathlib.Path, validation: int, verify: bool) -> Dataset:
     (x, y), (vx, vy), (tx, ty) = load_pickle(path, verify=verify)
+    for split, (a, b) in (("train", (x, y)), ("validation", (vx, vy)), ("test", (tx, ty))):
+        _check_pickle_split(path, split, a, b)
     if validation != len(vy):
         x, y = np.concatenate([x, vx]), np.concatenate([y, vy])
         cut = len(y) - validation
@@ -241,8 +256,9 @@ def load(
             paths = {role: _files.find_file(d, spec) for role, spec in src.files.items()}
             if all(paths.values()):
                 return _load_idx_dir(name, src, d, paths, validation, verify)
-        if source in ("auto", "pickle") and src.pickle is not None and (d / src.pickle.name).is_file():
-            return _load_pickle_dataset(d / src.pickle.name, validation, verify)
+        pkl = _files.find_file(d, src.pickle) if source in ("auto", "pickle") and src.pickle is not None else None
+        if pkl is not None:
+            return _load_pickle_dataset(pkl, validation, verify)
     looked = ", ".join(str(d) for d in dirs)
     wanted = " and ".join(s.name for s in src.files.values()) if source != "pickle" else src.pickle.name
     help_ = (
