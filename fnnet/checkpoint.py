@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import DataError, TreeMismatchError
+from ._errors import DataError
 from .tree import TreeDef, check_like, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 
 __all__ = ["save", "load", "digest"]

@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 
 from . import random
-from ._errors import DivergenceError, ShapeError
+from ._errors import DivergenceError, InvalidValueError, ShapeError
 from .flat import Layout, pack_state, unpack_state
 from .layers._checks import as_batch
 from .layers._layer import Layer, Site, prepare_checked, run, run_backward
@@ -163,6 +163,8 @@ def run_step(
         check_state(step, state)
     logits, cache, model_state = run(plan.site, state.params, x, step.step_key(state.step), state.model_state)
     if not _finite(logits):
+        if not _finite(x):
+            raise InvalidValueError(f"step {state.step}: the inputs contain NaN or inf; the state passed in is unchanged")
         raise DivergenceError(
             f"step {state.step}: the model's outputs are NaN or inf (the forward pass overflowed: params or inputs "
             "too large); the state passed in is unchanged"
@@ -209,7 +211,8 @@ def check_state(step: Step, state: TrainState) -> None:
     named as such, not met as a KeyError deep inside an update."""
     check_like(
         state.opt_state, step.optimizer.init(state.params),
-        "step: state.opt_state does not fit this step's optimizer (a state made by another optimizer or for other params?)",
+        "step: state.opt_state does not fit this step's optimizer (a state made by another optimizer or for "
+        "other params?)",
     )
     if step.model.stateful:
         check_like(
@@ -232,7 +235,8 @@ def _diverged(step: int, params: Any, grads: Any, opt_state: Any) -> DivergenceE
         cause = (f"the gradients were finite, so the optimizer's update overflowed: the learning rate "
                  f"{'' if lr is None else f'({lr:g}) '}is likely too large")
     else:
-        cause = "the gradients were already NaN or inf: the forward or backward pass overflowed (params or inputs too large)"
+        cause = ("the gradients were already NaN or inf: the forward or backward pass overflowed (params or inputs "
+                 "too large)")
     return DivergenceError(
         f"step {step}: the update would make the params NaN or inf (at {', '.join(bad[:4])}"
         f"{'...' if len(bad) > 4 else ''}); the state passed in is unchanged. Likely cause: {cause}"

@@ -12,17 +12,24 @@ Presets:
 
 Outputs in --out: metrics.jsonl, summary.json, learning_curves.png, predictions.png,
 checkpoint.npz (params, optimizer state, step and data-order key; atomic, no pickle).
-The same seed and config give bit-identical params; --resume continues from the
-checkpoint and ends with the same params as an uninterrupted run.
+The same seed and config give bit-identical params on the same machine and numpy/BLAS
+build (summary.json records both: "runtime"); --resume continues from the checkpoint
+and ends with the same params as an uninterrupted run.
+
+Every flag is checked before any work starts. --out never overwrites a run by surprise:
+a folder that holds one needs --resume (to continue it) or --overwrite (to replace it).
+Exit status: 0 done, 2 bad flags or files, 3 training diverged (a non-finite update was
+refused, the last checkpoint is intact; or the loss ended far above chance level),
+130 interrupted (checkpoint saved).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
-import platform
 import sys
 import time
 
@@ -48,9 +55,16 @@ PRESETS = {
 }
 
 
+OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json", "learning_curves.png", "predictions.png")
+
+
+class FlagError(fn.InvalidValueError):
+    """A command-line flag has a bad value, or values that do not fit together or the data."""
+
+
 def _positive(inst, attr, value):
     if value is not None and value < 1:
-        raise ValueError(f"--{attr.name.replace('_', '-')} must be >= 1, got {value}")
+        raise FlagError(f"--{attr.name.replace('_', '-')} must be >= 1, got {value}")
 
 
 @attrs.frozen
@@ -173,12 +187,67 @@ def save_plots(out: pathlib.Path, rows: list[dict], test_x, test_y, pred, classe
     return ["learning_curves.png", "predictions.png"]
 
 
+def read_metrics(path: pathlib.Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``. A torn last line (a kill during a write) is dropped
+    with a note; a bad line before it is a DataError naming the file and line."""
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a row with a step")
+            rows.append(row)
+        except ValueError as exc:
+            if i == len(lines):
+                print(f"note: {path}: dropped a torn last line ({len(line)} bytes)", file=sys.stderr)
+                break
+            raise fn.DataError(f"{path}: line {i} is not a metrics row ({exc})") from None
+    return rows
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a kill leaves the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_out(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that would lose or mix files, before any work starts."""
+    if out.exists() and not out.is_dir():
+        raise FlagError(f"--out {out}: is a file, not a folder")
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if resume:
+        if not (out / "checkpoint.npz").is_file():
+            raise FlagError(f"--resume: no checkpoint to resume in --out {out} ({out / 'checkpoint.npz'} is missing)")
+    elif existing and not overwrite:
+        raise FlagError(
+            f"--out {out}: holds a run ({', '.join(existing)}); pass --resume to continue it, --overwrite to replace "
+            "it, or another --out"
+        )
+
+
+def _config_diff(old: object, new: dict) -> str:
+    if not isinstance(old, dict):
+        return f"  there: {old!r}\n  now:   {new}"
+    keys = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+    return "\n".join(f"  {k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
+
+
 def run(
-    cfg: Config, out: pathlib.Path, data_dir: str | None, resume: bool, stop_after: int | None, verify: bool = True
+    cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
+    """Train ``cfg`` on ``ds``, writing into ``out`` (checked by :func:`prepare_out`).
+    Raises DivergenceError if a step would make the params non-finite (the last
+    checkpoint stays as it was)."""
     t_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    ds = data.load(cfg.dataset, data_dir, verify=verify)
+    prepare_out(out, resume, overwrite)
     train = ds.train
     if cfg.train_size is not None:
         train = data.Split(train.x[: cfg.train_size], train.y[: cfg.train_size])
@@ -190,24 +259,30 @@ def run(
     ckpt = out / "checkpoint.npz"
     metrics_path = out / "metrics.jsonl"
     elapsed_before = 0.0
+    data_key = [k_data.entropy, list(k_data.path)]
     if resume:
-        tree, meta = checkpoint.load(ckpt, like={"params": state.params, "opt_state": state.opt_state})
-        if meta.get("config") != attrs.asdict(cfg):
-            raise SystemExit(f"--resume: {ckpt} was written with another config:\n  {meta.get('config')}\n"
-                             f"  now: {attrs.asdict(cfg)}")
-        if meta["data_key"] != [k_data.entropy, list(k_data.path)]:
-            raise SystemExit(f"--resume: {ckpt} has another data-order key")
+        tree, meta = checkpoint.load(ckpt)
+        if meta.get("config") != attrs.asdict(cfg):  # before the tree: another preset has other params
+            raise FlagError(f"--resume: {ckpt} was written with another config:\n"
+                            f"{_config_diff(meta.get('config'), attrs.asdict(cfg))}\n"
+                            "pass the flags of that run, or another --out")
+        if meta.get("data_key") != data_key:
+            raise FlagError(f"--resume: {ckpt} has another data-order key")
+        fn.tree.check_like(tree, {"params": state.params, "opt_state": state.opt_state},
+                           f"--resume: {ckpt} does not hold this config's model and optimizer state")
         state = fn.TrainState(tree["params"], tree["opt_state"], int(meta["step"]))
         elapsed_before = float(meta.get("elapsed", 0.0))
-        rows = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-        rows = [r for r in rows if r["step"] <= state.step]
+        rows = [r for r in read_metrics(metrics_path) if r["step"] <= state.step]
         print(f"resumed from {ckpt} at step {state.step}")
     else:
         rows = []
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:  # --overwrite: no file of the old run stays beside the new one
+            (out / name).unlink(missing_ok=True)
+    write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def save_checkpoint():
-        meta = {"step": state.step, "config": attrs.asdict(cfg), "data_key": [k_data.entropy, list(k_data.path)],
+        meta = {"step": state.step, "config": attrs.asdict(cfg), "data_key": data_key,
                 "elapsed": elapsed_before + time.perf_counter() - t_start}
         checkpoint.save(ckpt, {"params": state.params, "opt_state": state.opt_state}, meta)
 
@@ -216,6 +291,10 @@ def run(
     batches = batch_indices(cfg, k_data, len(train), state.step)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
     progress = Progress(cfg.steps)
+    # a classifier that learns stays below the loss of a uniform guess, log(classes):
+    # a mean training loss above twice that has diverged, even if it is finite
+    diverged_above = 2 * math.log(len(ds.classes))
+    warnings = [w for r in rows for w in r.get("warnings", [])]
     acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
     print(f"{cfg.preset} preset on {cfg.dataset} ({ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
           f"{cfg.batch_size}, {cfg.dtype}, kernels {fn.kernels.backend()}", flush=True)
@@ -240,6 +319,12 @@ def run(
                     "learning_rate": optim.learning_rate(state.opt_state),
                     "elapsed": round(elapsed_before + time.perf_counter() - t_start, 3),
                 }
+                if row["loss"] > diverged_above:
+                    row["warnings"] = [
+                        f"diverging: mean training loss {row['loss']:.4g} at step {row['step']} is above twice the "
+                        f"chance level ({diverged_above:.3f}); lower --lr"
+                    ]
+                    warnings += row["warnings"]
                 rows.append(row)
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -249,6 +334,8 @@ def run(
                     f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}  "
                     f"lr {row['learning_rate']:.2e}  {row['elapsed']:.1f}s"
                 )
+                for w in row.get("warnings", []):
+                    progress.line(f"warning: {w}")
                 save_checkpoint()
     except KeyboardInterrupt:
         save_checkpoint()
@@ -265,7 +352,7 @@ def run(
         "seed": cfg.seed,
         "dataset": cfg.dataset,
         "data_source": ds.source,
-        "versions": {"fnnet": fn.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "runtime": fn.runtime.info(),
         "kernels_backend": fn.kernels.backend(),
         "steps": state.step,
         "test_accuracy": test["accuracy"],
@@ -275,68 +362,117 @@ def run(
         "confusion_matrix_test": fn.metrics.confusion_matrix(ds.test.y, test["pred"], len(ds.classes)).tolist(),
         "params_sha256": checkpoint.digest(state.params),
         "wall_seconds": round(elapsed_before + time.perf_counter() - t_start, 2),
+        "warnings": warnings,
+        "diverged": bool(rows) and rows[-1]["loss"] > diverged_above,
     }
     summary["plots"] = save_plots(out, rows, ds.test.x, ds.test.y, test["pred"], ds.classes)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"test accuracy {test['accuracy']:.4f}  validation accuracy {val['accuracy']:.4f}  "
           f"params sha256 {summary['params_sha256'][:16]}...  {summary['wall_seconds']:.1f}s  -> {out}")
+    if summary["diverged"]:
+        print(f"warning: training diverged: {warnings[-1]}", file=sys.stderr)
     return summary
 
 
-def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
+def _number(kind: type, low: float, low_open: bool = False):
+    """An argparse ``type``: a finite ``kind`` (int or float) >= ``low`` (> if ``low_open``);
+    argparse names the flag in the error."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or (value <= low if low_open else value < low):
+            bound = f"{'>' if low_open else '>='} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, each checked for its type and range (errors name the flag, exit 2)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=_number(int, 0), default=0)
     ap.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
     ap.add_argument("--data-dir", help="folder with the dataset files (or with a <dataset>/ subfolder)")
     ap.add_argument("--no-verify", action="store_true",
                     help="accept IDX files that are not the published ones (your own subsets); "
                     "their structure is still checked")
     length = ap.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="number of training steps")
-    length.add_argument("--epochs", type=float, help="number of passes over the training set")
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--lr", type=float, help="(peak) learning rate")
-    ap.add_argument("--eval-every", type=int, help="steps between evaluations (default: tutorial 100, else 1 epoch)")
-    ap.add_argument("--eval-samples", type=int,
+    length.add_argument("--steps", type=_number(int, 1), help="number of training steps")
+    length.add_argument("--epochs", type=_number(float, 0, low_open=True),
+                        help="number of passes over the training set")
+    ap.add_argument("--batch-size", type=_number(int, 1))
+    ap.add_argument("--lr", type=_number(float, 0, low_open=True), help="(peak) learning rate")
+    ap.add_argument("--eval-every", type=_number(int, 1),
+                    help="steps between evaluations (default: tutorial 100, else 1 epoch)")
+    ap.add_argument("--eval-samples", type=_number(int, 0),
                     help="random validation images per evaluation, 0 for all (default: tutorial 200, else all)")
-    ap.add_argument("--train-size", type=int, help="use only the first N training images")
+    ap.add_argument("--train-size", type=_number(int, 1), help="use only the first N training images")
     ap.add_argument("--out", default=None, help="output folder (default runs/<preset>-<dataset>-seed<seed>)")
-    ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.npz")
-    ap.add_argument("--stop-after", type=int, help="stop after this step, leaving a checkpoint (to resume later)")
+    again = ap.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.npz")
+    again.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are deleted)")
+    ap.add_argument("--stop-after", type=_number(int, 1),
+                    help="stop after this step, leaving a checkpoint (to resume later)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = f"runs/{args.preset}-{args.dataset}-seed{args.seed}"
+    return args
+
+
+def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
+    """The run's config: the preset with the flags given, checked against the data."""
     preset = PRESETS[args.preset]
     pick = lambda flag, key: preset[key] if flag is None else flag  # noqa: E731
+    n_train = len(ds.train)
+    if args.train_size is not None and args.train_size > n_train:
+        raise FlagError(f"--train-size {args.train_size}: {ds.name} has only {n_train} training images")
+    n_train = args.train_size or n_train
     batch_size = pick(args.batch_size, "batch_size")
-    try:
-        if batch_size < 1 or (args.train_size is not None and args.train_size < 1):
-            raise ValueError(f"--batch-size and --train-size must be >= 1, got {batch_size} and {args.train_size}")
-        per_epoch = data.steps_per_epoch(args.train_size or 50_000, batch_size)
-        epochs = pick(args.epochs, "epochs")
-        steps = args.steps if args.steps is not None else (
-            preset["steps"] if epochs is None else max(1, round(epochs * per_epoch))
-        )
-        cfg = Config(
-            preset=args.preset, dataset=args.dataset, seed=args.seed, model=preset["model"], dtype=preset["dtype"],
-            batch_size=batch_size, sampling=preset["sampling"], steps=steps, optimizer=preset["optimizer"],
-            lr=pick(args.lr, "lr"), eval_every=min(pick(args.eval_every, "eval_every") or per_epoch, steps),
-            eval_samples=pick(args.eval_samples, "eval_samples"), train_size=args.train_size,
-        )
-    except (ValueError, TypeError) as exc:
-        ap.error(str(exc))
-    if args.out is None:
-        args.out = f"runs/{cfg.preset}-{cfg.dataset}-seed{cfg.seed}"
-    return cfg, args
+    if batch_size > n_train:
+        raise FlagError(f"--batch-size {batch_size}: larger than the {n_train} training images")
+    per_epoch = data.steps_per_epoch(n_train, batch_size)
+    epochs = pick(args.epochs, "epochs")
+    if args.steps is not None:
+        steps = args.steps
+    elif epochs is None:
+        steps = preset["steps"]
+    else:
+        steps = round(epochs * per_epoch)
+        if steps < 1:
+            raise FlagError(f"--epochs {epochs:g}: less than one step ({per_epoch} steps of {batch_size} per epoch)")
+    eval_samples = pick(args.eval_samples, "eval_samples")
+    if eval_samples > len(ds.val):
+        raise FlagError(f"--eval-samples {eval_samples}: {ds.name} has only {len(ds.val)} validation images")
+    return Config(
+        preset=args.preset, dataset=args.dataset, seed=args.seed, model=preset["model"], dtype=preset["dtype"],
+        batch_size=batch_size, sampling=preset["sampling"], steps=steps, optimizer=preset["optimizer"],
+        lr=pick(args.lr, "lr"), eval_every=min(pick(args.eval_every, "eval_every") or per_epoch, steps),
+        eval_samples=eval_samples, train_size=args.train_size,
+    )
 
 
 def main(argv=None) -> int:
-    cfg, args = parse_args(argv)
+    args = parse_args(argv)
+    out = pathlib.Path(args.out)
     try:
-        run(cfg, pathlib.Path(args.out), args.data_dir, args.resume, args.stop_after, verify=not args.no_verify)
-    except (fn.DataNotFoundError, fn.DataError) as exc:
+        prepare_out(out, args.resume, args.overwrite)  # before the data is read
+        ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)
+        cfg = make_config(args, ds)
+        summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite)
+    except fn.DivergenceError as exc:
+        print(f"error: training diverged: {exc}\nthe last checkpoint in {out} is intact; lower --lr", file=sys.stderr)
+        return 3
+    except fn.FnnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 3 if summary.get("diverged") else 0
 
 
 if __name__ == "__main__":

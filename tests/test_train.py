@@ -143,7 +143,7 @@ def test_bad_batches_are_clear_errors(use_jit):
     x, _ = batch(rng, 2)
     with pytest.raises(fn.ShapeError, match="2 inputs but labels of shape"):
         f(state, (x, np.array([1, 2, 3])))
-    with pytest.raises(fn.InvalidValueError, match="logits contain NaN"):
+    with pytest.raises(fn.InvalidValueError, match="step 0: the inputs contain NaN or inf"):
         f(state, (np.full_like(x, np.nan), np.array([1, 2])))
     with pytest.raises(TypeError, match="batch must be a pair"):
         f(state, x)

