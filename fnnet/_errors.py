@@ -36,3 +36,29 @@ class DataError(FnnetError, ValueError):
 
 class DataNotFoundError(FnnetError, FileNotFoundError):
     """No copy of a dataset was found and none could be downloaded."""
+
+
+# attrs validators that raise from this family, naming the record, the field and the value
+
+
+def instance_of(cls: type):
+    """An attrs validator: ``value`` must be a ``cls`` (InvalidTypeError otherwise)."""
+
+    def check(inst, attribute, value):
+        if not isinstance(value, cls):
+            article = "an" if cls.__name__[0] in "AEIOUaeiou" else "a"
+            raise InvalidTypeError(
+                f"{type(inst).__name__}.{attribute.name} must be {article} {cls.__name__}, got "
+                f"{type(value).__name__} {value!r:.60}"
+            )
+
+    return check
+
+
+def is_callable(inst, attribute, value):
+    """An attrs validator: ``value`` must be callable (InvalidTypeError otherwise)."""
+    if not callable(value):
+        raise InvalidTypeError(
+            f"{type(inst).__name__}.{attribute.name.lstrip('_')} must be callable, got {type(value).__name__} "
+            f"{value!r:.60}"
+        )

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from ._errors import InvalidTypeError
 from .train import Carry, Plan, Step, TrainState, check_inputs, run_step
 
 __all__ = ["JitStep", "jit"]
@@ -39,7 +40,7 @@ class JitStep:
 
     def __init__(self, step: Step) -> None:
         if not isinstance(step, Step):
-            raise TypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
+            raise InvalidTypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
         self._threads: dict[int, _Thread] = {}  # by thread id (an id a finished thread freed is reused)
 

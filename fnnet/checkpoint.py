@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import DataError
+from ._errors import DataError, InvalidTypeError, InvalidValueError
 from .tree import TreeDef, check_like, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 
 __all__ = ["save", "load", "digest"]
@@ -43,7 +43,7 @@ def _treedef_to_json(t: TreeDef) -> Any:
     if t.kind == "dict":
         for k in t.keys:
             if not isinstance(k, str):
-                raise TypeError(f"checkpoint: mapping keys must be strings, got {k!r}")
+                raise InvalidTypeError(f"checkpoint: mapping keys must be strings, got {k!r}")
         return {"dict": [[k, c] for k, c in zip(t.keys, children)]}
     return {t.kind: children}
 
@@ -55,13 +55,13 @@ def _treedef_from_json(j: Any) -> TreeDef:
     if j is None:
         return TreeDef("none")
     if not (isinstance(j, dict) and len(j) == 1):
-        raise ValueError(f"bad structure node {j!r:.60}")
+        raise InvalidValueError(f"bad structure node {j!r:.60}")
     (kind, body), = j.items()
     if kind not in _KINDS or not isinstance(body, list):
-        raise ValueError(f"bad structure node {j!r:.60}")
+        raise InvalidValueError(f"bad structure node {j!r:.60}")
     if kind == "dict":
         if not all(isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str) for kv in body):
-            raise ValueError(f"bad mapping node {j!r:.60}")
+            raise InvalidValueError(f"bad mapping node {j!r:.60}")
         return TreeDef("dict", tuple(k for k, _ in body), tuple(_treedef_from_json(c) for _, c in body))
     return TreeDef(kind, (), tuple(_treedef_from_json(c) for c in body))
 
@@ -73,7 +73,7 @@ def _leaves(tree: Any) -> list[np.ndarray]:
             leaf = np.asarray(leaf)
         if not isinstance(leaf, np.ndarray) or leaf.dtype.hasobject:
             where = "/".join(map(str, path)) or "<root>"
-            raise TypeError(f"checkpoint: leaf at {where} is a {type(leaf).__name__}, not a numeric numpy array")
+            raise InvalidTypeError(f"checkpoint: leaf at {where} is a {type(leaf).__name__}, not a numeric numpy array")
         out.append(leaf)
     return out
 
@@ -137,11 +137,11 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> st
     try:
         header["header_sha256"] = _header_sha256(header)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"checkpoint: metadata must be JSON-able ({exc})") from None
+        raise InvalidTypeError(f"checkpoint: metadata must be JSON-able ({exc})") from None
     arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder, not a checkpoint file")
+        raise InvalidValueError(f"{path}: is a folder, not a checkpoint file")
     path.parent.mkdir(parents=True, exist_ok=True)
     # the pid in the name lets a later save tell a dead save's leftovers from a running one's
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -199,18 +199,18 @@ def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
             budget = path.stat().st_size
             header = json.loads(bytes(_read_leaf(z, "__header__", path, budget)).decode())
             if not isinstance(header, dict):
-                raise ValueError("the header is not a JSON object")
+                raise InvalidValueError("the header is not a JSON object")
             if header.get("format") != FORMAT:
                 raise DataError(f"{path}: not an fnnet checkpoint of format {FORMAT} (format {header.get('format')!r})")
             if not (isinstance(header.get("structure"), str) and isinstance(header.get("metadata"), dict)
                     and isinstance(header.get("sha256"), str) and isinstance(header.get("header_sha256"), str)):
-                raise ValueError("the header lacks structure, metadata or digests")
+                raise InvalidValueError("the header lacks structure, metadata or digests")
             if _header_sha256(header) != header["header_sha256"]:
                 raise DataError(f"{path}: sha256 mismatch in the header, its metadata was modified or damaged")
             treedef = _treedef_from_json(json.loads(header["structure"]))
             leaves = [_read_leaf(z, f"leaf_{i}", path, budget) for i in range(treedef.num_leaves)]
             if len(z.namelist()) != treedef.num_leaves + 1:
-                raise ValueError(f"{len(z.namelist())} entries for {treedef.num_leaves} leaves")
+                raise InvalidValueError(f"{len(z.namelist())} entries for {treedef.num_leaves} leaves")
     except DataError:
         raise
     except (OSError, ValueError, TypeError, KeyError, EOFError, RecursionError, MemoryError, UnicodeDecodeError,

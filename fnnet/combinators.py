@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import random
-from ._errors import FnnetError, ShapeError
+from ._errors import FnnetError, InvalidTypeError, InvalidValueError, ShapeError
 from .layers._checks import check_keys, fmt_shape
 from .layers._layer import Chain, Layer, prepare, run, run_backward, run_chain, run_chain_backward
 from .layers.reshape import identity
@@ -35,10 +35,12 @@ def serial(*layers: Layer) -> Layer:
     each layer that has state (batch norm).
     """
     if not layers:
-        raise ValueError("serial: needs at least one layer")
+        raise InvalidValueError("serial: needs at least one layer")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"serial: argument {i} is a {type(layer).__name__}, not a Layer (did you forget the ()?)")
+            raise InvalidTypeError(
+                f"serial: argument {i} is a {type(layer).__name__}, not a Layer (did you forget the ()?)"
+            )
     names = tuple(f"{layer.name}_{i}" for i, layer in enumerate(layers))
     children = tuple(zip(names, layers))
     stateful = tuple(layer.stateful for layer in layers)
@@ -98,7 +100,7 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
     shortcut = shortcut if shortcut is not None else identity()
     for what, layer in (("block", block), ("shortcut", shortcut)):
         if not isinstance(layer, Layer):
-            raise TypeError(f"residual: {what} is a {type(layer).__name__}, not a Layer")
+            raise InvalidTypeError(f"residual: {what} is a {type(layer).__name__}, not a Layer")
     parts = (("block", block), ("shortcut", shortcut))
     stateful = (block.stateful, shortcut.stateful)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+from ._errors import InvalidTypeError, InvalidValueError, instance_of
+
 __all__ = ["Key", "key", "split", "fold_in", "generator", "normal", "uniform", "permutation"]
 
 
@@ -17,7 +19,7 @@ __all__ = ["Key", "key", "split", "fold_in", "generator", "normal", "uniform", "
 class Key:
     """A PRNG key: ``entropy`` (the seed) and ``path`` (the spawn key of each split)."""
 
-    entropy: int = attrs.field(validator=attrs.validators.instance_of(int))
+    entropy: int = attrs.field(validator=instance_of(int))
     path: tuple[int, ...] = ()
 
     def seed_sequence(self) -> np.random.SeedSequence:
@@ -27,16 +29,16 @@ class Key:
 def key(seed: int) -> Key:
     """A root key from a non-negative integer seed."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"key(seed): seed must be a non-negative int, got {seed!r}")
+        raise InvalidValueError(f"key(seed): seed must be a non-negative int, got {seed!r}")
     return Key(int(seed))
 
 
 def split(k: Key, n: int = 2) -> tuple[Key, ...]:
     """``n`` independent child keys of ``k`` (the same ones every time)."""
     if not isinstance(k, Key):
-        raise TypeError(f"split: expected a fnnet.random.Key, got {type(k).__name__}")
+        raise InvalidTypeError(f"split: expected a fnnet.random.Key, got {type(k).__name__}")
     if n < 1:
-        raise ValueError(f"split: n must be >= 1, got {n}")
+        raise InvalidValueError(f"split: n must be >= 1, got {n}")
     return tuple(Key(k.entropy, k.path + (i,)) for i in range(n))
 
 
@@ -48,7 +50,7 @@ def fold_in(k: Key, data: int) -> Key:
 def generator(k: Key) -> np.random.Generator:
     """A fresh numpy Generator (PCG64) seeded by ``k``; use it once and drop it."""
     if not isinstance(k, Key):
-        raise TypeError(f"generator: expected a fnnet.random.Key, got {type(k).__name__}")
+        raise InvalidTypeError(f"generator: expected a fnnet.random.Key, got {type(k).__name__}")
     return np.random.Generator(np.random.PCG64(k.seed_sequence()))
 
 

@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 
 from . import random
-from ._errors import DivergenceError, InvalidValueError, ShapeError
+from ._errors import DivergenceError, InvalidTypeError, InvalidValueError, ShapeError, instance_of, is_callable
 from .flat import Layout, pack_state, unpack_state
 from .layers._checks import as_batch
 from .layers._layer import Layer, Site, prepare_checked, run, run_backward
@@ -34,7 +34,7 @@ __all__ = ["TrainState", "Step", "train_step", "predict"]
 
 def _nonneg_int(inst, attr, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"TrainState.{attr.name} must be an int >= 0, got {value!r}")
+        raise InvalidValueError(f"TrainState.{attr.name} must be an int >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -65,15 +65,17 @@ class Step:
     runs in train mode; random layers get the key ``fold_in(key, state.step)``.
     """
 
-    model: Layer = attrs.field(validator=attrs.validators.instance_of(Layer))
-    loss: Callable = attrs.field(validator=attrs.validators.is_callable())
-    optimizer: GradientTransformation = attrs.field(validator=attrs.validators.instance_of(GradientTransformation))
+    model: Layer = attrs.field(validator=instance_of(Layer))
+    loss: Callable = attrs.field(validator=is_callable)
+    optimizer: GradientTransformation = attrs.field(validator=instance_of(GradientTransformation))
     key: random.Key | None = attrs.field(default=None)
 
     @key.validator
     def _key_if_random(self, attribute, value):
         if self.model.stochastic and value is None:
-            raise ValueError("train_step: the model is random in train mode (dropout): pass key=fnnet.random.key(...)")
+            raise InvalidValueError(
+                "train_step: the model is random in train mode (dropout): pass key=fnnet.random.key(...)"
+            )
 
     def step_key(self, step: int) -> random.Key | None:
         """The key of the random layers at ``step``."""
@@ -98,14 +100,14 @@ def train_step(
 def check_inputs(step: Step, state: TrainState, batch: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(x, labels)`` of ``batch``, or an error naming what is wrong with it or ``state``."""
     if not isinstance(state, TrainState):
-        raise TypeError(f"step: state must be a TrainState, got {type(state).__name__}")
+        raise InvalidTypeError(f"step: state must be a TrainState, got {type(state).__name__}")
     if step.model.stateful and not state.model_state:
-        raise ValueError(
+        raise InvalidValueError(
             f"step: the {step.model.name} model has state (batch norm) but the TrainState has none: "
             "create it with TrainState.create(params, optimizer, model)"
         )
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(f"step: batch must be a pair (inputs, labels), got {type(batch).__name__}")
+        raise InvalidTypeError(f"step: batch must be a pair (inputs, labels), got {type(batch).__name__}")
     x, labels = batch
     x = as_batch(x, "step inputs")
     labels = np.asarray(labels)
@@ -164,7 +166,9 @@ def run_step(
     logits, cache, model_state = run(plan.site, state.params, x, step.step_key(state.step), state.model_state)
     if not _finite(logits):
         if not _finite(x):
-            raise InvalidValueError(f"step {state.step}: the inputs contain NaN or inf; the state passed in is unchanged")
+            raise InvalidValueError(
+                f"step {state.step}: the inputs contain NaN or inf; the state passed in is unchanged"
+            )
         raise DivergenceError(
             f"step {state.step}: the model's outputs are NaN or inf (the forward pass overflowed: params or inputs "
             "too large); the state passed in is unchanged"
@@ -254,9 +258,11 @@ def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 64, mode
     """
     x = as_batch(x, "predict")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
+        raise InvalidValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
     if model.stateful and not model_state:
-        raise ValueError(f"predict: the {model.name} model has state (batch norm): pass model_state=state.model_state")
+        raise InvalidValueError(
+            f"predict: the {model.name} model has state (batch norm): pass model_state=state.model_state"
+        )
     out = np.empty((x.shape[0], *model.output_shape(params, x.shape[1:], x.dtype)), x.dtype)
     site = None
     for i in range(0, x.shape[0], batch_size):

@@ -11,15 +11,16 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import random
+from .._errors import InvalidValueError
 
 
 def _check(n: int, batch_size: int, start_step: int) -> None:
     if n < 1:
-        raise ValueError(f"need at least one example, got n={n}")
+        raise InvalidValueError(f"need at least one example, got n={n}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidValueError(f"batch_size must be >= 1, got {batch_size}")
     if start_step < 0:
-        raise ValueError(f"start_step must be >= 0, got {start_step}")
+        raise InvalidValueError(f"start_step must be >= 0, got {start_step}")
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -37,7 +38,7 @@ def epoch_batches(
     _check(n, batch_size, start_step)
     per = steps_per_epoch(n, batch_size, drop_last)
     if per < 1:
-        raise ValueError(f"batch_size {batch_size} > n {n} with drop_last=True gives no batch")
+        raise InvalidValueError(f"batch_size {batch_size} > n {n} with drop_last=True gives no batch")
     step, epoch, perm = start_step, -1, None
     while True:
         e, i = divmod(step, per)

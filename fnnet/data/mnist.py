@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .._errors import DataError, DataNotFoundError
+from .._errors import DataError, DataNotFoundError, InvalidValueError
 from . import _files
 from ._files import FileSpec
 
@@ -131,7 +131,7 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, ipath, lpath) -> None:
 
 def _split_val(name, x, y, tx, ty, validation: int, classes, source) -> Dataset:
     if not 0 <= validation < len(y):
-        raise ValueError(f"validation must be in [0, {len(y)}), got {validation}")
+        raise InvalidValueError(f"validation must be in [0, {len(y)}), got {validation}")
     cut = len(y) - validation
     return Dataset(name, Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), Split(tx, ty), classes, source)
 
@@ -244,12 +244,12 @@ def load(
     (magic number, sizes, matching counts) is always checked.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+        raise InvalidValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     if source not in ("auto", "idx", "pickle"):
-        raise ValueError(f"source must be 'auto', 'idx' or 'pickle', got {source!r}")
+        raise InvalidValueError(f"source must be 'auto', 'idx' or 'pickle', got {source!r}")
     src = DATASETS[name]
     if source == "pickle" and src.pickle is None:
-        raise ValueError(f"{name} has no pickle source")
+        raise InvalidValueError(f"{name} has no pickle source")
     dirs = _files.candidate_dirs(name, data_dir)
     for d in dirs:
         if source in ("auto", "idx"):

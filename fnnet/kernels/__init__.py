@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .._errors import InvalidValueError
 from ._families import FAMILIES
 
 KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
@@ -48,7 +49,7 @@ def _load_compiled() -> tuple[SimpleNamespace | None, str]:
 def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:
     mode = os.environ.get("FNNET_KERNELS", "auto").strip().lower() or "auto"
     if mode not in ("auto", "pythran", "numpy"):
-        raise ValueError(f"FNNET_KERNELS must be 'auto', 'pythran' or 'numpy', got {mode!r}")
+        raise InvalidValueError(f"FNNET_KERNELS must be 'auto', 'pythran' or 'numpy', got {mode!r}")
     comp, why = _load_compiled()
     if mode == "numpy":
         return "numpy", twins, comp

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DTypeError, ShapeError, TreeMismatchError
+from .._errors import DTypeError, InvalidValueError, ShapeError, TreeMismatchError
 from ..tree import EMPTY, FrozenDict
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -103,7 +103,7 @@ def seal(**arrays: np.ndarray) -> FrozenDict:
 def positive_int(v: Any, what: str, name: str) -> int:
     """``v`` as an int >= 1, or a ValueError naming it."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: {what} must be a positive int, got {v!r}")
+        raise InvalidValueError(f"{name}: {what} must be a positive int, got {v!r}")
     return int(v)
 
 
@@ -111,5 +111,5 @@ def pair(v: Any, what: str, name: str, minimum: int = 1) -> tuple[int, int]:
     """``v`` or ``(v, v)`` as a pair of ints >= minimum, or a ValueError naming it."""
     t = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else tuple(v)
     if len(t) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= minimum for i in t):
-        raise ValueError(f"{name}: {what} must be an int >= {minimum} or a pair of them, got {v!r}")
+        raise InvalidValueError(f"{name}: {what} must be an int >= {minimum} or a pair of them, got {v!r}")
     return int(t[0]), int(t[1])

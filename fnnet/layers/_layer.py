@@ -25,7 +25,7 @@ import attrs
 import numpy as np
 
 from .. import random
-from .._errors import DTypeError, ShapeError, TreeMismatchError
+from .._errors import DTypeError, InvalidTypeError, ShapeError, TreeMismatchError, instance_of, is_callable
 from ..flat import Layout
 from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path, tree_zip
 from ._checks import as_batch, check_init_dtype
@@ -91,16 +91,16 @@ class Layer:
     batch axis; arrays carry it first.
     """
 
-    name: str = attrs.field(validator=attrs.validators.instance_of(str))
-    _init: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
-    _forward: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
-    _backward: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
-    _check: Callable = attrs.field(validator=attrs.validators.is_callable(), repr=False)
+    name: str = attrs.field(validator=instance_of(str))
+    _init: Callable = attrs.field(validator=is_callable, repr=False)
+    _forward: Callable = attrs.field(validator=is_callable, repr=False)
+    _backward: Callable = attrs.field(validator=is_callable, repr=False)
+    _check: Callable = attrs.field(validator=is_callable, repr=False)
     buffers: Callable | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.is_callable()), repr=False
+        default=None, validator=attrs.validators.optional(is_callable), repr=False
     )
     _init_state: Callable | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.is_callable()), repr=False
+        default=None, validator=attrs.validators.optional(is_callable), repr=False
     )
     stochastic: bool = False
     children: tuple = attrs.field(default=(), repr=False)
@@ -126,7 +126,7 @@ class Layer:
     def forward(self, params: Any, x: np.ndarray, *, key: Any = None, train: bool = True) -> tuple[np.ndarray, Any]:
         """Checked forward pass: ``x`` is (N, *input_shape); returns ``(y, cache)``."""
         if self.stateful:
-            raise TypeError(f"{self.name} has state (e.g. batch norm): use forward_with_state(params, state, x)")
+            raise InvalidTypeError(f"{self.name} has state (e.g. batch norm): use forward_with_state(params, state, x)")
         y, cache, _ = self.forward_with_state(params, EMPTY, x, key=key, train=train)
         return y, cache
 
@@ -137,14 +137,16 @@ class Layer:
         x = as_batch(x, self.name)
         site, layout, flat = prepare_checked(self, params, x.shape, x.dtype, train=train, need_dx=True)
         if train and self.stochastic and key is None:
-            raise TypeError(f"{self.name} is random in train mode: pass key=fnnet.random.key(...) (or train=False)")
+            raise InvalidTypeError(
+                f"{self.name} is random in train mode: pass key=fnnet.random.key(...) (or train=False)"
+            )
         y, cache, state = run(site, params, x, key, state)
         return y, _Cache(site, cache, y.shape, layout, flat), state
 
     def backward(self, cache: Any, dy: np.ndarray) -> tuple[Any, np.ndarray]:
         """``(dparams, dx)`` for the ``cache`` of this layer's forward and ``dy`` (N, *output_shape)."""
         if not isinstance(cache, _Cache) or cache.site.layer is not self:
-            raise TypeError(f"{self.name}.backward takes the cache returned by this layer's forward")
+            raise InvalidTypeError(f"{self.name}.backward takes the cache returned by this layer's forward")
         dy = as_batch(dy, self.name)
         if dy.shape != cache.y_shape:
             raise ShapeError(f"{self.name}: dy has shape {dy.shape}, the forward output had {cache.y_shape}")

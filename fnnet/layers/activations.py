@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import kernels
+from .._errors import InvalidValueError
 from ..tree import EMPTY
 from ._checks import without_params
 from ._layer import Layer
@@ -51,7 +52,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """x for x > 0, ``negative_slope * x`` otherwise."""
     a = float(negative_slope)
     if not np.isfinite(a):
-        raise ValueError(f"leaky_relu: negative_slope must be finite, got {negative_slope!r}")
+        raise InvalidValueError(f"leaky_relu: negative_slope must be finite, got {negative_slope!r}")
     return elementwise(
         "leaky_relu", lambda x, out: np.where(x > 0, x, a * x), lambda x, dy, out: np.where(x > 0, dy, a * dy),
         grad_from_input=True,

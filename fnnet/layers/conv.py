@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import init as initializers
 from .. import kernels, random
-from .._errors import ShapeError
+from .._errors import InvalidValueError, ShapeError
 from ._checks import check_ndim, check_params, fmt_shape, pair, positive_int, seal
 from ._geometry import out_size, same_pad
 from ._layer import Layer
@@ -61,7 +61,7 @@ def conv2d(
     dil_h, dil_w = pair(dilation, "dilation", name)
     if isinstance(padding, str):
         if padding not in ("same", "valid"):
-            raise ValueError(f"{name}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+            raise InvalidValueError(f"{name}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
     else:
         ph, pw = pair(padding, "padding", name, minimum=0)
     w_init = w_init or initializers.he_normal()

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .. import random
+from .._errors import InvalidValueError
 from ..tree import EMPTY
 from ._checks import without_params
 from ._layer import Layer
@@ -21,7 +22,7 @@ def dropout(rate: float) -> Layer:
     """
     rate = float(rate)
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout: rate (the probability of dropping) must be in [0, 1), got {rate}")
+        raise InvalidValueError(f"dropout: rate (the probability of dropping) must be in [0, 1), got {rate}")
     name = "dropout"
     keep_scale = 1.0 / (1.0 - rate)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._errors import ShapeError
+from .._errors import InvalidValueError, ShapeError
 from ..tree import FrozenDict
 from ._checks import check_params, fmt_shape, seal
 from ._layer import Layer
@@ -24,7 +24,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     """
     momentum, eps = float(momentum), float(eps)
     if not 0.0 <= momentum < 1.0 or eps <= 0:
-        raise ValueError(f"batch_norm: momentum must be in [0, 1) and eps > 0, got {momentum}, {eps}")
+        raise InvalidValueError(f"batch_norm: momentum must be in [0, 1) and eps > 0, got {momentum}, {eps}")
     name = "batch_norm"
 
     def init(key, input_shape, dtype):

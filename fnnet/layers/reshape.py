@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from .._errors import ShapeError
+from .._errors import InvalidValueError, ShapeError
 from ..tree import EMPTY
 from ._checks import fmt_shape, without_params
 from ._layer import Layer
@@ -46,7 +46,7 @@ def reshape(shape: tuple[int, ...]) -> Layer:
     ``shape`` may be -1 (inferred)."""
     shape = tuple(int(d) for d in shape)
     if shape.count(-1) > 1 or any(d < 1 and d != -1 for d in shape):
-        raise ValueError(f"reshape: shape must hold positive sizes and at most one -1, got {shape}")
+        raise InvalidValueError(f"reshape: shape must hold positive sizes and at most one -1, got {shape}")
 
     def out_shape(in_shape):
         n = math.prod(in_shape)
