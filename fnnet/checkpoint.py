@@ -98,7 +98,8 @@ def _header_sha256(header: dict) -> str:
 
 
 def _tmp_pattern(path: pathlib.Path) -> re.Pattern:
-    return re.compile(re.escape(f".{path.name}.") + r"(?P<pid>[^.]+)\.[0-9a-f]+\.tmp")
+    # ours: .<name>.<pid>.<hex>.tmp; earlier versions' (mkstemp): .<name>.<8 random chars>.tmp
+    return re.compile(re.escape(f".{path.name}.") + r"(?:(?P<pid>[0-9]+)\.[0-9a-f]+|[a-z0-9_]{8})\.tmp")
 
 
 def _remove_stale_tmp(path: pathlib.Path) -> list[pathlib.Path]:
@@ -109,7 +110,7 @@ def _remove_stale_tmp(path: pathlib.Path) -> list[pathlib.Path]:
         m = pattern.fullmatch(q.name)
         if m is None:
             continue
-        pid = int(m["pid"]) if m["pid"].isdigit() else None
+        pid = None if m["pid"] is None else int(m["pid"])
         if pid is not None and pid != os.getpid():
             try:
                 os.kill(pid, 0)

@@ -223,14 +223,15 @@ def scale(factor: float) -> GradientTransformation:
 
 def scale_by_learning_rate(learning_rate: float | Schedule) -> GradientTransformation:
     """``u -> -lr(t) * u``, with ``t`` the number of updates already applied."""
-    schedule = _check_rate("scale_by_learning_rate", learning_rate)
+    name = "scale_by_learning_rate"
+    schedule = _check_rate(name, learning_rate)
 
     def init(params):
-        return FrozenDict(count=_count(0), learning_rate=_scalar(schedule(0)))
+        return FrozenDict(count=_count(0), learning_rate=_scalar(_value_at(name, "a learning rate", schedule, 0, 0.0)))
 
     def update(updates, state, params=None):
         t = int(state["count"])
-        lr = _value_at("scale_by_learning_rate", "a learning rate", schedule, t, low=0.0)
+        lr = _value_at(name, "a learning rate", schedule, t, low=0.0)
         new = tree_map(lambda u: u * -lr, updates)
         return new, FrozenDict(count=_count(t + 1), learning_rate=_scalar(lr))
 
@@ -420,7 +421,7 @@ def sgd(learning_rate: float | Schedule, momentum: float = 0.0, nesterov: bool =
     momentum = _check_unit("sgd", "momentum", momentum)
     if nesterov and momentum == 0:
         raise InvalidValueError("sgd: nesterov=True needs momentum > 0, got momentum=0")
-    lr = scale_by_learning_rate(learning_rate)
+    lr = scale_by_learning_rate(_check_rate("sgd", learning_rate))
     return chain(trace(momentum, nesterov), lr) if momentum else lr
 
 
@@ -428,7 +429,7 @@ def adam(
     learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 ) -> GradientTransformation:
     """Adam: :func:`scale_by_adam` then the learning rate."""
-    return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(_check_rate("adam", learning_rate)))
 
 
 def adamw(
@@ -443,7 +444,9 @@ def adamw(
     ``w -= lr * (adam_direction + weight_decay * w)``; ``mask`` as in
     :func:`add_decayed_weights` (e.g. to skip biases)."""
     return chain(
-        scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate)
+        scale_by_adam(b1, b2, eps),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(_check_rate("adamw", learning_rate)),
     )
 
 
@@ -453,14 +456,15 @@ def rmsprop(
     """RMSprop (Tieleman & Hinton 2012): :func:`scale_by_rms`, optional momentum, then the rate."""
     momentum = _check_unit("rmsprop", "momentum", momentum)
     parts = [scale_by_rms(decay, eps)] + ([trace(momentum)] if momentum else [])
-    return chain(*parts, scale_by_learning_rate(learning_rate))
+    return chain(*parts, scale_by_learning_rate(_check_rate("rmsprop", learning_rate)))
 
 
 def adagrad(
     learning_rate: float | Schedule, initial_accumulator_value: float = 0.1, eps: float = 1e-7
 ) -> GradientTransformation:
     """Adagrad (Duchi et al. 2011): :func:`scale_by_rss` then the rate."""
-    return chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
+    rate = scale_by_learning_rate(_check_rate("adagrad", learning_rate))
+    return chain(scale_by_rss(initial_accumulator_value, eps), rate)
 
 
 def keras_sgd(learning_rate: float, momentum: float = 0.0, decay: float = 0.0) -> GradientTransformation:

@@ -112,9 +112,11 @@ def batch_indices(cfg: Config, key: random.Key, n: int, start: int):
     return data.epoch_batches(key, n, cfg.batch_size, start_step=start)
 
 
-def evaluate(model, params, split: data.Split, dtype) -> dict:
-    """Loss, accuracy and predictions of ``params`` on a whole split."""
+def evaluate(model, params, split: data.Split, dtype, step: int) -> dict:
+    """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split."""
     logits = fn.predict(model, params, split.x.astype(dtype, copy=False))
+    if not np.isfinite(logits).all():  # finite params whose outputs overflow: diverged
+        raise fn.DivergenceError(f"step {step}: the model's outputs on evaluation images are NaN or inf")
     loss, _ = fn.softmax_cross_entropy(logits, split.y)
     pred = logits.argmax(axis=1)
     return {"loss": float(loss), "accuracy": float(np.mean(pred == split.y)), "pred": pred}
@@ -309,9 +311,10 @@ def run(
                 if cfg.eval_samples:
                     pick = random.generator(random.fold_in(k_eval, state.step)).choice(
                         len(ds.val), cfg.eval_samples, replace=False)
-                    val = evaluate(model, state.params, data.Split(ds.val.x[pick], ds.val.y[pick]), dtype)
+                    sample = data.Split(ds.val.x[pick], ds.val.y[pick])
+                    val = evaluate(model, state.params, sample, dtype, state.step)
                 else:
-                    val = evaluate(model, state.params, ds.val, dtype)
+                    val = evaluate(model, state.params, ds.val, dtype, state.step)
                 row = {
                     "step": state.step, "epoch": round(state.step / per_epoch, 4),
                     "loss": acc_loss / n_acc, "train_accuracy": acc_acc / n_acc,
@@ -346,7 +349,8 @@ def run(
         print(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
         return {"step": state.step, "params_sha256": checkpoint.digest(state.params)}
 
-    test, val = evaluate(model, state.params, ds.test, dtype), evaluate(model, state.params, ds.val, dtype)
+    test = evaluate(model, state.params, ds.test, dtype, state.step)
+    val = evaluate(model, state.params, ds.val, dtype, state.step)
     summary = {
         "config": attrs.asdict(cfg),
         "seed": cfg.seed,
