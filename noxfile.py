@@ -91,7 +91,8 @@ def lint(session: nox.Session) -> None:
 def mnist(session: nox.Session) -> None:
     """Train the default preset on MNIST end to end (pass arguments after --)."""
     session.install(".[plot]")
-    args = session.posargs or ["--preset", "default", "--out", "runs/mnist-default"]
+    # the session's own folder, replaced on each run so that the README's command can be run again
+    args = session.posargs or ["--preset", "default", "--out", "runs/mnist-default", "--overwrite"]
     session.run("python", "pipelines/mnist.py", *args, env=_env())
 
 

@@ -201,6 +201,11 @@ def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
             header = json.loads(bytes(_read_leaf(z, "__header__", path, budget)).decode())
             if not isinstance(header, dict):
                 raise InvalidValueError("the header is not a JSON object")
+            if header.get("format") == "fnnet-checkpoint-1":
+                raise DataError(
+                    f"{path}: written by an earlier fnnet (format fnnet-checkpoint-1, whose digest does not cover its "
+                    "metadata): it cannot be loaded; start that run again"
+                )
             if header.get("format") != FORMAT:
                 raise DataError(f"{path}: not an fnnet checkpoint of format {FORMAT} (format {header.get('format')!r})")
             if not (isinstance(header.get("structure"), str) and isinstance(header.get("metadata"), dict)

@@ -294,7 +294,8 @@ def _check_same(trees: tuple, path: tuple, what: str = "") -> str:
             if kinds[i] == kinds[0] == "dict":
                 missing = [k for k in keys[0] if k not in keys[i]]
                 extra = [k for k in keys[i] if k not in keys[0]]
-                detail = f" (lacks {missing}, has extra {extra})" if missing or extra else " (key order)"
+                parts = ([f"lacks {missing}"] if missing else []) + ([f"has extra {extra}"] if extra else [])
+                detail = f" ({', '.join(parts)})" if parts else " (the same keys in another order)"
             if what:
                 raise TreeMismatchError(
                     f"{what}: at {_path_str(path)} expected {_describe(trees[0], kinds[0])}, got "

@@ -374,7 +374,7 @@ def run(
     print(f"test accuracy {test['accuracy']:.4f}  validation accuracy {val['accuracy']:.4f}  "
           f"params sha256 {summary['params_sha256'][:16]}...  {summary['wall_seconds']:.1f}s  -> {out}")
     if summary["diverged"]:
-        print(f"warning: training diverged: {warnings[-1]}", file=sys.stderr)
+        print(f"warning: the run ended diverged (exit status 3): {warnings[-1]}", file=sys.stderr)
     return summary
 
 
@@ -389,8 +389,8 @@ def _number(kind: type, low: float, low_open: bool = False):
             what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value) or (value <= low if low_open else value < low):
-            bound = f"{'>' if low_open else '>='} {low:g}"
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {what} {'>' if low_open else '>='} {low:g}, got {text!r}")
         return value
 
     convert.__name__ = kind.__name__
@@ -467,6 +467,8 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     try:
         prepare_out(out, args.resume, args.overwrite)  # before the data is read
+        if args.data_dir is not None and not pathlib.Path(args.data_dir).expanduser().is_dir():
+            raise FlagError(f"--data-dir {args.data_dir}: no such folder")
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)
         cfg = make_config(args, ds)
         summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite)

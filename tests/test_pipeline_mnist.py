@@ -126,7 +126,7 @@ def test_cli_help_and_bad_arguments(tmp_path):
                  "--out", "--resume", "--eval-every"):
         assert flag in proc.stdout
     bad = run(tmp_path, "--batch-size", "0", check=False)
-    assert bad.returncode == 2 and "argument --batch-size: must be a finite number >= 1, got '0'" in bad.stderr
+    assert bad.returncode == 2 and "argument --batch-size: must be an integer >= 1, got '0'" in bad.stderr
 
 
 @REAL
