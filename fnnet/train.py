@@ -21,7 +21,15 @@ import attrs
 import numpy as np
 
 from . import random
-from ._errors import DivergenceError, InvalidTypeError, InvalidValueError, ShapeError, instance_of, is_callable
+from ._errors import (
+    DivergenceError,
+    InvalidTypeError,
+    InvalidValueError,
+    ShapeError,
+    TreeMismatchError,
+    instance_of,
+    is_callable,
+)
 from .flat import Layout, pack_state, unpack_state
 from .layers._checks import as_batch
 from .layers._layer import Layer, Site, prepare_checked, run, run_backward
@@ -160,22 +168,38 @@ def run_step(
     ``carry``: the :class:`Carry` of the previous call when ``state`` is the state that
     call returned on this plan (it saves packing the params and the optimizer state
     again), else None. Returns the new state, the metrics and the new carry.
+
+    A state the plan has not seen is checked against the optimizer and the model only
+    when the step fails (:func:`check_state` costs more than a small step): a state of
+    another optimizer or model then gets an error that says so, not the KeyError or
+    broadcast error it caused.
     """
-    if carry is None:  # a state this plan has not seen: does it fit the optimizer and model?
-        check_state(step, state)
+    try:
+        return _body(step, plan, state, x, labels, carry)
+    except Exception:
+        if carry is not None:
+            raise
+        try:
+            check_state(step, state)
+        except TreeMismatchError as mismatch:
+            raise mismatch from None
+        raise
+
+
+def _body(
+    step: Step, plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, carry: Carry | None
+) -> tuple[TrainState, dict[str, float], Carry | None]:
     logits, cache, model_state = run(plan.site, state.params, x, step.step_key(state.step), state.model_state)
-    if not _finite(logits):
-        if not _finite(x):
-            raise InvalidValueError(
-                f"step {state.step}: the inputs contain NaN or inf; the state passed in is unchanged"
-            )
-        raise DivergenceError(
-            f"step {state.step}: the model's outputs are NaN or inf (the forward pass overflowed: params or inputs "
-            "too large); the state passed in is unchanged"
-        )
-    loss, dlogits = step.loss(logits, labels)
+    try:
+        loss, dlogits = step.loss(logits, labels)
+    except InvalidValueError:  # (the built-in losses refuse NaN and inf logits)
+        if not _finite(logits):
+            raise _nonfinite_outputs(state.step, x) from None
+        raise
     metrics = {"loss": float(loss)}
     if not math.isfinite(metrics["loss"]):
+        if not _finite(logits):
+            raise _nonfinite_outputs(state.step, x)
         raise DivergenceError(f"step {state.step}: the loss is {metrics['loss']}; the state passed in is unchanged")
     if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
         metrics["accuracy"] = accuracy(logits, labels)
@@ -198,7 +222,7 @@ def run_step(
         opt_state, packed = pack_state(state.opt_state, plan.layout)
     updates, opt_state = step.optimizer.update(plan.grads, opt_state, flat)
     new_flat = np.add(flat, updates, dtype=plan.layout.dtype)
-    if not _finite(new_flat):
+    if not math.isfinite(np.vdot(new_flat, new_flat)) and not _finite(new_flat):  # (_finite inlined: per step)
         raise _diverged(state.step, plan.layout.views(new_flat), plan.grads, opt_state)
     params = plan.layout.unpack(new_flat)
     new_opt, aliased = unpack_state(opt_state, packed, plan.layout, plan.grads)
@@ -229,6 +253,16 @@ def _finite(a: np.ndarray) -> bool:
     """Whether every element of ``a`` is finite: one BLAS dot product (a NaN or inf makes
     it NaN or inf), and the exact test only when that overflows or fails."""
     return math.isfinite(np.vdot(a, a)) or bool(np.isfinite(a).all())
+
+
+def _nonfinite_outputs(step: int, x: np.ndarray) -> InvalidValueError:
+    """The error of a forward pass whose outputs are NaN or inf: bad inputs, or overflow."""
+    if not _finite(x):
+        return InvalidValueError(f"step {step}: the inputs contain NaN or inf; the state passed in is unchanged")
+    return DivergenceError(
+        f"step {step}: the model's outputs are NaN or inf (the forward pass overflowed: params or inputs too large); "
+        "the state passed in is unchanged"
+    )
 
 
 def _diverged(step: int, params: Any, grads: Any, opt_state: Any) -> DivergenceError:

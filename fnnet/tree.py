@@ -345,7 +345,8 @@ def check_like(tree: Any, like: Any, what: str) -> None:
     """TreeMismatchError unless ``tree`` has the structure of ``like`` and, where both
     hold arrays, arrays of its shapes and dtypes; the message starts with ``what`` and names the first path that
     differs, with what was expected there and what was found."""
-    _map(lambda a, b: None, (like, tree), (), what)
+    if tree_structure(tree) is not tree_structure(like):  # (interned: an identity test)
+        _map(lambda a, b: None, (like, tree), (), what)  # raises, naming the path
     for (path, a), b in zip(tree_leaves_with_path(tree), tree_leaves(like)):
         if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
             continue  # other leaves (a Python count in a custom state) have no shape to compare
