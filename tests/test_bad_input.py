@@ -35,6 +35,19 @@ def snapshot(root: pathlib.Path) -> dict:
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def assert_refused(act, error: type, names: list[str], root: pathlib.Path | None = None) -> None:
+    """``act()`` raises ``error`` (an FnnetError) whose message holds every one of
+    ``names``, and no file under ``root`` changed."""
+    before = snapshot(root) if root is not None else None
+    with pytest.raises(error) as e:
+        act()
+    assert isinstance(e.value, fn.FnnetError)
+    for n in names:
+        assert n in str(e.value), f"{n!r} not in {str(e.value)!r}"
+    if root is not None:
+        assert snapshot(root) == before, "a refusal changed a file"
+
+
 # -- the API: optimizers, transforms, schedules, steps, trees ----------------------------
 
 MODEL = fn.serial(fn.flatten(), fn.dense(10))
@@ -179,11 +192,7 @@ API = [
 
 @pytest.mark.parametrize("name,act,error,names", API, ids=[c[0] for c in API])
 def test_api(name, act, error, names):
-    with pytest.raises(error) as e:
-        act()
-    assert isinstance(e.value, fn.FnnetError)
-    for n in names:
-        assert n in str(e.value), f"{n!r} not in {str(e.value)!r}"
+    assert_refused(act, error, names)
 
 
 # -- data files ----------------------------------------------------------------------------
@@ -259,13 +268,7 @@ DATA = [
 def test_data_files(tmp_path, monkeypatch, name, make, error, names):
     monkeypatch.delenv("FNNET_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    act = make(tmp_path)
-    before = snapshot(tmp_path)
-    with pytest.raises(error) as e:
-        act()
-    for n in names:
-        assert n in str(e.value), f"{n!r} not in {str(e.value)!r}"
-    assert snapshot(tmp_path) == before
+    assert_refused(make(tmp_path), error, names, tmp_path)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -371,13 +374,7 @@ CHECKPOINTS = [
 
 @pytest.mark.parametrize("kind,names", CHECKPOINTS, ids=[c[0] for c in CHECKPOINTS])
 def test_checkpoints(tmp_path, kind, names):
-    act = _crafted(kind)(tmp_path)
-    before = snapshot(tmp_path)
-    with pytest.raises(fn.DataError) as e:
-        act()
-    for n in names:
-        assert n in str(e.value), f"{n!r} not in {str(e.value)!r}"
-    assert snapshot(tmp_path) == before
+    assert_refused(_crafted(kind)(tmp_path), fn.DataError, names, tmp_path)
 
 
 SAVES = [
@@ -395,13 +392,7 @@ SAVES = [
 
 @pytest.mark.parametrize("name,make,error,names", SAVES, ids=[c[0] for c in SAVES])
 def test_checkpoint_saves(tmp_path, name, make, error, names):
-    act = make(tmp_path / "c.npz")
-    before = snapshot(tmp_path)
-    with pytest.raises(error) as e:
-        act()
-    for n in names:
-        assert n in str(e.value), f"{n!r} not in {str(e.value)!r}"
-    assert snapshot(tmp_path) == before
+    assert_refused(make(tmp_path / "c.npz"), error, names, tmp_path)
 
 
 def test_a_save_removes_what_killed_saves_left_and_nothing_else(tmp_path):
