@@ -213,8 +213,9 @@ def read_metrics(path: pathlib.Path) -> list[dict]:
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename: a kill leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace ``path`` with ``text`` in one rename: a kill leaves the old or the new file
+    (and a temporary file of a fixed name, which the next write reuses)."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 

@@ -94,6 +94,7 @@ def unchanged_after_divergence(jit):
 
 
 nan, inf = float("nan"), float("inf")
+CLIPPED = optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(0.1, momentum=0.9))  # runs on trees, not flat
 
 API = [
     # optimizers and transforms: PyTorch's rules are the floor
@@ -169,6 +170,9 @@ API = [
     ("opt state of another model",
      stepped(optim.adam(0.1), jit=True, state=lambda: fn.TrainState(params(), optim.adam(0.1).init(params(OTHER)))),
      fn.TreeMismatchError, ["state.opt_state", "mu"]),
+    ("opt state of another model, tree optimizer",
+     stepped(CLIPPED, state=lambda: fn.TrainState(params(), CLIPPED.init(params(OTHER)))),
+     fn.TreeMismatchError, ["state.opt_state", "1/0/trace"]),
     ("model state of another model",
      stepped(optim.sgd(0.1), model=BN,
              state=lambda: fn.TrainState(params(BN), optim.sgd(0.1).init(params(BN)), 0, BN8.init_state(params(BN8)))),
