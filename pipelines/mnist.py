@@ -236,10 +236,12 @@ def prepare_out(out: pathlib.Path, resume: bool, overwrite: bool) -> None:
 
 
 def _config_diff(old: object, new: dict) -> str:
+    """The fields that differ, then both configs whole."""
+    both = f"  the checkpoint's config: {old!r}\n  this run's config:       {new}"
     if not isinstance(old, dict):
-        return f"  there: {old!r}\n  now:   {new}"
+        return both
     keys = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
-    return "\n".join(f"  {k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
+    return "\n".join(f"  {k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys) + "\n" + both
 
 
 def run(

@@ -529,7 +529,7 @@ FLAGS = [
     ("resume with another preset", ["--out", "run", *FAST, "--preset", "tutorial", "--resume"], 2,
      ["--resume", "another config", "preset: 'default' there, 'tutorial' now"]),
     ("resume with another lr", ["--out", "run", *FAST, "--lr", "0.5", "--resume"], 2,
-     ["another config", "lr: 0.002 there, 0.5 now"]),
+     ["another config", "lr: 0.002 there, 0.5 now", "the checkpoint's config: {", "this run's config:       {"]),
     ("resume with another seed", ["--out", "run", *FAST, "--seed", "1", "--resume"], 2,
      ["another config", "seed: 0 there, 1 now"]),
 ]
