@@ -59,6 +59,8 @@ def build(session: nox.Session) -> None:
     for family in KERNEL_FAMILIES:
         if not any(n.startswith(f"fnnet/kernels/_{family}.") and n.endswith((".so", ".pyd")) for n in names):
             session.error(f"{wheel.name} lacks the compiled kernel module fnnet/kernels/_{family}")
+    if "fnnet/py.typed" not in names:
+        session.error(f"{wheel.name} lacks fnnet/py.typed: type checkers would ignore fnnet's annotations")
     if any(n.endswith("_pythran.py") for n in names):
         session.error(f"{wheel.name} ships pythran sources: an installed tree must not import the interpreted loops")
     session.log(f"{wheel.name}: {len(names)} files, compiled kernels present")
@@ -82,9 +84,10 @@ def build(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff."""
-    session.install("ruff")
+    """ruff, and mypy (pinned; settings in pyproject.toml) on fnnet/ and pipelines/."""
+    session.install("ruff", "mypy==2.4.1", "numpy>=2.0", "attrs>=23.1")
     session.run("ruff", "check", ".")
+    session.run("mypy")
 
 
 @nox.session

@@ -1,5 +1,10 @@
 """The one exception family of fnnet: catch ``FnnetError`` to catch them all."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 
 class FnnetError(Exception):
     """Base class of every error fnnet raises on bad input."""
@@ -41,10 +46,13 @@ class DataNotFoundError(FnnetError, FileNotFoundError):
 # attrs validators that raise from this family, naming the record, the field and the value
 
 
-def instance_of(cls: type):
+Validator = Callable[[Any, Any, Any], None]  # attrs: (instance, attribute, value) -> None
+
+
+def instance_of(cls: type) -> Validator:
     """An attrs validator: ``value`` must be a ``cls`` (InvalidTypeError otherwise)."""
 
-    def check(inst, attribute, value):
+    def check(inst: Any, attribute: Any, value: Any) -> None:
         if not isinstance(value, cls):
             article = "an" if cls.__name__[0] in "AEIOUaeiou" else "a"
             raise InvalidTypeError(
@@ -55,7 +63,7 @@ def instance_of(cls: type):
     return check
 
 
-def is_callable(inst, attribute, value):
+def is_callable(inst: Any, attribute: Any, value: Any) -> None:
     """An attrs validator: ``value`` must be callable (InvalidTypeError otherwise)."""
     if not callable(value):
         raise InvalidTypeError(

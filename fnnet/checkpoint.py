@@ -27,6 +27,7 @@ import numpy as np
 
 from ._errors import DataError, InvalidTypeError, InvalidValueError
 from .tree import TreeDef, check_like, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
+from .typing import PyTree
 
 __all__ = ["save", "load", "digest"]
 
@@ -78,7 +79,7 @@ def _leaves(tree: Any) -> list[np.ndarray]:
     return out
 
 
-def digest(tree: Any) -> str:
+def digest(tree: PyTree) -> str:
     """sha256 of a tree's structure and of every leaf's dtype, shape and bytes."""
     return _digest(json.dumps(_treedef_to_json(tree_structure(tree))), _leaves(tree))
 
@@ -127,7 +128,7 @@ def _remove_stale_tmp(path: pathlib.Path) -> list[pathlib.Path]:
     return removed
 
 
-def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> str:
+def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) -> str:
     """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically; returns the
     sha256 of the tree (:func:`digest`)."""
     path = pathlib.Path(path)
@@ -148,7 +149,7 @@ def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None) -> st
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "xb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # (the stub fears a key named allow_pickle)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -184,7 +185,7 @@ def _read_leaf(z: zipfile.ZipFile, name: str, path: pathlib.Path, budget: int) -
     return a if a.flags.c_contiguous else a.copy()
 
 
-def load(path: str | os.PathLike, like: Any = None) -> tuple[Any, dict]:
+def load(path: str | os.PathLike, like: PyTree = None) -> tuple[PyTree, dict]:
     """``(tree, metadata)`` from a checkpoint written by :func:`save`.
 
     The tree is frozen (FrozenDict/tuple containers, read-only leaves). Raises

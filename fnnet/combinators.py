@@ -7,16 +7,20 @@ checked and sped up as a top-level layer is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 
 from . import random
 from ._errors import FnnetError, InvalidTypeError, InvalidValueError, ShapeError
 from .layers._checks import check_keys, fmt_shape
-from .layers._layer import Chain, Layer, prepare, run, run_backward, run_chain, run_chain_backward
+from .layers._layer import Chain, Layer, Sig, prepare, run, run_backward, run_chain, run_chain_backward
 from .layers.reshape import identity
+from .random import Key
 from .tree import EMPTY, FrozenDict, param_count
+from .typing import Array, DTypeLike, Params, PyTree, Shape
 
 
 def _reraise(err: FnnetError, key: str) -> FnnetError:
@@ -45,7 +49,7 @@ def serial(*layers: Layer) -> Layer:
     children = tuple(zip(names, layers))
     stateful = tuple(layer.stateful for layer in layers)
 
-    def init(key, input_shape, dtype):
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         params, shape = {}, input_shape
         for (k, layer), sub in zip(children, random.split(key, len(layers))):
             try:
@@ -54,7 +58,7 @@ def serial(*layers: Layer) -> Layer:
                 raise _reraise(err, k) from None
         return FrozenDict(params), shape
 
-    def check(params, input_shape, dtype):
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
         check_keys("serial", params, names)
         shape = input_shape
         for k, layer in children:
@@ -64,23 +68,23 @@ def serial(*layers: Layer) -> Layer:
                 raise _reraise(err, k) from None
         return shape
 
-    def init_state(params):
+    def init_state(params: Params) -> PyTree:
         return FrozenDict((k, layer.init_state(params[k])) for (k, layer), s in zip(children, stateful) if s)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         sites, shape = [], sig.x_shape
         for i, (k, layer) in enumerate(children):  # the first layer's dx only if serial's is needed
             sites.append(prepare(layer, params[k], sig.child(k, shape, need_dx=sig.need_dx or i > 0)))
             shape = (shape[0], *layer.output_shape(params[k], shape[1:], sig.dtype))
         return Chain(names, tuple(sites)), sig.grads
 
-    def forward(params, x, buf, key=None, state=EMPTY):
+    def forward(params: Params, x: Array, buf: Any, key: Key | None = None, state: PyTree = EMPTY) -> tuple[Any, ...]:
         x, caches, new_state = run_chain(buf[0], params, x, key, state)
         if new_state:
             return x, (caches, buf), FrozenDict(new_state)
         return x, (caches, buf)
 
-    def backward(cache, dy):
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         caches, (chain, grads) = cache
         return grads, run_chain_backward(chain, caches, dy)
 
@@ -104,21 +108,21 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
     parts = (("block", block), ("shortcut", shortcut))
     stateful = (block.stateful, shortcut.stateful)
 
-    def same(sb, ss):
+    def same(sb: Shape, ss: Shape) -> None:
         if tuple(sb) != tuple(ss):
             raise ShapeError(
                 f"residual: block output {fmt_shape(sb)} does not match shortcut output {fmt_shape(ss)}; "
                 "give a shortcut layer that maps the input to the block's output shape"
             )
 
-    def init(key, input_shape, dtype):
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         k1, k2 = random.split(key)
         pb, sb = block.init(k1, input_shape, dtype=dtype)
         ps, ss = shortcut.init(k2, input_shape, dtype=dtype)
         same(sb, ss)
         return FrozenDict(block=pb, shortcut=ps), sb
 
-    def check(params, input_shape, dtype):
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
         check_keys("residual", params, ("block", "shortcut"))
         out = {}
         for k, layer in parts:
@@ -129,15 +133,15 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         same(out["block"], out["shortcut"])
         return out["block"]
 
-    def init_state(params):
+    def init_state(params: Params) -> PyTree:
         return FrozenDict((k, layer.init_state(params[k])) for (k, layer), s in zip(parts, stateful) if s)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         sites = tuple(prepare(layer, params[k], sig.child(k, sig.x_shape)) for k, layer in parts)
         y_shape = (sig.x_shape[0], *block.output_shape(params["block"], sig.x_shape[1:], sig.dtype))
         return SimpleNamespace(sites=sites, y=sig.empty(y_shape), dx=sig.dx_buffer(), grads=sig.grads)
 
-    def forward(params, x, buf, key=None, state=EMPTY):
+    def forward(params: Params, x: Array, buf: Any, key: Key | None = None, state: PyTree = EMPTY) -> tuple[Any, ...]:
         subkeys = random.split(key) if key is not None else (None, None)
         outs, caches, new_state = [], [], {}
         for (k, _), site, sub, has_state in zip(parts, buf.sites, subkeys, stateful):
@@ -151,10 +155,10 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
             return y, (caches, buf), FrozenDict(new_state)
         return y, (caches, buf)
 
-    def backward(cache, dy):
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         caches, buf = cache
         dxb, dxs = (run_backward(site, c, dy) for site, c in zip(buf.sites, caches))
-        return buf.grads, None if buf.dx is None else np.add(dxb, dxs, out=buf.dx)
+        return buf.grads, None if buf.dx is None else np.add(cast(Array, dxb), cast(Array, dxs), out=buf.dx)
 
     return Layer(
         "residual", init, forward, backward, check, buffers=buffers,
@@ -162,7 +166,9 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
     )
 
 
-def summary(model: Layer, input_shape: tuple, dtype=np.float32, *, print_fn=print) -> str:
+def summary(
+    model: Layer, input_shape: tuple, dtype: DTypeLike = np.float32, *, print_fn: Callable[[str], Any] = print
+) -> str:
     """A table of layers, output shapes and parameter counts; printed and returned.
 
     Shapes are found without data, by ``init`` with a fixed key.

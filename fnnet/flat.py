@@ -106,7 +106,8 @@ def pack_state(state: Any, layout: Layout, path: tuple = ()) -> tuple[Any, froze
         return layout.pack(state), frozenset([path])
     if isinstance(state, (Mapping, tuple, list)):
         items = state.items() if isinstance(state, Mapping) else enumerate(state)
-        packed, paths = {}, frozenset()
+        packed: dict = {}
+        paths: frozenset = frozenset()
         for k, v in items:
             packed[k], sub = pack_state(v, layout, path + (k,))
             paths |= sub

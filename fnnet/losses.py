@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import kernels
 from ._errors import DTypeError, InvalidValueError, ShapeError
@@ -16,7 +17,7 @@ from .layers._checks import FLOAT_DTYPES
 __all__ = ["softmax_cross_entropy", "mse"]
 
 
-def _check_outputs(name: str, a, what: str, ndim: int | None = None) -> np.ndarray:
+def _check_outputs(name: str, a: ArrayLike, what: str, ndim: int | None = None) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype not in FLOAT_DTYPES:
         raise DTypeError(f"{name}: {what} must be float32 or float64, got {a.dtype}")
@@ -30,7 +31,7 @@ def _check_outputs(name: str, a, what: str, ndim: int | None = None) -> np.ndarr
     return a
 
 
-def _targets(name: str, labels: np.ndarray, n: int, c: int, dtype) -> np.ndarray:
+def _targets(name: str, labels: np.ndarray, n: int, c: int, dtype: np.dtype) -> np.ndarray:
     """One-hot or probability rows (N, C) as rows of ``dtype`` (class ids take the fused kernel)."""
     if labels.ndim == 2 and labels.dtype.kind == "f":
         if labels.shape != (n, c):
@@ -50,7 +51,7 @@ def _check_ids(name: str, labels: np.ndarray, c: int) -> None:
         raise InvalidValueError(f"{name}: labels must be class ids in [0, {c}), got values in [{lo}, {hi}]")
 
 
-def softmax_cross_entropy(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Mean softmax cross-entropy and its gradient.
 
     ``logits`` (N, C) float; ``labels`` int class ids (N,) or one-hot/probability rows
@@ -87,7 +88,7 @@ def softmax_cross_entropy(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(loss), dlogits
 
 
-def mse(predictions, targets) -> tuple[np.ndarray, np.ndarray]:
+def mse(predictions: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Mean squared error over all elements and its gradient ``2 (p - t) / size``.
 
     ``predictions`` and ``targets`` share one shape (N, ...).

@@ -25,6 +25,7 @@ import numpy as np
 
 from ._errors import InvalidTypeError, InvalidValueError
 from .tree import FrozenDict, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map, tree_unflatten
+from .typing import OptState, Params, PyTree, Schedule
 
 __all__ = [
     "GradientTransformation",
@@ -57,15 +58,14 @@ __all__ = [
     "trace",
 ]
 
-Schedule = Callable[[int], float]
 
 
 @attrs.frozen
 class GradientTransformation:
     """``init(params) -> state`` and ``update(updates, state, params=None) -> (updates, state)``."""
 
-    init: Callable[[Any], Any]
-    update: Callable[..., tuple[Any, Any]]
+    init: Callable[[PyTree], OptState]
+    update: Callable[..., tuple[PyTree, OptState]]  # (updates, state, params=None)
     elementwise: bool = False
 
 
@@ -167,7 +167,7 @@ def exponential_decay(init_value: float, decay_rate: float, transition_steps: in
     decay_rate = _real("exponential_decay", "decay_rate", decay_rate, low=0.0, low_open=True)
     transition_steps = _int("exponential_decay", "transition_steps", transition_steps, 1)
 
-    def schedule(step):
+    def schedule(step: int) -> float:
         p = step // transition_steps if staircase else step / transition_steps
         return init_value * decay_rate**p
 
@@ -194,7 +194,7 @@ def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0, warmup
     decay_steps = _int("cosine_decay", "decay_steps", decay_steps, 1)
     warmup_steps = _int("cosine_decay", "warmup_steps", warmup_steps, 0)
 
-    def schedule(step):
+    def schedule(step: int) -> float:
         if step < warmup_steps:
             return init_value * step / warmup_steps
         t = min(step - warmup_steps, decay_steps) / decay_steps
@@ -215,7 +215,7 @@ def scale(factor: float) -> GradientTransformation:
     """``u -> factor * u``."""
     factor = _real("scale", "factor", factor)
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         return tree_map(lambda u: u * factor, updates), state
 
     return GradientTransformation(lambda params: FrozenDict(), update, elementwise=True)
@@ -226,10 +226,10 @@ def scale_by_learning_rate(learning_rate: float | Schedule) -> GradientTransform
     name = "scale_by_learning_rate"
     schedule = _check_rate(name, learning_rate)
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return FrozenDict(count=_count(0), learning_rate=_scalar(_value_at(name, "a learning rate", schedule, 0, 0.0)))
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         t = int(state["count"])
         lr = _value_at(name, "a learning rate", schedule, t, low=0.0)
         new = tree_map(lambda u: u * -lr, updates)
@@ -242,10 +242,10 @@ def trace(decay: float, nesterov: bool = False) -> GradientTransformation:
     """Momentum: ``m = u + decay * m``; emits ``m`` (or ``u + decay * m`` for Nesterov)."""
     decay = _check_unit("trace", "decay", decay)
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return FrozenDict(trace=_zeros_like(params))
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         m = tree_map(lambda u, t: u + decay * t, updates, state["trace"])
         out = tree_map(lambda u, t: u + decay * t, updates, m) if nesterov else m
         return out, FrozenDict(trace=m)
@@ -263,10 +263,10 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     b2 = _check_unit("scale_by_adam", "b2", b2, closed=False)
     eps = _real("scale_by_adam", "eps", eps, low=0.0)
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return FrozenDict(count=_count(0), mu=_zeros_like(params), nu=_zeros_like(params))
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         t = int(state["count"]) + 1
         mu = tree_map(lambda g, m: b1 * m + (1 - b1) * g, updates, state["mu"])
         nu = tree_map(lambda g, v: b2 * v + (1 - b2) * (g * g), updates, state["nu"])
@@ -282,7 +282,7 @@ def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
     if not callable(schedule):
         raise InvalidTypeError(f"scale_by_schedule: schedule must be a callable step -> value, got {schedule!r}")
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         t = int(state["count"])
         factor = _value_at("scale_by_schedule", "a scale factor", schedule, t)
         return tree_map(lambda u: u * factor, updates), FrozenDict(count=_count(t + 1))
@@ -295,10 +295,10 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformatio
     decay = _check_unit("scale_by_rms", "decay", decay, closed=False)
     eps = _real("scale_by_rms", "eps", eps, low=0.0)
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return FrozenDict(nu=_zeros_like(params))
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         nu = tree_map(lambda g, v: decay * v + (1 - decay) * (g * g), updates, state["nu"])
         return tree_map(lambda g, v: g / (np.sqrt(v) + eps), updates, nu), FrozenDict(nu=nu)
 
@@ -311,23 +311,25 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> G
     init_value = _real("scale_by_rss", "initial_accumulator_value", initial_accumulator_value, low=0.0)
     eps = _real("scale_by_rss", "eps", eps, low=0.0)
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return FrozenDict(sum_of_squares=tree_map(lambda p: np.full_like(p, init_value), params))
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         s = tree_map(lambda g, a: a + g * g, updates, state["sum_of_squares"])
         return tree_map(lambda g, a: g / (np.sqrt(a) + eps), updates, s), FrozenDict(sum_of_squares=s)
 
     return GradientTransformation(init, update, elementwise=True)
 
 
-def add_decayed_weights(weight_decay: float, mask: Any = None) -> GradientTransformation:
+def add_decayed_weights(
+    weight_decay: float, mask: PyTree | Callable[[PyTree], PyTree] = None
+) -> GradientTransformation:
     """``u -> u + weight_decay * params`` (decoupled weight decay, applied before the
     learning rate). ``mask`` (a tree of bools like params, or ``params -> tree``) limits
     it to some leaves, e.g. ``lambda p: tree_map(lambda a: a.ndim > 1, p)`` skips biases."""
     weight_decay = _real("add_decayed_weights", "weight_decay", weight_decay, low=0.0)
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         if params is None:
             raise InvalidValueError("add_decayed_weights needs params: call update(grads, state, params)")
         return tree_map(lambda u, p: u + weight_decay * p, updates, params), state
@@ -341,7 +343,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     ``max_norm`` (the norm over all leaves together)."""
     max_norm = _real("clip_by_global_norm", "max_norm", max_norm, low=0.0, low_open=True)
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         norm = float(np.sqrt(sum(np.vdot(u, u).real for u in tree_leaves(updates))))
         if norm <= max_norm:
             return updates, state
@@ -359,7 +361,7 @@ def set_to_zero() -> GradientTransformation:
     )
 
 
-def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
+def masked(inner: GradientTransformation, mask: PyTree | Callable[[PyTree], PyTree]) -> GradientTransformation:
     """Apply ``inner`` to the leaves where ``mask`` is True; other updates pass through.
 
     ``mask`` is a tree of bools with the structure of params, or a function
@@ -369,18 +371,18 @@ def masked(inner: GradientTransformation, mask: Any) -> GradientTransformation:
     if not isinstance(inner, GradientTransformation):
         raise InvalidTypeError(f"masked: inner is a {type(inner).__name__}, not a GradientTransformation")
 
-    def flags(tree):
+    def flags(tree: PyTree) -> list[bool]:
         m = mask(tree) if callable(mask) else mask
         tree_map(lambda a, b: None, tree, m)  # the same structure, or an error naming the path
         return [bool(b) for b in tree_leaves(m)]
 
-    def select(tree, fl):
+    def select(tree: PyTree, fl: list[bool]) -> tuple[Any, ...]:
         return tuple(leaf for leaf, keep in zip(tree_leaves(tree), fl) if keep)
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return FrozenDict(inner=inner.init(select(params, flags(params))))
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         fl = flags(updates if params is None else params)
         leaves, treedef = tree_flatten(updates)
         sub_params = None if params is None else select(params, fl)
@@ -399,10 +401,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         if not isinstance(t, GradientTransformation):
             raise InvalidTypeError(f"chain: argument {i} is a {type(t).__name__}, not a GradientTransformation")
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return tuple(t.init(params) for t in transforms)
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         new_state = []
         for t, s in zip(transforms, state):
             updates, s = t.update(updates, s, params)
@@ -477,10 +479,10 @@ def keras_sgd(learning_rate: float, momentum: float = 0.0, decay: float = 0.0) -
     learning_rate = _real("keras_sgd", "learning_rate", learning_rate, low=0.0)
     schedule = inverse_time_decay(learning_rate, _real("keras_sgd", "decay", decay, low=0.0))
 
-    def init(params):
+    def init(params: PyTree) -> OptState:
         return FrozenDict(count=_count(0), learning_rate=_scalar(schedule(0)), velocity=_zeros_like(params))
 
-    def update(updates, state, params=None):
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         t = int(state["count"])
         lr = float(schedule(t))
         v = tree_map(lambda g, v: momentum * v + lr * g, updates, state["velocity"])
@@ -490,10 +492,10 @@ def keras_sgd(learning_rate: float, momentum: float = 0.0, decay: float = 0.0) -
     return GradientTransformation(init, update, elementwise=True)
 
 
-def apply_updates(params: Any, updates: Any) -> Any:
+def apply_updates(params: Params, updates: PyTree) -> Params:
     """``params + updates`` leafwise, as new read-only arrays of the params' dtypes."""
 
-    def add(p, u):
+    def add(p: np.ndarray, u: np.ndarray) -> np.ndarray:
         out = np.add(p, u, dtype=p.dtype)
         out.flags.writeable = False
         return out
@@ -501,7 +503,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
     return tree_map(add, params, updates)
 
 
-def learning_rate(state: Any) -> float | None:
+def learning_rate(state: OptState) -> float | None:
     """The learning rate of the latest update recorded in an optimizer state (its last
     ``"learning_rate"`` entry), or None if the state records none."""
     rates = [leaf for path, leaf in tree_leaves_with_path(state) if path and path[-1] == "learning_rate"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from ._errors import InvalidTypeError, InvalidValueError, instance_of
 
@@ -54,12 +55,14 @@ def generator(k: Key) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(k.seed_sequence()))
 
 
-def normal(k: Key, shape: tuple[int, ...], dtype=np.float32, std: float = 1.0) -> np.ndarray:
+def normal(k: Key, shape: tuple[int, ...], dtype: npt.DTypeLike = np.float32, std: float = 1.0) -> np.ndarray:
     """Samples of N(0, std^2), drawn in float64 then cast (same bits for either dtype)."""
     return (generator(k).standard_normal(shape) * std).astype(dtype)
 
 
-def uniform(k: Key, shape: tuple[int, ...], dtype=np.float32, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+def uniform(
+    k: Key, shape: tuple[int, ...], dtype: npt.DTypeLike = np.float32, low: float = 0.0, high: float = 1.0
+) -> np.ndarray:
     """Samples of U[low, high), drawn in float64 then cast."""
     return generator(k).uniform(low, high, shape).astype(dtype)
 

@@ -14,11 +14,11 @@ they give the same bits by construction.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import random
 from ._errors import (
@@ -36,11 +36,12 @@ from .layers._layer import Layer, Site, prepare_checked, run, run_backward
 from .metrics import accuracy
 from .optim import GradientTransformation, apply_updates, learning_rate
 from .tree import EMPTY, _path_str, check_like, freeze, tree_leaves, tree_leaves_with_path
+from .typing import Batch, LossFn, OptState, Params, PyTree
 
 __all__ = ["TrainState", "Step", "train_step", "predict"]
 
 
-def _nonneg_int(inst, attr, value):
+def _nonneg_int(inst: Any, attr: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise InvalidValueError(f"TrainState.{attr.name} must be an int >= 0, got {value!r}")
 
@@ -50,13 +51,13 @@ class TrainState:
     """Everything that changes during training: params, optimizer state, step count and
     the model's own state (batch norm's running statistics; empty for most models)."""
 
-    params: Any
-    opt_state: Any
+    params: Params
+    opt_state: OptState
     step: int = attrs.field(default=0, validator=_nonneg_int)
-    model_state: Any = EMPTY
+    model_state: PyTree = EMPTY
 
     @classmethod
-    def create(cls, params: Any, optimizer: GradientTransformation, model: Layer | None = None) -> TrainState:
+    def create(cls, params: Params, optimizer: GradientTransformation, model: Layer | None = None) -> TrainState:
         """Step 0: frozen ``params``, a fresh optimizer state and, given ``model``, its
         initial state (``model.init_state(params)``)."""
         params = freeze(params)
@@ -74,12 +75,12 @@ class Step:
     """
 
     model: Layer = attrs.field(validator=instance_of(Layer))
-    loss: Callable = attrs.field(validator=is_callable)
+    loss: LossFn = attrs.field(validator=is_callable)
     optimizer: GradientTransformation = attrs.field(validator=instance_of(GradientTransformation))
     key: random.Key | None = attrs.field(default=None)
 
     @key.validator
-    def _key_if_random(self, attribute, value):
+    def _key_if_random(self, attribute: Any, value: Any) -> None:
         if self.model.stochastic and value is None:
             raise InvalidValueError(
                 "train_step: the model is random in train mode (dropout): pass key=fnnet.random.key(...)"
@@ -96,7 +97,7 @@ class Step:
 
 
 def train_step(
-    model: Layer, loss: Callable, optimizer: GradientTransformation, *, key: random.Key | None = None
+    model: Layer, loss: LossFn, optimizer: GradientTransformation, *, key: random.Key | None = None
 ) -> Step:
     """Fold a model, a loss ``(outputs, labels) -> (value, d_outputs)`` and an optimizer
     into one pure step; wrap it in :func:`fnnet.jit` for speed. ``key`` drives random
@@ -105,7 +106,7 @@ def train_step(
     return Step(model, loss, optimizer, key)
 
 
-def check_inputs(step: Step, state: TrainState, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(step: Step, state: TrainState, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """``(x, labels)`` of ``batch``, or an error naming what is wrong with it or ``state``."""
     if not isinstance(state, TrainState):
         raise InvalidTypeError(f"step: state must be a TrainState, got {type(state).__name__}")
@@ -281,7 +282,9 @@ def _diverged(step: int, params: Any, grads: Any, opt_state: Any) -> DivergenceE
     )
 
 
-def predict(model: Layer, params: Any, x: np.ndarray, batch_size: int = 64, model_state: Any = EMPTY) -> np.ndarray:
+def predict(
+    model: Layer, params: Params, x: ArrayLike, batch_size: int = 64, model_state: PyTree = EMPTY
+) -> np.ndarray:
     """Model outputs for ``x`` (N, *input_shape) in eval mode, in chunks of ``batch_size``.
 
     Eval mode: dropout is off and batch norm uses the running statistics in

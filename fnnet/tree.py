@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import collections
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ._errors import TreeMismatchError
+from .typing import PyTree
 
 __all__ = [
     "EMPTY",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-def _immutable(self, *args: Any, **kwargs: Any) -> None:
+def _immutable(self: Any, *args: Any, **kwargs: Any) -> Any:
     raise TypeError("FrozenDict is immutable")
 
 
@@ -49,6 +50,7 @@ class FrozenDict(dict):
     """
 
     __slots__ = ("_treedef",)  # its structure, when a TreeDef's builder made it
+    # every mutating method of dict raises (their signatures differ from dict's on purpose)
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable
     __ior__ = _immutable
 
@@ -58,10 +60,10 @@ class FrozenDict(dict):
     def __repr__(self) -> str:
         return f"FrozenDict({dict.__repr__(self)})"
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]  # dict has none; a frozen one can
         return hash(tuple(self.items()))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (FrozenDict, (dict(self),))
 
     def copy(self) -> FrozenDict:
@@ -86,6 +88,12 @@ class TreeDef:
     """
 
     __slots__ = ("kind", "keys", "children", "num_leaves", "depth", "_builder", "__weakref__")
+    kind: str
+    keys: tuple
+    children: tuple[TreeDef, ...]
+    num_leaves: int
+    depth: int
+    _builder: Callable[[Sequence[Any]], Any] | None
     _interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # identity while alive
     _recent: collections.deque = collections.deque(maxlen=1024)  # keeps new structures (and builders) alive a while
 
@@ -105,14 +113,16 @@ class TreeDef:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("TreeDef is immutable")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (TreeDef, (self.kind, self.keys, self.children))
 
-    def builder(self) -> Callable[[list], Any]:
+    def builder(self) -> Callable[[Sequence[Any]], Any]:
         """``leaves -> tree``, compiled once per structure (see :func:`_compile_builder`)."""
-        if self._builder is None:
-            object.__setattr__(self, "_builder", _compile_builder(self))
-        return self._builder
+        build = self._builder
+        if build is None:
+            build = _compile_builder(self)
+            object.__setattr__(self, "_builder", build)
+        return build
 
     def __repr__(self) -> str:
         if self.kind == "leaf":
@@ -157,7 +167,7 @@ def _path_str(path: tuple) -> str:
     return "/".join(str(p) for p in path) if path else "<root>"
 
 
-def tree_structure(tree: Any) -> TreeDef:
+def tree_structure(tree: PyTree) -> TreeDef:
     """The :class:`TreeDef` of ``tree``."""
     if type(tree) is FrozenDict:  # a tree a builder made knows its structure (a step's params: O(1))
         known = getattr(tree, "_treedef", None)
@@ -170,7 +180,7 @@ def tree_structure(tree: Any) -> TreeDef:
     return TreeDef(kind, keys if kind == "dict" else (), tuple(tree_structure(c) for c in children))
 
 
-def tree_leaves_with_path(tree: Any, _path: tuple = ()) -> list[tuple[tuple, Any]]:
+def tree_leaves_with_path(tree: PyTree, _path: tuple = ()) -> list[tuple[tuple, Any]]:
     """``[(path, leaf), ...]`` in flattening order; a path is a tuple of keys/indices."""
     kind = _kind(tree)
     if kind == "leaf":
@@ -193,14 +203,14 @@ def _collect(tree: Any, out: list) -> None:
             _collect(c, out)
 
 
-def tree_leaves(tree: Any) -> list:
+def tree_leaves(tree: PyTree) -> list:
     """The leaves of ``tree`` in flattening order."""
     out: list = []
     _collect(tree, out)
     return out
 
 
-def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
+def tree_flatten(tree: PyTree) -> tuple[list, TreeDef]:
     """``(leaves, treedef)``; :func:`tree_unflatten` is its inverse."""
     return tree_leaves(tree), tree_structure(tree)
 
@@ -220,7 +230,7 @@ def _build(treedef: TreeDef, leaves: Iterator) -> Any:
 _MAX_COMPILED_DEPTH = 40  # deeper trees take the recursive path (the parser nests too)
 
 
-def _compile_builder(treedef: TreeDef) -> Callable[[list], Any]:
+def _compile_builder(treedef: TreeDef) -> Callable[[Sequence[Any]], Any]:
     """One Python expression that builds the whole tree from a list of leaves.
 
     A training step rebuilds its params tree every call; the recursive walk costs about
@@ -248,7 +258,7 @@ def _compile_builder(treedef: TreeDef) -> Callable[[list], Any]:
         inner = "".join(f"{expr(c)}, " for c in t.children)
         return f"({inner})" if t.kind == "tuple" else f"[{inner}]"
 
-    namespace = {"F": FrozenDict, "E": EMPTY, "T": treedef, "setattr": object.__setattr__}
+    namespace: dict[str, Any] = {"F": FrozenDict, "E": EMPTY, "T": treedef, "setattr": object.__setattr__}
     body = expr(treedef)
     if body.startswith("F("):  # a mapping at the root records the structure it was built with
         body = f"t = {body}\n    setattr(t, '_treedef', T)\n    return t"
@@ -256,10 +266,11 @@ def _compile_builder(treedef: TreeDef) -> Callable[[list], Any]:
         body = f"return {body}"
     exec(f"def build(L):\n    {body}", namespace)  # noqa: S102 - source made above
     namespace["K"] = tuple(keys)
-    return namespace["build"]
+    build: Callable[[Sequence[Any]], Any] = namespace["build"]
+    return build
 
 
-def tree_unflatten(treedef: TreeDef, leaves: list | tuple) -> Any:
+def tree_unflatten(treedef: TreeDef, leaves: Sequence[Any]) -> PyTree:
     """Rebuild a tree of structure ``treedef`` from ``leaves`` (mappings become FrozenDict)."""
     if not isinstance(leaves, (list, tuple)):
         leaves = list(leaves)
@@ -322,7 +333,7 @@ def _map(f: Callable, trees: tuple, path: tuple, what: str = "") -> Any:
     return tuple(out) if kind == "tuple" else list(out)
 
 
-def tree_map(f: Callable, tree: Any, *rest: Any) -> Any:
+def tree_map(f: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
     """Apply ``f`` leafwise: ``f(leaf, *corresponding_leaves_of_rest)``.
 
     All trees must share one structure; otherwise :class:`TreeMismatchError` names the
@@ -333,7 +344,7 @@ def tree_map(f: Callable, tree: Any, *rest: Any) -> Any:
     return _map(f, (tree, *rest), ())
 
 
-def tree_zip(*trees: Any) -> list[tuple]:
+def tree_zip(*trees: PyTree) -> list[tuple]:
     """Corresponding leaves of trees of one structure: ``[(leaf_a, leaf_b, ...), ...]``."""
     if not trees:
         return []
@@ -341,7 +352,7 @@ def tree_zip(*trees: Any) -> list[tuple]:
     return list(zip(*(tree_leaves(t) for t in trees)))
 
 
-def check_like(tree: Any, like: Any, what: str) -> None:
+def check_like(tree: PyTree, like: PyTree, what: str) -> None:
     """TreeMismatchError unless ``tree`` has the structure of ``like`` and, where both
     hold arrays, arrays of its shapes and dtypes; the message starts with ``what`` and names the first path that
     differs, with what was expected there and what was found."""
@@ -371,7 +382,7 @@ def _freeze_leaf(leaf: Any) -> Any:
     return leaf
 
 
-def freeze(tree: Any) -> Any:
+def freeze(tree: PyTree) -> PyTree:
     """An immutable copy of ``tree``: FrozenDict/tuple containers, read-only array leaves.
 
     Writeable arrays are copied (the caller's arrays are left untouched); numpy scalars
@@ -389,6 +400,6 @@ def freeze(tree: Any) -> Any:
     return tuple(frozen)
 
 
-def param_count(tree: Any) -> int:
+def param_count(tree: PyTree) -> int:
     """Total number of array elements in ``tree``."""
     return int(sum(np.size(leaf) for leaf in tree_leaves(tree)))

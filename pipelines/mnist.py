@@ -32,6 +32,8 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # One BLAS thread: on a 2-core machine a second thread is slower for these small matrices.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -42,13 +44,32 @@ import numpy as np  # noqa: E402
 
 import fnnet as fn  # noqa: E402
 from fnnet import checkpoint, data, optim, random  # noqa: E402
+from fnnet.typing import Params  # noqa: E402
+
+
+@attrs.frozen
+class Preset:
+    """A preset's defaults; flags override them. ``steps`` or ``epochs`` sets the length;
+    ``eval_every`` None means once per epoch."""
+
+    model: str
+    dtype: str
+    batch_size: int
+    sampling: str
+    steps: int | None
+    epochs: float | None
+    optimizer: str
+    lr: float
+    eval_every: int | None
+    eval_samples: int
+
 
 PRESETS = {
-    "tutorial": dict(
+    "tutorial": Preset(
         model="tutorial", dtype="float64", batch_size=2, sampling="replacement", steps=2000, epochs=None,
         optimizer="keras_sgd", lr=0.01, eval_every=100, eval_samples=200,
     ),
-    "default": dict(
+    "default": Preset(
         model="cnn", dtype="float32", batch_size=64, sampling="epoch", steps=None, epochs=6,
         optimizer="adam_cosine", lr=2e-3, eval_every=None, eval_samples=0,
     ),
@@ -62,7 +83,7 @@ class FlagError(fn.InvalidValueError):
     """A command-line flag has a bad value, or values that do not fit together or the data."""
 
 
-def _positive(inst, attr, value):
+def _positive(inst: Any, attr: Any, value: Any) -> None:
     if value is not None and value < 1:
         raise FlagError(f"--{attr.name.replace('_', '-')} must be >= 1, got {value}")
 
@@ -106,13 +127,13 @@ def build_optimizer(cfg: Config) -> optim.GradientTransformation:
     return optim.adam(optim.cosine_decay(cfg.lr, cfg.steps, alpha=0.01, warmup_steps=min(200, cfg.steps // 10)))
 
 
-def batch_indices(cfg: Config, key: random.Key, n: int, start: int):
+def batch_indices(cfg: Config, key: random.Key, n: int, start: int) -> Iterator[np.ndarray]:
     if cfg.sampling == "replacement":
         return data.sample_batches(key, n, cfg.batch_size, start_step=start)
     return data.epoch_batches(key, n, cfg.batch_size, start_step=start)
 
 
-def evaluate(model, params, split: data.Split, dtype, step: int) -> dict:
+def evaluate(model: fn.Layer, params: Params, split: data.Split, dtype: np.dtype, step: int) -> dict:
     """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split."""
     logits = fn.predict(model, params, split.x.astype(dtype, copy=False))
     if not np.isfinite(logits).all():  # finite params whose outputs overflow: diverged
@@ -145,7 +166,10 @@ class Progress:
         print(text, flush=True)
 
 
-def save_plots(out: pathlib.Path, rows: list[dict], test_x, test_y, pred, classes) -> list[str]:
+def save_plots(
+    out: pathlib.Path, rows: list[dict], test_x: np.ndarray, test_y: np.ndarray, pred: np.ndarray,
+    classes: tuple[str, ...],
+) -> list[str]:
     try:
         import matplotlib
 
@@ -286,7 +310,7 @@ def run(
             (out / name).unlink(missing_ok=True)
     write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
-    def save_checkpoint():
+    def save_checkpoint() -> None:
         meta = {"step": state.step, "config": attrs.asdict(cfg), "data_key": data_key,
                 "elapsed": elapsed_before + time.perf_counter() - t_start}
         checkpoint.save(ckpt, {"params": state.params, "opt_state": state.opt_state}, meta)
@@ -381,11 +405,11 @@ def run(
     return summary
 
 
-def _number(kind: type, low: float, low_open: bool = False):
+def _number(kind: type[int] | type[float], low: float, low_open: bool = False) -> Callable[[str], float]:
     """An argparse ``type``: a finite ``kind`` (int or float) >= ``low`` (> if ``low_open``);
     argparse names the flag in the error."""
 
-    def convert(text: str):
+    def convert(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
@@ -400,7 +424,7 @@ def _number(kind: type, low: float, low_open: bool = False):
     return convert
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, each checked for its type and range (errors name the flag, exit 2)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
@@ -436,36 +460,39 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
     """The run's config: the preset with the flags given, checked against the data."""
     preset = PRESETS[args.preset]
-    pick = lambda flag, key: preset[key] if flag is None else flag  # noqa: E731
+
+    def pick(flag: Any, default: Any) -> Any:
+        return default if flag is None else flag
+
     n_train = len(ds.train)
     if args.train_size is not None and args.train_size > n_train:
         raise FlagError(f"--train-size {args.train_size}: {ds.name} has only {n_train} training images")
     n_train = args.train_size or n_train
-    batch_size = pick(args.batch_size, "batch_size")
+    batch_size = pick(args.batch_size, preset.batch_size)
     if batch_size > n_train:
         raise FlagError(f"--batch-size {batch_size}: larger than the {n_train} training images")
     per_epoch = data.steps_per_epoch(n_train, batch_size)
-    epochs = pick(args.epochs, "epochs")
+    epochs = pick(args.epochs, preset.epochs)
     if args.steps is not None:
         steps = args.steps
     elif epochs is None:
-        steps = preset["steps"]
+        steps = preset.steps
     else:
         steps = round(epochs * per_epoch)
         if steps < 1:
             raise FlagError(f"--epochs {epochs:g}: less than one step ({per_epoch} steps of {batch_size} per epoch)")
-    eval_samples = pick(args.eval_samples, "eval_samples")
+    eval_samples = pick(args.eval_samples, preset.eval_samples)
     if eval_samples > len(ds.val):
         raise FlagError(f"--eval-samples {eval_samples}: {ds.name} has only {len(ds.val)} validation images")
     return Config(
-        preset=args.preset, dataset=args.dataset, seed=args.seed, model=preset["model"], dtype=preset["dtype"],
-        batch_size=batch_size, sampling=preset["sampling"], steps=steps, optimizer=preset["optimizer"],
-        lr=pick(args.lr, "lr"), eval_every=min(pick(args.eval_every, "eval_every") or per_epoch, steps),
+        preset=args.preset, dataset=args.dataset, seed=args.seed, model=preset.model, dtype=preset.dtype,
+        batch_size=batch_size, sampling=preset.sampling, steps=steps, optimizer=preset.optimizer,
+        lr=pick(args.lr, preset.lr), eval_every=min(pick(args.eval_every, preset.eval_every) or per_epoch, steps),
         eval_samples=eval_samples, train_size=args.train_size,
     )
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out)
     try:

@@ -39,7 +39,7 @@ def epoch_batches(
     per = steps_per_epoch(n, batch_size, drop_last)
     if per < 1:
         raise InvalidValueError(f"batch_size {batch_size} > n {n} with drop_last=True gives no batch")
-    step, epoch, perm = start_step, -1, None
+    step, epoch, perm = start_step, -1, np.empty(0, np.int64)
     while True:
         e, i = divmod(step, per)
         if e != epoch:

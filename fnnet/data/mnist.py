@@ -36,6 +36,11 @@ class _Source:
     pickle: FileSpec | None = None
 
 
+_PICKLE = FileSpec(  # the tutorial's mnist.pkl.gz
+    "mnist.pkl.gz", "98100ca27dc0e07ddd9f822cf9d244db",
+    "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
+)
+
 DATASETS: dict[str, _Source] = {
     "mnist": _Source(
         files={
@@ -61,10 +66,7 @@ DATASETS: dict[str, _Source] = {
             "https://storage.googleapis.com/cvdf-datasets/mnist",
         ),
         classes=tuple("0123456789"),
-        pickle=FileSpec(
-            "mnist.pkl.gz", "98100ca27dc0e07ddd9f822cf9d244db",
-            "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
-        ),
+        pickle=_PICKLE,
     ),
     "fashion-mnist": _Source(
         files={
@@ -95,7 +97,7 @@ class Split:
     x: np.ndarray = attrs.field(converter=_readonly)
     y: np.ndarray = attrs.field(converter=_readonly)
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise DataError(f"Split: {len(self.x)} images but {len(self.y)} labels")
 
@@ -120,7 +122,7 @@ def _images(u8: np.ndarray) -> np.ndarray:
     return (u8.astype(np.float32) * np.float32(1 / 256))[:, None]
 
 
-def _check_pair(images: np.ndarray, labels: np.ndarray, ipath, lpath) -> None:
+def _check_pair(images: np.ndarray, labels: np.ndarray, ipath: pathlib.Path, lpath: pathlib.Path) -> None:
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{ipath} has {images.shape[0]} images but {lpath} has {labels.shape[0]} labels")
     if images.shape[1:] != (28, 28):
@@ -129,7 +131,10 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, ipath, lpath) -> None:
         raise DataError(f"{lpath}: label {labels.max()} out of range 0..9")
 
 
-def _split_val(name, x, y, tx, ty, validation: int, classes, source) -> Dataset:
+def _split_val(
+    name: str, x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, validation: int,
+    classes: tuple[str, ...], source: str,
+) -> Dataset:
     if not 0 <= validation < len(y):
         raise InvalidValueError(f"validation must be in [0, {len(y)}), got {validation}")
     cut = len(y) - validation
@@ -180,7 +185,7 @@ def load_pickle(path: str | os.PathLike, *, verify: bool = True) -> tuple:
     """
     path = pathlib.Path(path)
     if verify:
-        _files.verify(path, DATASETS["mnist"].pickle)
+        _files.verify(path, _PICKLE)
     raw = _files.read_bytes(path)
     try:
         data = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
@@ -260,7 +265,8 @@ def load(
         if pkl is not None:
             return _load_pickle_dataset(pkl, validation, verify)
     looked = ", ".join(str(d) for d in dirs)
-    wanted = " and ".join(s.name for s in src.files.values()) if source != "pickle" else src.pickle.name
+    idx_files = " and ".join(s.name for s in src.files.values())
+    wanted = idx_files if src.pickle is None or source != "pickle" else src.pickle.name
     help_ = (
         f"Put {wanted} in one of them (e.g. `--data-dir DIR` or `export FNNET_DATA_DIR=DIR` with the files in "
         f"DIR/{name}/)."

@@ -78,7 +78,10 @@ def _c(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> np.ndarray:
+def im2col(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, cols: np.ndarray,
+) -> np.ndarray:
     """Patch matrix of ``x`` (N, C, H, W) into ``cols`` (N, C*kh*kw, Ho, Wo); returns cols.
 
     Windows of kh x kw taps at strides (sh, sw), dilations (dh, dw), over ``x`` zero-padded
@@ -88,26 +91,31 @@ def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> np.ndarray:
     return cols
 
 
-def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x) -> np.ndarray:
+def col2im(
+    cols: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, x: np.ndarray,
+) -> np.ndarray:
     """Adjoint of :func:`im2col`: ``cols`` (N, C*kh*kw, Ho, Wo) summed into ``x`` (N, C, H, W),
     overwritten; returns x."""
     _impl.col2im(_c(cols), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x)
     return x
 
 
-def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> tuple[np.ndarray, np.ndarray]:
+def max_pool_forward(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray, idx: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Window maxima into ``y`` and winners' flat (h*W + w) indices into ``idx``."""
     _impl.max_pool_forward(_c(x), kh, kw, sh, sw, y, idx)
     return y, idx
 
 
-def max_pool_values(x, kh, kw, sh, sw, y) -> np.ndarray:
+def max_pool_values(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray) -> np.ndarray:
     """Window maxima into ``y`` without their positions (for inference); returns y."""
     _impl.max_pool_values(_c(x), kh, kw, sh, sw, y)
     return y
 
 
-def max_pool_backward(dy, idx, dx) -> np.ndarray:
+def max_pool_backward(dy: np.ndarray, idx: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """Gradient of max pooling into ``dx`` (N, C, H, W), overwritten; returns dx.
 
     The kernels see ``dx`` as (N, C, H*W), so that ``idx`` addresses it without division.
@@ -117,31 +125,31 @@ def max_pool_backward(dy, idx, dx) -> np.ndarray:
     return dx
 
 
-def avg_pool_forward(x, kh, kw, sh, sw, y) -> np.ndarray:
+def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray) -> np.ndarray:
     """Window means into ``y``; returns y."""
     _impl.avg_pool_forward(_c(x), kh, kw, sh, sw, y)
     return y
 
 
-def avg_pool_backward(dy, kh, kw, sh, sw, dx) -> np.ndarray:
+def avg_pool_backward(dy: np.ndarray, kh: int, kw: int, sh: int, sw: int, dx: np.ndarray) -> np.ndarray:
     """Gradient of average pooling into ``dx`` (overwritten); returns dx."""
     _impl.avg_pool_backward(_c(dy), kh, kw, sh, sw, dx)
     return dx
 
 
-def softmax_xent(logits, labels, dlogits) -> tuple[float, int]:
+def softmax_xent(logits: np.ndarray, labels: np.ndarray, dlogits: np.ndarray) -> tuple[float, int]:
     """Summed softmax cross-entropy of (N, C) ``logits`` and int64 ``labels``; writes
     ``(softmax - onehot) / N`` into ``dlogits``; returns ``(loss_sum, status)``."""
     return _impl.softmax_xent(_c(logits), _c(labels), dlogits)
 
 
-def relu_forward(x, y) -> np.ndarray:
+def relu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``y = max(x, 0)`` elementwise (NaN propagates, -0.0 becomes 0); returns y."""
     _impl.relu_forward(_c(x).reshape(-1), y.reshape(-1))
     return y
 
 
-def relu_backward(y, dy, dx) -> np.ndarray:
+def relu_backward(y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """``dx = dy * (y > 0)`` elementwise, ``y`` the forward output; returns dx."""
     _impl.relu_backward(_c(y).reshape(-1), _c(dy).reshape(-1), dx.reshape(-1))
     return dx

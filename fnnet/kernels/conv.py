@@ -19,14 +19,17 @@ def _pad(x: np.ndarray, pt: int, pb: int, pl: int, pr: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
 
 
-def _windows(xp: np.ndarray, kh, kw, sh, sw, dh, dw, ho, wo) -> np.ndarray:
+def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> np.ndarray:
     """(N, C, kh, kw, Ho, Wo) strided view of the receptive fields of a padded input."""
     win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
     win = win[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, ::dh, ::dw]
     return win.transpose(0, 1, 4, 5, 2, 3)
 
 
-def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> None:
+def im2col(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, cols: np.ndarray,
+) -> None:
     """Write the (N, C*kh*kw, Ho, Wo) patch matrix of ``x`` into ``cols``."""
     n, c = x.shape[:2]
     ho, wo = cols.shape[2:]
@@ -34,7 +37,10 @@ def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols) -> None:
     cols[...] = win.reshape(n, c * kh * kw, ho, wo)
 
 
-def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x) -> None:
+def col2im(
+    cols: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, x: np.ndarray,
+) -> None:
     """Adjoint of :func:`im2col`: scatter-add ``cols`` back into ``x`` (N, C, H, W)."""
     n, c, h, w = x.shape
     ho, wo = cols.shape[2:]

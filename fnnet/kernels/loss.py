@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def softmax_xent(logits, labels, dlogits):
+def softmax_xent(logits: np.ndarray, labels: np.ndarray, dlogits: np.ndarray) -> tuple[float, int]:
     """Sum over rows of -log softmax(logits)[label] (float64), with dlogits = (softmax -
     onehot) / N written in place. Returns (loss_sum, status): status 0 ok, 1 a label out of
     range, 2 a NaN or inf logit."""

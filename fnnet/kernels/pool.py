@@ -15,13 +15,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
-def _windows(x, kh, kw, sh, sw, ho, wo) -> np.ndarray:
+def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ho: int, wo: int) -> np.ndarray:
     """(N, C, Ho, Wo, kh*kw) copy of the pooling windows."""
     win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
     return win.reshape(*win.shape[:4], kh * kw)
 
 
-def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> None:
+def max_pool_forward(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray, idx: np.ndarray) -> None:
     """Window maxima into ``y`` (N, C, Ho, Wo) and winners' flat indices into ``idx``."""
     ho, wo = y.shape[2], y.shape[3]
     w = x.shape[3]
@@ -33,13 +33,13 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx) -> None:
     idx[...] = rows * w + cols
 
 
-def max_pool_values(x, kh, kw, sh, sw, y) -> None:
+def max_pool_values(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray) -> None:
     """Window maxima into ``y`` without their positions (inference); NaN propagates."""
     ho, wo = y.shape[2], y.shape[3]
     y[...] = _windows(x, kh, kw, sh, sw, ho, wo).max(axis=-1)
 
 
-def max_pool_backward(dy, idx, dx) -> None:
+def max_pool_backward(dy: np.ndarray, idx: np.ndarray, dx: np.ndarray) -> None:
     """Route ``dy`` to the winners recorded in ``idx``; ``dx`` (N, C, H*W) is overwritten."""
     n, c, hw = dx.shape
     flat = np.zeros((n * c, hw), dx.dtype)
@@ -48,13 +48,13 @@ def max_pool_backward(dy, idx, dx) -> None:
     dx[...] = flat.reshape(dx.shape)
 
 
-def avg_pool_forward(x, kh, kw, sh, sw, y) -> None:
+def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray) -> None:
     """Window means into ``y`` (N, C, Ho, Wo)."""
     ho, wo = y.shape[2], y.shape[3]
     y[...] = _windows(x, kh, kw, sh, sw, ho, wo).sum(axis=-1) * (1.0 / (kh * kw))
 
 
-def avg_pool_backward(dy, kh, kw, sh, sw, dx) -> None:
+def avg_pool_backward(dy: np.ndarray, kh: int, kw: int, sh: int, sw: int, dx: np.ndarray) -> None:
     """Spread ``dy / (kh*kw)`` over each window; ``dx`` is overwritten."""
     ho, wo = dy.shape[2], dy.shape[3]
     g = dy * (1.0 / (kh * kw))

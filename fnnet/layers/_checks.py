@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from .._errors import DTypeError, InvalidValueError, ShapeError, TreeMismatchError
+from ..random import Key
 from ..tree import EMPTY, FrozenDict
+from ..typing import Params, Shape
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -76,17 +78,17 @@ def check_keys(name: str, params: Any, keys: Collection) -> None:
                                 f"got {got}")
 
 
-_DICT_KEYS = type({}.keys())
+_DICT_KEYS: type = type({}.keys())
 
 
 def without_params(name: str, out_shape: Callable[[tuple], tuple] = tuple) -> tuple:
     """``init`` and ``check`` of a layer without params whose per-sample output shape is
     ``out_shape(input_shape)`` (which raises for an input it cannot take)."""
 
-    def init(key, input_shape, dtype):
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         return EMPTY, out_shape(input_shape)
 
-    def check(params, input_shape, dtype):
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
         check_params(name, params, dtype)
         return out_shape(tuple(input_shape))
 

@@ -18,16 +18,19 @@ The runner (:func:`prepare`, :func:`run`, :func:`run_backward`, and for a sequen
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple, overload
 
 import attrs
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import random
 from .._errors import DTypeError, InvalidTypeError, ShapeError, TreeMismatchError, instance_of, is_callable
 from ..flat import Layout
+from ..random import Key
 from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path, tree_zip
+from ..typing import BackwardFn, BuffersFn, CheckFn, DTypeLike, ForwardFn, InitFn, Params, PyTree, Shape
 from ._checks import as_batch, check_init_dtype
 
 __all__ = ["Chain", "Layer", "Sig", "Site", "prepare", "prepare_checked", "run", "run_backward", "run_chain",
@@ -92,14 +95,14 @@ class Layer:
     """
 
     name: str = attrs.field(validator=instance_of(str))
-    _init: Callable = attrs.field(validator=is_callable, repr=False)
-    _forward: Callable = attrs.field(validator=is_callable, repr=False)
-    _backward: Callable = attrs.field(validator=is_callable, repr=False)
-    _check: Callable = attrs.field(validator=is_callable, repr=False)
-    buffers: Callable | None = attrs.field(
+    _init: InitFn = attrs.field(validator=is_callable, repr=False)
+    _forward: ForwardFn = attrs.field(validator=is_callable, repr=False)
+    _backward: BackwardFn = attrs.field(validator=is_callable, repr=False)
+    _check: CheckFn = attrs.field(validator=is_callable, repr=False)
+    buffers: BuffersFn | None = attrs.field(
         default=None, validator=attrs.validators.optional(is_callable), repr=False
     )
-    _init_state: Callable | None = attrs.field(
+    _init_state: Callable[[Params], PyTree] | None = attrs.field(
         default=None, validator=attrs.validators.optional(is_callable), repr=False
     )
     stochastic: bool = False
@@ -109,21 +112,23 @@ class Layer:
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "stateful", self._init_state is not None)
 
-    def init(self, key: Any, input_shape: tuple, *, dtype: Any = np.float32) -> tuple[Any, tuple]:
+    def init(self, key: Key, input_shape: Sequence[int], *, dtype: DTypeLike = np.float32) -> tuple[Params, Shape]:
         """``(params, output_shape)`` for per-sample ``input_shape``: params of ``dtype``,
         frozen (read-only leaves; writeable arrays an ``init`` returned are copied)."""
         params, shape = self._init(key, tuple(input_shape), check_init_dtype(self.name, dtype))
         return freeze(params), tuple(shape)
 
-    def init_state(self, params: Any) -> Any:
+    def init_state(self, params: Params) -> PyTree:
         """The initial state (empty for a layer without state)."""
         return EMPTY if self._init_state is None else self._init_state(params)
 
-    def output_shape(self, params: Any, input_shape: tuple, dtype: Any = np.float32) -> tuple:
+    def output_shape(self, params: Params, input_shape: Sequence[int], dtype: DTypeLike = np.float32) -> Shape:
         """Per-sample output shape for ``input_shape``; checks params, shape and dtype."""
         return tuple(self._check(params, tuple(input_shape), np.dtype(dtype)))
 
-    def forward(self, params: Any, x: np.ndarray, *, key: Any = None, train: bool = True) -> tuple[np.ndarray, Any]:
+    def forward(
+        self, params: Params, x: ArrayLike, *, key: Key | None = None, train: bool = True
+    ) -> tuple[np.ndarray, Any]:
         """Checked forward pass: ``x`` is (N, *input_shape); returns ``(y, cache)``."""
         if self.stateful:
             raise InvalidTypeError(f"{self.name} has state (e.g. batch norm): use forward_with_state(params, state, x)")
@@ -131,8 +136,8 @@ class Layer:
         return y, cache
 
     def forward_with_state(
-        self, params: Any, state: Any, x: np.ndarray, *, key: Any = None, train: bool = True
-    ) -> tuple[np.ndarray, Any, Any]:
+        self, params: Params, state: PyTree, x: ArrayLike, *, key: Key | None = None, train: bool = True
+    ) -> tuple[np.ndarray, Any, PyTree]:
         """Checked forward pass threading ``state``; returns ``(y, cache, new_state)``."""
         x = as_batch(x, self.name)
         site, layout, flat = prepare_checked(self, params, x.shape, x.dtype, train=train, need_dx=True)
@@ -143,7 +148,7 @@ class Layer:
         y, cache, state = run(site, params, x, key, state)
         return y, _Cache(site, cache, y.shape, layout, flat), state
 
-    def backward(self, cache: Any, dy: np.ndarray) -> tuple[Any, np.ndarray]:
+    def backward(self, cache: Any, dy: ArrayLike) -> tuple[Params, np.ndarray | None]:
         """``(dparams, dx)`` for the ``cache`` of this layer's forward and ``dy`` (N, *output_shape)."""
         if not isinstance(cache, _Cache) or cache.site.layer is not self:
             raise InvalidTypeError(f"{self.name}.backward takes the cache returned by this layer's forward")
@@ -184,6 +189,19 @@ def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
     check the params and the input shape first)."""
     buf = sig if layer.buffers is None else layer.buffers(params, sig)
     return Site(layer, sig, buf, layer._forward, layer._backward, sig.grads, not (layer.stochastic or layer.stateful))
+
+
+@overload
+def prepare_checked(
+    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool,
+    backward: Literal[True] = True,
+) -> tuple[Site, Layout, np.ndarray]: ...
+
+
+@overload
+def prepare_checked(
+    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: Literal[False]
+) -> tuple[Site, None, None]: ...
 
 
 def prepare_checked(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .. import kernels
 from .._errors import InvalidValueError
 from ..tree import EMPTY
+from ..typing import Array, Params
 from ._checks import without_params
-from ._layer import Layer
+from ._layer import Layer, Sig
 
 
 def elementwise(
@@ -29,14 +31,14 @@ def elementwise(
 
     init, check = without_params(name)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         return sig.empty(), sig.dx_buffer()
 
-    def forward(params, x, buf):
+    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
         y = fwd(x, buf[0])
         return y, (x if grad_from_input else y, buf[1])
 
-    def backward(cache, dy):
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         saved, dx = cache
         return EMPTY, None if dx is None else bwd(saved, dy, dx)
 
@@ -62,7 +64,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
 def tanh() -> Layer:
     """Hyperbolic tangent."""
 
-    def bwd(y, dy, out):
+    def bwd(y: Array, dy: Array, out: Array) -> Array:
         np.multiply(y, y, out=out)
         np.subtract(1, out, out=out)
         return np.multiply(dy, out, out=out)
@@ -73,7 +75,7 @@ def tanh() -> Layer:
 def sigmoid() -> Layer:
     """1 / (1 + exp(-x)), computed without overflow for any x."""
 
-    def fwd(x, out):
+    def fwd(x: Array, out: Array) -> Array:
         e = np.exp(-np.abs(x))
         return np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
 
@@ -83,11 +85,11 @@ def sigmoid() -> Layer:
 def softmax() -> Layer:
     """Softmax over the last axis (stable: computed from ``x - max``)."""
 
-    def fwd(x, out):
+    def fwd(x: Array, out: Array) -> Array:
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return np.divide(e, e.sum(axis=-1, keepdims=True), out=out)
 
-    def bwd(y, dy, out):
+    def bwd(y: Array, dy: Array, out: Array) -> Array:
         return np.multiply(y, dy - np.sum(dy * y, axis=-1, keepdims=True), out=out)
 
     return elementwise("softmax", fwd, bwd)
@@ -96,11 +98,11 @@ def softmax() -> Layer:
 def log_softmax() -> Layer:
     """Log of the softmax over the last axis, ``x - logsumexp(x)`` (stable)."""
 
-    def fwd(x, out):
+    def fwd(x: Array, out: Array) -> Array:
         z = x - x.max(axis=-1, keepdims=True)
         return np.subtract(z, np.log(np.exp(z).sum(axis=-1, keepdims=True)), out=out)
 
-    def bwd(y, dy, out):
+    def bwd(y: Array, dy: Array, out: Array) -> Array:
         return np.subtract(dy, np.exp(y) * np.sum(dy, axis=-1, keepdims=True), out=out)
 
     return elementwise("log_softmax", fwd, bwd)

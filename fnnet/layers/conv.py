@@ -14,21 +14,23 @@ import numpy as np
 from .. import init as initializers
 from .. import kernels, random
 from .._errors import InvalidValueError, ShapeError
+from ..random import Key
+from ..typing import Array, Params, Shape
 from ._checks import check_ndim, check_params, fmt_shape, pair, positive_int, seal
 from ._geometry import out_size, same_pad
-from ._layer import Layer
+from ._layer import Layer, Sig
 
 
 class _Buffers(NamedTuple):
     """What a conv2d layer writes into for one input signature (a tuple: the backward
     pass unpacks it in one go)."""
 
-    args: tuple  # the kernels' geometry and padding arguments
+    args: tuple[int, int, int, int, int, int, int, int, int, int]  # kernels' kh, kw, sh, sw, dh, dw, pt, pb, pl, pr
     cols: np.ndarray  # (N, C*kh*kw, Ho, Wo): im2col's layout
     cols3: np.ndarray  # the same memory as (N, C*kh*kw, Ho*Wo), for BLAS
     y: np.ndarray  # (N, K, Ho*Wo)
     y_shape: tuple  # (N, K, Ho, Wo)
-    dw_n: np.ndarray  # (N, K, C*kh*kw): the weight gradient of each sample
+    dw_n: np.ndarray | None  # (N, K, C*kh*kw): the weight gradient of each sample (None: no backward)
     dw: Any  # grads["w"] seen as (K, C*kh*kw) (a view: grads are C-contiguous), or None
     db: Any  # grads["b"], or None
     grads: Any
@@ -67,7 +69,7 @@ def conv2d(
     w_init = w_init or initializers.he_normal()
     window = (kh, kw, sh, sw, dil_h, dil_w)  # the kernels' geometry arguments, before the padding
 
-    def geometry(input_shape):
+    def geometry(input_shape: Shape) -> tuple[tuple[int, int, int, int], Shape]:
         """Padding (top, bottom, left, right) and per-sample output shape."""
         c, h, w = input_shape
         if padding == "valid":
@@ -84,7 +86,7 @@ def conv2d(
             )
         return pads, (K, ho, wo)
 
-    def init(key, input_shape, dtype):
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         check_ndim(name, input_shape, 3, "a (C, H, W)")
         _, out_shape = geometry(input_shape)
         c = input_shape[0]
@@ -94,7 +96,7 @@ def conv2d(
         b = np.asarray(b_init(k_b, (K,), dtype, fan_in, fan_out), dtype)
         return seal(w=w, b=b), out_shape
 
-    def check(params, input_shape, dtype):
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
         check_params(name, params, dtype, w=(K, None, kh, kw), b=(K,))
         check_ndim(name, input_shape, 3, "a (C, H, W)")
         c = params["w"].shape[1]
@@ -105,7 +107,7 @@ def conv2d(
             )
         return geometry(tuple(input_shape))[1]
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         n, c = sig.x_shape[:2]
         pads, (_, ho, wo) = geometry(sig.x_shape[1:])
         cols = sig.empty((n, c * kh * kw, ho, wo))
@@ -118,15 +120,16 @@ def conv2d(
             dcols, None if dcols is None else dcols.reshape(n, -1, ho * wo), sig.dx_buffer(),
         )
 
-    def forward(params, x, buf):
+    def forward(params: Params, x: Array, buf: _Buffers) -> tuple[Array, Any]:
         w = params["w"]
         kernels.im2col(x, *buf.args, buf.cols)
         y = np.matmul(w.reshape(K, -1), buf.cols3, out=buf.y)
         y += params["b"][:, None]
         return y.reshape(buf.y_shape), (w, buf)
 
-    def backward(cache, dy):
+    def backward(cache: tuple[Array, _Buffers], dy: Array) -> tuple[Params, Array | None]:
         w, (args, _, cols3, y, _, dw_n, dw, db, grads, dcols, dcols3, dx) = cache
+        assert dw_n is not None  # made wherever a backward can run (sig.grads given)
         dy3 = np.ascontiguousarray(dy).reshape(y.shape)
         np.add.reduce(dy3, axis=(0, 2), out=db)
         np.matmul(dy3, cols3.transpose(0, 2, 1), out=dw_n)

@@ -9,8 +9,10 @@ import numpy as np
 from .. import init as initializers
 from .. import random
 from .._errors import ShapeError
+from ..random import Key
+from ..typing import Array, Params, Shape
 from ._checks import check_ndim, check_params, fmt_shape, positive_int, seal
-from ._layer import Layer
+from ._layer import Layer, Sig
 
 
 class _Buffers(NamedTuple):
@@ -38,7 +40,7 @@ def dense(
     features = positive_int(features, "features", name)
     w_init = w_init or initializers.he_normal()
 
-    def init(key, input_shape, dtype):
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         check_ndim(name, input_shape, 1, "a flat")
         k_w, k_b = random.split(key)
         fan_in = input_shape[0]
@@ -46,25 +48,25 @@ def dense(
         b = np.asarray(b_init(k_b, (features,), dtype, fan_in, features), dtype)
         return seal(w=w, b=b), (features,)
 
-    def check(params, input_shape, dtype):
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
         check_params(name, params, dtype, w=(None, features), b=(features,))
         n_in = params["w"].shape[0]
         if tuple(input_shape) != (n_in,):
             raise ShapeError(f"{name}: expected input of shape {fmt_shape((n_in,))}, got {fmt_shape(input_shape)}")
         return (features,)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         grads = sig.grads or {}
         y = sig.empty((sig.x_shape[0], features))
         return _Buffers(y, sig.dx_buffer(), sig.grads, grads.get("w"), grads.get("b"))
 
-    def forward(params, x, buf):
+    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
         w = params["w"]
         y = np.matmul(x, w, out=buf.y)
         y += params["b"]
         return y, (x, w, buf)
 
-    def backward(cache, dy):
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         x, w, (_, dx, grads, dw, db) = cache
         np.matmul(x.T, dy, out=dw)
         np.add.reduce(dy, axis=0, out=db)

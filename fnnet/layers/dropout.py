@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
 from .. import random
 from .._errors import InvalidValueError
+from ..random import Key
 from ..tree import EMPTY
+from ..typing import Array, Params
 from ._checks import without_params
-from ._layer import Layer
+from ._layer import Layer, Sig
 
 
 def dropout(rate: float) -> Layer:
@@ -28,21 +31,22 @@ def dropout(rate: float) -> Layer:
 
     init, check = without_params(name)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         if not sig.train or rate == 0.0:
             return None
         return SimpleNamespace(scale=sig.empty(), y=sig.empty(), dx=sig.dx_buffer())
 
-    def forward(params, x, buf, key=None):
+    def forward(params: Params, x: Array, buf: Any, key: Key | None = None) -> tuple[Array, Any]:
         if buf is None:  # eval mode, or nothing to drop
             y = x.view()
             y.flags.writeable = False
             return y, None
+        assert key is not None  # the runner refuses a missing key in train mode (and buf is None otherwise)
         keep = random.uniform(key, x.shape, np.float64) >= rate
         scale = np.multiply(keep, keep_scale, out=buf.scale)
         return np.multiply(x, scale, out=buf.y), buf
 
-    def backward(buf, dy):
+    def backward(buf: Any, dy: Array) -> tuple[Params, Array | None]:
         if buf is None:
             return EMPTY, dy
         return EMPTY, None if buf.dx is None else np.multiply(dy, buf.scale, out=buf.dx)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .._errors import InvalidValueError, ShapeError
+from ..random import Key
 from ..tree import FrozenDict
+from ..typing import Array, Params, PyTree, Shape
 from ._checks import check_params, fmt_shape, seal
-from ._layer import Layer
+from ._layer import Layer, Sig
 
 
 def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
@@ -27,17 +31,17 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         raise InvalidValueError(f"batch_norm: momentum must be in [0, 1) and eps > 0, got {momentum}, {eps}")
     name = "batch_norm"
 
-    def init(key, input_shape, dtype):
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         if len(input_shape) not in (1, 3):
             raise ShapeError(f"{name}: expects (F,) or (C, H, W) inputs per sample, got {fmt_shape(input_shape)}")
         f = input_shape[0]
         return seal(scale=np.ones(f, dtype), shift=np.zeros(f, dtype)), input_shape
 
-    def init_state(params):
+    def init_state(params: Params) -> PyTree:
         f, dtype = params["scale"].shape, params["scale"].dtype
         return seal(mean=np.zeros(f, dtype), var=np.ones(f, dtype))
 
-    def check(params, input_shape, dtype):
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
         check_params(name, params, dtype, scale=(None,), shift=(None,))
         f = params["scale"].shape[0]
         check_params(name, params, dtype, scale=(f,), shift=(f,))
@@ -48,7 +52,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             )
         return tuple(input_shape)
 
-    def forward(params, x, sig, state):
+    def forward(params: Params, x: Array, sig: Sig, state: PyTree) -> tuple[Array, Any, PyTree]:
         axes = (0,) if x.ndim == 2 else (0, 2, 3)
         shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
         if sig.train:
@@ -67,7 +71,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         y = xhat * params["scale"].reshape(shape) + params["shift"].reshape(shape)
         return y, (xhat, inv_std, params["scale"], axes, shape, sig.train), new_state
 
-    def backward(cache, dy):
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         xhat, inv_std, scale, axes, shape, train = cache
         dscale = np.sum(dy * xhat, axis=axes)
         dshift = np.sum(dy, axis=axes)

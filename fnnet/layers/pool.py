@@ -7,23 +7,25 @@ the whole gradient (a NaN counts as the largest); see fnnet/kernels/pool.py.
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
 from .. import kernels
 from .._errors import ShapeError
 from ..tree import EMPTY
+from ..typing import Array, Params, Shape
 from ._checks import check_ndim, fmt_shape, pair, without_params
 from ._geometry import out_size
-from ._layer import Layer
+from ._layer import Layer, Sig
 
 
-def _windowed(name: str, window, stride) -> tuple:
+def _windowed(name: str, window: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple:
     """``(kh, kw, sh, sw)``, and ``init``, ``check`` and the output shape of a pooling layer."""
     kh, kw = pair(window, "window", name)
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride", name)
 
-    def out_shape(input_shape):
+    def out_shape(input_shape: Shape) -> Shape:
         check_ndim(name, input_shape, 3, "a (C, H, W)")
         c, h, w = input_shape
         if h < kh or w < kw:
@@ -38,18 +40,18 @@ def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
     name = "max_pool2d"
     (kh, kw, sh, sw), init, check, out_shape = _windowed(name, window, stride)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         y_shape = (sig.x_shape[0], *out_shape(sig.x_shape[1:]))
         idx = sig.empty(y_shape, np.int64) if sig.train else None  # eval mode needs no positions
         return SimpleNamespace(y=sig.empty(y_shape), idx=idx, dx=sig.dx_buffer())
 
-    def forward(params, x, buf):
+    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
         if buf.idx is None:  # eval mode: maxima alone (3x faster); positions found if backward asks
             return kernels.max_pool_values(x, kh, kw, sh, sw, buf.y), (x, buf)
         kernels.max_pool_forward(x, kh, kw, sh, sw, buf.y, buf.idx)
         return buf.y, (None, buf)
 
-    def backward(cache, dy):
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         x, buf = cache
         if buf.dx is None:
             return EMPTY, None
@@ -67,13 +69,13 @@ def avg_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
     name = "avg_pool2d"
     (kh, kw, sh, sw), init, check, out_shape = _windowed(name, window, stride)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         return SimpleNamespace(y=sig.empty((sig.x_shape[0], *out_shape(sig.x_shape[1:]))), dx=sig.dx_buffer())
 
-    def forward(params, x, buf):
+    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
         return kernels.avg_pool_forward(x, kh, kw, sh, sw, buf.y), buf
 
-    def backward(buf, dy):
+    def backward(buf: Any, dy: Array) -> tuple[Params, Array | None]:
         return EMPTY, None if buf.dx is None else kernels.avg_pool_backward(dy, kh, kw, sh, sw, buf.dx)
 
     return Layer(name, init, forward, backward, check, buffers=buffers)
@@ -83,19 +85,19 @@ def global_avg_pool2d() -> Layer:
     """The mean over all of H and W: (N, C, H, W) -> (N, C)."""
     name = "global_avg_pool2d"
 
-    def out_shape(input_shape):
+    def out_shape(input_shape: Shape) -> Shape:
         check_ndim(name, input_shape, 3, "a (C, H, W)")
         return input_shape[:1]
 
     init, check = without_params(name, out_shape)
 
-    def buffers(params, sig):
+    def buffers(params: Params, sig: Sig) -> Any:
         return SimpleNamespace(y=sig.empty(sig.x_shape[:2]), dx=sig.dx_buffer())
 
-    def forward(params, x, buf):
+    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
         return np.mean(x, axis=(2, 3), out=buf.y), buf
 
-    def backward(buf, dy):
+    def backward(buf: Any, dy: Array) -> tuple[Params, Array | None]:
         if buf.dx is None:
             return EMPTY, None
         h, w = buf.dx.shape[2:]

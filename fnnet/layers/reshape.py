@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 from .._errors import InvalidValueError, ShapeError
 from ..tree import EMPTY
+from ..typing import Array, Params, Shape
 from ._checks import fmt_shape, without_params
-from ._layer import Layer
+from ._layer import Layer, Sig
 
 
 def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
@@ -16,16 +18,16 @@ def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
 
     init, check = without_params(name, out_shape)
 
-    def buffers(params, sig):  # nothing to allocate: the output shape, found once
+    def buffers(params: Params, sig: Sig) -> Any:  # nothing to allocate: the output shape, found once
         return (sig.x_shape[0], *out_shape(sig.x_shape[1:]))
 
-    def forward(params, x, y_shape):
+    def forward(params: Params, x: Array, y_shape: Shape) -> tuple[Array, Shape]:
         y = x.reshape(y_shape)
         if y.base is not None:  # a view must not write into x
             y.setflags(write=False)
         return y, x.shape
 
-    def backward(x_shape, dy):
+    def backward(x_shape: Shape, dy: Array) -> tuple[Params, Array]:
         return EMPTY, dy.reshape(x_shape)
 
     return Layer(name, init, forward, backward, check, buffers=buffers)
@@ -48,7 +50,7 @@ def reshape(shape: tuple[int, ...]) -> Layer:
     if shape.count(-1) > 1 or any(d < 1 and d != -1 for d in shape):
         raise InvalidValueError(f"reshape: shape must hold positive sizes and at most one -1, got {shape}")
 
-    def out_shape(in_shape):
+    def out_shape(in_shape: Shape) -> Shape:
         n = math.prod(in_shape)
         known = math.prod(d for d in shape if d != -1)
         target = tuple(n // known if d == -1 else d for d in shape)

@@ -1,0 +1,98 @@
+"""The types of fnnet's API, for annotations and type checkers.
+
+Trees are nested mappings, tuples and lists of arrays; a type checker cannot follow a
+tree's structure, so :data:`PyTree` is ``Any`` under a name that says what is meant,
+and :data:`Params` is the one kind of tree with a fixed outer shape: a mapping. The
+layer protocol's functions are :class:`typing.Protocol` classes, so that an editor
+shows each one's arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .layers._layer import Sig
+    from .random import Key
+
+__all__ = [
+    "Array",
+    "BackwardFn",
+    "Batch",
+    "BuffersFn",
+    "CheckFn",
+    "DTypeLike",
+    "ForwardFn",
+    "InitFn",
+    "LossFn",
+    "Metrics",
+    "OptState",
+    "Params",
+    "PyTree",
+    "Schedule",
+    "Shape",
+]
+
+Array: TypeAlias = np.ndarray
+"""A numpy array (params and gradients are float32 or float64; labels are integers)."""
+
+Shape: TypeAlias = tuple[int, ...]
+"""An array shape; the shapes given to ``init`` exclude the batch axis."""
+
+DTypeLike: TypeAlias = npt.DTypeLike
+"""Anything ``np.dtype`` accepts (``np.float32``, ``"float64"``...)."""
+
+PyTree: TypeAlias = Any
+"""A nested structure of mappings, tuples and lists whose leaves are (usually) arrays."""
+
+Params: TypeAlias = Mapping[str, Any]
+"""A model's or layer's params: a mapping (a FrozenDict) of arrays and sub-mappings."""
+
+OptState: TypeAlias = Any
+"""An optimizer state: a tree of arrays (FrozenDicts and tuples)."""
+
+Batch: TypeAlias = tuple[Array, Array]
+"""``(inputs, labels)`` with the batch axis first in both."""
+
+Metrics: TypeAlias = dict[str, float]
+"""What a step reports: ``"loss"`` and, for class labels, ``"accuracy"``."""
+
+Schedule: TypeAlias = Callable[[int], float]
+"""A learning-rate (or scale) schedule: the number of updates applied -> a value."""
+
+LossFn: TypeAlias = Callable[[Array, Array], tuple[float | Array, Array]]
+"""``loss(outputs, labels) -> (value, d_outputs)``; the value a float or a 0-d array."""
+
+
+class InitFn(Protocol):
+    """A layer author's ``init``: params (unfrozen is fine) and the per-sample output shape."""
+
+    def __call__(self, key: Key, input_shape: Shape, dtype: np.dtype, /) -> tuple[Params, Shape]: ...
+
+
+class CheckFn(Protocol):
+    """A layer author's ``check``: the output shape, or an error naming what does not fit."""
+
+    def __call__(self, params: Params, input_shape: Shape, dtype: np.dtype, /) -> Shape: ...
+
+
+ForwardFn: TypeAlias = Callable[..., tuple[Any, ...]]
+"""A layer author's ``forward(params, x, buf) -> (y, cache)``; a layer with state also
+takes ``state=`` and returns ``(y, cache, state)``, a random layer also takes ``key=``."""
+
+
+class BackwardFn(Protocol):
+    """A layer author's ``backward``: ``(dparams, dx)``; ``dx`` may be None when the
+    signature said ``need_dx=False``."""
+
+    def __call__(self, cache: Any, dy: Array, /) -> tuple[Params, Array | None]: ...
+
+
+class BuffersFn(Protocol):
+    """The optional hook: the arrays ``forward`` and ``backward`` write into for ``sig``."""
+
+    def __call__(self, params: Params, sig: Sig, /) -> Any: ...
