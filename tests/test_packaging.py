@@ -22,7 +22,7 @@ def test_meson_installs_every_module():
         if not p.name.endswith("_pythran.py") and "__pycache__" not in p.parts
     }
     assert present - listed == set(), "add these to fnnet/meson.build"
-    assert "'py.typed'" in build and (ROOT / "fnnet" / "py.typed").is_file(), "the PEP 561 marker ships with the package"
+    assert "'py.typed'" in build and (ROOT / "fnnet" / "py.typed").is_file(), "PEP 561 marker: ship it"
     assert listed - present == set(), "listed in fnnet/meson.build but missing"
 
 
