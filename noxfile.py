@@ -85,7 +85,7 @@ def build(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, and mypy (pinned; settings in pyproject.toml) on fnnet/ and pipelines/."""
-    session.install("ruff", "mypy==2.4.1", "numpy>=2.0", "attrs>=23.1")
+    session.install("ruff", "mypy==2.4.1", "types-tqdm==4.70.0.20261106", "numpy>=2.0", "attrs>=23.1")
     session.run("ruff", "check", ".")
     session.run("mypy")
 

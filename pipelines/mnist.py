@@ -41,6 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import attrs  # noqa: E402
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import fnnet as fn  # noqa: E402
 from fnnet import checkpoint, data, optim, random  # noqa: E402
@@ -141,29 +142,6 @@ def evaluate(model: fn.Layer, params: Params, split: data.Split, dtype: np.dtype
     loss, _ = fn.softmax_cross_entropy(logits, split.y)
     pred = logits.argmax(axis=1)
     return {"loss": float(loss), "accuracy": float(np.mean(pred == split.y)), "pred": pred}
-
-
-class Progress:
-    """A one-line progress bar on a terminal, nothing otherwise (evaluations print lines)."""
-
-    def __init__(self, total: int):
-        self.total, self.tty, self.t0, self.last = total, sys.stdout.isatty(), time.perf_counter(), 0.0
-
-    def update(self, step: int, loss: float) -> None:
-        now = time.perf_counter()
-        if not self.tty or (now - self.last < 0.2 and step < self.total):
-            return
-        self.last = now
-        frac = step / self.total
-        rate = step / max(now - self.t0, 1e-9)
-        bar = "#" * int(30 * frac)
-        sys.stdout.write(f"\r[{bar:<30}] {step}/{self.total} loss {loss:.4f} {rate:,.0f} steps/s ")
-        sys.stdout.flush()
-
-    def line(self, text: str) -> None:
-        if self.tty:
-            sys.stdout.write("\r" + " " * 79 + "\r")
-        print(text, flush=True)
 
 
 def save_plots(
@@ -319,7 +297,13 @@ def run(
     per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
     batches = batch_indices(cfg, k_data, len(train), state.step)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
-    progress = Progress(cfg.steps)
+    # a bar on a terminal (tqdm, on stderr), nothing otherwise; evaluations print lines
+    progress = tqdm(total=cfg.steps, initial=state.step, unit="step", disable=None, dynamic_ncols=True)
+
+    def say(line: str) -> None:  # a line on stdout, under the bar, now (a pipe buffers)
+        progress.write(line)
+        sys.stdout.flush()
+
     # a classifier that learns stays below the loss of a uniform guess, log(classes):
     # a mean training loss above twice that has diverged, even if it is finite
     diverged_above = 2 * math.log(len(ds.classes))
@@ -333,7 +317,8 @@ def run(
             x = train.x[idx].astype(dtype, copy=False)
             state, m = step_fn(state, (x, train.y[idx]))
             acc_loss, acc_acc, n_acc = acc_loss + m["loss"], acc_acc + m["accuracy"], n_acc + 1
-            progress.update(state.step, m["loss"])
+            progress.set_postfix_str(f"loss {m['loss']:.4f}", refresh=False)
+            progress.update()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 if cfg.eval_samples:
                     pick = random.generator(random.fold_in(k_eval, state.step)).choice(
@@ -359,18 +344,20 @@ def run(
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
-                progress.line(
+                say(
                     f"step {row['step']:>6}  epoch {row['epoch']:.2f}  train loss {row['loss']:.4f} "
                     f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}  "
                     f"lr {row['learning_rate']:.2e}  {row['elapsed']:.1f}s"
                 )
                 for w in row.get("warnings", []):
-                    progress.line(f"warning: {w}")
+                    say(f"warning: {w}")
                 save_checkpoint()
     except KeyboardInterrupt:
         save_checkpoint()
-        progress.line(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
+        say(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
         raise SystemExit(130) from None
+    finally:
+        progress.close()
     save_checkpoint()
     if state.step < cfg.steps:
         print(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")

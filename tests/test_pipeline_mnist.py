@@ -150,3 +150,50 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_params(tmp_path):
     resumed = run(cut, *args, "--resume")
     assert "resumed from" in resumed.stdout
     assert summary(cut)["params_sha256"] == summary(whole)["params_sha256"]
+
+
+def _fake_mnist(root: pathlib.Path) -> list[str]:
+    from test_data import write_set
+
+    write_set(root / "data" / "mnist", n_train=10_200, n_test=50)
+    return ["--data-dir", str(root / "data"), "--no-verify", "--train-size", "200", "--batch-size", "16",
+            "--steps", "6", "--eval-every", "3", "--eval-samples", "50"]
+
+
+def test_no_terminal_no_bar_only_the_evaluation_lines(tmp_path):
+    proc = run(tmp_path / "out", *_fake_mnist(tmp_path))
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("default preset on mnist") and lines[-1].startswith("test accuracy")
+    assert [line.split()[:2] for line in lines[1:-1]] == [["step", "3"], ["step", "6"]]
+    assert proc.stderr == "", "no bar (and nothing else) on stderr when it is not a terminal"
+
+
+def test_on_a_terminal_the_bar_shows_step_rate_eta_and_loss(tmp_path):
+    """stderr on a pseudo-terminal: tqdm draws its bar there (steps done, rate, ETA, loss)."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    args = _fake_mnist(tmp_path)
+    main, sub = pty.openpty()
+    fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a new pty has 0 columns
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), *args],
+                            stdout=subprocess.PIPE, stderr=sub, text=True)
+    os.close(sub)
+    out, _ = proc.communicate(timeout=120)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main)
+    bar = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, bar
+    assert re.search(r"\b6/6 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(step/s|s/step), loss \d\.\d{4}\]", bar), bar
+    assert "step      3" in out and "step      6" in out  # the evaluation lines stay on stdout

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import os
 import pathlib
-import sys
 import tempfile
 import urllib.request
 import zlib
@@ -14,6 +13,7 @@ from collections.abc import Sequence
 
 import attrs
 import numpy as np
+from tqdm import tqdm
 
 from .._errors import DataError, DataNotFoundError
 
@@ -94,17 +94,6 @@ def find_file(directory: pathlib.Path, spec: FileSpec) -> pathlib.Path | None:
     return None
 
 
-def _progress(name: str, done: int, total: int | None) -> None:
-    if not sys.stderr.isatty():
-        return
-    if total:
-        bar = "#" * int(30 * done / total)
-        sys.stderr.write(f"\r{name}: [{bar:<30}] {done / 1e6:6.1f}/{total / 1e6:.1f} MB")
-    else:
-        sys.stderr.write(f"\r{name}: {done / 1e6:6.1f} MB")
-    sys.stderr.flush()
-
-
 def download(spec: FileSpec, mirrors: Sequence[str], directory: pathlib.Path, timeout: float = 30) -> pathlib.Path:
     """Fetch ``spec`` from the first mirror that serves a file with the right checksum.
 
@@ -121,14 +110,13 @@ def download(spec: FileSpec, mirrors: Sequence[str], directory: pathlib.Path, ti
             h = hashlib.new(algorithm)
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                done = 0
-                while block := resp.read(CHUNK):
-                    out.write(block)
-                    h.update(block)
-                    done += len(block)
-                    _progress(spec.name, done, total)
-            if sys.stderr.isatty():
-                sys.stderr.write("\n")
+                # a bar on a terminal (stderr), nothing otherwise
+                with tqdm(total=total, desc=spec.name, unit="B", unit_scale=True, unit_divisor=1024,
+                          disable=None, leave=False) as bar:
+                    while block := resp.read(CHUNK):
+                        out.write(block)
+                        h.update(block)
+                        bar.update(len(block))
             if h.hexdigest() != want:
                 raise DataError(f"downloaded {spec.name} has {algorithm} {h.hexdigest()}, expected {want}")
             final = directory / spec.name
