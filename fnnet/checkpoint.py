@@ -190,7 +190,7 @@ def load(path: str | os.PathLike, like: PyTree = None) -> tuple[PyTree, dict]:
 
     The tree is frozen (FrozenDict/tuple containers, read-only leaves). Raises
     :class:`DataError` naming the file for a missing, truncated, malformed or tampered
-    file (leaves or metadata), and :class:`TreeMismatchError` if ``like`` is given and
+    file (leaves or metadata), and :class:`~fnnet.TreeMismatchError` if ``like`` is given and
     the structure, a shape or a dtype differs (the message names the path).
     """
     path = pathlib.Path(path)

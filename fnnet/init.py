@@ -16,6 +16,7 @@ from .random import Key
 from .typing import Array, Shape
 
 Initializer = Callable[[random.Key, tuple, np.dtype, int, int], np.ndarray]
+"""``(key, shape, dtype, fan_in, fan_out) -> array``: how a layer draws a param."""
 
 __all__ = [
     "Initializer",

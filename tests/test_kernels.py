@@ -237,3 +237,7 @@ def test_relu_wrappers_take_any_shape_and_views(rng):
     dy = rng.standard_normal(x.shape).astype(np.float32)
     dx = kernels.relu_backward(y, dy, np.empty_like(y))
     np.testing.assert_array_equal(dx, dy * (y > 0))
+
+
+def test_all_lists_every_kernel():
+    assert set(kernels.KERNEL_NAMES) <= set(kernels.__all__)

@@ -17,16 +17,16 @@ from fnnet.layers._layer import Sig, prepare, run, run_backward
 
 
 def _readme_layer(name: str):
-    """The layer factory ``name`` defined by a Python block of the README (run as written)."""
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if f"def {name}(" in b)
-    namespace: dict = {"__name__": "__readme__", "print": lambda *a, **k: None}
-    exec(compile(block, "README.md", "exec"), namespace)
+    """The layer factory ``name`` defined by a Python block of docs/layers.md (run as written)."""
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "layers.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S) if f"def {name}(" in b)
+    namespace: dict = {"__name__": "__docs__", "print": lambda *a, **k: None}
+    exec(compile(block, "docs/layers.md", "exec"), namespace)
     return namespace[name]
 
 
 def channel_scale_without_hook() -> fn.Layer:
-    """The README's channel_scale written without the buffers hook: forward gets the Sig,
+    """The guide's channel_scale written without the buffers hook: forward gets the Sig,
     allocates its outputs, and backward returns new gradient arrays (the runner copies
     them into the step's flat gradient)."""
 

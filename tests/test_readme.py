@@ -1,4 +1,4 @@
-"""The README's Python examples run as written."""
+"""The Python examples of the README and of the guide in docs/ run as written."""
 
 from __future__ import annotations
 
@@ -7,17 +7,26 @@ import re
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [(page, code) for page in PAGES for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "page,code", BLOCKS, ids=[f"{page.name}-{i}" for i, (page, _) in enumerate(BLOCKS)]
+)
+def test_example_runs(page, code, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
-    assert capsys.readouterr().out  # every example prints its result
+    exec(compile(code, str(page), "exec"), {"__name__": "__docs__"})
+    assert capsys.readouterr().out or "assert" in code  # an example prints its result or checks it
 
 
 def test_readme_opens_with_the_two_commands():
     head = README.read_text().split("\n\n")[1]
     assert "nox -s mnist" in head and "nox -s tests" in head and "pip install nox" in head
+
+
+def test_readme_links_to_pages_that_exist():
+    for target in re.findall(r"\]\((docs/[^)#]+)\)", README.read_text()):
+        assert (ROOT / target).is_file(), target

@@ -19,11 +19,10 @@ import numpy as np
 
 from .._errors import DataError, DataNotFoundError, InvalidValueError
 from . import _files
-from ._files import FileSpec
+from ._files import FileSpec, read_idx
 
 __all__ = ["DATASETS", "Dataset", "Split", "load", "load_pickle", "read_idx"]
 
-read_idx = _files.read_idx
 
 _ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -83,6 +82,7 @@ DATASETS: dict[str, _Source] = {
                  "Ankle boot"),
     ),
 }
+"""The datasets ``load`` knows, by name: their files, checksums, mirrors and class names."""
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

@@ -27,7 +27,25 @@ from .._errors import InvalidValueError
 from ._families import FAMILIES
 
 KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
-__all__ = ["backend", "twins", "compiled", "FAMILIES", "KERNEL_NAMES", *KERNEL_NAMES]
+"""Every kernel's name, family by family."""
+
+__all__ = [
+    "FAMILIES",
+    "KERNEL_NAMES",
+    "avg_pool_backward",
+    "avg_pool_forward",
+    "backend",
+    "col2im",
+    "compiled",
+    "im2col",
+    "max_pool_backward",
+    "max_pool_forward",
+    "max_pool_values",
+    "relu_backward",
+    "relu_forward",
+    "softmax_xent",
+    "twins",
+]
 
 
 def _namespace(prefix: str) -> SimpleNamespace:
@@ -37,6 +55,7 @@ def _namespace(prefix: str) -> SimpleNamespace:
 
 
 twins = _namespace("")
+"""The numpy twins of every kernel (a namespace of functions with the compiled ones' signatures)."""
 
 
 def _load_compiled() -> tuple[SimpleNamespace | None, str]:
@@ -66,7 +85,9 @@ def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:
     return "pythran", comp, comp
 
 
-_BACKEND, _impl, compiled = _select()
+_BACKEND, _impl, _compiled = _select()
+compiled = _compiled
+"""The compiled kernels (a namespace of functions), or None where they are not built."""
 
 
 def backend() -> str:

@@ -14,6 +14,7 @@ FAMILIES = {
     "loss": ("softmax_xent",),
     "act": ("relu_forward", "relu_backward"),
 }
+"""Family -> the kernels it exports (one twin module and one Pythran source per family)."""
 
 if __name__ == "__main__":  # for meson.build
     print(" ".join(FAMILIES))
