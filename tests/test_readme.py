@@ -13,6 +13,7 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BLOCKS = [(page, code) for page in PAGES for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the divergence example
 @pytest.mark.parametrize(
     "page,code", BLOCKS, ids=[f"{page.name}-{i}" for i, (page, _) in enumerate(BLOCKS)]
 )
