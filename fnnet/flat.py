@@ -21,7 +21,9 @@ __all__ = ["Layout", "pack_state", "unpack_state"]
 
 # Fresh gradient buffers hold this quiet-NaN bit pattern until backward writes them:
 # arithmetic never produces it, so a leaf that still holds it was never written.
-_UNWRITTEN = {np.dtype(np.float32): np.uint32(0x7FC45EED), np.dtype(np.float64): np.uint64(0x7FF8BAD05EED5EED)}
+_UNWRITTEN: dict[np.dtype, np.unsignedinteger] = {
+    np.dtype(np.float32): np.uint32(0x7FC45EED), np.dtype(np.float64): np.uint64(0x7FF8BAD05EED5EED)
+}
 
 
 @attrs.frozen
