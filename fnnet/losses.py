@@ -51,18 +51,36 @@ def _check_ids(name: str, labels: np.ndarray, c: int) -> None:
         raise InvalidValueError(f"{name}: labels must be class ids in [0, {c}), got values in [{lo}, {hi}]")
 
 
-def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def softmax_cross_entropy(
+    logits: ArrayLike, labels: ArrayLike, *, label_smoothing: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean softmax cross-entropy and its gradient.
 
     ``logits`` (N, C) float; ``labels`` int class ids (N,) or one-hot/probability rows
     (N, C). Stable: computed from ``logits - max`` with log-sum-exp. Returns
-    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - onehot) / N``. NaN or inf
-    in the logits is an InvalidValueError.
+    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - target) / N``. With
+    ``label_smoothing`` ``e`` in [0, 1), the target is ``(1 - e) * onehot + e / C``
+    (Szegedy et al. 2016). NaN or inf in the logits is an InvalidValueError.
     """
     name = "softmax_cross_entropy"
     logits = logits if type(logits) is np.ndarray else np.asarray(logits)
     labels = labels if type(labels) is np.ndarray else np.asarray(labels)
     ids = labels.ndim == 1 and labels.dtype.kind in "iu"
+    if label_smoothing:
+        e = float(label_smoothing)
+        if not 0.0 <= e < 1.0:
+            raise InvalidValueError(f"{name}: label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        logits = _check_outputs(name, logits, "logits", ndim=2)
+        n, c = logits.shape
+        if ids:
+            if labels.shape[0] != n:
+                raise ShapeError(f"{name}: {n} logits rows but {labels.shape[0]} labels")
+            _check_ids(name, labels, c)
+            target = np.zeros((n, c), logits.dtype)
+            target[np.arange(n), labels] = 1
+        else:
+            target = _targets(name, labels, n, c, logits.dtype)
+        return softmax_cross_entropy(logits, target * (1.0 - e) + e / c)
     if not ids or logits.ndim != 2 or logits.dtype not in FLOAT_DTYPES or logits.size == 0:
         logits = _check_outputs(name, logits, "logits", ndim=2)
     n, c = logits.shape

@@ -17,7 +17,7 @@ Transforms flagged ``elementwise=True`` act on each element independently, so
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -46,6 +46,7 @@ __all__ = [
     "keras_sgd",
     "learning_rate",
     "masked",
+    "params_ema",
     "rmsprop",
     "scale",
     "scale_by_adam",
@@ -56,6 +57,7 @@ __all__ = [
     "set_to_zero",
     "sgd",
     "trace",
+    "track_ema",
 ]
 
 
@@ -354,6 +356,26 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     return GradientTransformation(lambda params: FrozenDict(), update, elementwise=False)
 
 
+def track_ema(decay: float) -> GradientTransformation:
+    """Keep an exponential moving average of the params in the state, for evaluation
+    (Polyak averaging): after each update, ``ema = decay * ema + (1 - decay) * params'``
+    with ``params' = params + updates``; it starts at the initial params. Put it last in
+    a :func:`chain`, where it sees the final updates; updates pass through unchanged.
+    :func:`params_ema` reads the average from an optimizer state."""
+    decay = _check_unit("track_ema", "decay", decay, closed=False)
+
+    def init(params: PyTree) -> OptState:
+        return FrozenDict(ema=tree_map(np.array, params))
+
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
+        if params is None:
+            raise InvalidValueError("track_ema needs params: call update(grads, state, params)")
+        ema = tree_map(lambda p, u, e: decay * e + (1 - decay) * (p + u), params, updates, state["ema"])
+        return updates, FrozenDict(ema=ema)
+
+    return GradientTransformation(init, update, elementwise=True)
+
+
 def set_to_zero() -> GradientTransformation:
     """All updates become zero: with :func:`masked`, freezes params."""
     return GradientTransformation(
@@ -501,6 +523,27 @@ def apply_updates(params: Params, updates: PyTree) -> Params:
         return out
 
     return tree_map(add, params, updates)
+
+
+def params_ema(state: OptState) -> PyTree | None:
+    """The moving average of the params that :func:`track_ema` keeps in an optimizer
+    state (its last ``"ema"`` entry), or None if the state keeps none."""
+    found = None
+
+    def walk(node: Any) -> None:
+        nonlocal found
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if k == "ema":
+                    found = v
+                else:
+                    walk(v)
+        elif isinstance(node, (tuple, list)):
+            for v in node:
+                walk(v)
+
+    walk(state)
+    return found
 
 
 def learning_rate(state: OptState) -> float | None:

@@ -26,6 +26,7 @@ refused, the last checkpoint is intact; or the loss ended far above chance level
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -63,6 +64,13 @@ class Preset:
     lr: float
     eval_every: int | None
     eval_samples: int
+    shift: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    cutout: int = 0
+    label_smoothing: float = 0.0
+    ema: float = 0.0
 
 
 PRESETS = {
@@ -77,6 +85,7 @@ PRESETS = {
 }
 
 
+MODELS = ("tutorial", "cnn", "cnn_wide")  # cnn: conv 16 => conv 32 => dense 128; cnn_wide: conv 32 => conv 64
 OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json", "learning_curves.png", "predictions.png")
 
 
@@ -96,7 +105,7 @@ class Config:
     preset: str = attrs.field(validator=attrs.validators.in_(PRESETS))
     dataset: str = attrs.field(validator=attrs.validators.in_(data.DATASETS))
     seed: int = attrs.field(validator=attrs.validators.ge(0))
-    model: str = attrs.field(validator=attrs.validators.in_(("tutorial", "cnn")))
+    model: str = attrs.field(validator=attrs.validators.in_(MODELS))
     dtype: str = attrs.field(validator=attrs.validators.in_(("float32", "float64")))
     batch_size: int = attrs.field(validator=_positive)
     sampling: str = attrs.field(validator=attrs.validators.in_(("replacement", "epoch")))
@@ -106,6 +115,14 @@ class Config:
     eval_every: int = attrs.field(validator=_positive)
     eval_samples: int = attrs.field(validator=attrs.validators.ge(0))
     train_size: int | None = attrs.field(default=None, validator=_positive)
+    # augmentation of each training batch (0: off), the loss's label smoothing
+    shift: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    cutout: int = 0
+    label_smoothing: float = 0.0
+    ema: float = 0.0
 
 
 def build_model(cfg: Config) -> fn.Layer:
@@ -115,17 +132,38 @@ def build_model(cfg: Config) -> fn.Layer:
             fn.conv2d(1, 3, w_init=w, b_init=b), fn.relu(), fn.max_pool2d(2), fn.flatten(),
             fn.dense(64, w_init=w, b_init=b), fn.relu(), fn.dense(10, w_init=w, b_init=b),
         )
+    c1, c2 = (16, 32) if cfg.model == "cnn" else (32, 64)
     return fn.serial(
-        fn.conv2d(16, 3), fn.relu(), fn.max_pool2d(2),
-        fn.conv2d(32, 3), fn.relu(), fn.max_pool2d(2),
+        fn.conv2d(c1, 3), fn.relu(), fn.max_pool2d(2),
+        fn.conv2d(c2, 3), fn.relu(), fn.max_pool2d(2),
         fn.flatten(), fn.dense(128), fn.relu(), fn.dense(10),
     )
 
 
+def build_augment(cfg: Config) -> data.augment.Augment | None:
+    """The training batches' augmentation, or None."""
+    parts = []
+    if cfg.rotate or cfg.scale or cfg.shear:
+        parts.append(data.augment.affine(cfg.rotate, cfg.scale, cfg.shear))
+    if cfg.shift:
+        parts.append(data.augment.translate(cfg.shift))
+    if cfg.cutout:
+        parts.append(data.augment.cutout(cfg.cutout))
+    return data.augment.chain(*parts) if parts else None
+
+
 def build_optimizer(cfg: Config) -> optim.GradientTransformation:
     if cfg.optimizer == "keras_sgd":
-        return optim.keras_sgd(cfg.lr, momentum=0.9, decay=1e-6)
-    return optim.adam(optim.cosine_decay(cfg.lr, cfg.steps, alpha=0.01, warmup_steps=min(200, cfg.steps // 10)))
+        base = optim.keras_sgd(cfg.lr, momentum=0.9, decay=1e-6)
+    else:
+        base = optim.adam(optim.cosine_decay(cfg.lr, cfg.steps, alpha=0.01, warmup_steps=min(200, cfg.steps // 10)))
+    return optim.chain(base, optim.track_ema(cfg.ema)) if cfg.ema else base
+
+
+def eval_params(cfg: Config, state: fn.TrainState) -> Params:
+    """The params evaluations use: their moving average with ``--ema``, else the params."""
+    ema = optim.params_ema(state.opt_state) if cfg.ema else None
+    return state.params if ema is None else ema
 
 
 def batch_indices(cfg: Config, key: random.Key, n: int, start: int) -> Iterator[np.ndarray]:
@@ -260,7 +298,8 @@ def run(
         train = data.Split(train.x[: cfg.train_size], train.y[: cfg.train_size])
     dtype = np.dtype(cfg.dtype)
     model, opt = build_model(cfg), build_optimizer(cfg)
-    k_init, k_data, k_eval = random.split(random.key(cfg.seed), 3)
+    k_init, k_data, k_eval, k_aug = random.split(random.key(cfg.seed), 4)  # (the first three as before)
+    augment = build_augment(cfg)
     params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
     state = fn.TrainState.create(params, opt)
     ckpt = out / "checkpoint.npz"
@@ -293,7 +332,8 @@ def run(
                 "elapsed": elapsed_before + time.perf_counter() - t_start}
         checkpoint.save(ckpt, {"params": state.params, "opt_state": state.opt_state}, meta)
 
-    step_fn = fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt))
+    loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.label_smoothing)
+    step_fn = fn.jit(fn.train_step(model, loss_fn, opt))
     per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
     batches = batch_indices(cfg, k_data, len(train), state.step)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
@@ -314,7 +354,10 @@ def run(
     try:
         while state.step < end:
             idx = next(batches)
-            x = train.x[idx].astype(dtype, copy=False)
+            x = train.x[idx]
+            if augment is not None:  # batch t's augmentation: a pure function of (seed, t)
+                x = augment(random.fold_in(k_aug, state.step), x)
+            x = x.astype(dtype, copy=False)
             state, m = step_fn(state, (x, train.y[idx]))
             acc_loss, acc_acc, n_acc = acc_loss + m["loss"], acc_acc + m["accuracy"], n_acc + 1
             progress.set_postfix_str(f"loss {m['loss']:.4f}", refresh=False)
@@ -324,9 +367,9 @@ def run(
                     pick = random.generator(random.fold_in(k_eval, state.step)).choice(
                         len(ds.val), cfg.eval_samples, replace=False)
                     sample = data.Split(ds.val.x[pick], ds.val.y[pick])
-                    val = evaluate(model, state.params, sample, dtype, state.step)
+                    val = evaluate(model, eval_params(cfg, state), sample, dtype, state.step)
                 else:
-                    val = evaluate(model, state.params, ds.val, dtype, state.step)
+                    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step)
                 row = {
                     "step": state.step, "epoch": round(state.step / per_epoch, 4),
                     "loss": acc_loss / n_acc, "train_accuracy": acc_acc / n_acc,
@@ -363,8 +406,8 @@ def run(
         print(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
         return {"step": state.step, "params_sha256": checkpoint.digest(state.params)}
 
-    test = evaluate(model, state.params, ds.test, dtype, state.step)
-    val = evaluate(model, state.params, ds.val, dtype, state.step)
+    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step)
+    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step)
     summary = {
         "config": attrs.asdict(cfg),
         "seed": cfg.seed,
@@ -432,6 +475,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-samples", type=_number(int, 0),
                     help="random validation images per evaluation, 0 for all (default: tutorial 200, else all)")
     ap.add_argument("--train-size", type=_number(int, 1), help="use only the first N training images")
+    ap.add_argument("--model", choices=MODELS, help="the network (default: the preset's)")
+    aug = ap.add_argument_group("augmentation of training batches (default: the preset's; 0 turns one off)")
+    aug.add_argument("--shift", type=_number(int, 0), help="random translation by up to N pixels")
+    aug.add_argument("--rotate", type=_number(float, 0), help="random rotation by up to D degrees")
+    aug.add_argument("--scale", type=_number(float, 0), help="random scaling by a factor in [1-S, 1+S]")
+    aug.add_argument("--shear", type=_number(float, 0), help="random shear by up to D degrees")
+    aug.add_argument("--cutout", type=_number(int, 0), help="zero a random N x N square")
+    ap.add_argument("--label-smoothing", type=_number(float, 0), help="softmax cross-entropy's label smoothing")
+    ap.add_argument("--ema", type=_number(float, 0),
+                    help="evaluate a moving average of the params with this decay (0: the params themselves)")
     ap.add_argument("--out", default=None, help="output folder (default runs/<preset>-<dataset>-seed<seed>)")
     again = ap.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.npz")
@@ -472,10 +525,15 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
     if eval_samples > len(ds.val):
         raise FlagError(f"--eval-samples {eval_samples}: {ds.name} has only {len(ds.val)} validation images")
     return Config(
-        preset=args.preset, dataset=args.dataset, seed=args.seed, model=preset.model, dtype=preset.dtype,
+        preset=args.preset, dataset=args.dataset, seed=args.seed, model=pick(args.model, preset.model),
+        dtype=preset.dtype,
         batch_size=batch_size, sampling=preset.sampling, steps=steps, optimizer=preset.optimizer,
         lr=pick(args.lr, preset.lr), eval_every=min(pick(args.eval_every, preset.eval_every) or per_epoch, steps),
         eval_samples=eval_samples, train_size=args.train_size,
+        shift=pick(args.shift, preset.shift), rotate=pick(args.rotate, preset.rotate),
+        scale=pick(args.scale, preset.scale), shear=pick(args.shear, preset.shear),
+        cutout=pick(args.cutout, preset.cutout), label_smoothing=pick(args.label_smoothing, preset.label_smoothing),
+        ema=pick(args.ema, preset.ema),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from conftest import max_rel_err, numeric_grad, sample_indices
@@ -17,6 +19,10 @@ LOSSES = [
     ("xent_ids", fn.softmax_cross_entropy, lambda rng: rng.integers(0, 5, 4)),
     ("xent_onehot", fn.softmax_cross_entropy, lambda rng: _onehot(rng.integers(0, 5, 4), 5)),
     ("xent_soft", fn.softmax_cross_entropy, lambda rng: rng.dirichlet(np.ones(5), 4)),
+    ("xent_smoothed_ids", functools.partial(fn.softmax_cross_entropy, label_smoothing=0.1),
+     lambda rng: rng.integers(0, 5, 4)),
+    ("xent_smoothed_soft", functools.partial(fn.softmax_cross_entropy, label_smoothing=0.3),
+     lambda rng: rng.dirichlet(np.ones(5), 4)),
     ("mse", fn.mse, lambda rng: rng.standard_normal((4, 5))),
 ]
 
@@ -83,3 +89,20 @@ def test_mse_bad_input():
         fn.mse(np.array([np.nan]), np.array([0.0]))
     with pytest.raises(fn.InvalidValueError, match="targets contain NaN"):
         fn.mse(np.array([0.0]), np.array([np.nan]))
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_target():
+    rng = np.random.default_rng(3)
+    logits, ids = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    target = _onehot(ids, 4) * 0.8 + 0.2 / 4
+    want_loss, want_grad = fn.softmax_cross_entropy(logits, target)
+    got_loss, got_grad = fn.softmax_cross_entropy(logits, ids, label_smoothing=0.2)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-12)
+    plain = fn.softmax_cross_entropy(logits, ids)
+    assert fn.softmax_cross_entropy(logits, ids, label_smoothing=0.0)[0] == plain[0]
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(fn.InvalidValueError, match="label_smoothing must be in"):
+            fn.softmax_cross_entropy(logits, ids, label_smoothing=bad)
+    with pytest.raises(fn.InvalidValueError, match="class ids"):
+        fn.softmax_cross_entropy(logits, ids + 4, label_smoothing=0.1)

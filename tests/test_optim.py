@@ -113,6 +113,7 @@ OPTIMIZERS = [
     ("rmsprop_momentum", lambda lr: optim.rmsprop(lr, momentum=0.9), lambda lr: ref_rmsprop(lr, momentum=0.9),
      0.002, 3e-4),
     ("adagrad", lambda lr: optim.adagrad(lr), ref_adagrad, 0.5, 0.5),
+    ("adam_tracking_ema", lambda lr: optim.chain(optim.adam(lr), optim.track_ema(0.9)), ref_adam, 0.05, 0.02),
 ]
 IDS = [o[0] for o in OPTIMIZERS]
 
@@ -304,3 +305,31 @@ def test_scale_by_schedule_counts_steps():
         u, state = opt.update({"w": np.ones(1)}, state)
         outs.append(float(u["w"][0]))
     assert outs == [1.0, 2.0, 3.0]
+
+
+def test_track_ema_keeps_the_moving_average_of_the_params():
+    opt = optim.chain(optim.adam(0.1), optim.track_ema(0.8))
+    params = fn.freeze({"w": W0})
+    assert optim.params_ema(optim.adam(0.1).init(params)) is None
+    got, state = _run(opt, params, GRADS)
+    ema = W0.copy()
+    for w in got:
+        ema = 0.8 * ema + 0.2 * w
+    np.testing.assert_allclose(optim.params_ema(state)["w"], ema, rtol=1e-14)
+    with pytest.raises(fn.InvalidValueError, match="track_ema: decay must be a finite number in"):
+        optim.track_ema(1.0)
+
+
+def test_track_ema_under_jit_gives_the_plain_steps_bits():
+    model = fn.serial(fn.flatten(), fn.dense(8), fn.relu(), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), (2, 3))
+    opt = optim.chain(optim.sgd(0.1, momentum=0.9), optim.track_ema(0.99))
+    step = fn.train_step(model, fn.softmax_cross_entropy, opt)
+    a = b = fn.TrainState.create(params, opt)
+    jstep, rng = fn.jit(step), np.random.default_rng(0)
+    for _ in range(4):
+        batch = (rng.random((5, 2, 3), dtype=np.float32), rng.integers(0, 3, 5))
+        a, _ = step(a, batch)
+        b, _ = jstep(b, batch)
+    assert fn.checkpoint.digest(optim.params_ema(a.opt_state)) == fn.checkpoint.digest(optim.params_ema(b.opt_state))
+    assert fn.checkpoint.digest(optim.params_ema(a.opt_state)) != fn.checkpoint.digest(a.params)

@@ -197,3 +197,25 @@ def test_on_a_terminal_the_bar_shows_step_rate_eta_and_loss(tmp_path):
     assert proc.returncode == 0, bar
     assert re.search(r"\b6/6 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(step/s|s/step), loss \d\.\d{4}\]", bar), bar
     assert "step      3" in out and "step      6" in out  # the evaluation lines stay on stdout
+
+
+def test_an_augmented_run_is_reproducible_and_resumes_to_the_same_bits(tmp_path):
+    """Translation, affine and cutout on every batch (keyed by fold_in(key, step)), label
+    smoothing and the params' moving average: same seed, same bits; stopped and resumed,
+    the same bits again; and another seed, other bits."""
+    flags = [*_fake_mnist(tmp_path), "--shift", "2", "--rotate", "10", "--scale", "0.1", "--shear", "5",
+             "--cutout", "6", "--label-smoothing", "0.1", "--ema", "0.9"]
+    flags[flags.index("--steps") + 1] = "12"
+    run(tmp_path / "a", *flags)
+    run(tmp_path / "b", *flags)
+    run(tmp_path / "c", *flags, "--stop-after", "5")
+    run(tmp_path / "c", *flags, "--resume")
+    run(tmp_path / "d", *flags, "--seed", "1")
+    sha = [summary(tmp_path / r)["params_sha256"] for r in "abcd"]
+    assert sha[0] == sha[1] == sha[2] != sha[3]
+    s = summary(tmp_path / "a")
+    assert s["config"]["shift"] == 2 and s["config"]["cutout"] == 6 and s["config"]["ema"] == 0.9
+    plain = [*_fake_mnist(tmp_path)]
+    plain[plain.index("--steps") + 1] = "12"
+    run(tmp_path / "e", *plain)
+    assert summary(tmp_path / "e")["params_sha256"] != sha[0]  # the augmentation changed what was learnt

@@ -1,0 +1,139 @@
+"""Data augmentation as pure, keyed functions of a batch: ``augment(key, images) -> images``.
+
+Each function here returns an augmentation for NCHW batches (N, C, H, W) of floats. One
+call draws every image's parameters from ``key`` at once and transforms the whole batch
+with array operations (no loop over images); the input is never changed and the output
+is a new array of its dtype. The same key gives the same bits, so a training run whose
+batch ``t`` is augmented with ``fold_in(key, t)`` stays a pure function of (seed, step)
+and resumes exactly.
+
+* :func:`translate`: shift by whole pixels (pad with zeros, crop);
+* :func:`affine`: rotation, scaling and shear about the centre, bilinear sampling;
+* :func:`cutout`: a zeroed square at a random place;
+* :func:`chain`: several in order, each with its own key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import random
+from .._errors import DTypeError, InvalidTypeError, InvalidValueError, ShapeError
+from ..random import Key
+
+__all__ = ["Augment", "affine", "chain", "cutout", "translate"]
+
+Augment = Callable[[Key, np.ndarray], np.ndarray]
+"""``augment(key, images) -> images``: a pure function of a key and an NCHW batch."""
+
+
+def _images(name: str, images: np.ndarray) -> np.ndarray:
+    if not isinstance(images, np.ndarray) or images.ndim != 4:
+        raise ShapeError(f"{name}: images must be an (N, C, H, W) array, got {getattr(images, 'shape', type(images))}")
+    if images.dtype.kind != "f":
+        raise DTypeError(f"{name}: images must be floats, got {images.dtype}")
+    return images
+
+
+def _number(name: str, what: str, value: float, low: float, high: float) -> float:
+    v = float(value)
+    if not (np.isfinite(v) and low <= v <= high):
+        raise InvalidValueError(f"{name}: {what} must be in [{low:g}, {high:g}], got {value!r}")
+    return v
+
+
+def translate(max_shift: int) -> Augment:
+    """Shift each image by ``(dy, dx)``, each drawn uniformly from ``[-max_shift, max_shift]``
+    whole pixels; pixels shifted in are zero."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
+        raise InvalidValueError(f"translate: max_shift must be an int >= 0, got {max_shift!r}")
+    s = int(max_shift)
+
+    def apply(key: Key, images: np.ndarray) -> np.ndarray:
+        x = _images("translate", images)
+        n, c, h, w = x.shape
+        offsets = random.generator(key).integers(0, 2 * s + 1, (n, 2))
+        padded = np.zeros((n, c, h + 2 * s, w + 2 * s), x.dtype)
+        padded[:, :, s : s + h, s : s + w] = x
+        windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (n, c, 2s+1, 2s+1, h, w)
+        return windows[np.arange(n), :, offsets[:, 0], offsets[:, 1]]  # a gather: a new array
+
+    return apply
+
+
+def affine(rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0) -> Augment:
+    """Rotate by an angle from ``[-rotate, rotate]`` degrees, scale by a factor from
+    ``[1 - scale, 1 + scale]`` and shear by an angle from ``[-shear, shear]`` degrees,
+    about the image centre; each output pixel is sampled bilinearly from the input
+    (zeros outside it)."""
+    rotate = _number("affine", "rotate", rotate, 0.0, 180.0)
+    scale = _number("affine", "scale", scale, 0.0, 0.9)
+    shear = _number("affine", "shear", shear, 0.0, 60.0)
+
+    def apply(key: Key, images: np.ndarray) -> np.ndarray:
+        x = _images("affine", images)
+        n, c, h, w = x.shape
+        u = random.generator(key).uniform(-1.0, 1.0, (n, 3))
+        theta, phi = np.deg2rad(rotate * u[:, 0]), np.deg2rad(shear * u[:, 2])
+        zoom = 1.0 + scale * u[:, 1]
+        # the inverse map, output -> input: rotate back, unshear, unzoom
+        cos, sin, tan = np.cos(theta), np.sin(theta), np.tan(phi)
+        a = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)  # (n, 2, 2) R(-theta)
+        a = np.einsum("nij,njk->nik", np.stack([np.stack([np.ones(n), -tan], -1),
+                                                  np.stack([np.zeros(n), np.ones(n)], -1)], -2), a)
+        a /= zoom[:, None, None]
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        gy, gx = np.mgrid[0:h, 0:w]
+        grid = np.stack([gy.ravel() - cy, gx.ravel() - cx])  # (2, h*w)
+        src = np.einsum("nij,jp->nip", a, grid)  # (n, 2, h*w)
+        sy, sx = src[:, 0] + cy, src[:, 1] + cx
+        y0, x0 = np.floor(sy).astype(np.int64), np.floor(sx).astype(np.int64)
+        wy, wx = (sy - y0).astype(x.dtype), (sx - x0).astype(x.dtype)
+        flat = x.reshape(n, c, h * w)
+        out = np.zeros((n, c, h * w), x.dtype)
+        for dy, dx, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)),
+                               (1, 1, wy * wx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # a neighbour outside the image reads zero
+            idx = np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
+            out += np.take_along_axis(flat, idx[:, None, :], axis=2) * (weight * inside)[:, None, :]
+        return out.reshape(n, c, h, w)
+
+    return apply
+
+
+def cutout(size: int) -> Augment:
+    """Zero a ``size`` x ``size`` square (clipped at the borders) centred at a random
+    pixel of each image (DeVries & Taylor 2017)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise InvalidValueError(f"cutout: size must be an int >= 1, got {size!r}")
+
+    def apply(key: Key, images: np.ndarray) -> np.ndarray:
+        x = _images("cutout", images)
+        n, c, h, w = x.shape
+        rng = random.generator(key)
+        cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
+        top, left = cy - size // 2, cx - size // 2
+        rows = np.arange(h)[None, :] - top[:, None]
+        cols = np.arange(w)[None, :] - left[:, None]
+        keep = ~(((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :])
+        return x * keep[:, None, :, :].astype(x.dtype)
+
+    return apply
+
+
+def chain(*augments: Augment) -> Augment:
+    """Apply ``augments`` in order; the ``i``-th gets ``split(key, len(augments))[i]``."""
+    for i, a in enumerate(augments):
+        if not callable(a):
+            raise InvalidTypeError(f"augment.chain: argument {i} is a {type(a).__name__}, not an augmentation")
+
+    def apply(key: Key, images: np.ndarray) -> np.ndarray:
+        out = _images("augment.chain", images)
+        for k, a in zip(random.split(key, len(augments)) if augments else (), augments):
+            out = a(k, out)
+        return out if augments else out.copy()
+
+    return apply
