@@ -241,3 +241,28 @@ def test_relu_wrappers_take_any_shape_and_views(rng):
 
 def test_all_lists_every_kernel():
     assert set(kernels.KERNEL_NAMES) <= set(kernels.__all__)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_affine_warp_compiled_equals_twin_bit_for_bit(compiled, dtype):
+    rng = np.random.default_rng(11)
+    for n, c, h, w in ((1, 1, 1, 1), (3, 2, 7, 5), (16, 1, 28, 28)):
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        m = np.empty((n, 2, 3))
+        m[:, :, :2] = np.eye(2) + rng.normal(0, 0.4, (n, 2, 2))
+        m[:, :, 2] = rng.normal(0, h / 2, (n, 2))  # some points fall outside the image
+        a, b = np.full_like(x, np.nan), np.full_like(x, np.nan)
+        kernels.twins.affine_warp(x, m, a)
+        compiled.affine_warp(x, m, b)
+        assert a.tobytes() == b.tobytes()
+
+
+def test_affine_warp_identity_and_integer_shift_are_exact():
+    x = np.random.default_rng(2).random((2, 1, 6, 5)).astype(np.float32)
+    m = np.zeros((2, 2, 3))
+    m[:, 0, 0] = m[:, 1, 1] = 1
+    np.testing.assert_array_equal(kernels.affine_warp(x, m, np.empty_like(x)), x)
+    m[:, 0, 2] = 1  # sample one row down: the image moves up by one row, zeros enter at the bottom
+    y = kernels.affine_warp(x, m, np.empty_like(x))
+    np.testing.assert_array_equal(y[:, :, :-1], x[:, :, 1:])
+    np.testing.assert_array_equal(y[:, :, -1], 0)

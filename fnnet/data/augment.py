@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import random
+from .. import kernels, random
 from .._errors import DTypeError, InvalidTypeError, InvalidValueError, ShapeError
 from ..random import Key
 
@@ -80,26 +80,15 @@ def affine(rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0) -> Augme
         zoom = 1.0 + scale * u[:, 1]
         # the inverse map, output -> input: rotate back, unshear, unzoom
         cos, sin, tan = np.cos(theta), np.sin(theta), np.tan(phi)
-        a = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)  # (n, 2, 2) R(-theta)
-        a = np.einsum("nij,njk->nik", np.stack([np.stack([np.ones(n), -tan], -1),
-                                                  np.stack([np.zeros(n), np.ones(n)], -1)], -2), a)
-        a /= zoom[:, None, None]
+        # the inverse map, output pixel -> input point, about the centre c:
+        # src = A (out - c) + c with A = unshear @ rotate(-theta) / zoom
+        a00, a01 = (cos + tan * sin) / zoom, (sin - tan * cos) / zoom
+        a10, a11 = -sin / zoom, cos / zoom
         cy, cx = (h - 1) / 2, (w - 1) / 2
-        gy, gx = np.mgrid[0:h, 0:w]
-        grid = np.stack([gy.ravel() - cy, gx.ravel() - cx])  # (2, h*w)
-        src = np.einsum("nij,jp->nip", a, grid)  # (n, 2, h*w)
-        sy, sx = src[:, 0] + cy, src[:, 1] + cx
-        y0, x0 = np.floor(sy).astype(np.int64), np.floor(sx).astype(np.int64)
-        wy, wx = (sy - y0).astype(x.dtype), (sx - x0).astype(x.dtype)
-        flat = x.reshape(n, c, h * w)
-        out = np.zeros((n, c, h * w), x.dtype)
-        for dy, dx, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx), (1, 0, wy * (1 - wx)),
-                               (1, 1, wy * wx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # a neighbour outside the image reads zero
-            idx = np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
-            out += np.take_along_axis(flat, idx[:, None, :], axis=2) * (weight * inside)[:, None, :]
-        return out.reshape(n, c, h, w)
+        m = np.empty((n, 2, 3))
+        m[:, 0] = np.stack([a00, a01, cy - a00 * cy - a01 * cx], -1)
+        m[:, 1] = np.stack([a10, a11, cx - a10 * cy - a11 * cx], -1)
+        return kernels.affine_warp(x, m, np.empty_like(x))
 
     return apply
 

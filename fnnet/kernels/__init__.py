@@ -32,6 +32,7 @@ KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
 __all__ = [
     "FAMILIES",
     "KERNEL_NAMES",
+    "affine_warp",
     "avg_pool_backward",
     "avg_pool_forward",
     "backend",
@@ -162,6 +163,14 @@ def softmax_xent(logits: np.ndarray, labels: np.ndarray, dlogits: np.ndarray) ->
     """Summed softmax cross-entropy of (N, C) ``logits`` and int64 ``labels``; writes
     ``(softmax - onehot) / N`` into ``dlogits``; returns ``(loss_sum, status)``."""
     return _impl.softmax_xent(_c(logits), _c(labels), dlogits)
+
+
+def affine_warp(x: np.ndarray, m: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``x`` (N, C, H, W) at ``m[i] @ (r, q, 1)`` (``m`` float64
+    (N, 2, 3)) for each output pixel ``(r, q)`` of image ``i`` into ``out`` (zeros outside
+    ``x``); returns out."""
+    _impl.affine_warp(_c(x), np.ascontiguousarray(m, np.float64), out)
+    return out
 
 
 def relu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:

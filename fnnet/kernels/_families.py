@@ -13,6 +13,7 @@ FAMILIES = {
     "pool": ("max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"),
     "loss": ("softmax_xent",),
     "act": ("relu_forward", "relu_backward"),
+    "warp": ("affine_warp",),
 }
 """Family -> the kernels it exports (one twin module and one Pythran source per family)."""
 
