@@ -524,7 +524,7 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
     eval_samples = pick(args.eval_samples, preset.eval_samples)
     if eval_samples > len(ds.val):
         raise FlagError(f"--eval-samples {eval_samples}: {ds.name} has only {len(ds.val)} validation images")
-    return Config(
+    cfg = Config(
         preset=args.preset, dataset=args.dataset, seed=args.seed, model=pick(args.model, preset.model),
         dtype=preset.dtype,
         batch_size=batch_size, sampling=preset.sampling, steps=steps, optimizer=preset.optimizer,
@@ -535,6 +535,15 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
         cutout=pick(args.cutout, preset.cutout), label_smoothing=pick(args.label_smoothing, preset.label_smoothing),
         ema=pick(args.ema, preset.ema),
     )
+    if not cfg.label_smoothing < 1:
+        raise FlagError(f"--label-smoothing {cfg.label_smoothing:g}: must be below 1")
+    if not cfg.ema < 1:
+        raise FlagError(f"--ema {cfg.ema:g}: a decay must be below 1")
+    try:
+        build_augment(cfg)
+    except fn.InvalidValueError as exc:  # e.g. "affine: rotate must be in [0, 180], got 500.0"
+        raise FlagError(f"augmentation flags: {exc}") from None
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
