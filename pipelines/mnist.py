@@ -9,6 +9,9 @@ Presets:
             and accuracy on 200 random validation images.
   default   a small float32 CNN (conv 16 => pool => conv 32 => pool => dense 128) trained
             with Adam and a cosine schedule for 6 epochs: >= 99 % MNIST test accuracy.
+  best      conv 32 => pool => conv 64 => pool => dense 128, 15 epochs of batches augmented
+            (shifts, rotations, scaling, shear), label smoothing 0.1, evaluated with the
+            params' moving average: >= 99.5 % MNIST test accuracy in under 300 s.
 
 Outputs in --out: metrics.jsonl, summary.json, learning_curves.png, predictions.png,
 checkpoint.npz (params, optimizer state, step and data-order key; atomic, no pickle).
@@ -82,10 +85,18 @@ PRESETS = {
         model="cnn", dtype="float32", batch_size=64, sampling="epoch", steps=None, epochs=6,
         optimizer="adam_cosine", lr=2e-3, eval_every=None, eval_samples=0,
     ),
+    # chosen on validation accuracy (docs/pipeline.md has the ablation): >= 99.5 % test
+    # accuracy within 300 s on a 2-core machine
+    "best": Preset(
+        model="cnn_wide", dtype="float32", batch_size=64, sampling="epoch", steps=None, epochs=15,
+        optimizer="adam_cosine", lr=2e-3, eval_every=None, eval_samples=0,
+        shift=2, rotate=12.0, scale=0.12, shear=8.0, label_smoothing=0.1, ema=0.999,
+    ),
 }
 
 
-MODELS = ("tutorial", "cnn", "cnn_wide")  # cnn: conv 16 => conv 32 => dense 128; cnn_wide: conv 32 => conv 64
+# cnn: conv 16 => conv 32 => dense 128 (valid convs); cnn_wide: conv 32 => conv 64; cnn_same: cnn with same padding
+MODELS = ("tutorial", "cnn", "cnn_wide", "cnn_same")
 OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json", "learning_curves.png", "predictions.png")
 
 
@@ -132,10 +143,11 @@ def build_model(cfg: Config) -> fn.Layer:
             fn.conv2d(1, 3, w_init=w, b_init=b), fn.relu(), fn.max_pool2d(2), fn.flatten(),
             fn.dense(64, w_init=w, b_init=b), fn.relu(), fn.dense(10, w_init=w, b_init=b),
         )
-    c1, c2 = (16, 32) if cfg.model == "cnn" else (32, 64)
+    c1, c2 = (32, 64) if cfg.model == "cnn_wide" else (16, 32)
+    pad = "same" if cfg.model == "cnn_same" else "valid"
     return fn.serial(
-        fn.conv2d(c1, 3), fn.relu(), fn.max_pool2d(2),
-        fn.conv2d(c2, 3), fn.relu(), fn.max_pool2d(2),
+        fn.conv2d(c1, 3, padding=pad), fn.relu(), fn.max_pool2d(2),
+        fn.conv2d(c2, 3, padding=pad), fn.relu(), fn.max_pool2d(2),
         fn.flatten(), fn.dense(128), fn.relu(), fn.dense(10),
     )
 
