@@ -135,7 +135,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_params(tmp_path):
     import signal
 
     args = ["--train-size", "2000", "--batch-size", "16", "--eval-samples", "100", "--steps", "1500",
-            "--eval-every", "50"]
+            "--eval-every", "50", "--shift", "2", "--rotate", "10", "--ema", "0.99"]  # augmented batches too
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run(whole, *args)
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(cut), *args],
