@@ -358,20 +358,25 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
 def track_ema(decay: float) -> GradientTransformation:
     """Keep an exponential moving average of the params in the state, for evaluation
-    (Polyak averaging): after each update, ``ema = decay * ema + (1 - decay) * params'``
-    with ``params' = params + updates``; it starts at the initial params. Put it last in
-    a :func:`chain`, where it sees the final updates; updates pass through unchanged.
+    (Polyak averaging): after update ``t`` (counting from 0),
+    ``ema = d_t * ema + (1 - d_t) * params'`` with ``params' = params + updates`` and
+    ``d_t = min(decay, (1 + t) / (10 + t))``, starting from the initial params. The
+    warm-up of ``d_t`` (as TensorFlow's ``ExponentialMovingAverage(num_updates=...)``)
+    keeps a short run's average from clinging to the initial params. Put it last in a
+    :func:`chain`, where it sees the final updates; updates pass through unchanged.
     :func:`params_ema` reads the average from an optimizer state."""
     decay = _check_unit("track_ema", "decay", decay, closed=False)
 
     def init(params: PyTree) -> OptState:
-        return FrozenDict(ema=tree_map(np.array, params))
+        return FrozenDict(count=_count(0), ema=tree_map(np.array, params))
 
     def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         if params is None:
             raise InvalidValueError("track_ema needs params: call update(grads, state, params)")
-        ema = tree_map(lambda p, u, e: decay * e + (1 - decay) * (p + u), params, updates, state["ema"])
-        return updates, FrozenDict(ema=ema)
+        t = int(state["count"])
+        d = min(decay, (1 + t) / (10 + t))
+        ema = tree_map(lambda p, u, e: d * e + (1 - d) * (p + u), params, updates, state["ema"])
+        return updates, FrozenDict(count=_count(t + 1), ema=ema)
 
     return GradientTransformation(init, update, elementwise=True)
 

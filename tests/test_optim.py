@@ -313,8 +313,9 @@ def test_track_ema_keeps_the_moving_average_of_the_params():
     assert optim.params_ema(optim.adam(0.1).init(params)) is None
     got, state = _run(opt, params, GRADS)
     ema = W0.copy()
-    for w in got:
-        ema = 0.8 * ema + 0.2 * w
+    for t, w in enumerate(got):
+        d = min(0.8, (1 + t) / (10 + t))  # the warm-up: 0.1, 0.18, 0.25, ... then 0.8
+        ema = d * ema + (1 - d) * w
     np.testing.assert_allclose(optim.params_ema(state)["w"], ema, rtol=1e-14)
     with pytest.raises(fn.InvalidValueError, match="track_ema: decay must be a finite number in"):
         optim.track_ema(1.0)
