@@ -10,8 +10,8 @@ Presets:
   default   a small float32 CNN (conv 16 => pool => conv 32 => pool => dense 128) trained
             with Adam and a cosine schedule for 6 epochs: >= 99 % MNIST test accuracy.
   best      conv 32 => pool => conv 64 => pool => dense 128, 15 epochs of batches augmented
-            (shifts, rotations, scaling, shear), label smoothing 0.1, evaluated with the
-            params' moving average: >= 99.5 % MNIST test accuracy in under 300 s.
+            (shifts, rotations, scaling, shear) and label smoothing 0.1: >= 99.5 % MNIST
+            test accuracy in under 300 s.
 
 Outputs in --out: metrics.jsonl, summary.json, learning_curves.png, predictions.png,
 checkpoint.npz (params, optimizer state, step and data-order key; atomic, no pickle).
@@ -90,7 +90,7 @@ PRESETS = {
     "best": Preset(
         model="cnn_wide", dtype="float32", batch_size=64, sampling="epoch", steps=None, epochs=15,
         optimizer="adam_cosine", lr=2e-3, eval_every=None, eval_samples=0,
-        shift=2, rotate=12.0, scale=0.12, shear=8.0, label_smoothing=0.1, ema=0.999,
+        shift=2, rotate=12.0, scale=0.12, shear=8.0, label_smoothing=0.1,  # (an EMA of the params measured +0.00)
     ),
 }
 
