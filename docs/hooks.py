@@ -9,9 +9,9 @@ from typing import Any
 import griffe
 
 log = logging.getLogger("mkdocs.plugins.fnnet")
-MODULES = ["fnnet", "fnnet.checkpoint", "fnnet.data", "fnnet.init", "fnnet.kernels", "fnnet.layers",
-           "fnnet.losses", "fnnet.metrics", "fnnet.optim", "fnnet.random", "fnnet.runtime", "fnnet.tree",
-           "fnnet.typing"]
+MODULES = ["fnnet", "fnnet.checkpoint", "fnnet.data", "fnnet.data.augment", "fnnet.init", "fnnet.kernels",
+           "fnnet.layers", "fnnet.losses", "fnnet.metrics", "fnnet.optim", "fnnet.random", "fnnet.runtime",
+           "fnnet.tree", "fnnet.typing"]
 
 
 def on_pre_build(config: Any, **kwargs: Any) -> None:
