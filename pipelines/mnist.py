@@ -53,6 +53,21 @@ from fnnet.typing import Params  # noqa: E402
 
 
 @attrs.frozen
+class Regularization:
+    """The augmentation of training batches (0 turns one off), the loss's label smoothing
+    and the decay of the params' moving average that evaluations use (0: none): what a
+    preset sets and the flags of the same names override."""
+
+    shift: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+    cutout: int = 0
+    label_smoothing: float = 0.0
+    ema: float = 0.0
+
+
+@attrs.frozen
 class Preset:
     """A preset's defaults; flags override them. ``steps`` or ``epochs`` sets the length;
     ``eval_every`` None means once per epoch."""
@@ -67,13 +82,7 @@ class Preset:
     lr: float
     eval_every: int | None
     eval_samples: int
-    shift: int = 0
-    rotate: float = 0.0
-    scale: float = 0.0
-    shear: float = 0.0
-    cutout: int = 0
-    label_smoothing: float = 0.0
-    ema: float = 0.0
+    regularization: Regularization = Regularization()
 
 
 PRESETS = {
@@ -90,7 +99,8 @@ PRESETS = {
     "best": Preset(
         model="cnn_wide", dtype="float32", batch_size=64, sampling="epoch", steps=None, epochs=15,
         optimizer="adam_cosine", lr=2e-3, eval_every=None, eval_samples=0,
-        shift=2, rotate=12.0, scale=0.12, shear=8.0, label_smoothing=0.1,  # (an EMA of the params measured +0.00)
+        # (a moving average of the params measured +0.00: not used)
+        regularization=Regularization(shift=2, rotate=12.0, scale=0.12, shear=8.0, label_smoothing=0.1),
     ),
 }
 
@@ -126,14 +136,7 @@ class Config:
     eval_every: int = attrs.field(validator=_positive)
     eval_samples: int = attrs.field(validator=attrs.validators.ge(0))
     train_size: int | None = attrs.field(default=None, validator=_positive)
-    # augmentation of each training batch (0: off), the loss's label smoothing
-    shift: int = 0
-    rotate: float = 0.0
-    scale: float = 0.0
-    shear: float = 0.0
-    cutout: int = 0
-    label_smoothing: float = 0.0
-    ema: float = 0.0
+    regularization: Regularization = Regularization()
 
 
 def build_model(cfg: Config) -> fn.Layer:
@@ -154,13 +157,13 @@ def build_model(cfg: Config) -> fn.Layer:
 
 def build_augment(cfg: Config) -> data.augment.Augment | None:
     """The training batches' augmentation, or None."""
-    parts = []
-    if cfg.rotate or cfg.scale or cfg.shear:
-        parts.append(data.augment.affine(cfg.rotate, cfg.scale, cfg.shear))
-    if cfg.shift:
-        parts.append(data.augment.translate(cfg.shift))
-    if cfg.cutout:
-        parts.append(data.augment.cutout(cfg.cutout))
+    parts, r = [], cfg.regularization
+    if r.rotate or r.scale or r.shear:
+        parts.append(data.augment.affine(r.rotate, r.scale, r.shear))
+    if r.shift:
+        parts.append(data.augment.translate(r.shift))
+    if r.cutout:
+        parts.append(data.augment.cutout(r.cutout))
     return data.augment.chain(*parts) if parts else None
 
 
@@ -169,12 +172,13 @@ def build_optimizer(cfg: Config) -> optim.GradientTransformation:
         base = optim.keras_sgd(cfg.lr, momentum=0.9, decay=1e-6)
     else:
         base = optim.adam(optim.cosine_decay(cfg.lr, cfg.steps, alpha=0.01, warmup_steps=min(200, cfg.steps // 10)))
-    return optim.chain(base, optim.track_ema(cfg.ema)) if cfg.ema else base
+    ema = cfg.regularization.ema
+    return optim.chain(base, optim.track_ema(ema)) if ema else base
 
 
 def eval_params(cfg: Config, state: fn.TrainState) -> Params:
     """The params evaluations use: their moving average with ``--ema``, else the params."""
-    ema = optim.params_ema(state.opt_state) if cfg.ema else None
+    ema = optim.params_ema(state.opt_state) if cfg.regularization.ema else None
     return state.params if ema is None else ema
 
 
@@ -344,7 +348,7 @@ def run(
                 "elapsed": elapsed_before + time.perf_counter() - t_start}
         checkpoint.save(ckpt, {"params": state.params, "opt_state": state.opt_state}, meta)
 
-    loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.label_smoothing)
+    loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
     step_fn = fn.jit(fn.train_step(model, loss_fn, opt))
     per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
     batches = batch_indices(cfg, k_data, len(train), state.step)
@@ -542,15 +546,15 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
         batch_size=batch_size, sampling=preset.sampling, steps=steps, optimizer=preset.optimizer,
         lr=pick(args.lr, preset.lr), eval_every=min(pick(args.eval_every, preset.eval_every) or per_epoch, steps),
         eval_samples=eval_samples, train_size=args.train_size,
-        shift=pick(args.shift, preset.shift), rotate=pick(args.rotate, preset.rotate),
-        scale=pick(args.scale, preset.scale), shear=pick(args.shear, preset.shear),
-        cutout=pick(args.cutout, preset.cutout), label_smoothing=pick(args.label_smoothing, preset.label_smoothing),
-        ema=pick(args.ema, preset.ema),
+        regularization=attrs.evolve(preset.regularization, **{
+            f.name: getattr(args, f.name) for f in attrs.fields(Regularization) if getattr(args, f.name) is not None
+        }),
     )
-    if not cfg.label_smoothing < 1:
-        raise FlagError(f"--label-smoothing {cfg.label_smoothing:g}: must be below 1")
-    if not cfg.ema < 1:
-        raise FlagError(f"--ema {cfg.ema:g}: a decay must be below 1")
+    r = cfg.regularization
+    if not r.label_smoothing < 1:
+        raise FlagError(f"--label-smoothing {r.label_smoothing:g}: must be below 1")
+    if not r.ema < 1:
+        raise FlagError(f"--ema {r.ema:g}: a decay must be below 1")
     try:
         build_augment(cfg)
     except fn.InvalidValueError as exc:  # e.g. "affine: rotate must be in [0, 180], got 500.0"

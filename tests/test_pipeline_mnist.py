@@ -214,7 +214,8 @@ def test_an_augmented_run_is_reproducible_and_resumes_to_the_same_bits(tmp_path)
     sha = [summary(tmp_path / r)["params_sha256"] for r in "abcd"]
     assert sha[0] == sha[1] == sha[2] != sha[3]
     s = summary(tmp_path / "a")
-    assert s["config"]["shift"] == 2 and s["config"]["cutout"] == 6 and s["config"]["ema"] == 0.9
+    reg = s["config"]["regularization"]
+    assert reg["shift"] == 2 and reg["cutout"] == 6 and reg["ema"] == 0.9
     plain = [*_fake_mnist(tmp_path)]
     plain[plain.index("--steps") + 1] = "12"
     run(tmp_path / "e", *plain)
