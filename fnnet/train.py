@@ -191,17 +191,15 @@ def _body(
     step: Step, plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, carry: Carry | None
 ) -> tuple[TrainState, dict[str, float], Carry | None]:
     logits, cache, model_state = run(plan.site, state.params, x, step.step_key(state.step), state.model_state)
-    try:
+    try:  # the built-in losses refuse NaN and inf logits; any loss may return a non-finite value
         loss, dlogits = step.loss(logits, labels)
-    except InvalidValueError:  # (the built-in losses refuse NaN and inf logits)
+        metrics = {"loss": float(loss)}
+        if not math.isfinite(metrics["loss"]):
+            raise DivergenceError(f"step {state.step}: the loss is {metrics['loss']}; the state passed in is unchanged")
+    except InvalidValueError:  # (DivergenceError is one): outputs that are NaN or inf say why
         if not _finite(logits):
             raise _nonfinite_outputs(state.step, x) from None
         raise
-    metrics = {"loss": float(loss)}
-    if not math.isfinite(metrics["loss"]):
-        if not _finite(logits):
-            raise _nonfinite_outputs(state.step, x)
-        raise DivergenceError(f"step {state.step}: the loss is {metrics['loss']}; the state passed in is unchanged")
     if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
         metrics["accuracy"] = accuracy(logits, labels)
     run_backward(plan.site, cache, dlogits)  # the gradients land in plan.grads
@@ -223,7 +221,7 @@ def _body(
         opt_state, packed = pack_state(state.opt_state, plan.layout)
     updates, opt_state = step.optimizer.update(plan.grads, opt_state, flat)
     new_flat = np.add(flat, updates, dtype=plan.layout.dtype)
-    if not math.isfinite(np.vdot(new_flat, new_flat)) and not _finite(new_flat):  # (_finite inlined: per step)
+    if not math.isfinite(np.vdot(new_flat, new_flat)) and not np.isfinite(new_flat).all():  # (_finite, inlined)
         raise _diverged(state.step, plan.layout.views(new_flat), plan.grads, opt_state)
     params = plan.layout.unpack(new_flat)
     new_opt, aliased = unpack_state(opt_state, packed, plan.layout, plan.grads)
