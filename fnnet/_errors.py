@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 
 class FnnetError(Exception):
@@ -70,3 +73,43 @@ def is_callable(inst: Any, attribute: Any, value: Any) -> None:
             f"{type(inst).__name__}.{attribute.name.lstrip('_')} must be callable, got {type(value).__name__} "
             f"{value!r:.60}"
         )
+
+
+# argument checks that raise from this family, naming the function, the argument and the value
+
+
+def as_float(value: Any) -> float:
+    """``float(value)``, or NaN for what is not a number (so that one finiteness test
+    refuses both)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def check_real(
+    where: str, what: str, value: Any, low: float | None = None, high: float | None = None,
+    low_open: bool = False, high_open: bool = False,
+) -> float:
+    """``value`` as a finite float in the interval given, or an InvalidValueError naming
+    ``where`` (the function) and ``what`` (the argument), with the value received."""
+    interval = ""
+    if low is not None and high is not None:
+        interval = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        interval = f" {'>' if low_open else '>='} {low:g}"
+    v = as_float(value)
+    if isinstance(value, bool) or not (
+        math.isfinite(v)
+        and (low is None or (v > low if low_open else v >= low))
+        and (high is None or (v < high if high_open else v <= high))
+    ):
+        raise InvalidValueError(f"{where}: {what} must be a finite number{interval}, got {value!r}")
+    return v
+
+
+def check_int(where: str, what: str, value: Any, low: int) -> int:
+    """``value`` as an int >= ``low``, or an InvalidValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidValueError(f"{where}: {what} must be an int >= {low}, got {value!r}")
+    return int(value)

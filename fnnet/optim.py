@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ._errors import InvalidTypeError, InvalidValueError
+from ._errors import InvalidTypeError, InvalidValueError, as_float, check_int, check_real
 from .tree import FrozenDict, tree_flatten, tree_leaves, tree_leaves_with_path, tree_map, tree_unflatten
 from .typing import OptState, Params, PyTree, Schedule
 
@@ -90,51 +90,19 @@ def _zeros_like(tree: Any) -> Any:
     return tree_map(np.zeros_like, tree)
 
 
-def _real(where: str, what: str, value: Any, low: float | None = None, high: float | None = None,
-          low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a finite float in the interval given, or an InvalidValueError naming
-    ``where`` (the function) and ``what`` (the argument), with the value received."""
-    interval = ""
-    if low is not None and high is not None:
-        interval = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        interval = f" {'>' if low_open else '>='} {low:g}"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, bool) or not (
-        math.isfinite(v)
-        and (low is None or (v > low if low_open else v >= low))
-        and (high is None or (v < high if high_open else v <= high))
-    ):
-        raise InvalidValueError(f"{where}: {what} must be a finite number{interval}, got {value!r}")
-    return v
-
-
-def _int(where: str, what: str, value: Any, low: int) -> int:
-    """``value`` as an int >= ``low``, or an InvalidValueError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InvalidValueError(f"{where}: {what} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def _check_rate(name: str, value: Any) -> Schedule:
     """A float becomes a constant schedule; a callable is taken as a schedule (its values
     are checked at each step by :func:`_value_at`)."""
     if callable(value):
         return value
-    return constant(_real(name, "learning_rate", value, low=0.0))
+    return constant(check_real(name, "learning_rate", value, low=0.0))
 
 
 def _value_at(name: str, what: str, schedule: Schedule, step: int, low: float | None = None) -> float:
     """``schedule(step)`` as a float, or an error before it is used if it is NaN, inf or
     below ``low`` (a negative rate trains the wrong way, an inf one makes NaN params)."""
     value = schedule(step)
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
+    v = as_float(value)
     if not math.isfinite(v) or (low is not None and v < low):
         bound = "" if low is None else f" >= {low:g}"
         raise InvalidValueError(
@@ -144,7 +112,7 @@ def _value_at(name: str, what: str, schedule: Schedule, step: int, low: float | 
 
 
 def _check_unit(name: str, what: str, value: float, closed: bool = True) -> float:
-    return _real(name, what, value, 0.0, 1.0, high_open=not closed)
+    return check_real(name, what, value, 0.0, 1.0, high_open=not closed)
 
 
 # -- schedules ---------------------------------------------------------------------------
@@ -152,22 +120,22 @@ def _check_unit(name: str, what: str, value: float, closed: bool = True) -> floa
 
 def constant(value: float) -> Schedule:
     """``step -> value``."""
-    value = _real("constant", "value", value)
+    value = check_real("constant", "value", value)
     return lambda step: value
 
 
 def inverse_time_decay(init_value: float, decay: float) -> Schedule:
     """``step -> init_value / (1 + decay * step)`` (Keras' legacy ``decay``)."""
-    init_value = _real("inverse_time_decay", "init_value", init_value)
-    decay = _real("inverse_time_decay", "decay", decay, low=0.0)
+    init_value = check_real("inverse_time_decay", "init_value", init_value)
+    decay = check_real("inverse_time_decay", "decay", decay, low=0.0)
     return lambda step: init_value / (1.0 + decay * step)
 
 
 def exponential_decay(init_value: float, decay_rate: float, transition_steps: int, staircase: bool = False) -> Schedule:
     """``step -> init_value * decay_rate ** (step / transition_steps)`` (floored if ``staircase``)."""
-    init_value = _real("exponential_decay", "init_value", init_value)
-    decay_rate = _real("exponential_decay", "decay_rate", decay_rate, low=0.0, low_open=True)
-    transition_steps = _int("exponential_decay", "transition_steps", transition_steps, 1)
+    init_value = check_real("exponential_decay", "init_value", init_value)
+    decay_rate = check_real("exponential_decay", "decay_rate", decay_rate, low=0.0, low_open=True)
+    transition_steps = check_int("exponential_decay", "transition_steps", transition_steps, 1)
 
     def schedule(step: int) -> float:
         p = step // transition_steps if staircase else step / transition_steps
@@ -178,8 +146,8 @@ def exponential_decay(init_value: float, decay_rate: float, transition_steps: in
 
 def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule:
     """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) == len(boundaries) + 1``)."""
-    boundaries = [_int("piecewise_constant", f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
-    values = [_real("piecewise_constant", f"values[{i}]", v) for i, v in enumerate(values)]
+    boundaries = [check_int("piecewise_constant", f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
+    values = [check_real("piecewise_constant", f"values[{i}]", v) for i, v in enumerate(values)]
     if len(values) != len(boundaries) + 1 or boundaries != sorted(boundaries):
         raise InvalidValueError(
             f"piecewise_constant: needs sorted boundaries and one more value than boundaries, got boundaries "
@@ -191,10 +159,10 @@ def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule:
 def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0, warmup_steps: int = 0) -> Schedule:
     """Linear warm-up from 0 over ``warmup_steps``, then half a cosine from ``init_value``
     down to ``alpha * init_value`` at ``decay_steps`` (counted after the warm-up), then flat."""
-    init_value = _real("cosine_decay", "init_value", init_value)
-    alpha = _real("cosine_decay", "alpha", alpha, 0.0, 1.0)
-    decay_steps = _int("cosine_decay", "decay_steps", decay_steps, 1)
-    warmup_steps = _int("cosine_decay", "warmup_steps", warmup_steps, 0)
+    init_value = check_real("cosine_decay", "init_value", init_value)
+    alpha = check_real("cosine_decay", "alpha", alpha, 0.0, 1.0)
+    decay_steps = check_int("cosine_decay", "decay_steps", decay_steps, 1)
+    warmup_steps = check_int("cosine_decay", "warmup_steps", warmup_steps, 0)
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
@@ -215,7 +183,7 @@ def identity() -> GradientTransformation:
 
 def scale(factor: float) -> GradientTransformation:
     """``u -> factor * u``."""
-    factor = _real("scale", "factor", factor)
+    factor = check_real("scale", "factor", factor)
 
     def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         return tree_map(lambda u: u * factor, updates), state
@@ -263,7 +231,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     """
     b1 = _check_unit("scale_by_adam", "b1", b1, closed=False)
     b2 = _check_unit("scale_by_adam", "b2", b2, closed=False)
-    eps = _real("scale_by_adam", "eps", eps, low=0.0)
+    eps = check_real("scale_by_adam", "eps", eps, low=0.0)
 
     def init(params: PyTree) -> OptState:
         return FrozenDict(count=_count(0), mu=_zeros_like(params), nu=_zeros_like(params))
@@ -295,7 +263,7 @@ def scale_by_schedule(schedule: Schedule) -> GradientTransformation:
 def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformation:
     """RMSprop's direction: ``nu = decay nu + (1-decay) g^2``, ``u = g / (sqrt(nu) + eps)``."""
     decay = _check_unit("scale_by_rms", "decay", decay, closed=False)
-    eps = _real("scale_by_rms", "eps", eps, low=0.0)
+    eps = check_real("scale_by_rms", "eps", eps, low=0.0)
 
     def init(params: PyTree) -> OptState:
         return FrozenDict(nu=_zeros_like(params))
@@ -310,8 +278,8 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8) -> GradientTransformatio
 def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> GradientTransformation:
     """Adagrad's direction: ``s = s + g^2`` (from ``initial_accumulator_value``),
     ``u = g / (sqrt(s) + eps)``."""
-    init_value = _real("scale_by_rss", "initial_accumulator_value", initial_accumulator_value, low=0.0)
-    eps = _real("scale_by_rss", "eps", eps, low=0.0)
+    init_value = check_real("scale_by_rss", "initial_accumulator_value", initial_accumulator_value, low=0.0)
+    eps = check_real("scale_by_rss", "eps", eps, low=0.0)
 
     def init(params: PyTree) -> OptState:
         return FrozenDict(sum_of_squares=tree_map(lambda p: np.full_like(p, init_value), params))
@@ -329,7 +297,7 @@ def add_decayed_weights(
     """``u -> u + weight_decay * params`` (decoupled weight decay, applied before the
     learning rate). ``mask`` (a tree of bools like params, or ``params -> tree``) limits
     it to some leaves, e.g. ``lambda p: tree_map(lambda a: a.ndim > 1, p)`` skips biases."""
-    weight_decay = _real("add_decayed_weights", "weight_decay", weight_decay, low=0.0)
+    weight_decay = check_real("add_decayed_weights", "weight_decay", weight_decay, low=0.0)
 
     def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         if params is None:
@@ -343,7 +311,7 @@ def add_decayed_weights(
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     """Scale all updates by ``max_norm / global_norm`` when their global L2 norm exceeds
     ``max_norm`` (the norm over all leaves together)."""
-    max_norm = _real("clip_by_global_norm", "max_norm", max_norm, low=0.0, low_open=True)
+    max_norm = check_real("clip_by_global_norm", "max_norm", max_norm, low=0.0, low_open=True)
 
     def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         norm = float(np.sqrt(sum(np.vdot(u, u).real for u in tree_leaves(updates))))
@@ -503,8 +471,8 @@ def keras_sgd(learning_rate: float, momentum: float = 0.0, decay: float = 0.0) -
     with ``t`` the number of updates already applied (0 for the first).
     """
     momentum = _check_unit("keras_sgd", "momentum", momentum)
-    learning_rate = _real("keras_sgd", "learning_rate", learning_rate, low=0.0)
-    schedule = inverse_time_decay(learning_rate, _real("keras_sgd", "decay", decay, low=0.0))
+    learning_rate = check_real("keras_sgd", "learning_rate", learning_rate, low=0.0)
+    schedule = inverse_time_decay(learning_rate, check_real("keras_sgd", "decay", decay, low=0.0))
 
     def init(params: PyTree) -> OptState:
         return FrozenDict(count=_count(0), learning_rate=_scalar(schedule(0)), velocity=_zeros_like(params))

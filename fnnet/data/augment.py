@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import kernels, random
-from .._errors import DTypeError, InvalidTypeError, InvalidValueError, ShapeError
+from .._errors import DTypeError, InvalidTypeError, ShapeError, check_int, check_real
 from ..random import Key
 
 __all__ = ["Augment", "affine", "chain", "cutout", "translate"]
@@ -37,19 +37,10 @@ def _images(name: str, images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _number(name: str, what: str, value: float, low: float, high: float) -> float:
-    v = float(value)
-    if not (np.isfinite(v) and low <= v <= high):
-        raise InvalidValueError(f"{name}: {what} must be in [{low:g}, {high:g}], got {value!r}")
-    return v
-
-
 def translate(max_shift: int) -> Augment:
     """Shift each image by ``(dy, dx)``, each drawn uniformly from ``[-max_shift, max_shift]``
     whole pixels; pixels shifted in are zero."""
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
-        raise InvalidValueError(f"translate: max_shift must be an int >= 0, got {max_shift!r}")
-    s = int(max_shift)
+    s = check_int("translate", "max_shift", max_shift, 0)
 
     def apply(key: Key, images: np.ndarray) -> np.ndarray:
         x = _images("translate", images)
@@ -68,9 +59,9 @@ def affine(rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0) -> Augme
     ``[1 - scale, 1 + scale]`` and shear by an angle from ``[-shear, shear]`` degrees,
     about the image centre; each output pixel is sampled bilinearly from the input
     (zeros outside it)."""
-    rotate = _number("affine", "rotate", rotate, 0.0, 180.0)
-    scale = _number("affine", "scale", scale, 0.0, 0.9)
-    shear = _number("affine", "shear", shear, 0.0, 60.0)
+    rotate = check_real("affine", "rotate", rotate, 0.0, 180.0)
+    scale = check_real("affine", "scale", scale, 0.0, 0.9)
+    shear = check_real("affine", "shear", shear, 0.0, 60.0)
 
     def apply(key: Key, images: np.ndarray) -> np.ndarray:
         x = _images("affine", images)
@@ -96,8 +87,7 @@ def affine(rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0) -> Augme
 def cutout(size: int) -> Augment:
     """Zero a ``size`` x ``size`` square (clipped at the borders) centred at a random
     pixel of each image (DeVries & Taylor 2017)."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise InvalidValueError(f"cutout: size must be an int >= 1, got {size!r}")
+    size = check_int("cutout", "size", size, 1)
 
     def apply(key: Key, images: np.ndarray) -> np.ndarray:
         x = _images("cutout", images)
