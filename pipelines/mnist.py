@@ -557,7 +557,7 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
         raise FlagError(f"--ema {r.ema:g}: a decay must be below 1")
     try:
         build_augment(cfg)
-    except fn.InvalidValueError as exc:  # e.g. "affine: rotate must be in [0, 180], got 500.0"
+    except fn.InvalidValueError as exc:  # e.g. "affine: rotate must be a finite number in [0, 180], got 500.0"
         raise FlagError(f"augmentation flags: {exc}") from None
     return cfg
 
@@ -566,7 +566,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out)
     try:
-        prepare_out(out, args.resume, args.overwrite)  # before the data is read
         if args.data_dir is not None and not pathlib.Path(args.data_dir).expanduser().is_dir():
             raise FlagError(f"--data-dir {args.data_dir}: no such folder")
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)
