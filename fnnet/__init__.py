@@ -5,7 +5,7 @@ composes layers; ``train_step`` folds model, loss and optimizer into one pure st
 and ``jit`` specialises it.
 """
 
-from . import checkpoint, data, init, kernels, layers, losses, metrics, optim, random, runtime, tree
+from . import checkpoint, data, distributed, init, kernels, layers, losses, metrics, optim, random, runtime, tree
 from ._errors import (
     DataError,
     DataNotFoundError,
@@ -64,6 +64,7 @@ __all__ = [
     "data",
     "conv2d",
     "dense",
+    "distributed",
     "dropout",
     "flatten",
     "freeze",

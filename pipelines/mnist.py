@@ -36,6 +36,7 @@ import os
 import pathlib
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -188,14 +189,80 @@ def batch_indices(cfg: Config, key: random.Key, n: int, start: int) -> Iterator[
     return data.epoch_batches(key, n, cfg.batch_size, start_step=start)
 
 
-def evaluate(model: fn.Layer, params: Params, split: data.Split, dtype: np.dtype, step: int) -> dict:
-    """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split."""
-    logits = fn.predict(model, params, split.x.astype(dtype, copy=False))
-    if not np.isfinite(logits).all():  # finite params whose outputs overflow: diverged
+class _Self:
+    """The communicator of a run in one process: a broadcast returns what it is given."""
+
+    def Get_rank(self) -> int:  # noqa: N802 - mpi4py's names
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 1
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+
+@attrs.frozen
+class Ranks:
+    """The processes of a data-parallel run (``--distributed``): an mpi4py communicator
+    and the reduction of the gradients (see :func:`fnnet.distributed.data_parallel`).
+    Not part of the config: a run may resume on another number of ranks."""
+
+    comm: Any = attrs.field(factory=lambda: _Self())
+    deterministic: bool = False
+
+    @property
+    def mpi(self) -> bool:
+        return not isinstance(self.comm, _Self)
+
+    @property
+    def size(self) -> int:
+        return int(self.comm.Get_size())
+
+    @property
+    def root(self) -> bool:
+        return self.comm.Get_rank() == 0
+
+    def on_root(self, f: Callable[[], Any]) -> Any:
+        """``f()`` on rank 0, its result (or its FnnetError) on every rank: rank 0 alone
+        reads and writes --out, and every rank stops on its errors."""
+        result: Any = None
+        if self.root:
+            try:
+                result = f()
+            except fn.FnnetError as exc:
+                result = exc
+        result = self.comm.bcast(result, root=0)
+        if isinstance(result, fn.FnnetError):
+            raise result
+        return result
+
+    def mean(self, values: list[float]) -> list[float]:
+        """The mean over the ranks of each of ``values`` (one collective)."""
+        return (self.comm.allreduce(np.array(values)) / self.size).tolist()
+
+
+def evaluate(
+    model: fn.Layer, params: Params, split: data.Split, dtype: np.dtype, step: int, ranks: Ranks | None = None
+) -> dict:
+    """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split;
+    on several ranks each predicts its share of the images and every rank gets the whole."""
+    comm = (ranks or Ranks()).comm
+    n, size, rank = len(split), comm.Get_size(), comm.Get_rank()
+    mine = slice(rank * n // size, (rank + 1) * n // size)
+    finite, loss, pred = True, 0.0, np.empty(0, np.int64)
+    if mine.stop > mine.start:  # (fewer images than ranks leave some ranks none)
+        logits = fn.predict(model, params, split.x[mine].astype(dtype, copy=False))
+        finite = bool(np.isfinite(logits).all())  # (the loss refuses NaN and inf)
+        loss = float(fn.softmax_cross_entropy(logits, split.y[mine])[0]) if finite else math.nan
+        pred = logits.argmax(axis=1)
+    if size > 1:  # each rank's mean loss weighted by its rows; every prediction
+        parts = comm.allgather((finite, loss * len(pred), pred))
+        finite = all(p[0] for p in parts)
+        loss, pred = sum(p[1] for p in parts) / n, np.concatenate([p[2] for p in parts])
+    if not finite:  # finite params whose outputs overflow: diverged
         raise fn.DivergenceError(f"step {step}: the model's outputs on evaluation images are NaN or inf")
-    loss, _ = fn.softmax_cross_entropy(logits, split.y)
-    pred = logits.argmax(axis=1)
-    return {"loss": float(loss), "accuracy": float(np.mean(pred == split.y)), "pred": pred}
+    return {"loss": loss, "accuracy": float(np.mean(pred == split.y)), "pred": pred}
 
 
 def save_plots(
@@ -300,29 +367,52 @@ def _config_diff(old: object, new: dict) -> str:
     return "\n".join(f"  {k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys) + "\n" + both
 
 
+def check_split(cfg: Config, n_train: int, ranks: int) -> None:
+    """FlagError unless every global batch (the last of an epoch too) splits into equal
+    slices, one per rank."""
+    if cfg.batch_size % ranks:
+        raise FlagError(f"--distributed on {ranks} ranks: --batch-size {cfg.batch_size} does not split into {ranks} "
+                        f"equal slices; use a batch size divisible by {ranks}")
+    last = n_train % cfg.batch_size if cfg.sampling == "epoch" else 0
+    if last % ranks:
+        raise FlagError(f"--distributed on {ranks} ranks: the last batch of each epoch has {last} images ({n_train} % "
+                        f"{cfg.batch_size}), which do not split into {ranks} equal slices; choose --train-size or "
+                        "--batch-size so that they do")
+
+
 def run(
     cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, stop_after: int | None = None,
-    overwrite: bool = False,
+    overwrite: bool = False, ranks: Ranks | None = None, on_eval: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train ``cfg`` on ``ds``, writing into ``out`` (checked by :func:`prepare_out`).
     Raises DivergenceError if a step would make the params non-finite (the last
-    checkpoint stays as it was)."""
+    checkpoint stays as it was).
+
+    ``ranks``: the MPI processes that train together (``--distributed``): each takes its
+    slice of every global batch and the gradients are averaged; rank 0 alone writes.
+    ``on_eval(row)`` is called with each evaluation's metrics row (a sweep reports them).
+    """
     t_start = time.perf_counter()
-    prepare_out(out, resume, overwrite)
+    ranks = ranks or Ranks()
+    comm = ranks.comm
     train = ds.train
     if cfg.train_size is not None:
         train = data.Split(train.x[: cfg.train_size], train.y[: cfg.train_size])
+    check_split(cfg, len(train), ranks.size)
+    ranks.on_root(lambda: prepare_out(out, resume, overwrite))
     dtype = np.dtype(cfg.dtype)
     model, opt = build_model(cfg), build_optimizer(cfg)
+    if ranks.mpi:
+        opt = fn.distributed.data_parallel(opt, comm, deterministic=ranks.deterministic)
     k_init, k_data, k_eval, k_aug = random.split(random.key(cfg.seed), 4)  # (the first three as before)
     augment = build_augment(cfg)
     params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
     state = fn.TrainState.create(params, opt)
     ckpt = out / "checkpoint.npz"
     metrics_path = out / "metrics.jsonl"
-    elapsed_before = 0.0
     data_key = [k_data.entropy, list(k_data.path)]
-    if resume:
+
+    def load() -> tuple[fn.TrainState, float, list[dict]]:
         tree, meta = checkpoint.load(ckpt)
         if meta.get("config") != attrs.asdict(cfg):  # before the tree: another preset has other params
             raise FlagError(f"--resume: {ckpt} was written with another config:\n"
@@ -332,20 +422,29 @@ def run(
             raise FlagError(f"--resume: {ckpt} has another data-order key")
         fn.tree.check_like(tree, {"params": state.params, "opt_state": state.opt_state},
                            f"--resume: {ckpt} does not hold this config's model and optimizer state")
-        state = fn.TrainState(tree["params"], tree["opt_state"], int(meta["step"]))
-        elapsed_before = float(meta.get("elapsed", 0.0))
-        rows = [r for r in read_metrics(metrics_path) if r["step"] <= state.step]
-        print(f"resumed from {ckpt} at step {state.step}")
-    else:
-        rows = []
+        resumed = fn.TrainState(tree["params"], tree["opt_state"], int(meta["step"]))
+        rows = [r for r in read_metrics(metrics_path) if r["step"] <= resumed.step]
+        print(f"resumed from {ckpt} at step {resumed.step}" + (f" (written by {meta['ranks']} ranks)"
+                                                                if meta.get("ranks", 1) != ranks.size else ""))
+        return resumed, float(meta.get("elapsed", 0.0)), rows
+
+    def start() -> tuple[fn.TrainState, float, list[dict]]:
         out.mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:  # --overwrite: no file of the old run stays beside the new one
             (out / name).unlink(missing_ok=True)
-    write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        return state, 0.0, []
 
-    def save_checkpoint() -> None:
+    state, elapsed_before, rows = ranks.on_root(load if resume else start)  # (rank 0 reads, every rank gets it)
+    if ranks.mpi:  # one key gives every rank the same params; a heterogeneous cluster might not
+        state = fn.TrainState(fn.freeze(state.params), fn.freeze(state.opt_state), state.step)
+        fn.distributed.check_replicated(state.params, comm)
+    if ranks.root:
+        write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    reduction = "deterministic" if ranks.deterministic else "allreduce"
+
+    def save_checkpoint() -> None:  # (rank 0)
         meta = {"step": state.step, "config": attrs.asdict(cfg), "data_key": data_key,
-                "elapsed": elapsed_before + time.perf_counter() - t_start}
+                "elapsed": elapsed_before + time.perf_counter() - t_start, "ranks": ranks.size}
         checkpoint.save(ckpt, {"params": state.params, "opt_state": state.opt_state}, meta)
 
     loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
@@ -354,27 +453,32 @@ def run(
     batches = batch_indices(cfg, k_data, len(train), state.step)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
     # a bar on a terminal (tqdm, on stderr), nothing otherwise; evaluations print lines
-    progress = tqdm(total=cfg.steps, initial=state.step, unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(total=cfg.steps, initial=state.step, unit="step", disable=None if ranks.root else True,
+                    dynamic_ncols=True)
 
     def say(line: str) -> None:  # a line on stdout, under the bar, now (a pipe buffers)
-        progress.write(line)
-        sys.stdout.flush()
+        if ranks.root:
+            progress.write(line)
+            sys.stdout.flush()
 
     # a classifier that learns stays below the loss of a uniform guess, log(classes):
     # a mean training loss above twice that has diverged, even if it is finite
     diverged_above = 2 * math.log(len(ds.classes))
     warnings = [w for r in rows for w in r.get("warnings", [])]
     acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
-    print(f"{cfg.preset} preset on {cfg.dataset} ({ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
-          f"{cfg.batch_size}, {cfg.dtype}, kernels {fn.kernels.backend()}", flush=True)
+    say(f"{cfg.preset} preset on {cfg.dataset} ({ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
+        f"{cfg.batch_size}, {cfg.dtype}, kernels {fn.kernels.backend()}"
+        + (f", {ranks.size} ranks (MPI, {reduction} of the gradients)" if ranks.mpi else ""))
     try:
         while state.step < end:
             idx = next(batches)
-            x = train.x[idx]
-            if augment is not None:  # batch t's augmentation: a pure function of (seed, t)
-                x = augment(random.fold_in(k_aug, state.step), x)
+            mine = fn.distributed.shard(len(idx), comm) if ranks.mpi else slice(None)
+            if augment is not None:  # batch t's augmentation: a pure function of (seed, t), then this rank's rows
+                x = augment(random.fold_in(k_aug, state.step), train.x[idx])[mine]
+            else:
+                x = train.x[idx[mine]]
             x = x.astype(dtype, copy=False)
-            state, m = step_fn(state, (x, train.y[idx]))
+            state, m = step_fn(state, (x, train.y[idx[mine]]))
             acc_loss, acc_acc, n_acc = acc_loss + m["loss"], acc_acc + m["accuracy"], n_acc + 1
             progress.set_postfix_str(f"loss {m['loss']:.4f}", refresh=False)
             progress.update()
@@ -383,9 +487,12 @@ def run(
                     pick = random.generator(random.fold_in(k_eval, state.step)).choice(
                         len(ds.val), cfg.eval_samples, replace=False)
                     sample = data.Split(ds.val.x[pick], ds.val.y[pick])
-                    val = evaluate(model, eval_params(cfg, state), sample, dtype, state.step)
+                    val = evaluate(model, eval_params(cfg, state), sample, dtype, state.step, ranks)
                 else:
-                    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step)
+                    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks)
+                if ranks.mpi:  # the global batches' means; and a check that the ranks agree
+                    acc_loss, acc_acc = ranks.mean([acc_loss, acc_acc])
+                    fn.distributed.check_replicated(state.params, comm)
                 row = {
                     "step": state.step, "epoch": round(state.step / per_epoch, 4),
                     "loss": acc_loss / n_acc, "train_accuracy": acc_acc / n_acc,
@@ -400,8 +507,12 @@ def run(
                     ]
                     warnings += row["warnings"]
                 rows.append(row)
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if ranks.root:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    save_checkpoint()
+                if on_eval is not None:
+                    on_eval(row)
                 acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
                 say(
                     f"step {row['step']:>6}  epoch {row['epoch']:.2f}  train loss {row['loss']:.4f} "
@@ -410,20 +521,21 @@ def run(
                 )
                 for w in row.get("warnings", []):
                     say(f"warning: {w}")
-                save_checkpoint()
     except KeyboardInterrupt:
-        save_checkpoint()
+        if ranks.root:
+            save_checkpoint()
         say(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
         raise SystemExit(130) from None
     finally:
         progress.close()
-    save_checkpoint()
+    if ranks.root:
+        save_checkpoint()
     if state.step < cfg.steps:
-        print(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
+        say(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
         return {"step": state.step, "params_sha256": checkpoint.digest(state.params)}
 
-    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step)
-    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step)
+    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks)
+    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks)
     summary = {
         "config": attrs.asdict(cfg),
         "seed": cfg.seed,
@@ -431,6 +543,7 @@ def run(
         "data_source": ds.source,
         "runtime": fn.runtime.info(),
         "kernels_backend": fn.kernels.backend(),
+        "distributed": None if not ranks.mpi else {"ranks": ranks.size, "reduction": reduction},
         "steps": state.step,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
@@ -442,6 +555,8 @@ def run(
         "warnings": warnings,
         "diverged": bool(rows) and rows[-1]["loss"] > diverged_above,
     }
+    if not ranks.root:
+        return summary
     summary["plots"] = save_plots(out, rows, ds.test.x, ds.test.y, test["pred"], ds.classes)
     write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(f"test accuracy {test['accuracy']:.4f}  validation accuracy {val['accuracy']:.4f}  "
@@ -507,7 +622,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     again.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are deleted)")
     ap.add_argument("--stop-after", type=_number(int, 1),
                     help="stop after this step, leaving a checkpoint (to resume later)")
+    mpi = ap.add_argument_group("data-parallel training over MPI (pip install 'fnnet[distributed]' mpich)")
+    mpi.add_argument("--distributed", action="store_true",
+                     help="train on every rank of MPI_COMM_WORLD: each takes its slice of every global batch and the "
+                     "gradients are averaged; rank 0 writes --out. Launch with mpiexec -n N python -m mpi4py "
+                     "pipelines/mnist.py --distributed ...")
+    mpi.add_argument("--deterministic-reduction", action="store_true",
+                     help="average the gradients by Allgather and a sum in rank order (bits independent of the MPI "
+                     "implementation) instead of Allreduce")
     args = ap.parse_args(argv)
+    if args.deterministic_reduction and not args.distributed:
+        ap.error("--deterministic-reduction needs --distributed")
     if args.out is None:
         args.out = f"runs/{args.preset}-{args.dataset}-seed{args.seed}"
     return args
@@ -562,22 +687,52 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
     return cfg
 
 
+def mpi_ranks(deterministic: bool) -> Ranks:
+    """MPI_COMM_WORLD's ranks (--distributed), or a FlagError saying what to install."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise FlagError(f"--distributed needs mpi4py and an MPI ({exc}): pip install 'fnnet[distributed]' mpich, "
+                        "or mpi4py built against the site's MPI") from None
+    return Ranks(MPI.COMM_WORLD, deterministic)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out)
+    ranks = Ranks()
     try:
+        ranks = mpi_ranks(args.deterministic_reduction) if args.distributed else ranks
         if args.data_dir is not None and not pathlib.Path(args.data_dir).expanduser().is_dir():
             raise FlagError(f"--data-dir {args.data_dir}: no such folder")
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)
         cfg = make_config(args, ds)
-        summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite)
+        summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite, ranks=ranks)
     except fn.DivergenceError as exc:
-        print(f"error: training diverged: {exc}\nthe last checkpoint in {out} is intact; lower --lr", file=sys.stderr)
-        return 3
+        return _fail(ranks, 3, f"training diverged: {exc}\nthe last checkpoint in {out} is intact; lower --lr")
     except fn.FnnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(ranks, 2, str(exc))
+    except SystemExit as exc:  # (Ctrl-C: 130)
+        if ranks.size > 1 and exc.code:
+            _fail(ranks, int(exc.code), None)
+        raise
+    except BaseException:
+        if ranks.size == 1:
+            raise
+        traceback.print_exc()  # an error on one rank must not leave the others waiting for it
+        return _fail(ranks, 1, None)
     return 3 if summary.get("diverged") else 0
+
+
+def _fail(ranks: Ranks, status: int, message: str | None) -> int:
+    """Print ``message`` (rank 0's, or any rank's own), and end every rank with ``status``."""
+    if message is not None:
+        prefix = f"rank {ranks.comm.Get_rank()} of {ranks.size}: " if ranks.size > 1 else ""
+        print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+    if ranks.size > 1:
+        sys.stdout.flush()
+        ranks.comm.Abort(status)  # MPI_Abort ends every rank (python -m mpi4py does it too; srun may not)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Data-parallel training over MPI: the gradient all-reduce as an optimizer wrapper.
+
+The Horovod pattern: every process (rank) holds the same params, takes its own slice of
+each global batch, computes the gradient of its slice, and :func:`data_parallel` averages
+the gradients over all ranks before the wrapped optimizer's update, so every rank applies
+the same update and the params stay identical::
+
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    step = fn.jit(fn.train_step(model, loss, fn.distributed.data_parallel(fn.optim.adam(1e-3), comm)))
+    rows = fn.distributed.shard(batch_size, comm)      # this rank's rows of every global batch
+    state, metrics = step(state, (x[rows], labels[rows]))
+
+Launch with ``mpiexec -n N python -m mpi4py script.py`` (``-m mpi4py`` turns an
+uncaught exception on one rank into ``MPI_Abort``, which ends every rank).
+
+``comm`` is an ``mpi4py`` communicator (``MPI.COMM_WORLD`` or a sub-communicator); this
+module only calls its methods, so it imports without mpi4py (``pip install
+'fnnet[distributed]'`` installs it; an MPI runtime comes from the site or ``pip install
+mpich``).
+
+Two reductions, both one collective per step on one flat buffer:
+
+* ``deterministic=False``: ``Allreduce`` (sum). The order in which the MPI adds the N
+  gradients is its own choice (by algorithm, message size and N). With two ranks every
+  order gives the same bits (``a + b == b + a``); with more, the bits can depend on the
+  MPI implementation and version, though a given build is repeatable.
+* ``deterministic=True``: ``Allgather`` of every rank's gradient, then a sum in rank
+  order, ``((g0 + g1) + g2) + ...``, on every rank: the bits are those of that sum in
+  numpy whatever the MPI. Cost: each rank receives N gradients instead of one reduced
+  gradient, and holds an (N, P) buffer.
+
+Either way the result is divided by N, so a step on N slices of B/N rows updates with the
+mean gradient of the B rows, as one process on the whole batch does, up to rounding (the
+per-slice gradients are summed in another order than one BLAS product over B rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidTypeError, InvalidValueError, check_int
+from .checkpoint import digest
+from .optim import GradientTransformation
+from .tree import freeze, tree_flatten, tree_unflatten
+from .typing import OptState, PyTree
+
+__all__ = ["broadcast", "check_replicated", "data_parallel", "mean_gradient", "shard"]
+
+
+def _check_comm(name: str, comm: Any) -> Any:
+    methods = ("Get_rank", "Get_size", "Allreduce", "Allgather", "bcast", "allgather")
+    missing = [m for m in methods if not callable(getattr(comm, m, None))]
+    if missing:
+        raise InvalidTypeError(
+            f"{name}: comm must be an mpi4py communicator (e.g. mpi4py.MPI.COMM_WORLD), got {type(comm).__name__} "
+            f"without {', '.join(missing)}"
+        )
+    return comm
+
+
+def mean_gradient(grad: np.ndarray, comm: Any, deterministic: bool = False) -> np.ndarray:
+    """The mean over all ranks of ``grad`` (a flat float array, the same size on every
+    rank), as a new array: one ``Allreduce``, or with ``deterministic`` one ``Allgather``
+    and a sum in rank order. Collective: every rank of ``comm`` must call it."""
+    n = comm.Get_size()
+    grad = np.ascontiguousarray(grad)
+    if deterministic:
+        gathered = np.empty((n, grad.size), grad.dtype)
+        comm.Allgather(grad, gathered)
+        total = gathered[0].copy()
+        for row in gathered[1:]:  # rank order, on every rank
+            total += row
+    else:
+        total = np.empty_like(grad)
+        comm.Allreduce(grad, total)  # (mpi4py's default op is MPI.SUM)
+    return np.divide(total, n, out=total)
+
+
+def data_parallel(
+    optimizer: GradientTransformation, comm: Any, *, deterministic: bool = False
+) -> GradientTransformation:
+    """``optimizer`` applied to the gradient averaged over every rank of ``comm``.
+
+    Args:
+        optimizer: any gradient transformation; its state keeps its structure, so a
+            checkpoint moves freely between runs on 1 and on N processes.
+        comm: an mpi4py communicator whose ranks train the same model on slices of the
+            same global batch.
+        deterministic: reduce with ``Allgather`` and a sum in rank order (bits
+            independent of the MPI) instead of ``Allreduce`` (see the module's notes).
+
+    Under :func:`fnnet.jit` with an elementwise optimizer the update receives the one
+    flat gradient buffer the step keeps, and the reduction is one collective on it; a
+    tree of gradients (non-elementwise optimizers, such as ``clip_by_global_norm``) is
+    packed into one buffer first, so it is one collective as well. Every rank must call
+    ``update`` at every step: a rank that stops makes the others wait (launch with
+    ``python -m mpi4py`` so that an error on one rank aborts all).
+    """
+    if not isinstance(optimizer, GradientTransformation):
+        raise InvalidTypeError(
+            f"data_parallel: optimizer must be a GradientTransformation, got {type(optimizer).__name__}"
+        )
+    comm = _check_comm("data_parallel", comm)
+    if not isinstance(deterministic, bool):
+        raise InvalidTypeError(f"data_parallel: deterministic must be a bool, got {deterministic!r}")
+
+    def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
+        if isinstance(updates, np.ndarray) and updates.ndim == 1:  # jit's flat gradient
+            return optimizer.update(mean_gradient(updates, comm, deterministic), state, params)
+        leaves, treedef = tree_flatten(updates)
+        flat = mean_gradient(np.concatenate([np.ravel(g) for g in leaves]), comm, deterministic) if leaves else None
+        offsets = np.cumsum([0, *(g.size for g in leaves)]).tolist()
+        mean = [flat[o:e].reshape(g.shape) for g, o, e in zip(leaves, offsets, offsets[1:])]  # type: ignore[index]
+        return optimizer.update(tree_unflatten(treedef, mean), state, params)
+
+    return GradientTransformation(optimizer.init, update, elementwise=optimizer.elementwise)
+
+
+def shard(batch_size: int, comm: Any) -> slice:
+    """This rank's rows of a global batch of ``batch_size``: the ``rank``-th of
+    ``size`` equal consecutive slices. ``batch_size`` must be divisible by the number
+    of ranks (unequal slices would weight the rows of the smaller ones more)."""
+    comm = _check_comm("shard", comm)
+    batch_size = check_int("shard", "batch_size", batch_size, 1)
+    n, rank = comm.Get_size(), comm.Get_rank()
+    if batch_size % n:
+        raise InvalidValueError(
+            f"shard: a global batch of {batch_size} does not split into {n} equal slices (one per rank): "
+            f"use a batch size divisible by {n}"
+        )
+    per = batch_size // n
+    return slice(rank * per, (rank + 1) * per)
+
+
+def broadcast(tree: PyTree, comm: Any, root: int = 0) -> PyTree:
+    """Rank ``root``'s ``tree`` on every rank (read-only leaves); the other ranks'
+    ``tree`` arguments are ignored (pass None). Collective."""
+    comm = _check_comm("broadcast", comm)
+    return freeze(comm.bcast(tree if comm.Get_rank() == root else None, root=root))
+
+
+def check_replicated(tree: PyTree, comm: Any, what: str = "params") -> None:
+    """InvalidValueError on every rank unless ``tree`` has the same structure and bits on
+    every rank of ``comm`` (one ``allgather`` of a sha256 each). Collective."""
+    comm = _check_comm("check_replicated", comm)
+    digests = comm.allgather(digest(tree))
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise InvalidValueError(
+            f"check_replicated: the {what} differ between ranks (rank 0 and rank{'s' if len(differ) > 1 else ''} "
+            f"{', '.join(map(str, differ))}): start every rank from the same key, or broadcast rank 0's"
+        )
