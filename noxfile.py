@@ -1,4 +1,4 @@
-"""nox sessions: tests (compiled kernels), tests_numpy, build, lint, mnist, bench.
+"""nox sessions: tests (compiled kernels), tests_numpy, build, lint, docs, distributed, sweep, mnist, bench.
 
 Every session builds fnnet into a fresh virtualenv the way a user would (`pip install .`),
 so the compiled kernels are the ones under test.
@@ -103,6 +103,24 @@ def docs(session: nox.Session) -> None:
     env = {"NO_MKDOCS_2_WARNING": "1"}
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", env=env)
     session.run("python", "docs/strict_selftest.py", env=env)
+
+
+@nox.session
+def distributed(session: nox.Session) -> None:
+    """Data-parallel training over MPI: mpi4py and the mpich wheel's MPI runtime (mpiexec),
+    then tests/test_distributed.py with every MPI test required to run (none may skip)."""
+    session.install(".[test,distributed]", "mpich")
+    env = _env(FNNET_REQUIRE_MPI="1")
+    session.run("pytest", *(session.posargs or ["-q", "-rs", "tests/test_distributed.py"]), env=env)
+
+
+@nox.session
+def sweep(session: nox.Session) -> None:
+    """Sweeps on Ray Tune: ray[tune], then tests/test_sweep.py with Ray required (a
+    4-trial sweep, an ASHA sweep, a trial against its standalone run)."""
+    session.install(".[test,tune]")
+    env = _env(FNNET_REQUIRE_RAY="1", RAY_USAGE_STATS_ENABLED="0")
+    session.run("pytest", *(session.posargs or ["-q", "-rs", "tests/test_sweep.py"]), env=env)
 
 
 @nox.session

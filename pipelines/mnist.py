@@ -19,6 +19,10 @@ The same seed and config give bit-identical params on the same machine and numpy
 build (summary.json records both: "runtime"); --resume continues from the checkpoint
 and ends with the same params as an uninterrupted run.
 
+Data-parallel over MPI: ``mpiexec -n N python -m mpi4py pipelines/mnist.py --distributed
+...`` trains the same run on N processes, each on its slice of every global batch (rank 0
+writes --out; docs/scaling.md).
+
 Every flag is checked before any work starts. --out never overwrites a run by surprise:
 a folder that holds one needs --resume (to continue it) or --overwrite (to replace it).
 Exit status: 0 done, 2 bad flags or files, 3 training diverged (a non-finite update was

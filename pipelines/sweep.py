@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Sweep seeds and hyper-parameters of pipelines/mnist.py on Ray Tune.
+
+  python pipelines/sweep.py --seeds 0 1 2 --grid lr=1e-3,2e-3,4e-3 -- --preset default --epochs 2
+  python pipelines/sweep.py --sample lr=loguniform:3e-4:1e-2 --num-samples 8 --scheduler asha -- --epochs 2
+  python pipelines/sweep.py --address auto ...        # on a Ray cluster (ray start --head / --address)
+
+After ``--``: flags of pipelines/mnist.py that every trial shares. Each trial is a normal
+seeded run of mnist.py's ``run()`` with the trial's flags added, in its own folder
+``<out>/trials/<trial>``, reporting every evaluation's metrics to Tune through the
+training loop's callback (nothing is read back from a subprocess). ``--grid`` gives
+values to try; ``--sample`` draws ``--num-samples`` points at random (drawn from
+``--sweep-seed``, so the sweep itself is reproducible); every point runs with every seed.
+``--scheduler asha`` stops the trials that trail at each evaluation.
+
+Locally Ray runs ``--num-cpus`` trials at a time (default: every core), one CPU and one
+BLAS thread each. Outputs in --out: results.csv and results.md (one row per trial: its
+flags, final validation and test accuracy, params sha256, and the mnist.py command that
+reproduces it bit for bit), sweep.png (accuracy against the swept hyper-parameter, one
+point per seed), and the trials' folders.
+
+Exit status: 0 done, 2 bad flags, 1 a trial failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import os
+import pathlib
+import shlex
+import sys
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import mnist  # noqa: E402
+
+import fnnet as fn  # noqa: E402
+from fnnet import data, random  # noqa: E402
+
+# mnist.py's flags a sweep may vary: name -> the type of its values
+SWEEPABLE: dict[str, type] = {
+    "lr": float, "batch_size": int, "epochs": float, "steps": int, "train_size": int, "shift": int, "rotate": float,
+    "scale": float, "shear": float, "cutout": int, "label_smoothing": float, "ema": float, "model": str,
+}
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+OUTPUTS = ("results.csv", "results.md", "sweep.png")
+METRIC = "val_accuracy"
+
+
+class SweepError(fn.InvalidValueError):
+    """A bad sweep flag: an unknown hyper-parameter, a malformed value or distribution."""
+
+
+def _name(text: str, flag: str) -> str:
+    name = text.strip().replace("-", "_")
+    if name not in SWEEPABLE:
+        raise SweepError(f"{flag} {text}: cannot sweep {text!r}; choose from {', '.join(sorted(SWEEPABLE))}")
+    if name in ("seed",):
+        raise SweepError(f"{flag}: sweep seeds with --seeds")
+    return name
+
+
+def parse_grid(spec: str) -> tuple[str, list[Any]]:
+    """``lr=1e-3,2e-3`` -> ("lr", [0.001, 0.002])."""
+    name, sep, values = spec.partition("=")
+    if not sep or not values:
+        raise SweepError(f"--grid {spec}: expected NAME=V1,V2,...")
+    name = _name(name, "--grid")
+    try:
+        parsed = [SWEEPABLE[name](v) for v in values.split(",")]
+    except ValueError:
+        raise SweepError(f"--grid {spec}: {name} takes {SWEEPABLE[name].__name__} values") from None
+    if len(set(parsed)) != len(parsed):
+        raise SweepError(f"--grid {spec}: a value is repeated")
+    return name, parsed
+
+
+def parse_sample(spec: str) -> tuple[str, str, float, float]:
+    """``lr=loguniform:1e-4:1e-2`` -> ("lr", "loguniform", 1e-4, 1e-2)."""
+    name, sep, rest = spec.partition("=")
+    parts = rest.split(":")
+    if not sep or len(parts) != 3:
+        raise SweepError(f"--sample {spec}: expected NAME=DISTRIBUTION:LOW:HIGH ({'|'.join(DISTRIBUTIONS)})")
+    name, dist = _name(name, "--sample"), parts[0]
+    if dist not in DISTRIBUTIONS:
+        raise SweepError(f"--sample {spec}: unknown distribution {dist!r}; choose from {', '.join(DISTRIBUTIONS)}")
+    if SWEEPABLE[name] is str or (dist == "randint" and SWEEPABLE[name] is not int):
+        raise SweepError(f"--sample {spec}: {dist} does not fit {name} ({SWEEPABLE[name].__name__})")
+    try:
+        low, high = float(parts[1]), float(parts[2])
+    except ValueError:
+        raise SweepError(f"--sample {spec}: LOW and HIGH must be numbers") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high) or (dist == "loguniform" and low <= 0):
+        raise SweepError(f"--sample {spec}: needs finite LOW < HIGH{' and LOW > 0' if dist == 'loguniform' else ''}")
+    return name, dist, low, high
+
+
+def points(grid: list[tuple[str, list]], samples: list[tuple[str, str, float, float]], num_samples: int,
+           sweep_seed: int) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, each with ``num_samples`` random draws of
+    the sampled hyper-parameters (drawn from ``sweep_seed``: the same sweep each time)."""
+    combos = [dict(zip([n for n, _ in grid], values)) for values in itertools.product(*[v for _, v in grid])]
+    if not samples:
+        return combos
+    rng = random.generator(random.key(sweep_seed))
+    out = []
+    for combo in combos:
+        for _ in range(num_samples):
+            point = dict(combo)
+            for name, dist, low, high in samples:
+                if dist == "randint":
+                    point[name] = int(rng.integers(math.ceil(low), math.floor(high) + 1))
+                elif dist == "loguniform":
+                    point[name] = SWEEPABLE[name](float(np.exp(rng.uniform(np.log(low), np.log(high)))))
+                else:
+                    point[name] = SWEEPABLE[name](float(rng.uniform(low, high)))
+            out.append(point)
+    return out
+
+
+def trial_argv(fixed: list[str], point: dict[str, Any], seed: int, out: pathlib.Path) -> list[str]:
+    """mnist.py's flags for one trial: the shared ones, then the point's and the seed."""
+    flags = [f"--{k.replace('_', '-')}={v!r}" if isinstance(v, float) else f"--{k.replace('_', '-')}={v}"
+             for k, v in point.items()]
+    return [*fixed, *flags, f"--seed={seed}", f"--out={out}"]
+
+
+def trial_name(index: int, seed: int) -> str:
+    return f"p{index:03d}-seed{seed}"
+
+
+def trainable(config: dict[str, Any], *, fixed: list[str], out: str, ds: data.Dataset, pts: list[dict]) -> None:
+    """One trial, in a Ray worker: mnist.py's run() with the trial's flags, each
+    evaluation reported to Tune, then the final test accuracy and params sha256."""
+    from ray import tune
+
+    folder = pathlib.Path(out) / "trials" / trial_name(config["index"], config["seed"])
+    args = mnist.parse_args(trial_argv(fixed, pts[config["index"]], config["seed"], folder))
+    cfg = mnist.make_config(args, ds)
+
+    def report(row: dict) -> None:
+        tune.report({k: row[k] for k in ("step", "epoch", "loss", "train_accuracy", "val_loss", "val_accuracy")})
+
+    summary = mnist.run(cfg, folder, ds, overwrite=True, on_eval=report)
+    tune.report({"step": summary["steps"], "val_accuracy": summary["val_accuracy"],
+                 "test_accuracy": summary["test_accuracy"], "params_sha256": summary["params_sha256"],
+                 "wall_seconds": summary["wall_seconds"], "finished": True})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    argv = sys.argv[1:] if argv is None else argv
+    fixed = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=mnist._number(int, 0), nargs="+", default=[0], help="seeds of every point")
+    ap.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...", help="values to try")
+    ap.add_argument("--sample", action="append", default=[], metavar="NAME=DIST:LOW:HIGH",
+                    help=f"draw NAME at random ({', '.join(DISTRIBUTIONS)})")
+    ap.add_argument("--num-samples", type=mnist._number(int, 1), default=4, help="random points (with --sample)")
+    ap.add_argument("--sweep-seed", type=mnist._number(int, 0), default=0, help="seed of the random points")
+    ap.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
+                    help="asha: stop the trials that trail at each evaluation (async successive halving)")
+    ap.add_argument("--num-cpus", type=mnist._number(int, 1), default=os.cpu_count() or 1,
+                    help="trials at a time on this machine (one CPU each)")
+    ap.add_argument("--address", help="a running Ray cluster's address ('auto': the one this machine joined)")
+    ap.add_argument("--out", default="sweeps/sweep", help="output folder")
+    ap.add_argument("--overwrite", action="store_true", help="replace the sweep in --out")
+    args = ap.parse_args(own)
+    return args, fixed
+
+
+def check(args: argparse.Namespace, fixed: list[str], ds: data.Dataset) -> list[dict[str, Any]]:
+    """The sweep's points, every trial's flags checked by mnist.py (before Ray starts)."""
+    grid, samples = [parse_grid(g) for g in args.grid], [parse_sample(s) for s in args.sample]
+    names = [n for n, _ in grid] + [s[0] for s in samples]
+    if len(set(names)) != len(names):
+        raise SweepError(f"a hyper-parameter is swept twice: {names}")
+    if not names and len(args.seeds) < 2:
+        raise SweepError("nothing to sweep: give --grid, --sample or several --seeds")
+    shared = mnist.parse_args(fixed)
+    given = {"out": shared.out != f"runs/{shared.preset}-{shared.dataset}-seed{shared.seed}",
+             **{flag: getattr(shared, flag) not in (None, False) for flag in ("resume", "overwrite", "stop_after",
+                                                                                "distributed")}}
+    for flag in (f for f, yes in given.items() if yes):
+        raise SweepError(f"after --: --{flag.replace('_', '-')} is the sweep's to set, not a trial's")
+    if any(f.split("=")[0] == "--seed" for f in fixed):
+        raise SweepError("after --: give seeds with --seeds")
+    pts = points(grid, samples, args.num_samples, args.sweep_seed)
+    for point in pts:  # the bounds of a random draw are checked by its draws
+        mnist.make_config(mnist.parse_args(trial_argv(fixed, point, args.seeds[0], pathlib.Path("x"))), ds)
+    return pts
+
+
+def sweep(args: argparse.Namespace, fixed: list[str], ds: data.Dataset, pts: list[dict[str, Any]]) -> list[dict]:
+    """Run every (point, seed) on Ray Tune; one row per trial."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    out = pathlib.Path(args.out).resolve()  # trials run in their own working directories
+    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    if args.address:
+        ray.init(address=args.address, runtime_env={"env_vars": env})
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
+    ray.cloudpickle.register_pickle_by_value(mnist)  # the workers get this mnist.py, not an import path
+    probe = mnist.make_config(mnist.parse_args([*fixed, "--out", "x"]), ds)
+    # (max_t past the last step: a trial that gets there reports its test accuracy before it ends)
+    scheduler = (ASHAScheduler(time_attr="step", max_t=probe.steps + 1, grace_period=probe.eval_every,
+                               reduction_factor=2) if args.scheduler == "asha" else FIFOScheduler())
+    space = {"index": tune.grid_search(list(range(len(pts)))), "seed": tune.grid_search(args.seeds)}
+    run = tune.with_parameters(tune.with_resources(trainable, {"cpu": 1}), fixed=fixed, out=str(out), ds=ds, pts=pts)
+    tuner = tune.Tuner(
+        run,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out / "ray"), verbose=1),
+    )
+    results = tuner.fit()
+    rows = []
+    for result in (results[i] for i in range(len(results))):
+        cfg, m = result.config or {}, result.metrics or {}
+        folder = out / "trials" / trial_name(cfg["index"], cfg["seed"])
+        rows.append({
+            "trial": folder.name, "seed": cfg["seed"], **pts[cfg["index"]],
+            "status": ("done" if m.get("finished") else "failed" if result.error
+                       else f"stopped at step {m.get('step')}"),
+            "val_accuracy": m.get("val_accuracy"), "test_accuracy": m.get("test_accuracy"),
+            "params_sha256": m.get("params_sha256"), "wall_seconds": m.get("wall_seconds"),
+            "command": shlex.join(["python", "pipelines/mnist.py",
+                                   *trial_argv(fixed, pts[cfg["index"]], cfg["seed"], folder)]),
+        })
+    ray.shutdown()
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def write_tables(out: pathlib.Path, rows: list[dict]) -> None:
+    """results.csv and results.md: one row per trial."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return f"`{v}`" if isinstance(v, str) and (v.startswith("python") or len(v) == 64) else str(v)
+
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in fields) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(out: pathlib.Path, rows: list[dict], swept: list[str]) -> bool:
+    """sweep.png: the final accuracy (test, else validation) against the first swept
+    hyper-parameter (the trial index when only seeds vary), one point per seed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no sweep.png (pip install 'fnnet[plot]')", file=sys.stderr)
+        return False
+    x_name = swept[0] if swept else "seed"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, seed in enumerate(sorted({r["seed"] for r in rows})):
+        done = [r for r in rows if r["seed"] == seed and r["test_accuracy"] is not None]
+        stopped = [r for r in rows
+                   if r["seed"] == seed and r["test_accuracy"] is None and r["val_accuracy"] is not None]
+        ax.plot([r[x_name] for r in done], [r["test_accuracy"] for r in done], "o", color=f"C{i}", alpha=0.8,
+                label=f"seed {seed}")
+        if stopped:  # the validation accuracy where the scheduler stopped them
+            ax.plot([r[x_name] for r in stopped], [r["val_accuracy"] for r in stopped], "x", color=f"C{i}",
+                    label=f"seed {seed}, stopped early")
+    if x_name == "lr":
+        ax.set_xscale("log")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel("test accuracy (x: validation, stopped early)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, fixed = parse_args(argv)
+    out = pathlib.Path(args.out)
+    try:
+        if out.exists() and not out.is_dir():
+            raise SweepError(f"--out {out}: is a file, not a folder")
+        existing = [n for n in (*OUTPUTS, "trials") if (out / n).exists()]
+        if existing and not args.overwrite:
+            raise SweepError(f"--out {out}: holds a sweep ({', '.join(existing)}); pass --overwrite or another --out")
+        shared = mnist.parse_args([*fixed, "--out", "x"])
+        ds = data.load(shared.dataset, shared.data_dir, verify=not shared.no_verify)
+        pts = check(args, fixed, ds)
+    except fn.FnnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(pts)} points x {len(args.seeds)} seeds = {len(pts) * len(args.seeds)} trials on Ray Tune "
+          f"({args.scheduler}); {out}/")
+    if args.overwrite:
+        import shutil
+
+        shutil.rmtree(out / "trials", ignore_errors=True)
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sweep(args, fixed, ds, pts)
+    write_tables(out, rows)
+    swept = list(dict.fromkeys(k for p in pts for k in p))
+    plot(out, rows, swept)
+    print((out / "results.md").read_text())
+    failed = [r["trial"] for r in rows if r["status"] == "failed"]
+    if failed:
+        print(f"error: trials failed: {', '.join(failed)} (their logs: {out / 'ray'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
