@@ -70,8 +70,8 @@ def mean_gradient(grad: np.ndarray, comm: Any, deterministic: bool = False) -> n
     if deterministic:
         gathered = np.empty((n, grad.size), grad.dtype)
         comm.Allgather(grad, gathered)
-        total = gathered[0].copy()
-        for row in gathered[1:]:  # rank order, on every rank
+        total = gathered[0]  # (a view: the sum builds up in the buffer MPI filled)
+        for row in gathered[1:]:  # ((g0 + g1) + g2) + ...: rank order, on every rank
             total += row
     else:
         total = np.empty_like(grad)
@@ -84,13 +84,11 @@ def data_parallel(
 ) -> GradientTransformation:
     """``optimizer`` applied to the gradient averaged over every rank of ``comm``.
 
-    Args:
-        optimizer: any gradient transformation; its state keeps its structure, so a
-            checkpoint moves freely between runs on 1 and on N processes.
-        comm: an mpi4py communicator whose ranks train the same model on slices of the
-            same global batch.
-        deterministic: reduce with ``Allgather`` and a sum in rank order (bits
-            independent of the MPI) instead of ``Allreduce`` (see the module's notes).
+    ``optimizer``: any gradient transformation; its state keeps its structure, so a
+    checkpoint moves freely between runs on 1 and on N processes. ``comm``: an mpi4py
+    communicator whose ranks train the same model on slices of the same global batch.
+    ``deterministic``: reduce with ``Allgather`` and a sum in rank order (bits
+    independent of the MPI) instead of ``Allreduce`` (see the module's notes).
 
     Under :func:`fnnet.jit` with an elementwise optimizer the update receives the one
     flat gradient buffer the step keeps, and the reduction is one collective on it; a
@@ -110,10 +108,12 @@ def data_parallel(
     def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         if isinstance(updates, np.ndarray) and updates.ndim == 1:  # jit's flat gradient
             return optimizer.update(mean_gradient(updates, comm, deterministic), state, params)
-        leaves, treedef = tree_flatten(updates)
-        flat = mean_gradient(np.concatenate([np.ravel(g) for g in leaves]), comm, deterministic) if leaves else None
-        offsets = np.cumsum([0, *(g.size for g in leaves)]).tolist()
-        mean = [flat[o:e].reshape(g.shape) for g, o, e in zip(leaves, offsets, offsets[1:])]  # type: ignore[index]
+        leaves, treedef = tree_flatten(updates)  # a tree: one buffer, one collective
+        if not leaves:
+            return optimizer.update(updates, state, params)
+        flat = mean_gradient(np.concatenate([np.ravel(g) for g in leaves]), comm, deterministic)
+        ends = np.cumsum([g.size for g in leaves]).tolist()
+        mean = [flat[e - g.size : e].reshape(g.shape) for g, e in zip(leaves, ends)]
         return optimizer.update(tree_unflatten(treedef, mean), state, params)
 
     return GradientTransformation(optimizer.init, update, elementwise=optimizer.elementwise)

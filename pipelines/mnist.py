@@ -416,7 +416,7 @@ def run(
     metrics_path = out / "metrics.jsonl"
     data_key = [k_data.entropy, list(k_data.path)]
 
-    def load() -> tuple[fn.TrainState, float, list[dict]]:
+    def load() -> tuple[fn.TrainState | None, float, list[dict]]:
         tree, meta = checkpoint.load(ckpt)
         if meta.get("config") != attrs.asdict(cfg):  # before the tree: another preset has other params
             raise FlagError(f"--resume: {ckpt} was written with another config:\n"
@@ -432,15 +432,17 @@ def run(
                                                                 if meta.get("ranks", 1) != ranks.size else ""))
         return resumed, float(meta.get("elapsed", 0.0)), rows
 
-    def start() -> tuple[fn.TrainState, float, list[dict]]:
+    def start() -> tuple[fn.TrainState | None, float, list[dict]]:
         out.mkdir(parents=True, exist_ok=True)
         for name in OUTPUTS:  # --overwrite: no file of the old run stays beside the new one
             (out / name).unlink(missing_ok=True)
-        return state, 0.0, []
+        return None, 0.0, []
 
-    state, elapsed_before, rows = ranks.on_root(load if resume else start)  # (rank 0 reads, every rank gets it)
-    if ranks.mpi:  # one key gives every rank the same params; a heterogeneous cluster might not
-        state = fn.TrainState(fn.freeze(state.params), fn.freeze(state.opt_state), state.step)
+    resumed, elapsed_before, rows = ranks.on_root(load if resume else start)  # (rank 0 reads; every rank gets it)
+    if resumed is not None:
+        state = resumed if not ranks.mpi else fn.TrainState(
+            fn.freeze(resumed.params), fn.freeze(resumed.opt_state), resumed.step)
+    if ranks.mpi:  # one key gives every rank the same params (a heterogeneous cluster might not)
         fn.distributed.check_replicated(state.params, comm)
     if ranks.root:
         write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))

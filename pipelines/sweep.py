@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if out.exists() and not out.is_dir():
             raise SweepError(f"--out {out}: is a file, not a folder")
-        existing = [n for n in (*OUTPUTS, "trials") if (out / n).exists()]
+        existing = [n for n in (*OUTPUTS, "trials", "ray") if (out / n).exists()]
         if existing and not args.overwrite:
             raise SweepError(f"--out {out}: holds a sweep ({', '.join(existing)}); pass --overwrite or another --out")
         shared = mnist.parse_args([*fixed, "--out", "x"])
@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite:
         import shutil
 
-        shutil.rmtree(out / "trials", ignore_errors=True)
+        for folder in ("trials", "ray"):
+            shutil.rmtree(out / folder, ignore_errors=True)
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ BLOCKS = [(page, code) for page in PAGES for code in re.findall(r"```python\n(.*
 )
 def test_example_runs(page, code, tmp_path, monkeypatch, capsys):
     if "from mpi4py import" in code:  # (tests/test_distributed.py runs it on 2 ranks, required in nox -s distributed)
-        pytest.importorskip("mpi4py", reason="the example needs the distributed extra (pip install 'fnnet[distributed]')")
+        pytest.importorskip("mpi4py", reason="the example needs the extra: pip install 'fnnet[distributed]'")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(page), "exec"), {"__name__": "__docs__"})
     assert capsys.readouterr().out or "assert" in code  # an example prints its result or checks it
