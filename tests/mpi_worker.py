@@ -68,6 +68,7 @@ def main() -> None:
         if comm.Get_rank() == args.fail_rank and t == args.fail_step:
             raise RuntimeError(f"rank {args.fail_rank} fails on purpose at step {t}")
         state, _ = step(state, (x[rows], y[rows]))
+        fn.distributed.check_replicated(state.params, comm)  # identical on every rank after every step
     fn.checkpoint.save(pathlib.Path(args.out) / f"rank{comm.Get_rank()}.npz", {"params": state.params})
 
 

@@ -158,3 +158,29 @@ def test_asha_stops_trailing_trials_and_the_table_says_so(tmp_path):
     assert all(r["test_accuracy"] == "" and r["val_accuracy"] for r in stopped)
     best = max(float(r["val_accuracy"]) for r in rows)
     assert any(float(r["val_accuracy"]) == best for r in done)  # the best trial was not stopped
+
+
+@REAL
+def test_a_sweep_runs_on_a_ray_cluster_it_joins_with_address(tmp_path):
+    """`ray start --head` makes a one-node cluster; the sweep joins it with --address auto and
+    runs from another working directory (workers get mnist.py by value, not by path)."""
+    _need_ray()
+    ray_cli = str(pathlib.Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = "6391"
+    subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", port, "--disable-usage-stats"],
+                   capture_output=True, text=True, env=env, timeout=120, check=True)
+    try:
+        # ('auto': the cluster this machine joined, with its token; ray 2.60's `ray start` turns token
+        # authentication on, and a client given the address itself needs RAY_AUTH_MODE=token too)
+        proc = subprocess.run([sys.executable, str(SWEEP), "--address", "auto", "--seeds", "0", "1",
+                               "--out", "cluster", "--", "--train-size", "1000", "--steps", "10", "--eval-every", "5"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+    finally:
+        subprocess.run([ray_cli, "stop"], capture_output=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in proc.stderr + proc.stdout
+    with open(tmp_path / "cluster" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert all((tmp_path / "cluster" / "trials" / r["trial"] / "summary.json").is_file() for r in rows)
