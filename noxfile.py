@@ -134,7 +134,7 @@ def mnist(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """fnnet against numpy, PyTorch and JAX, one thread; tables in benchmarks/results/."""
+    """fnnet against numpy, PyTorch and JAX, on one thread and on all cores; tables in benchmarks/results/."""
     session.install(".", "threadpoolctl")
     for peer in (["torch==2.13.0"], ["jax", "jaxlib"]):  # the peers live in this session only
         try:
@@ -142,4 +142,7 @@ def bench(session: nox.Session) -> None:
         except Exception as exc:  # noqa: BLE001 - a missing peer is reported, not fatal
             session.warn(f"could not install {' '.join(peer)} ({exc}); benchmarking without it")
     session.run("python", "benchmarks/bench_kernels.py", env=_env())
-    session.run("python", "benchmarks/bench_train.py", *session.posargs, env=_env())
+    session.run("python", "benchmarks/bench_train.py", "--threads", "1", *session.posargs, env=_env())
+    # all cores: each framework at its own default (the harness sets BLAS threads per framework)
+    env = {k: v for k, v in _env().items() if not k.endswith("_NUM_THREADS")}
+    session.run("python", "benchmarks/bench_train.py", "--threads", "all", *session.posargs, env=env)

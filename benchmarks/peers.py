@@ -1,13 +1,17 @@
-"""The frameworks fnnet is measured against, each training the same two networks.
+"""The frameworks fnnet is measured against, each training the same three networks.
 
-Every peer exposes ``make(net, batch) -> (train_step, infer)``: ``train_step()`` runs one
-SGD step (forward + backward + update) on a fixed batch, ``infer()`` one forward pass
-on a batch of 1000. A peer whose package is missing raises ImportError.
+Every peer exposes ``make(net, batch, threads) -> (train_step, infer)``: ``train_step()``
+runs one SGD step (forward + backward + update) on a fixed batch, ``infer()`` one
+forward pass on a batch of 1000. ``threads`` is 1 (one thread) or None (the peer's own
+default for all cores: PyTorch's intra-op threads, XLA's thread pool, fnnet's jit and
+predict threads). A peer whose package is missing raises ImportError.
 
 Networks (float32, NCHW, softmax cross-entropy, plain SGD lr 0.01):
-  NET-SEED  conv 1->1 3x3 valid => relu => maxpool 2 => flatten (169) => dense 64 => relu => dense 10
-  NET-LENET conv 1->8 3x3 => relu => maxpool 2 => conv 8->16 3x3 => relu => maxpool 2
-            => flatten (400) => dense 128 => relu => dense 10
+  NET-SEED    conv 1->1 3x3 valid => relu => maxpool 2 => flatten (169) => dense 64 => relu => dense 10
+  NET-LENET   conv 1->8 3x3 => relu => maxpool 2 => conv 8->16 3x3 => relu => maxpool 2
+              => flatten (400) => dense 128 => relu => dense 10
+  NET-DEFAULT the MNIST pipeline's default preset: conv 1->16 3x3 => relu => maxpool 2
+              => conv 16->32 3x3 => relu => maxpool 2 => flatten (800) => dense 128 => relu => dense 10
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ NETS = {
                  ("dense", 64, 10)],
     "NET-LENET": [("conv", 8, 1), ("relu",), ("pool",), ("conv", 16, 8), ("relu",), ("pool",), ("flatten",),
                   ("dense", 400, 128), ("relu",), ("dense", 128, 10)],
+    "NET-DEFAULT": [("conv", 16, 1), ("relu",), ("pool",), ("conv", 32, 16), ("relu",), ("pool",), ("flatten",),
+                    ("dense", 800, 128), ("relu",), ("dense", 128, 10)],
 }
+TRAIN_BATCHES = {"NET-SEED": (2, 32, 128), "NET-LENET": (2, 32, 128), "NET-DEFAULT": (64,)}
 LR = 0.01
 INFER_BATCH = 1000
 
@@ -83,14 +90,14 @@ def _fnnet_model(net: str):
     return fn.serial(*layers)
 
 
-def make_fnnet(net: str, batch: int, use_jit: bool = True):
+def make_fnnet(net: str, batch: int, threads: int | None = 1, use_jit: bool = True):
     import fnnet as fn
 
     model = _fnnet_model(net)
     params, _ = model.init(fn.random.key(0), (1, 28, 28))
     opt = fn.optim.sgd(LR)
     step = fn.train_step(model, fn.softmax_cross_entropy, opt)
-    step = fn.jit(step) if use_jit else step
+    step = fn.jit(step, threads=threads) if use_jit else step
     box = [fn.TrainState.create(params, opt)]
     x, y = data(batch)
     xi, _ = data(INFER_BATCH)
@@ -99,13 +106,18 @@ def make_fnnet(net: str, batch: int, use_jit: bool = True):
         box[0], _ = step(box[0], (x, y))
 
     def infer():
-        fn.predict(model, box[0].params, xi)  # fnnet picks its own chunk size
+        fn.predict(model, box[0].params, xi, threads=threads)  # fnnet picks its own chunk size
 
     return train_step, infer
 
 
-def make_fnnet_step(net: str, batch: int):
-    return make_fnnet(net, batch, use_jit=False)
+def make_fnnet_1t(net: str, batch: int, threads: int | None = 1):
+    """fnnet's jit on one thread, beside its all-core row: the scaling, in the same run."""
+    return make_fnnet(net, batch, threads=1)
+
+
+def make_fnnet_step(net: str, batch: int, threads: int | None = 1):
+    return make_fnnet(net, batch, threads, use_jit=False)
 
 
 # -- plain numpy ------------------------------------------------------------------------------
@@ -153,7 +165,7 @@ def _np_pool_bwd(dy, cache):
     return dx
 
 
-def make_numpy(net: str, batch: int):
+def make_numpy(net: str, batch: int, threads: int | None = 1):
     """A plain-numpy implementation: im2col by sliding_window_view, BLAS matmuls, SGD."""
     weights = init_weights(net)
     spec = NETS[net]
@@ -220,10 +232,11 @@ def make_numpy(net: str, batch: int):
 # -- PyTorch ----------------------------------------------------------------------------------
 
 
-def make_torch(net: str, batch: int):
+def make_torch(net: str, batch: int, threads: int | None = 1):
     import torch
 
-    torch.set_num_threads(1)
+    if threads == 1:
+        torch.set_num_threads(1)  # (else its default: one intra-op thread a core)
     mods, weights = [], iter(init_weights(net))
     for layer in NETS[net]:
         kind = layer[0]
@@ -260,7 +273,8 @@ def make_torch(net: str, batch: int):
 # -- JAX --------------------------------------------------------------------------------------
 
 
-def make_jax(net: str, batch: int):
+def make_jax(net: str, batch: int, threads: int | None = 1):
+    """(One thread or not is XLA_FLAGS, set by the harness before jax is imported.)"""
     import jax
     import jax.numpy as jnp
 
@@ -313,6 +327,7 @@ def make_jax(net: str, batch: int):
 
 PEERS = {
     "fnnet jit": make_fnnet,
+    "fnnet jit 1 thread": make_fnnet_1t,
     "fnnet step": make_fnnet_step,
     "numpy": make_numpy,
     "torch": make_torch,

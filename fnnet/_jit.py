@@ -5,17 +5,24 @@ only keeps the :class:`~fnnet.train.Plan` of each input signature (checks once, 
 made once, gradients in one flat vector) and the flat params of the state it returned
 last. Each thread gets its own plans (kept by thread id), so one JitStep can serve
 several threads.
+
+A plan cut into shards (see :func:`fnnet.train_step`) runs them on a pool of
+``threads`` threads; the shards' gradients are added in shard order afterwards, so the
+bits do not depend on the number of threads. numpy and the compiled kernels release the
+GIL; keep BLAS at one thread (``OPENBLAS_NUM_THREADS=1``), else each shard's BLAS calls
+start threads of their own on the same cores.
 """
 
 from __future__ import annotations
 
-from threading import get_ident
+from concurrent.futures import ThreadPoolExecutor
+from threading import Lock, get_ident
 from typing import Any
 
 import attrs
 
-from ._errors import InvalidTypeError
-from .train import Carry, Plan, Step, TrainState, check_inputs, run_step
+from ._errors import InvalidTypeError, check_int
+from .train import Carry, Plan, Step, TrainState, check_inputs, cores, run_step
 
 __all__ = ["JitStep", "jit"]
 
@@ -38,11 +45,23 @@ class JitStep:
     you hold is never overwritten. Plans are kept per thread.
     """
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: Step, threads: int | None = None) -> None:
         if not isinstance(step, Step):
             raise InvalidTypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
+        self.threads = cores() if threads is None else check_int("jit", "threads", threads, 1)
         self._threads: dict[int, _Thread] = {}  # by thread id (an id a finished thread freed is reused)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = Lock()
+
+    def _workers(self) -> ThreadPoolExecutor | None:
+        """The pool that runs shards (made on first use), or None for one thread."""
+        if self.threads == 1:
+            return None
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fnnet-jit")
+        return self._pool
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         step = self.step
@@ -57,11 +76,15 @@ class JitStep:
             if plan is None or not plan.layout.matches(state.params):
                 plan = Plan.make(step, state, x, labels)
                 plans[plan.signature] = plan
-        new, metrics, local.carry = run_step(step, plan, state, x, labels, carry)
+        pool = self._workers() if len(plan.shards) > 1 else None
+        new, metrics, local.carry = run_step(step, plan, state, x, labels, carry, pool)
         return new, metrics
 
 
-def jit(step: Step) -> JitStep:
+def jit(step: Step, threads: int | None = None) -> JitStep:
     """Specialise ``step`` (from :func:`fnnet.train_step`): same signature, bit-identical
-    results, checks once per input signature, buffers reused between calls."""
-    return JitStep(step)
+    results, checks once per input signature, buffers reused between calls.
+
+    ``threads``: how many threads run the shards of a batch the step cuts (default:
+    every core this process may use; 1: none). The bits are the same for any number."""
+    return JitStep(step, threads)

@@ -208,16 +208,23 @@ class _Self:
 
 @attrs.frozen
 class Ranks:
-    """The processes of a data-parallel run (``--distributed``): an mpi4py communicator
-    and the reduction of the gradients (see :func:`fnnet.distributed.data_parallel`).
-    Not part of the config: a run may resume on another number of ranks."""
+    """How a run uses the machine: the processes of a data-parallel run
+    (``--distributed``: an mpi4py communicator and the reduction of the gradients, see
+    :func:`fnnet.distributed.data_parallel`) and each one's threads (``--threads``).
+    Not part of the config: a run may resume on another number of ranks or threads."""
 
     comm: Any = attrs.field(factory=lambda: _Self())
     deterministic: bool = False
+    threads: int | None = None  # threads of each process's jit step (None: every core; 1 a rank under MPI)
 
     @property
     def mpi(self) -> bool:
         return not isinstance(self.comm, _Self)
+
+    @property
+    def cores(self) -> int | None:
+        """The threads of this process's training step and evaluations (None: every core)."""
+        return self.threads or (1 if self.mpi else None)
 
     @property
     def size(self) -> int:
@@ -251,12 +258,13 @@ def evaluate(
 ) -> dict:
     """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split;
     on several ranks each predicts its share of the images and every rank gets the whole."""
-    comm = (ranks or Ranks()).comm
+    ranks = ranks or Ranks()
+    comm = ranks.comm
     n, size, rank = len(split), comm.Get_size(), comm.Get_rank()
     mine = slice(rank * n // size, (rank + 1) * n // size)
     finite, loss, pred = True, 0.0, np.empty(0, np.int64)
     if mine.stop > mine.start:  # (fewer images than ranks leave some ranks none)
-        logits = fn.predict(model, params, split.x[mine].astype(dtype, copy=False))
+        logits = fn.predict(model, params, split.x[mine].astype(dtype, copy=False), threads=ranks.cores)
         finite = bool(np.isfinite(logits).all())  # (the loss refuses NaN and inf)
         loss = float(fn.softmax_cross_entropy(logits, split.y[mine])[0]) if finite else math.nan
         pred = logits.argmax(axis=1)
@@ -454,7 +462,7 @@ def run(
         checkpoint.save(ckpt, {"params": state.params, "opt_state": state.opt_state}, meta)
 
     loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
-    step_fn = fn.jit(fn.train_step(model, loss_fn, opt))
+    step_fn = fn.jit(fn.train_step(model, loss_fn, opt), threads=ranks.cores)
     per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
     batches = batch_indices(cfg, k_data, len(train), state.step)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
@@ -633,6 +641,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="train on every rank of MPI_COMM_WORLD: each takes its slice of every global batch and the "
                      "gradients are averaged; rank 0 writes --out. Launch with mpiexec -n N python -m mpi4py "
                      "pipelines/mnist.py --distributed ...")
+    ap.add_argument("--threads", type=_number(int, 1),
+                    help="threads that train on the shards of each batch (default: every core; 1 a process with "
+                    "--distributed); the result is the same for any number")
     mpi.add_argument("--deterministic-reduction", action="store_true",
                      help="average the gradients by Allgather and a sum in rank order (bits independent of the MPI "
                      "implementation) instead of Allreduce")
@@ -693,22 +704,22 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
     return cfg
 
 
-def mpi_ranks(deterministic: bool) -> Ranks:
+def mpi_ranks(deterministic: bool, threads: int | None) -> Ranks:
     """MPI_COMM_WORLD's ranks (--distributed), or a FlagError saying what to install."""
     try:
         from mpi4py import MPI
     except ImportError as exc:
         raise FlagError(f"--distributed needs mpi4py and an MPI ({exc}): pip install 'fnnet[distributed]' mpich, "
                         "or mpi4py built against the site's MPI") from None
-    return Ranks(MPI.COMM_WORLD, deterministic)
+    return Ranks(MPI.COMM_WORLD, deterministic, threads)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out)
-    ranks = Ranks()
+    ranks = Ranks(threads=args.threads)
     try:
-        ranks = mpi_ranks(args.deterministic_reduction) if args.distributed else ranks
+        ranks = mpi_ranks(args.deterministic_reduction, args.threads) if args.distributed else ranks
         if args.data_dir is not None and not pathlib.Path(args.data_dir).expanduser().is_dir():
             raise FlagError(f"--data-dir {args.data_dir}: no such folder")
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)

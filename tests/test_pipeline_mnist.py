@@ -70,6 +70,19 @@ def test_same_seed_same_bits_other_seed_other_bits(tmp_path):
 
 @REAL
 @pytest.mark.slow
+def test_the_number_of_threads_changes_no_bit(tmp_path):
+    """Batches of 64 of the default CNN are cut into 4 shards: 1, 2 and 3 threads run them."""
+    args = ["--train-size", "2000", "--steps", "20", "--eval-every", "10"]
+    for t in (1, 2, 3):
+        run(tmp_path / f"t{t}", *args, "--threads", str(t))
+    shas = {summary(tmp_path / f"t{t}")["params_sha256"] for t in (1, 2, 3)}
+    assert len(shas) == 1
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "t1")) == strip(metrics(tmp_path / "t3"))
+
+
+@REAL
+@pytest.mark.slow
 def test_resume_ends_with_the_same_params_as_an_uninterrupted_run(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     run(whole, *SMALL)

@@ -319,3 +319,150 @@ def test_an_optimizer_that_keeps_the_gradient_array_in_its_state():
         for leaf, copy in zip(leaves(previous), held):  # a state you hold is never overwritten
             assert leaf.tobytes() == copy.tobytes()
         assert_same_bits(a, b)
+
+
+# -- shards: a batch cut into parts, their gradients summed in order ---------------------------
+
+
+def dropout_net():
+    return fn.serial(fn.conv2d(3, 3), fn.relu(), fn.flatten(), fn.dropout(0.3), fn.dense(10))
+
+
+SHARDED = {  # (model, optimizer, dtype, step keyword arguments)
+    "seed_net-adam": (seed_net, "adam", np.float32, {}),
+    "lenet-keras_sgd-float64": (lenet, "keras_sgd", np.float64, {}),
+    "lenet-clip (a tree)": (lenet, "clip", np.float32, {}),
+    "dropout (a key a shard)": (dropout_net, "adam", np.float32, {"key": fn.random.key(5)}),
+}
+
+
+def _sharded(name, shards):
+    model_fn, opt, dtype, kw = SHARDED[name]
+    model = model_fn()
+    optimizer = (optim.chain(optim.clip_by_global_norm(0.1), optim.sgd(0.05)) if opt == "clip"
+                 else OPTIMIZERS[opt]())
+    params, _ = model.init(fn.random.key(0), (1, 12, 12), dtype=dtype)
+    step = fn.train_step(model, fn.softmax_cross_entropy, optimizer, shards=shards, **kw)
+    return step, fn.TrainState.create(params, optimizer), dtype
+
+
+@pytest.mark.parametrize("name", SHARDED)
+def test_a_cut_batch_gives_the_same_bits_on_any_number_of_threads(name):
+    step, state, dtype = _sharded(name, shards=3)
+    runs = {"step": step, **{f"jit, {t} threads": fn.jit(step, threads=t) for t in (1, 2, 3)}}
+    results = {}
+    for label, f in runs.items():
+        s, rng, ms = state, np.random.default_rng(0), []
+        for n in (10, 10, 7, 10, 2):  # 4, 4, 3, 4 and 1 shards (shards of 3, 3, 2, 2 rows; ...)
+            s, m = f(s, batch(rng, n, dtype))
+            ms.append(m)
+        results[label] = (s, ms)
+    want, want_metrics = results.pop("step")
+    for label, (got, metrics) in results.items():
+        assert_same_bits(want, got)
+        assert metrics == want_metrics, label
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 9])
+def test_a_cut_batch_has_the_gradient_and_metrics_of_the_whole_batch(rows):
+    """float64: the cut changes only the order of the sums (shards of 9 leave the batch whole)."""
+    model = lenet()
+    params, _ = model.init(fn.random.key(1), (1, 12, 12), dtype=np.float64)
+    x, y = batch(np.random.default_rng(3), 9, np.float64)
+    got = {}
+    for shards in (rows, None):
+        seen = []
+        capture = optim.GradientTransformation(lambda p: {}, lambda u, s, p=None: (seen.append(np.copy(u)), (u, s))[1],
+                                               elementwise=True)
+        _, metrics = fn.train_step(model, fn.softmax_cross_entropy, capture, shards=shards)(
+            fn.TrainState.create(params, capture), (x, y))
+        got[shards] = (seen[0], metrics)
+    (g_cut, m_cut), (g_whole, m_whole) = got[rows], got[None]
+    np.testing.assert_allclose(g_cut, g_whole, rtol=1e-12, atol=1e-15)
+    assert m_cut["loss"] == pytest.approx(m_whole["loss"], rel=1e-13)
+    assert m_cut["accuracy"] == pytest.approx(m_whole["accuracy"], abs=1e-12)
+    # and the whole batch's gradient is the mean loss's (central differences of a few params)
+    flat = fn.flat.Layout.of(params)
+
+    def loss_at(vec):
+        logits, _ = model.forward(flat.views(vec), x)
+        return fn.softmax_cross_entropy(logits, y)[0]
+
+    p0 = flat.pack(params)
+    for i in np.random.default_rng(0).choice(p0.size, 12, replace=False):
+        e = np.zeros_like(p0)
+        e[i] = 1e-6
+        assert g_cut[i] == pytest.approx((loss_at(p0 + e) - loss_at(p0 - e)) / 2e-6, rel=1e-5, abs=1e-8)
+
+
+def test_the_cut_is_a_function_of_the_signature():
+    from fnnet.train import cut
+
+    step, state, _ = _sharded("seed_net-adam", shards=4)
+    assert cut(step, state.params, (10, 1, 12, 12), np.dtype(np.float32)) == (4, 3, 3)
+    assert cut(step, state.params, (4, 1, 12, 12), np.dtype(np.float32)) == (4,)
+    whole = attrs.evolve(step, shards=None)
+    assert cut(whole, state.params, (1000, 1, 12, 12), np.dtype(np.float32)) == (1000,)
+    auto = attrs.evolve(step, shards="auto")
+    rows = fn.train.shard_rows(auto.model, state.params, (1, 12, 12))
+    for n, count in ((rows - 1, 1), (2 * rows + 1, 2), (3 * rows, 3), (50 * rows + 3, fn.train.MAX_SHARDS)):
+        sizes = cut(auto, state.params, (n, 1, 12, 12), np.dtype(np.float32))
+        assert len(sizes) == count and sum(sizes) == n and max(sizes) - min(sizes) <= 1
+        assert count == 1 or min(sizes) >= rows
+
+
+@pytest.mark.parametrize("model_fn, shape", [(seed_net, (1, 28, 28)), (lenet, (1, 28, 28)), (lenet, (3, 64, 64))])
+def test_auto_shards_fill_the_working_set_budget(model_fn, shape):
+    from fnnet.train import MIN_SHARD_ROWS, SHARD_BYTES, _buffer_bytes
+
+    model = model_fn()
+    params, _ = model.init(fn.random.key(0), shape)
+    rows = fn.train.shard_rows(model, params, shape)
+    per_row = _buffer_bytes(model, params, (2, *shape), np.dtype(np.float32)) - _buffer_bytes(
+        model, params, (1, *shape), np.dtype(np.float32))
+    assert rows & (rows - 1) == 0  # a power of two
+    assert rows == MIN_SHARD_ROWS or rows * per_row <= SHARD_BYTES < 2 * rows * per_row
+    one = _buffer_bytes(model, params, (1, *shape), np.dtype(np.float32))
+    assert _buffer_bytes(model, params, (rows, *shape), np.dtype(np.float32)) == one + (rows - 1) * per_row
+
+
+def test_a_model_with_state_is_never_cut():
+    model = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(10))
+    params, _ = model.init(fn.random.key(0), (1, 12, 12))
+    with pytest.raises(fn.InvalidValueError, match="has state .batch norm.* cannot be cut into shards"):
+        fn.train_step(model, fn.softmax_cross_entropy, optim.sgd(0.1), shards=2)
+    step = fn.train_step(model, fn.softmax_cross_entropy, optim.sgd(0.1))  # "auto": one shard
+    assert fn.train.cut(step, params, (4096, 1, 12, 12), np.dtype(np.float32)) == (4096,)
+
+
+@pytest.mark.parametrize("shards", [0, -2, 2.5, "all", True])
+def test_bad_shards_are_named(shards):
+    with pytest.raises(fn.InvalidValueError, match=f"shards must be 'auto', None or an int >= 1.*{shards!r}"):
+        fn.train_step(seed_net(), fn.softmax_cross_entropy, optim.sgd(0.1), shards=shards)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2"])
+def test_bad_thread_counts_are_named(threads):
+    step, _ = make()
+    with pytest.raises(fn.InvalidValueError, match=f"jit: threads must be an int >= 1, got {threads!r}"):
+        fn.jit(step, threads=threads)
+
+
+def test_jit_uses_every_core_by_default():
+    step, _ = make()
+    assert fn.jit(step).threads == fn.train.cores() >= 1
+    assert fn.jit(step, threads=3).threads == 3
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_predict_gives_the_same_bits_on_any_number_of_threads(threads):
+    model = lenet()
+    params, _ = model.init(fn.random.key(0), (1, 12, 12))
+    x, _ = batch(np.random.default_rng(0), 150)  # chunks of 16: nine whole, one of 6
+    one = fn.predict(model, params, x, batch_size=16, threads=1)
+    got = fn.predict(model, params, x, batch_size=16, threads=threads)
+    assert got.tobytes() == one.tobytes() and got.shape == (150, 10)
+    whole, _ = model.forward(params, x, train=False)
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(fn.InvalidValueError, match="predict: threads must be an int >= 1, got 0"):
+        fn.predict(model, params, x, threads=0)
