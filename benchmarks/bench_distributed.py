@@ -56,7 +56,7 @@ def model() -> fn.Layer:
 def run(comm: MPI.Comm, deterministic: bool, steps: int, batch: int) -> dict:
     timed = TimedComm(comm)
     opt = data_parallel(fn.optim.adam(1e-3), timed, deterministic=deterministic)
-    step = fn.jit(fn.train_step(model(), fn.softmax_cross_entropy, opt))
+    step = fn.jit(fn.train_step(model(), fn.softmax_cross_entropy, opt), threads=1)  # one thread a rank
     params, _ = model().init(fn.random.key(0), (1, 28, 28))
     state = fn.TrainState.create(params, opt)
     rng = np.random.default_rng(0)

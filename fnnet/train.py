@@ -14,10 +14,10 @@ makes a fresh plan for every call and runs the shards one after the other;
 threads. All run the same body and add the shards' gradients in the same order, so
 they give the same bits by construction, whatever the number of threads.
 
-Shards are what several threads can run at once: a batch is cut into up to
-``MAX_SHARDS`` shards of at least :func:`shard_rows` rows, the rows whose buffers
-(activations, im2col columns, gradients of activations) fill ``SHARD_BYTES``; smaller
-shards would pay a pass's fixed cost (some 30 calls) too often. On one thread a cut
+Shards are what several threads can run at once: a batch is cut into 2 shards of at
+least :func:`shard_rows` rows (the rows whose buffers: activations, im2col columns,
+gradients of activations, fill ``SHARD_BYTES``), into 4 of at least twice that, up to
+``MAX_SHARDS``; thinner shards would pay a pass's fixed cost (some 30 calls) too often. On one thread a cut
 batch trains at the speed of a whole one (within 3 %); on two, LeNet at batch 128 in
 4 shards trains 1.7x faster.
 """
@@ -146,9 +146,11 @@ def train_step(
 
     ``shards``: how a batch is cut into shards, each a forward and backward pass whose
     gradient is added to the others' in shard order: ``"auto"`` (default) cuts a batch
-    of ``n`` rows into ``min(MAX_SHARDS, n // shard_rows(...))`` shards (one when that
-    is 0; a model with state is never cut); an int ``r`` cuts it into ``ceil(n / r)``
-    shards; None never cuts (one pass over the batch, the bits of fnnet before shards).
+    into 2 shards when each gets at least :func:`shard_rows` rows, into 4 when each gets
+    twice that, and so on up to ``MAX_SHARDS`` (a finer cut than two cores need pays a
+    pass a shard, so it must keep shards thick; a model with state is never cut); an int
+    ``r`` cuts it into ``ceil(n / r)`` shards; None never cuts (one pass over the batch,
+    the bits of fnnet before shards).
     Shards differ in size by one row at most. The cut depends on the model, the input
     shape and the batch size alone, never on the number of threads."""
     return Step(model, loss, optimizer, key, shards)
@@ -216,7 +218,9 @@ def cut(step: Step, params: Params, x_shape: tuple, dtype: np.dtype) -> tuple[in
     if step.shards is None or (step.shards == "auto" and step.model.stateful):
         return (n,)
     if step.shards == "auto":
-        count = max(1, min(MAX_SHARDS, n // shard_rows(step.model, params, x_shape[1:], dtype)))
+        rows, count = shard_rows(step.model, params, x_shape[1:], dtype), 1
+        while 2 * count <= MAX_SHARDS and n // (2 * count) >= rows * count:  # 2 shards of rows, 4 of 2 rows, ...
+            count *= 2
     else:
         count = -(-n // int(step.shards))
     return tuple(n // count + (i < n % count) for i in range(count))

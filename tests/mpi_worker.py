@@ -60,7 +60,7 @@ def main() -> None:
     comm = MPI.COMM_WORLD
     opt = fn.distributed.data_parallel(optimizer(args.optimizer), comm, deterministic=args.deterministic)
     step = fn.train_step(model(), fn.softmax_cross_entropy, opt)
-    step = step if args.plain else fn.jit(step)
+    step = step if args.plain else fn.jit(step, threads=1)  # one thread a rank
     state = initial_state(opt)
     fn.distributed.check_replicated(state.params, comm)
     rows = fn.distributed.shard(args.batch, comm)

@@ -405,10 +405,11 @@ def test_the_cut_is_a_function_of_the_signature():
     assert cut(whole, state.params, (1000, 1, 12, 12), np.dtype(np.float32)) == (1000,)
     auto = attrs.evolve(step, shards="auto")
     rows = fn.train.shard_rows(auto.model, state.params, (1, 12, 12))
-    for n, count in ((rows - 1, 1), (2 * rows + 1, 2), (3 * rows, 3), (50 * rows + 3, fn.train.MAX_SHARDS)):
+    assert fn.train.MAX_SHARDS == 4
+    for n, count in ((2 * rows - 1, 1), (2 * rows, 2), (8 * rows - 1, 2), (8 * rows, 4), (50 * rows + 3, 4)):
         sizes = cut(auto, state.params, (n, 1, 12, 12), np.dtype(np.float32))
         assert len(sizes) == count and sum(sizes) == n and max(sizes) - min(sizes) <= 1
-        assert count == 1 or min(sizes) >= rows
+        assert min(sizes) >= rows * count // 2
 
 
 @pytest.mark.parametrize("model_fn, shape", [(seed_net, (1, 28, 28)), (lenet, (1, 28, 28)), (lenet, (3, 64, 64))])
