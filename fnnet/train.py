@@ -7,7 +7,7 @@ The flow of ``step(state, batch) -> (state, metrics)``::
     -> the shards' gradients summed in shard order (each weighted by its share of the rows)
     -> optimizer.update -> params + updates -> TrainState(params', opt_state', step + 1)
 
-:func:`run_step` is that flow, parameterised by a :class:`Plan` (the model prepared for
+``run_step`` is that flow, parameterised by a ``Plan`` (the model prepared for
 one input signature: a set of buffers and a flat gradient per shard). The plain step
 makes a fresh plan for every call and runs the shards one after the other;
 :func:`fnnet.jit` keeps one plan per signature and may run the shards on several
@@ -54,7 +54,7 @@ from .optim import GradientTransformation, apply_updates, learning_rate
 from .tree import EMPTY, _path_str, check_like, freeze, tree_leaves, tree_leaves_with_path
 from .typing import Batch, LossFn, OptState, Params, PyTree
 
-__all__ = ["MAX_SHARDS", "SHARD_BYTES", "TrainState", "Step", "shard_rows", "train_step", "predict"]
+__all__ = ["MAX_SHARDS", "SHARD_BYTES", "TrainState", "Step", "cut", "shard_rows", "train_step", "predict"]
 
 SHARD_BYTES = 4 << 20
 """The least working set of a shard of a training batch: 4 MiB of buffers. (Measured on
