@@ -21,8 +21,8 @@ from typing import Any
 
 import attrs
 
-from ._errors import InvalidTypeError, check_int
-from .train import Carry, Plan, Step, TrainState, check_inputs, cores, run_step
+from ._errors import InvalidTypeError
+from .train import Carry, Plan, Step, TrainState, check_inputs, run_step, thread_count
 
 __all__ = ["JitStep", "jit"]
 
@@ -49,7 +49,7 @@ class JitStep:
         if not isinstance(step, Step):
             raise InvalidTypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
-        self.threads = cores() if threads is None else check_int("jit", "threads", threads, 1)
+        self.threads = thread_count("jit", threads)
         self._threads: dict[int, _Thread] = {}  # by thread id (an id a finished thread freed is reused)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = Lock()

@@ -43,8 +43,9 @@ import numpy as np
 
 from ._errors import InvalidTypeError, InvalidValueError, check_int
 from .checkpoint import digest
+from .flat import Layout
 from .optim import GradientTransformation
-from .tree import freeze, tree_flatten, tree_unflatten
+from .tree import freeze
 from .typing import OptState, PyTree
 
 __all__ = ["broadcast", "check_replicated", "data_parallel", "mean_gradient", "shard"]
@@ -108,13 +109,8 @@ def data_parallel(
     def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
         if isinstance(updates, np.ndarray) and updates.ndim == 1:  # jit's flat gradient
             return optimizer.update(mean_gradient(updates, comm, deterministic), state, params)
-        leaves, treedef = tree_flatten(updates)  # a tree: one buffer, one collective
-        if not leaves:
-            return optimizer.update(updates, state, params)
-        flat = mean_gradient(np.concatenate([np.ravel(g) for g in leaves]), comm, deterministic)
-        ends = np.cumsum([g.size for g in leaves]).tolist()
-        mean = [flat[e - g.size : e].reshape(g.shape) for g, e in zip(leaves, ends)]
-        return optimizer.update(tree_unflatten(treedef, mean), state, params)
+        layout = Layout.of(updates)  # a tree: packed into one buffer, one collective
+        return optimizer.update(layout.views(mean_gradient(layout.pack(updates), comm, deterministic)), state, params)
 
     return GradientTransformation(optimizer.init, update, elementwise=optimizer.elementwise)
 

@@ -165,6 +165,11 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def thread_count(where: str, threads: int | None) -> int:
+    """A ``threads`` argument: None is every core, else an int >= 1 (an error naming ``where``)."""
+    return cores() if threads is None else check_int(where, "threads", threads, 1)
+
+
 _ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(layout, shape, dtype): rows}}
 
 
@@ -222,7 +227,7 @@ def cut(step: Step, params: Params, x_shape: tuple, dtype: np.dtype) -> tuple[in
         while 2 * count <= MAX_SHARDS and n // (2 * count) >= rows * count:  # 2 shards of rows, 4 of 2 rows, ...
             count *= 2
     else:
-        count = -(-n // int(step.shards))
+        count = max(1, -(-n // int(step.shards)))  # (an empty batch: one empty shard)
     return tuple(n // count + (i < n % count) for i in range(count))
 
 
@@ -285,9 +290,8 @@ class Plan:
     def make(cls, step: Step, state: TrainState, x: np.ndarray, labels: np.ndarray) -> Plan:
         """Check the params against the model and the input (errors name the layer),
         then prepare the model in train mode for each shard, without the input's gradient."""
-        sizes = cut(step, state.params, x.shape, x.dtype) if x.shape[0] > 1 else (x.shape[0],)
         shards, start = [], 0
-        for n in sizes:
+        for n in cut(step, state.params, x.shape, x.dtype):
             site, layout, grads = prepare_checked(
                 step.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False)
             shards.append(Shard(slice(start, start + n), n / x.shape[0], site, grads))
@@ -383,9 +387,9 @@ def _body(
         total = shards[0].grads
         for s in shards[1:]:  # in shard order, whatever ran them
             np.add(total, s.grads, out=total)
-    metrics = {"loss": math.fsum(p[0] for p in parts) if len(parts) > 1 else parts[0][0]}
+    metrics = {"loss": math.fsum(p[0] for p in parts)}  # (one shard's: its own value, exactly)
     if parts[0][1] is not None:
-        metrics["accuracy"] = math.fsum(p[1] for p in parts) if len(parts) > 1 else parts[0][1]  # type: ignore[misc]
+        metrics["accuracy"] = math.fsum(p[1] for p in parts)  # type: ignore[misc]
     model_state = parts[0][2]  # (a model with state is never cut)
     model_state = model_state if model_state is EMPTY else freeze(model_state)
     if not plan.flat:  # the optimizer needs the tree (clip_by_global_norm, masked)
@@ -475,9 +479,8 @@ def predict(
     on which thread ran it. Returns a new array (N, *output_shape).
     """
     x = as_batch(x, "predict")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise InvalidValueError(f"predict: batch_size must be an int >= 1, got {batch_size!r}")
-    threads = cores() if threads is None else check_int("predict", "threads", threads, 1)
+    check_int("predict", "batch_size", batch_size, 1)
+    threads = thread_count("predict", threads)
     if model.stateful and not model_state:
         raise InvalidValueError(
             f"predict: the {model.name} model has state (batch norm): pass model_state=state.model_state"
