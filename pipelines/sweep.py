@@ -177,8 +177,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, fixed
 
 
-def check(args: argparse.Namespace, fixed: list[str], ds: data.Dataset) -> list[dict[str, Any]]:
-    """The sweep's points, every trial's flags checked by mnist.py (before Ray starts)."""
+def check(
+    args: argparse.Namespace, fixed: list[str], ds: data.Dataset
+) -> tuple[list[dict[str, Any]], list[mnist.Config]]:
+    """The sweep's points and their configs: every trial's flags checked by mnist.py
+    (before Ray starts)."""
     grid, samples = [parse_grid(g) for g in args.grid], [parse_sample(s) for s in args.sample]
     names = [n for n, _ in grid] + [s[0] for s in samples]
     if len(set(names)) != len(names):
@@ -194,12 +197,15 @@ def check(args: argparse.Namespace, fixed: list[str], ds: data.Dataset) -> list[
     if any(f.split("=")[0] == "--seed" for f in fixed):
         raise SweepError("after --: give seeds with --seeds")
     pts = points(grid, samples, args.num_samples, args.sweep_seed)
-    for point in pts:  # the bounds of a random draw are checked by its draws
-        mnist.make_config(mnist.parse_args(trial_argv(fixed, point, args.seeds[0], pathlib.Path("x"))), ds)
-    return pts
+    # (the bounds of a random draw are checked by its draws)
+    cfgs = [mnist.make_config(mnist.parse_args(trial_argv(fixed, p, args.seeds[0], pathlib.Path("x"))), ds)
+            for p in pts]
+    return pts, cfgs
 
 
-def sweep(args: argparse.Namespace, fixed: list[str], ds: data.Dataset, pts: list[dict[str, Any]]) -> list[dict]:
+def sweep(
+    args: argparse.Namespace, fixed: list[str], ds: data.Dataset, pts: list[dict[str, Any]], cfgs: list[mnist.Config]
+) -> list[dict]:
     """Run every (point, seed) on Ray Tune; one row per trial."""
     import ray
     from ray import tune
@@ -212,10 +218,11 @@ def sweep(args: argparse.Namespace, fixed: list[str], ds: data.Dataset, pts: lis
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
     ray.cloudpickle.register_pickle_by_value(mnist)  # the workers get this mnist.py, not an import path
-    probe = mnist.make_config(mnist.parse_args([*fixed, "--out", "x"]), ds)
-    # (max_t past the last step: a trial that gets there reports its test accuracy before it ends)
-    scheduler = (ASHAScheduler(time_attr="step", max_t=probe.steps + 1, grace_period=probe.eval_every,
-                               reduction_factor=2) if args.scheduler == "asha" else FIFOScheduler())
+    # (max_t past the longest trial's last step: a trial that gets there reports its test accuracy before it
+    # ends; points may sweep --steps, --epochs or --batch-size)
+    scheduler = (ASHAScheduler(time_attr="step", max_t=max(c.steps for c in cfgs) + 1,
+                               grace_period=min(c.eval_every for c in cfgs), reduction_factor=2)
+                 if args.scheduler == "asha" else FIFOScheduler())
     space = {"index": tune.grid_search(list(range(len(pts)))), "seed": tune.grid_search(args.seeds)}
     run = tune.with_parameters(tune.with_resources(trainable, {"cpu": 1}), fixed=fixed, out=str(out), ds=ds, pts=pts)
     tuner = tune.Tuner(
@@ -304,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         existing = [n for n in (*OUTPUTS, "trials", "ray") if (out / n).exists()]
         if existing and not args.overwrite:
             raise SweepError(f"--out {out}: holds a sweep ({', '.join(existing)}); pass --overwrite or another --out")
-        shared = mnist.parse_args([*fixed, "--out", "x"])
+        shared = mnist.parse_args(fixed)
         ds = data.load(shared.dataset, shared.data_dir, verify=not shared.no_verify)
-        pts = check(args, fixed, ds)
+        pts, cfgs = check(args, fixed, ds)
     except fn.FnnetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -320,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    rows = sweep(args, fixed, ds, pts)
+    rows = sweep(args, fixed, ds, pts, cfgs)
     write_tables(out, rows)
     swept = list(dict.fromkeys(k for p in pts for k in p))
     plot(out, rows, swept)
