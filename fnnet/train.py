@@ -170,7 +170,7 @@ def thread_count(where: str, threads: int | None) -> int:
     return cores() if threads is None else check_int(where, "threads", threads, 1)
 
 
-_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(layout, shape, dtype): rows}}
+_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(shape, dtype): rows}}
 
 
 def shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.float32) -> int:
@@ -181,7 +181,9 @@ def shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np
     axis) and ``dtype``, found once per process."""
     dtype = np.dtype(dtype)
     known = _ROWS.setdefault(model, {})
-    key = (id(Layout.of(params)), tuple(input_shape), dtype)  # (layouts are interned, kept for good)
+    # (params that fit the model and the input shape have one set of shapes: no need to walk them,
+    # which would cost a plain step more than the rest of the lookup)
+    key = (tuple(input_shape), dtype)
     rows = known.get(key)
     if rows is None:
         one, two = (_buffer_bytes(model, params, (n, *input_shape), dtype) for n in (1, 2))
@@ -220,8 +222,8 @@ def cut(step: Step, params: Params, x_shape: tuple, dtype: np.dtype) -> tuple[in
     """The rows of each shard of a batch of ``x_shape`` under ``step.shards`` (see
     :func:`train_step`): sizes that differ by at most one, larger first."""
     n = x_shape[0]
-    if step.shards is None or (step.shards == "auto" and step.model.stateful):
-        return (n,)
+    if step.shards is None or (step.shards == "auto" and (step.model.stateful or n < 2 * MIN_SHARD_ROWS)):
+        return (n,)  # (no two shards of MIN_SHARD_ROWS: no need to ask shard_rows)
     if step.shards == "auto":
         rows, count = shard_rows(step.model, params, x_shape[1:], dtype), 1
         while 2 * count <= MAX_SHARDS and n // (2 * count) >= rows * count:  # 2 shards of rows, 4 of 2 rows, ...
@@ -346,7 +348,8 @@ def _pass(
     """Forward, loss and backward of one shard (its gradient, weighted by its share of
     the rows, lands in ``shard.grads``): ``(weighted loss, weighted accuracy or None,
     model state)``."""
-    x, labels = x[shard.rows], labels[shard.rows]
+    if shard.weight != 1.0:  # (a shard of a cut batch; one shard is the whole batch)
+        x, labels = x[shard.rows], labels[shard.rows]
     logits, cache, model_state = run(shard.site, state.params, x, key, state.model_state)
     try:  # the built-in losses refuse NaN and inf logits; any loss may return a non-finite value
         loss, dlogits = step.loss(logits, labels)
@@ -387,9 +390,14 @@ def _body(
         total = shards[0].grads
         for s in shards[1:]:  # in shard order, whatever ran them
             np.add(total, s.grads, out=total)
-    metrics = {"loss": math.fsum(p[0] for p in parts)}  # (one shard's: its own value, exactly)
-    if parts[0][1] is not None:
-        metrics["accuracy"] = math.fsum(p[1] for p in parts)  # type: ignore[misc]
+    if len(parts) == 1:  # (the sums below give the same values; this is the path of every small batch)
+        metrics = {"loss": parts[0][0]}
+        if parts[0][1] is not None:
+            metrics["accuracy"] = parts[0][1]
+    else:
+        metrics = {"loss": math.fsum(p[0] for p in parts)}
+        if parts[0][1] is not None:
+            metrics["accuracy"] = math.fsum(p[1] for p in parts)  # type: ignore[misc]
     model_state = parts[0][2]  # (a model with state is never cut)
     model_state = model_state if model_state is EMPTY else freeze(model_state)
     if not plan.flat:  # the optimizer needs the tree (clip_by_global_norm, masked)
