@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -110,6 +111,42 @@ def test_max_pool_matches_twin(compiled, dtype, ties, rng):
         compiled.max_pool_backward(dy, outs[0][1], dxa.reshape(n, c, h * w))
         kernels.twins.max_pool_backward(dy, outs[1][1], dxb.reshape(n, c, h * w))
         np.testing.assert_allclose(dxa, dxb, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", [(0, 1, 2), (-np.inf, 0, np.inf), (0, 1, np.nan)], ids=["finite", "inf", "nan"])
+def test_max_pool_2x2_every_window_pattern(dtype, values):
+    # every 2x2 window over three values, one window a channel: each order of ties and
+    # NaNs; the dispatch sends NaN-free inputs to the branch-free 2x2 kernels
+    windows = np.array(list(itertools.product(values, repeat=4)), dtype).reshape(1, -1, 2, 2)
+    oshape = (1, windows.shape[1], 1, 1)
+    outs = []
+    for forward, values_only in ((kernels.max_pool_forward, kernels.max_pool_values),
+                                 (kernels.twins.max_pool_forward, kernels.twins.max_pool_values)):
+        y, idx, v = np.empty(oshape, dtype), np.empty(oshape, np.int64), np.empty(oshape, dtype)
+        forward(windows, 2, 2, 2, 2, y, idx)
+        values_only(windows, 2, 2, 2, 2, v)
+        np.testing.assert_array_equal(v, y)
+        outs.append((y, idx))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+def test_max_pool_2x2_kernels_match_twins(compiled, dtype, ties, rng):
+    for xshape in ((1, 1, 2, 2), (2, 3, 7, 9), (5, 8, 26, 26)):  # odd sizes drop the last row/column
+        x = (rng.integers(0, 3, xshape) if ties else rng.standard_normal(xshape)).astype(dtype)
+        oshape = _pool_out(xshape, 2, 2, 2, 2)
+        outs = []
+        for impl in (compiled, kernels.twins):
+            y, idx, v = np.full(oshape, 7, dtype), np.full(oshape, -1, np.int64), np.full(oshape, 7, dtype)
+            impl.max_pool_2x2_forward(x, y, idx)
+            impl.max_pool_2x2_values(x, v)
+            outs.append((y, idx, v))
+        for a, b in zip(*outs):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(outs[0][2], outs[0][0])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -240,7 +277,8 @@ def test_relu_wrappers_take_any_shape_and_views(rng):
 
 
 def test_all_lists_every_kernel():
-    assert set(kernels.KERNEL_NAMES) <= set(kernels.__all__)
+    # the 2x2 fast cases are reached through their general kernel's wrapper
+    assert {name.replace("_2x2", "") for name in kernels.KERNEL_NAMES} <= set(kernels.__all__)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

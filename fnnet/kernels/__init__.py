@@ -17,6 +17,7 @@ C-contiguous float32/float64 (int64 for indices); the wrappers here make them so
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import warnings
 from types import SimpleNamespace
@@ -123,17 +124,32 @@ def col2im(
     return x
 
 
+def _nan_free_2x2(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> bool:
+    """2x2 windows at stride 2 over an ``x`` without NaN: the ``*_2x2_*`` kernels' case.
+    (One min-reduce finds a NaN, since it propagates: 30 us for LeNet's first pool at
+    batch 128, against the 0.5 ms the branch-free kernel saves.)"""
+    return (kh, kw, sh, sw) == (2, 2, 2, 2) and x.size > 0 and not math.isnan(np.minimum.reduce(x, axis=None))
+
+
 def max_pool_forward(
     x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray, idx: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Window maxima into ``y`` and winners' flat (h*W + w) indices into ``idx``."""
-    _impl.max_pool_forward(_c(x), kh, kw, sh, sw, y, idx)
+    x = _c(x)
+    if _nan_free_2x2(x, kh, kw, sh, sw):
+        _impl.max_pool_2x2_forward(x, y, idx)
+    else:
+        _impl.max_pool_forward(x, kh, kw, sh, sw, y, idx)
     return y, idx
 
 
 def max_pool_values(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray) -> np.ndarray:
     """Window maxima into ``y`` without their positions (for inference); returns y."""
-    _impl.max_pool_values(_c(x), kh, kw, sh, sw, y)
+    x = _c(x)
+    if _nan_free_2x2(x, kh, kw, sh, sw):
+        _impl.max_pool_2x2_values(x, y)
+    else:
+        _impl.max_pool_values(x, kh, kw, sh, sw, y)
     return y
 
 

@@ -10,7 +10,8 @@ two files, and a wrapper per kernel in ``fnnet/kernels/__init__.py``.
 
 FAMILIES = {
     "conv": ("im2col", "col2im"),
-    "pool": ("max_pool_forward", "max_pool_values", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"),
+    "pool": ("max_pool_forward", "max_pool_2x2_forward", "max_pool_values", "max_pool_2x2_values",
+             "max_pool_backward", "avg_pool_forward", "avg_pool_backward"),
     "loss": ("softmax_xent",),
     "act": ("relu_forward", "relu_backward"),
     "warp": ("affine_warp",),

@@ -3,10 +3,13 @@
 Tie rule of max pooling: the first maximal element of the window in row-major order
 wins; a NaN counts as larger than any number (the first NaN wins), as numpy.argmax.
 The test ``best == best and not (v <= best)`` says "v beats best" under that rule.
+The ``*_2x2_*`` kernels are the
+2x2 windows at stride 2 of inputs without NaN (fnnet/kernels/__init__.py checks, with
+one numpy min-reduce: a NaN check in pythran is a scalar loop, 5-7x slower).
 Numpy twins with the same signatures: fnnet/kernels/pool.py. Measured choices
-(benchmarks/bench_kernels.py): max pooling as scalar loops with an unrolled 2x2/2 path
-(2x the generic loop); for inference, maxima alone as whole-array expressions (3x);
-average pooling and its gradient as strided plane slices.
+(benchmarks/bench_kernels.py): max pooling as scalar loops, its 2x2 case branch-free;
+for inference, maxima alone as whole-array expressions; average pooling and its
+gradient as strided plane slices.
 """
 import numpy as np
 
@@ -15,33 +18,6 @@ import numpy as np
 def max_pool_forward(x, kh, kw, sh, sw, y, idx):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2:
-        for b in range(n):
-            for ci in range(c):
-                xp = x[b, ci]
-                yp = y[b, ci]
-                ip = idx[b, ci]
-                for oh in range(ho):
-                    r = 2 * oh
-                    for ow in range(wo):
-                        q = 2 * ow
-                        best = xp[r, q]
-                        bi = r * w + q
-                        v = xp[r, q + 1]
-                        if best == best and not (v <= best):
-                            best = v
-                            bi = r * w + q + 1
-                        v = xp[r + 1, q]
-                        if best == best and not (v <= best):
-                            best = v
-                            bi = (r + 1) * w + q
-                        v = xp[r + 1, q + 1]
-                        if best == best and not (v <= best):
-                            best = v
-                            bi = (r + 1) * w + q + 1
-                        yp[oh, ow] = best
-                        ip[oh, ow] = bi
-        return
     for b in range(n):
         for ci in range(c):
             for oh in range(ho):
@@ -60,18 +36,41 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx):
                     idx[b, ci, oh, ow] = bi
 
 
+# pythran export max_pool_2x2_forward(float32[:,:,:,:], float32[:,:,:,:], int64[:,:,:,:])
+# pythran export max_pool_2x2_forward(float64[:,:,:,:], float64[:,:,:,:], int64[:,:,:,:])
+def max_pool_2x2_forward(x, y, idx):
+    # x holds no NaN (the caller checks), so "v beats best" is v > best and a window is
+    # a branch-free tournament (a0 vs a1, a2 vs a3, then the winners; a tie keeps the
+    # earlier): 1.5-2x the branchy loop, whose mispredictions cost more than the compares
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    for b in range(n):
+        for ci in range(c):
+            xp = x[b, ci]
+            yp = y[b, ci]
+            ip = idx[b, ci]
+            for oh in range(ho):
+                r = 2 * oh
+                for ow in range(wo):
+                    q = 2 * ow
+                    a0 = xp[r, q]
+                    a1 = xp[r, q + 1]
+                    a2 = xp[r + 1, q]
+                    a3 = xp[r + 1, q + 1]
+                    s1 = a1 > a0
+                    m1 = a1 if s1 else a0
+                    s2 = a3 > a2
+                    m2 = a3 if s2 else a2
+                    s = m2 > m1
+                    yp[oh, ow] = m2 if s else m1
+                    ip[oh, ow] = r * w + q + (w + s2 if s else 0 + s1)
+
+
 # pythran export max_pool_values(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:])
 # pythran export max_pool_values(float64[:,:,:,:], int, int, int, int, float64[:,:,:,:])
 def max_pool_values(x, kh, kw, sh, sw, y):
-    # maxima without arg-max, for inference: the 2x2/2 case as a whole-array
-    # np.maximum tree (several times faster than max_pool_forward); that tree drops
-    # NaNs, so inputs holding any take the NaN-propagating generic path
+    # maxima without arg-max, for inference; NaN propagates
     ho, wo = y.shape[2], y.shape[3]
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and not np.any(x != x):
-        rs, cs = 2 * ho, 2 * wo
-        y[:] = np.maximum(np.maximum(x[:, :, 0:rs:2, 0:cs:2], x[:, :, 0:rs:2, 1:cs:2]),
-                          np.maximum(x[:, :, 1:rs:2, 0:cs:2], x[:, :, 1:rs:2, 1:cs:2]))
-        return
     rs, cs = sh * (ho - 1) + 1, sw * (wo - 1) + 1
     y[:] = x[:, :, 0:rs:sh, 0:cs:sw]
     for i in range(kh):
@@ -79,6 +78,16 @@ def max_pool_values(x, kh, kw, sh, sw, y):
             if i > 0 or j > 0:
                 v = x[:, :, i:i + rs:sh, j:j + cs:sw]
                 y[:] = np.where((v > y) | (v != v), v, y)
+
+
+# pythran export max_pool_2x2_values(float32[:,:,:,:], float32[:,:,:,:])
+# pythran export max_pool_2x2_values(float64[:,:,:,:], float64[:,:,:,:])
+def max_pool_2x2_values(x, y):
+    # x holds no NaN (np.maximum's tree would drop one): several times max_pool_forward
+    ho, wo = y.shape[2], y.shape[3]
+    rs, cs = 2 * ho, 2 * wo
+    y[:] = np.maximum(np.maximum(x[:, :, 0:rs:2, 0:cs:2], x[:, :, 0:rs:2, 1:cs:2]),
+                      np.maximum(x[:, :, 1:rs:2, 0:cs:2], x[:, :, 1:rs:2, 1:cs:2]))
 
 
 # pythran export max_pool_backward(float32[:,:,:,:], int64[:,:,:,:], float32[:,:,:])

@@ -39,6 +39,16 @@ def max_pool_values(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.nda
     y[...] = _windows(x, kh, kw, sh, sw, ho, wo).max(axis=-1)
 
 
+def max_pool_2x2_forward(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> None:
+    """:func:`max_pool_forward` of 2x2 windows at stride 2, for an ``x`` without NaN."""
+    max_pool_forward(x, 2, 2, 2, 2, y, idx)
+
+
+def max_pool_2x2_values(x: np.ndarray, y: np.ndarray) -> None:
+    """:func:`max_pool_values` of 2x2 windows at stride 2, for an ``x`` without NaN."""
+    max_pool_values(x, 2, 2, 2, 2, y)
+
+
 def max_pool_backward(dy: np.ndarray, idx: np.ndarray, dx: np.ndarray) -> None:
     """Route ``dy`` to the winners recorded in ``idx``; ``dx`` (N, C, H*W) is overwritten."""
     n, c, hw = dx.shape
