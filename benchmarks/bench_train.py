@@ -155,8 +155,8 @@ def main() -> None:
     ]
     for net, mode, batch, name, m, lo, hi, ratio, best, pct, scale in rows:
         tail = (f"{scale:.2f}x" if scale else "") if ALL else f"{pct:.1f} %"
-        lines.append(f"| {net} | {mode} | {batch} | {name} | {m:,.0f} | {lo:,.0f} - {hi:,.0f} | "
-                     f"{ratio:.2f}x ({best}) | {tail} |")
+        vs = f"{ratio:.2f}x ({best})" if best else "-"  # (no peer ran: --peers with fnnet alone)
+        lines.append(f"| {net} | {mode} | {batch} | {name} | {m:,.0f} | {lo:,.0f} - {hi:,.0f} | {vs} | {tail} |")
     text = "\n".join(lines)
     print("\n" + text)
     out = pathlib.Path(args.out)

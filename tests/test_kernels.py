@@ -115,10 +115,12 @@ def test_max_pool_matches_twin(compiled, dtype, ties, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("values", [(0, 1, 2), (-np.inf, 0, np.inf), (0, 1, np.nan)], ids=["finite", "inf", "nan"])
-def test_max_pool_2x2_every_window_pattern(dtype, values):
+@pytest.mark.parametrize("copies", [1, 128], ids=["small", "large"])
+def test_max_pool_2x2_every_window_pattern(dtype, values, copies):
     # every 2x2 window over three values, one window a channel: each order of ties and
-    # NaNs; the dispatch sends NaN-free inputs to the branch-free 2x2 kernels
-    windows = np.array(list(itertools.product(values, repeat=4)), dtype).reshape(1, -1, 2, 2)
+    # NaNs; the dispatch sends large NaN-free inputs to the branch-free 2x2 kernels
+    windows = np.array(list(itertools.product(values, repeat=4)) * copies, dtype).reshape(1, -1, 2, 2)
+    assert (windows.size >= kernels.FAST_2X2_SIZE) == (copies > 1)
     oshape = (1, windows.shape[1], 1, 1)
     outs = []
     for forward, values_only in ((kernels.max_pool_forward, kernels.max_pool_values),

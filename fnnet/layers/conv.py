@@ -31,7 +31,6 @@ class _Buffers(NamedTuple):
     y: np.ndarray  # (N, K, Ho*Wo)
     y_shape: tuple  # (N, K, Ho, Wo)
     dw_n: np.ndarray | None  # (N, K, C*kh*kw): the weight gradient of each sample (None: no backward)
-    dy_n: np.ndarray | None  # (K, Ho*Wo): dy summed over the batch, the bias gradient's first stage
     dw: Any  # grads["w"] seen as (K, C*kh*kw) (a view: grads are C-contiguous), or None
     db: Any  # grads["b"], or None
     grads: Any
@@ -117,7 +116,6 @@ def conv2d(
         return _Buffers(
             (*window, *pads), cols, cols.reshape(n, -1, ho * wo), sig.empty((n, K, ho * wo)), (n, K, ho, wo),
             sig.empty((n, K, c * kh * kw)) if grads else None,  # no backward in eval mode (predict)
-            sig.empty((K, ho * wo)) if grads else None,
             grads["w"].reshape(K, -1) if grads else None, grads.get("b"), sig.grads,
             dcols, None if dcols is None else dcols.reshape(n, -1, ho * wo), sig.dx_buffer(),
         )
@@ -130,11 +128,10 @@ def conv2d(
         return y.reshape(buf.y_shape), (w, buf)
 
     def backward(cache: tuple[Array, _Buffers], dy: Array) -> tuple[Params, Array | None]:
-        w, (args, _, cols3, y, _, dw_n, dy_n, dw, db, grads, dcols, dcols3, dx) = cache
-        assert dw_n is not None and dy_n is not None  # made wherever a backward can run (sig.grads given)
+        w, (args, _, cols3, y, _, dw_n, dw, db, grads, dcols, dcols3, dx) = cache
+        assert dw_n is not None  # made wherever a backward can run (sig.grads given)
         dy3 = np.ascontiguousarray(dy).reshape(y.shape)
-        # over the batch, then over the plane: 2-3x one reduce over both axes (strided)
-        np.add.reduce(np.add.reduce(dy3, axis=0, out=dy_n), axis=1, out=db)
+        np.add.reduce(dy3, axis=(0, 2), out=db)
         np.matmul(dy3, cols3.transpose(0, 2, 1), out=dw_n)
         np.add.reduce(dw_n, axis=0, out=dw)
         if dx is None:
