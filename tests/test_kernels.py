@@ -118,9 +118,9 @@ def test_max_pool_matches_twin(compiled, dtype, ties, rng):
 @pytest.mark.parametrize("copies", [1, 128], ids=["small", "large"])
 def test_max_pool_2x2_every_window_pattern(dtype, values, copies):
     # every 2x2 window over three values, one window a channel: each order of ties and
-    # NaNs; the dispatch sends large NaN-free inputs to the branch-free 2x2 kernels
+    # NaNs; the dispatch sends NaN-free inputs to the branch-free 2x2 kernels, and reruns
+    # an input holding a NaN through the generic loop
     windows = np.array(list(itertools.product(values, repeat=4)) * copies, dtype).reshape(1, -1, 2, 2)
-    assert (windows.size >= kernels.FAST_2X2_SIZE) == (copies > 1)
     oshape = (1, windows.shape[1], 1, 1)
     outs = []
     for forward, values_only in ((kernels.max_pool_forward, kernels.max_pool_values),
@@ -143,12 +143,22 @@ def test_max_pool_2x2_kernels_match_twins(compiled, dtype, ties, rng):
         outs = []
         for impl in (compiled, kernels.twins):
             y, idx, v = np.full(oshape, 7, dtype), np.full(oshape, -1, np.int64), np.full(oshape, 7, dtype)
-            impl.max_pool_2x2_forward(x, y, idx)
+            assert impl.max_pool_2x2_forward(x, y, idx) == 0  # no NaN met
             impl.max_pool_2x2_values(x, v)
             outs.append((y, idx, v))
         for a, b in zip(*outs):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(outs[0][2], outs[0][0])
+        for where in ((-1, -1, 2 * oshape[2] - 1, 2 * oshape[3] - 1), (0, 0, 0, 0)):  # last and first window
+            x[...] = 0
+            x[where] = np.nan
+            for impl in (compiled, kernels.twins):
+                assert impl.max_pool_2x2_forward(x, np.empty(oshape, dtype), np.empty(oshape, np.int64)) == 1
+        if xshape[2] % 2:  # a NaN in the dropped last row alone changes no window
+            x[...] = 0
+            x[0, 0, -1, 0] = np.nan
+            for impl in (compiled, kernels.twins):
+                assert impl.max_pool_2x2_forward(x, np.empty(oshape, dtype), np.empty(oshape, np.int64)) == 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -32,7 +32,6 @@ KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
 
 __all__ = [
     "FAMILIES",
-    "FAST_2X2_SIZE",
     "KERNEL_NAMES",
     "affine_warp",
     "avg_pool_backward",
@@ -125,29 +124,14 @@ def col2im(
     return x
 
 
-FAST_2X2_SIZE = 1 << 15
-"""Inputs of at least this many elements take the branch-free 2x2 max-pooling kernels
-(when 2x2 at stride 2, without NaN): below it the NaN scan costs more than they save."""
-
-
-def _nan_free_2x2(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> bool:
-    """The ``*_2x2_*`` kernels' case: 2x2 windows at stride 2 over a large ``x`` without
-    NaN. (One min-reduce finds a NaN, as it propagates: 29 us for LeNet's first pooling
-    input at batch 128, of the 0.5 ms the branch-free loop saves.)"""
-    return (
-        x.size >= FAST_2X2_SIZE and (kh, kw, sh, sw) == (2, 2, 2, 2)
-        and not math.isnan(np.minimum.reduce(x, axis=None))
-    )
-
-
 def max_pool_forward(
     x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray, idx: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Window maxima into ``y`` and winners' flat (h*W + w) indices into ``idx``."""
     x = _c(x)
-    if _nan_free_2x2(x, kh, kw, sh, sw):
-        _impl.max_pool_2x2_forward(x, y, idx)
-    else:
+    # 2x2 at stride 2 takes the branch-free kernel, which says if it met a NaN: then (and
+    # for any other window) the loop that follows the NaN rule
+    if (kh, kw, sh, sw) != (2, 2, 2, 2) or _impl.max_pool_2x2_forward(x, y, idx):
         _impl.max_pool_forward(x, kh, kw, sh, sw, y, idx)
     return y, idx
 
@@ -155,7 +139,8 @@ def max_pool_forward(
 def max_pool_values(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray) -> np.ndarray:
     """Window maxima into ``y`` without their positions (for inference); returns y."""
     x = _c(x)
-    if _nan_free_2x2(x, kh, kw, sh, sw):
+    # the np.maximum tree drops a NaN: one min-reduce (a NaN propagates) finds one first
+    if (kh, kw, sh, sw) == (2, 2, 2, 2) and x.size and not math.isnan(np.minimum.reduce(x, axis=None)):
         _impl.max_pool_2x2_values(x, y)
     else:
         _impl.max_pool_values(x, kh, kw, sh, sw, y)

@@ -4,10 +4,12 @@ Tie rule of max pooling: the first maximal element of the window in row-major or
 wins; a NaN counts as larger than any number (the first NaN wins), as numpy.argmax.
 The test ``best == best and not (v <= best)`` says "v beats best" under that rule.
 The ``*_2x2_*`` kernels are the
-2x2 windows at stride 2 of inputs without NaN (fnnet/kernels/__init__.py checks, with
-one numpy min-reduce: a NaN check in pythran is a scalar loop, 5-7x slower).
+2x2 windows at stride 2 of inputs without NaN: ``max_pool_2x2_forward`` says whether it
+met one (then fnnet/kernels/__init__.py runs ``max_pool_forward``); for
+``max_pool_2x2_values`` the wrapper checks first, with one numpy min-reduce (a NaN
+check in pythran is a scalar loop, 5-7x slower).
 Numpy twins with the same signatures: fnnet/kernels/pool.py. Measured choices
-(benchmarks/bench_kernels.py): max pooling as scalar loops, its 2x2 case branch-free;
+(benchmarks/bench_kernels.py): max pooling as scalar loops, its 2x2 case without branches;
 for inference, maxima alone as whole-array expressions; average pooling and its
 gradient as strided plane slices.
 """
@@ -18,33 +20,6 @@ import numpy as np
 def max_pool_forward(x, kh, kw, sh, sw, y, idx):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2:  # unrolled (2x the generic loop)
-        for b in range(n):
-            for ci in range(c):
-                xp = x[b, ci]
-                yp = y[b, ci]
-                ip = idx[b, ci]
-                for oh in range(ho):
-                    r = 2 * oh
-                    for ow in range(wo):
-                        q = 2 * ow
-                        best = xp[r, q]
-                        bi = r * w + q
-                        v = xp[r, q + 1]
-                        if best == best and not (v <= best):
-                            best = v
-                            bi = r * w + q + 1
-                        v = xp[r + 1, q]
-                        if best == best and not (v <= best):
-                            best = v
-                            bi = (r + 1) * w + q
-                        v = xp[r + 1, q + 1]
-                        if best == best and not (v <= best):
-                            best = v
-                            bi = (r + 1) * w + q + 1
-                        yp[oh, ow] = best
-                        ip[oh, ow] = bi
-        return
     for b in range(n):
         for ci in range(c):
             for oh in range(ho):
@@ -66,11 +41,15 @@ def max_pool_forward(x, kh, kw, sh, sw, y, idx):
 # pythran export max_pool_2x2_forward(float32[:,:,:,:], float32[:,:,:,:], int64[:,:,:,:])
 # pythran export max_pool_2x2_forward(float64[:,:,:,:], float64[:,:,:,:], int64[:,:,:,:])
 def max_pool_2x2_forward(x, y, idx):
-    # x holds no NaN (the caller checks), so "v beats best" is v > best and a window is
-    # a branch-free tournament (a0 vs a1, a2 vs a3, then the winners; a tie keeps the
-    # earlier): 1.5-2x the branchy loop, whose mispredictions cost more than the compares
+    # a window is a tournament (a0 vs a1, a2 vs a3, then the winners; a tie keeps the
+    # earlier) in max() and integer arithmetic on the comparisons. Not "a if s else b":
+    # gcc compiles that to a branch, which real data mispredicts about once a window
+    # (5x slower; a benchmark that repeats one input hides it, as the predictor learns
+    # it). Without NaNs "v beats best" is v > best; the NaN flag costs 10-20 %, against a
+    # separate scan's 1 us a call
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
+    nan = 0
     for b in range(n):
         for ci in range(c):
             xp = x[b, ci]
@@ -84,13 +63,15 @@ def max_pool_2x2_forward(x, y, idx):
                     a1 = xp[r, q + 1]
                     a2 = xp[r + 1, q]
                     a3 = xp[r + 1, q + 1]
-                    s1 = a1 > a0
-                    m1 = a1 if s1 else a0
-                    s2 = a3 > a2
-                    m2 = a3 if s2 else a2
-                    s = m2 > m1
-                    yp[oh, ow] = m2 if s else m1
-                    ip[oh, ow] = r * w + q + (w + s2 if s else 0 + s1)
+                    k1 = int(a1 > a0)
+                    k2 = int(a3 > a2)
+                    m1 = max(a0, a1)
+                    m2 = max(a2, a3)
+                    s = int(m2 > m1)
+                    yp[oh, ow] = max(m1, m2)
+                    ip[oh, ow] = r * w + q + k1 + s * (w + k2 - k1)
+                    nan |= int(a0 != a0) | int(a1 != a1) | int(a2 != a2) | int(a3 != a3)
+    return nan
 
 
 # pythran export max_pool_values(float32[:,:,:,:], int, int, int, int, float32[:,:,:,:])

@@ -39,9 +39,12 @@ def max_pool_values(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.nda
     y[...] = _windows(x, kh, kw, sh, sw, ho, wo).max(axis=-1)
 
 
-def max_pool_2x2_forward(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> None:
-    """:func:`max_pool_forward` of 2x2 windows at stride 2, for an ``x`` without NaN."""
+def max_pool_2x2_forward(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> int:
+    """:func:`max_pool_forward` of 2x2 windows at stride 2; returns 1 if a window holds a
+    NaN (the compiled kernel's results then need not follow the tie rule: the caller runs
+    :func:`max_pool_forward`), else 0."""
     max_pool_forward(x, 2, 2, 2, 2, y, idx)
+    return int(np.isnan(x[:, :, : 2 * y.shape[2], : 2 * y.shape[3]]).any())
 
 
 def max_pool_2x2_values(x: np.ndarray, y: np.ndarray) -> None:
