@@ -467,3 +467,29 @@ def test_predict_gives_the_same_bits_on_any_number_of_threads(threads):
     np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
     with pytest.raises(fn.InvalidValueError, match="predict: threads must be an int >= 1, got 0"):
         fn.predict(model, params, x, threads=0)
+
+
+@pytest.mark.parametrize("batch_size,pooled", [(256, True), (128, False)])
+def test_predict_shares_chunks_between_threads_only_when_they_are_heavy(monkeypatch, batch_size, pooled):
+    # by default, threads only for chunks of more rows than a training shard's (lenet at
+    # 12x12: 128 rows); an explicit thread count is always honoured
+    import fnnet.train as train_mod
+
+    model = lenet()
+    params, _ = model.init(fn.random.key(0), (1, 12, 12))
+    assert fn.train.shard_rows(model, params, (1, 12, 12)) == 128
+    pools = []
+
+    class Recording(train_mod.ThreadPoolExecutor):
+        def __init__(self, workers, **kw):
+            pools.append(workers)
+            super().__init__(workers, **kw)
+
+    monkeypatch.setattr(train_mod, "ThreadPoolExecutor", Recording)
+    monkeypatch.setattr(train_mod, "cores", lambda: 2)
+    x, _ = batch(np.random.default_rng(0), 300)
+    got = fn.predict(model, params, x, batch_size=batch_size)
+    assert pools == ([2] if pooled else [])
+    assert got.tobytes() == fn.predict(model, params, x, batch_size=batch_size, threads=1).tobytes()
+    fn.predict(model, params, x, batch_size=batch_size, threads=2)
+    assert pools[-1] == 2
