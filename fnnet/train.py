@@ -292,11 +292,12 @@ class Plan:
     def make(cls, step: Step, state: TrainState, x: np.ndarray, labels: np.ndarray) -> Plan:
         """Check the params against the model and the input (errors name the layer),
         then prepare the model in train mode for each shard, without the input's gradient."""
-        shards, start = [], 0
-        for n in cut(step, state.params, x.shape, x.dtype):
+        shards, start, sizes = [], 0, cut(step, state.params, x.shape, x.dtype)
+        for n in sizes:
             site, layout, grads = prepare_checked(
                 step.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False)
-            shards.append(Shard(slice(start, start + n), n / x.shape[0], site, grads))
+            # (a whole batch weighs 1, an empty one too: its loss then names the problem)
+            shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads))
             start += n
         return cls((x.shape, x.dtype, labels.shape, labels.dtype), layout, tuple(shards), step.optimizer.elementwise)
 

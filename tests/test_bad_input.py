@@ -62,15 +62,15 @@ def params(model=MODEL):
     return model.init(random.key(0), (1, 6, 6))[0]
 
 
-def stepped(opt, *, model=MODEL, jit=False, state=None, x=X):
+def stepped(opt, *, model=MODEL, jit=False, state=None, x=X, y=Y, shards="auto"):
     """One step of ``model`` with ``opt`` (``state``: a function making it), made and run
     when the case runs; the error it raises is the case's."""
 
     def act():
-        step = fn.train_step(model, fn.softmax_cross_entropy, opt)
+        step = fn.train_step(model, fn.softmax_cross_entropy, opt, shards=shards)
         step = fn.jit(step) if jit else step
         s = fn.TrainState.create(params(model), opt, model) if state is None else state()
-        return step(s, (x, Y))
+        return step(s, (x, y))
 
     return act
 
@@ -177,6 +177,9 @@ API = [
      stepped(optim.sgd(0.1), model=BN,
              state=lambda: fn.TrainState(params(BN), optim.sgd(0.1).init(params(BN)), 0, BN8.init_state(params(BN8)))),
      fn.TreeMismatchError, ["state.model_state", "batch_norm_1/mean", "float32[4]", "float32[8]"]),
+    ("empty batch", stepped(optim.sgd(0.1), x=X[:0], y=Y[:0]), fn.ShapeError, ["logits is empty", "(0, 10)"]),
+    ("empty batch under jit, shards of 2", stepped(optim.sgd(0.1), jit=True, x=X[:0], y=Y[:0], shards=2),
+     fn.ShapeError, ["logits is empty"]),
     ("TrainState negative step", lambda: fn.TrainState(params(), optim.sgd(0.1).init(params()), -1),
      fn.InvalidValueError, ["TrainState.step", "-1"]),
     ("TrainState float step", lambda: fn.TrainState(params(), optim.sgd(0.1).init(params()), 1.5),
