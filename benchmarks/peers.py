@@ -1,10 +1,10 @@
 """The frameworks fnnet is measured against, each training the same three networks.
 
 Every peer exposes ``make(net, batch, threads) -> (train_step, infer)``: ``train_step()``
-runs one SGD step (forward + backward + update) on a fixed batch, ``infer()`` one
-forward pass on a batch of 1000. ``threads`` is 1 (one thread) or None (the peer's own
-default for all cores: PyTorch's intra-op threads, XLA's thread pool, fnnet's jit and
-predict threads). A peer whose package is missing raises ImportError.
+runs one SGD step (forward + backward + update) on the next of ``DATA_BATCHES``
+batches in turn, ``infer()`` one forward pass on a fixed batch of 1000. ``threads`` is
+1 (one thread) or None (the peer's own default for all cores: PyTorch's intra-op
+threads, XLA's thread pool, fnnet's jit and predict threads). A peer whose package is missing raises ImportError.
 
 Networks (float32, NCHW, softmax cross-entropy, plain SGD lr 0.01):
   NET-SEED    conv 1->1 3x3 valid => relu => maxpool 2 => flatten (169) => dense 64 => relu => dense 10
