@@ -28,8 +28,8 @@ __all__ = ["JitStep", "jit"]
 
 
 @attrs.define
-class _Thread:
-    """What a JitStep keeps for one thread: its plans and the carry of its last step."""
+class _Caller:
+    """What a JitStep keeps for one calling thread: its plans and the carry of its last step."""
 
     plans: dict = attrs.Factory(dict)  # {signature: Plan}
     carry: Carry | None = None
@@ -50,7 +50,7 @@ class JitStep:
             raise InvalidTypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
         self.threads = thread_count("jit", threads)
-        self._threads: dict[int, _Thread] = {}  # by thread id (an id a finished thread freed is reused)
+        self._callers: dict[int, _Caller] = {}  # by the calling thread's id (a finished thread's id is reused)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = Lock()
 
@@ -66,9 +66,9 @@ class JitStep:
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         step = self.step
         x, labels = check_inputs(step, state, batch)
-        local = self._threads.get(get_ident())
+        local = self._callers.get(get_ident())
         if local is None:  # this thread's first call
-            local = self._threads[get_ident()] = _Thread()
+            local = self._callers[get_ident()] = _Caller()
         plans = local.plans
         carry, plan = local.carry, plans.get((x.shape, x.dtype, labels.shape, labels.dtype))
         if carry is None or carry.state is not state or carry.plan is not plan:  # not the state we returned

@@ -65,7 +65,7 @@ def test_jit_is_bit_identical_over_steps_and_shapes(opt, model_fn, dtype):
         b, mb = jstep(b, data)
         assert ma == mb
         assert_same_bits(a, b)
-    assert len(next(iter(jstep._threads.values())).plans) == 3
+    assert len(next(iter(jstep._callers.values())).plans) == 3
 
 
 def test_jit_accepts_a_state_it_did_not_make():
