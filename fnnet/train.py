@@ -268,8 +268,7 @@ class Plan:
 
     ``shards``: one :class:`Shard` per part of the batch (see :func:`cut`), each with the
     buffers the layers' hooks made and gradient views into its flat gradient. The
-    shards' gradients are summed into the first's: ``site`` and ``grads`` are the first
-    shard's, which hold the batch's gradient after the sum. ``flat`` says the optimizer
+    shards' gradients are summed into the first's, which then holds the batch's. ``flat`` says the optimizer
     runs on flat vectors (it is elementwise). ``checked`` turns True once a backward
     pass has been seen to write every gradient.
     """
@@ -279,14 +278,6 @@ class Plan:
     shards: tuple[Shard, ...]
     flat: bool
     checked: bool = False
-
-    @property
-    def site(self) -> Site:
-        return self.shards[0].site
-
-    @property
-    def grads(self) -> np.ndarray:
-        return self.shards[0].grads
 
     @classmethod
     def make(cls, step: Step, state: TrainState, x: np.ndarray, labels: np.ndarray) -> Plan:
@@ -349,7 +340,8 @@ def _pass(
     """Forward, loss and backward of one shard (its gradient, weighted by its share of
     the rows, lands in ``shard.grads``): ``(weighted loss, weighted accuracy or None,
     model state)``."""
-    if shard.weight != 1.0:  # (a shard of a cut batch; one shard is the whole batch)
+    weight = shard.weight
+    if weight != 1.0:  # (a shard of a cut batch; one shard is the whole batch)
         x, labels = x[shard.rows], labels[shard.rows]
     logits, cache, model_state = run(shard.site, state.params, x, key, state.model_state)
     try:  # the built-in losses refuse NaN and inf logits; any loss may return a non-finite value
@@ -363,11 +355,11 @@ def _pass(
         raise
     acc = None
     if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
-        acc = accuracy(logits, labels) * shard.weight
-    if shard.weight != 1.0:  # the batch's mean loss: each shard's mean weighted by its rows
-        dlogits = np.multiply(dlogits, shard.weight, dtype=dlogits.dtype)
+        acc = accuracy(logits, labels) * weight
+    if weight != 1.0:  # the batch's mean loss: each shard's mean weighted by its rows
+        dlogits = np.multiply(dlogits, weight, dtype=dlogits.dtype)
     run_backward(shard.site, cache, dlogits)
-    return loss * shard.weight, acc, model_state
+    return loss * weight, acc, model_state
 
 
 def _body(
@@ -375,37 +367,32 @@ def _body(
     pool: Executor | None,
 ) -> tuple[TrainState, dict[str, float], Carry | None]:
     key, shards = step.step_key(state.step), plan.shards
-    if len(shards) == 1:
-        parts = [_pass(step, shards[0], state, x, labels, key)]
+    first = shards[0]  # the shards' gradients are summed into its own: its site and grads are the batch's
+    if len(shards) == 1:  # (every small batch: no list, no sums)
+        loss, acc, model_state = _pass(step, first, state, x, labels, key)
     else:
         keys = [None if key is None else random.fold_in(key, i) for i in range(len(shards))]
         if pool is None:
             parts = [_pass(step, s, state, x, labels, k) for s, k in zip(shards, keys)]
         else:
             parts = list(pool.map(lambda s, k: _pass(step, s, state, x, labels, k), shards, keys))
+        loss = math.fsum(p[0] for p in parts)
+        acc = None if parts[0][1] is None else math.fsum(p[1] for p in parts)  # type: ignore[misc]
+        model_state = parts[0][2]  # (a model with state is never cut)
     if not plan.checked:  # (before the sum: an unwritten leaf holds a marker a sum would lose)
         for s in shards:
             plan.layout.check_written(s.grads, step.model.name)
         plan.checked = True
-    if len(shards) > 1:
-        total = shards[0].grads
-        for s in shards[1:]:  # in shard order, whatever ran them
-            np.add(total, s.grads, out=total)
-    if len(parts) == 1:  # (the sums below give the same values; this is the path of every small batch)
-        metrics = {"loss": parts[0][0]}
-        if parts[0][1] is not None:
-            metrics["accuracy"] = parts[0][1]
-    else:
-        metrics = {"loss": math.fsum(p[0] for p in parts)}
-        if parts[0][1] is not None:
-            metrics["accuracy"] = math.fsum(p[1] for p in parts)  # type: ignore[misc]
-    model_state = parts[0][2]  # (a model with state is never cut)
+    grads = first.grads
+    for s in shards[1:]:  # in shard order, whatever ran them
+        np.add(grads, s.grads, out=grads)
+    metrics = {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}
     model_state = model_state if model_state is EMPTY else freeze(model_state)
     if not plan.flat:  # the optimizer needs the tree (clip_by_global_norm, masked)
-        updates, opt_state = step.optimizer.update(plan.site.grads, state.opt_state, state.params)
+        updates, opt_state = step.optimizer.update(first.site.grads, state.opt_state, state.params)
         params = apply_updates(state.params, updates)
         if not all(map(_finite, tree_leaves(params))):
-            raise _diverged(state.step, params, plan.site.grads, opt_state)
+            raise _diverged(state.step, params, first.site.grads, opt_state)
         new = TrainState(params, freeze(opt_state), state.step + 1, model_state)
         return new, metrics, None
     if carry is not None:
@@ -413,12 +400,12 @@ def _body(
     else:
         flat = plan.layout.pack(state.params)
         opt_state, packed = pack_state(state.opt_state, plan.layout)
-    updates, opt_state = step.optimizer.update(plan.grads, opt_state, flat)
+    updates, opt_state = step.optimizer.update(grads, opt_state, flat)
     new_flat = np.add(flat, updates, dtype=plan.layout.dtype)
     if not math.isfinite(np.vdot(new_flat, new_flat)) and not np.isfinite(new_flat).all():  # (_finite, inlined)
-        raise _diverged(state.step, plan.layout.views(new_flat), plan.grads, opt_state)
+        raise _diverged(state.step, plan.layout.views(new_flat), grads, opt_state)
     params = plan.layout.unpack(new_flat)
-    new_opt, aliased = unpack_state(opt_state, packed, plan.layout, plan.grads)
+    new_opt, aliased = unpack_state(opt_state, packed, plan.layout, grads)
     new = TrainState(params, new_opt, state.step + 1, model_state)
     if aliased:  # the optimizer kept the gradient buffer in its state: carry nothing, pack again next time
         return new, metrics, None
