@@ -5,7 +5,21 @@ composes layers; ``train_step`` folds model, loss and optimizer into one pure st
 and ``jit`` specialises it.
 """
 
-from . import checkpoint, data, distributed, init, kernels, layers, losses, metrics, optim, random, runtime, tree
+from . import (
+    checkpoint,
+    data,
+    distributed,
+    init,
+    kernels,
+    layers,
+    losses,
+    metrics,
+    optim,
+    random,
+    runtime,
+    threads,
+    tree,
+)
 from ._errors import (
     DataError,
     DataNotFoundError,
@@ -87,6 +101,7 @@ __all__ = [
     "relu",
     "reshape",
     "runtime",
+    "threads",
     "residual",
     "serial",
     "sigmoid",

@@ -9,8 +9,9 @@ several threads.
 A plan cut into shards (see :func:`fnnet.train_step`) runs them on a pool of
 ``threads`` threads; the shards' gradients are added in shard order afterwards, so the
 bits do not depend on the number of threads. numpy and the compiled kernels release the
-GIL; keep BLAS at one thread (``OPENBLAS_NUM_THREADS=1``), else each shard's BLAS calls
-start threads of their own on the same cores.
+GIL. While shards run on several threads, BLAS gets the rest of the cores' budget
+(:func:`fnnet.threads.blas_share`: one thread each on a machine with as many cores as
+shard threads), and its own setting back afterwards.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import attrs
 
 from ._errors import InvalidTypeError
-from .train import Carry, Plan, Step, TrainState, check_inputs, run_step, thread_count
+from .threads import blas_share, thread_count
+from .train import Carry, Plan, Step, TrainState, check_inputs, run_step
 
 __all__ = ["JitStep", "jit"]
 
@@ -54,10 +56,8 @@ class JitStep:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = Lock()
 
-    def _workers(self) -> ThreadPoolExecutor | None:
-        """The pool that runs shards (made on first use), or None for one thread."""
-        if self.threads == 1:
-            return None
+    def _workers(self) -> ThreadPoolExecutor:
+        """The pool that runs shards (made on first use)."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="fnnet-jit")
@@ -76,8 +76,11 @@ class JitStep:
             if plan is None or not plan.layout.matches(state.params):
                 plan = Plan.make(step, state, x, labels)
                 plans[plan.signature] = plan
-        pool = self._workers() if len(plan.shards) > 1 else None
-        new, metrics, local.carry = run_step(step, plan, state, x, labels, carry, pool)
+        if len(plan.shards) == 1 or self.threads == 1:
+            new, metrics, local.carry = run_step(step, plan, state, x, labels, carry)
+            return new, metrics
+        with blas_share(min(self.threads, len(plan.shards))):
+            new, metrics, local.carry = run_step(step, plan, state, x, labels, carry, self._workers())
         return new, metrics
 
 
@@ -86,5 +89,7 @@ def jit(step: Step, threads: int | None = None) -> JitStep:
     results, checks once per input signature, buffers reused between calls.
 
     ``threads``: how many threads run the shards of a batch the step cuts (default:
-    every core this process may use; 1: none). The bits are the same for any number."""
+    :func:`fnnet.threads.cores`, every core this process may use; 1: none). While they
+    run, BLAS is held to the cores left to each (:func:`fnnet.threads.blas_share`). The
+    bits are the same for any number."""
     return JitStep(step, threads)

@@ -25,7 +25,6 @@ batch trains at the speed of a whole one (within 3 %); on two, LeNet at batch 12
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -51,6 +50,7 @@ from .layers._checks import as_batch
 from .layers._layer import Layer, Site, prepare_checked, run, run_backward
 from .metrics import accuracy
 from .optim import GradientTransformation, apply_updates, learning_rate
+from .threads import blas_share, thread_count
 from .tree import EMPTY, _path_str, check_like, freeze, tree_leaves, tree_leaves_with_path
 from .typing import Batch, LossFn, OptState, Params, PyTree
 
@@ -60,9 +60,12 @@ SHARD_BYTES = 4 << 20
 """The least working set of a shard of a training batch: 4 MiB of buffers. (Measured on
 this project's CNNs, 39 KB to 0.96 MB of buffers a row, two threads: shards of 8 rows of
 LeNet (2 MB) ran 1.1x a whole batch, shards of 16-32 rows 1.5-1.7x; docs/jit.md.)"""
-MAX_SHARDS = 4
-"""Shards a batch is cut into at most: enough to keep 2-4 cores busy; more shards cost a
-pass each (pass ``shards=rows`` to cut finer on a machine with more cores)."""
+MAX_SHARDS = 64
+"""Shards a batch is cut into at most. The cut doubles the shard count only while each
+shard doubles in rows too (2 shards of ``rows``, 4 of ``2 rows``, 8 of ``4 rows``...),
+so a cut finer than a few cores need stays cheap where few cores run it (8 shards of 32
+LeNet rows ran 0.88-0.92x 4 of 64 on 2 cores); a machine with more cores than shards
+gives the rest to BLAS inside them (:func:`fnnet.threads.blas_share`)."""
 MIN_SHARD_ROWS = 4  # fewer rows make the products too thin to pay for a pass
 
 
@@ -154,20 +157,6 @@ def train_step(
     Shards differ in size by one row at most. The cut depends on the model, the input
     shape and the batch size alone, never on the number of threads."""
     return Step(model, loss, optimizer, key, shards)
-
-
-def cores() -> int:
-    """The cores this process may run on (the default number of threads of
-    :func:`fnnet.jit` and :func:`predict`)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not on every OS)
-        return os.cpu_count() or 1
-
-
-def thread_count(where: str, threads: int | None) -> int:
-    """A ``threads`` argument: None is every core, else an int >= 1 (an error naming ``where``)."""
-    return cores() if threads is None else check_int(where, "threads", threads, 1)
 
 
 _ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(shape, dtype): rows}}
@@ -492,7 +481,7 @@ def predict(
     if len(parts) <= 1:
         _predict_chunks(model, params, x, out, starts, batch_size, model_state)
     else:
-        with ThreadPoolExecutor(len(parts), thread_name_prefix="fnnet-predict") as pool:
+        with blas_share(len(parts)), ThreadPoolExecutor(len(parts), thread_name_prefix="fnnet-predict") as pool:
             list(pool.map(lambda part: _predict_chunks(model, params, x, out, part, batch_size, model_state), parts))
     return out
 

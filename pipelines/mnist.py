@@ -33,6 +33,7 @@ refused, the last checkpoint is intact; or the loss ended far above chance level
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -44,17 +45,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# One BLAS thread: on a 2-core machine a second thread is slower for these small matrices.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import attrs
+import numpy as np
+from tqdm import tqdm
 
-import attrs  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import fnnet as fn  # noqa: E402
-from fnnet import checkpoint, data, optim, random  # noqa: E402
-from fnnet.typing import Params  # noqa: E402
+import fnnet as fn
+from fnnet import checkpoint, data, optim, random
+from fnnet.typing import Params
 
 
 @attrs.frozen
@@ -714,6 +711,17 @@ def mpi_ranks(deterministic: bool, threads: int | None) -> Ranks:
     return Ranks(MPI.COMM_WORLD, deterministic, threads)
 
 
+def blas_budget(ranks: Ranks) -> contextlib.AbstractContextManager:
+    """The whole run's share of BLAS threads: under MPI, the ranks on this machine share
+    its cores (each rank's jit runs one thread, so nothing else caps BLAS); one process
+    leaves BLAS to jit and predict, which cap it while their threads run."""
+    if not ranks.mpi:
+        return contextlib.nullcontext()
+    from mpi4py import MPI
+
+    return fn.threads.blas_share(ranks.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = pathlib.Path(args.out)
@@ -724,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FlagError(f"--data-dir {args.data_dir}: no such folder")
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)
         cfg = make_config(args, ds)
-        summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite, ranks=ranks)
+        with blas_budget(ranks):
+            summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite, ranks=ranks)
     except fn.DivergenceError as exc:
         return _fail(ranks, 3, f"training diverged: {exc}\nthe last checkpoint in {out} is intact; lower --lr")
     except fn.FnnetError as exc:

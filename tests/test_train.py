@@ -405,8 +405,10 @@ def test_the_cut_is_a_function_of_the_signature():
     assert cut(whole, state.params, (1000, 1, 12, 12), np.dtype(np.float32)) == (1000,)
     auto = attrs.evolve(step, shards="auto")
     rows = fn.train.shard_rows(auto.model, state.params, (1, 12, 12))
-    assert fn.train.MAX_SHARDS == 4
-    for n, count in ((2 * rows - 1, 1), (2 * rows, 2), (8 * rows - 1, 2), (8 * rows, 4), (50 * rows + 3, 4)):
+    assert fn.train.MAX_SHARDS == 64
+    table = ((2 * rows - 1, 1), (2 * rows, 2), (8 * rows - 1, 2), (8 * rows, 4), (32 * rows - 1, 4), (32 * rows, 8),
+             (128 * rows, 16), (2048 * rows - 1, 32), (2048 * rows, 64), (10**5 * rows, 64))
+    for n, count in table:  # shards double while each doubles in rows too
         sizes = cut(auto, state.params, (n, 1, 12, 12), np.dtype(np.float32))
         assert len(sizes) == count and sum(sizes) == n and max(sizes) - min(sizes) <= 1
         assert min(sizes) >= rows * count // 2
@@ -451,7 +453,7 @@ def test_bad_thread_counts_are_named(threads):
 
 def test_jit_uses_every_core_by_default():
     step, _ = make()
-    assert fn.jit(step).threads == fn.train.cores() >= 1
+    assert fn.jit(step).threads == fn.threads.cores() >= 1
     assert fn.jit(step, threads=3).threads == 3
 
 
@@ -486,7 +488,7 @@ def test_predict_shares_chunks_between_threads_only_when_they_are_heavy(monkeypa
             super().__init__(workers, **kw)
 
     monkeypatch.setattr(train_mod, "ThreadPoolExecutor", Recording)
-    monkeypatch.setattr(train_mod, "cores", lambda: 2)
+    monkeypatch.setattr(fn.threads, "cores", lambda: 2)
     x, _ = batch(np.random.default_rng(0), 300)
     got = fn.predict(model, params, x, batch_size=batch_size)
     assert pools == ([2] if pooled else [])

@@ -1,0 +1,152 @@
+"""The thread budget: the cores this process may use, and BLAS's share of them.
+
+A machine's cores are one budget. :func:`fnnet.jit` runs the shards of a step, and
+:func:`fnnet.predict` its chunks, on threads of their own; numpy's matrix products
+inside them go to a BLAS that runs threads of its own too (numpy's OpenBLAS starts one
+per core unless told otherwise). Both at once put threads x cores threads on the cores,
+and each waits for the others: on 2 cores, LeNet at batch 128 trained at 0.48x the
+speed of the same shards with BLAS at one thread.
+
+So while fnnet runs ``t`` threads, each BLAS library numpy uses gets at most
+``cores() // t`` threads (never more than it had), through threadpoolctl, and gets its
+own setting back when the last such call returns: the user's other numpy code finds BLAS
+as it left it. One thread (a batch too small to cut, ``threads=1``) leaves BLAS alone:
+its threads are then the only ones.
+
+The bits do not depend on any of this: the shards are cut by the batch signature alone
+(:func:`fnnet.train.cut`), and BLAS splits a product's output, not its sums, among its
+threads (tested: 1 or 2 BLAS threads, 1 or 2 shard threads give the same params).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ._errors import check_int
+
+__all__ = ["blas_share", "cgroup_cores", "cores", "thread_count"]
+
+
+def cgroup_cores(proc_cgroup: str | Path = "/proc/self/cgroup", root: str | Path = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (``1.5`` for 150 ms of CPU every
+    100 ms), the smallest along its path to the root, or None where none is set (or on
+    a system without cgroups). Reads cgroup v2 (``cpu.max``) and v1
+    (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``)."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and not controllers:  # v2: one tree, cpu.max = "quota period" or "max period"
+            base, read = Path(root), _v2_quota
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own mount
+            base = Path(root) / controllers
+            if not base.is_dir():
+                base = Path(root) / "cpu"
+            read = _v1_quota
+        else:
+            continue
+        parts = [p for p in path.strip("/").split("/") if p]
+        for depth in range(len(parts), -1, -1):  # this cgroup, then each parent: the tightest quota binds
+            quota = read(base.joinpath(*parts[:depth]))
+            if quota is not None:
+                quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
+def cores() -> int:
+    """The cores this process may use: the CPUs of its affinity mask (``taskset``,
+    ``sched_setaffinity``, a batch scheduler's binding), at most its cgroup's CPU quota
+    rounded down (a container's ``--cpus``), at least 1. The default number of threads
+    of :func:`fnnet.jit` and :func:`fnnet.predict`, and the budget that they share with
+    BLAS."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on every OS)
+        count = os.cpu_count() or 1
+    quota = cgroup_cores()
+    if quota is not None:
+        count = min(count, math.floor(quota))
+    return max(1, count)
+
+
+def thread_count(where: str, threads: int | None) -> int:
+    """A ``threads`` argument: None is :func:`cores`, else an int >= 1 (an error naming ``where``)."""
+    return cores() if threads is None else check_int(where, "threads", threads, 1)
+
+
+class _Blas:
+    """The BLAS libraries of this process (threadpoolctl's controllers, found once) and
+    the setting they had before the first of the calls now inside :func:`blas_share`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.libs: list[Any] | None = None
+        self.inside = 0  # calls now inside blas_share, in any thread
+        self.saved: list[tuple[Any, int]] = []
+
+    def found(self) -> list[Any]:
+        if self.libs is None:
+            from threadpoolctl import ThreadpoolController
+
+            self.libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        return self.libs
+
+
+_BLAS = _Blas()
+
+
+@contextmanager
+def blas_share(threads: int, cores_: int | None = None) -> Iterator[int]:
+    """Around code that runs ``threads`` threads of fnnet's: cap each BLAS library at
+    ``cores_ // threads`` threads (``cores_`` defaults to :func:`cores`; at least 1, never
+    raised above what it had), and restore what it had when the last call inside returns
+    (calls may nest and overlap across threads). Yields the cap (0 for no change: one
+    thread leaves BLAS alone)."""
+    if threads <= 1:
+        yield 0
+        return
+    cap = max(1, (cores() if cores_ is None else cores_) // threads)
+    blas = _BLAS
+    with blas.lock:
+        libs = blas.found()
+        if blas.inside == 0:
+            blas.saved = [(lib, lib.num_threads) for lib in libs]
+        blas.inside += 1
+        for lib in libs:
+            if lib.num_threads > cap:
+                lib.set_num_threads(cap)
+    try:
+        yield cap
+    finally:
+        with blas.lock:
+            blas.inside -= 1
+            if blas.inside == 0:
+                for lib, count in blas.saved:
+                    lib.set_num_threads(count)
+                blas.saved = []
