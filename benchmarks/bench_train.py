@@ -2,34 +2,40 @@
 
 Usage: python benchmarks/bench_train.py [--threads 1|all] [--repeats 5] [--seconds 0.25] [--peers ...] [--nets ...]
 
-For each network and batch, the frameworks run interleaved (A B C A B C ...) for
-``--repeats`` rounds of about ``--seconds`` each after a warm-up; a cell is the median
-samples/s with the min-max spread. The single-thread sgemm GFLOP/s of numpy's BLAS is
-measured in the same run. ``--threads 1``: every framework on one thread (written to
-benchmarks/results/train.md). ``--threads all``: each at its own default for all cores
-(PyTorch's intra-op threads, XLA's pool, fnnet's jit threads with BLAS at one thread,
-numpy's multi-threaded BLAS), with fnnet's jit on one thread beside it for the scaling
-(benchmarks/results/train-all-cores.md).
+``--threads 1`` (the lab's table, benchmarks/results/train.md): every framework forced to
+one thread, all in this process; for each network and batch the frameworks run
+interleaved (A B C A B C ...) for ``--repeats`` rounds of about ``--seconds`` each after
+a warm-up. ``--threads all`` (the user's table, benchmarks/results/train-all-cores.md):
+each framework as a user runs it, in a fresh process of its own with nothing set in the
+environment (no ``*_NUM_THREADS``, no ``XLA_FLAGS``): PyTorch's intra-op threads, XLA's
+pool, numpy's multi-threaded BLAS, fnnet's jit and predict at their defaults (they share
+the cores with BLAS themselves); the rounds alternate the processes (A B C A B C ...,
+each process measuring every cell once), and fnnet's jit on one thread runs beside them
+for the scaling. A cell is the median samples/s with the min-max spread. The
+single-thread sgemm GFLOP/s of numpy's BLAS is measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import os
 import pathlib
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
 ALL = "--threads" in sys.argv and sys.argv[sys.argv.index("--threads") + 1] == "all"
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before any framework is imported
     if ALL:
-        os.environ.pop(var, None)  # each framework's own default
+        os.environ.pop(var, None)  # each framework's own default (and so in the worker processes)
     else:
         os.environ[var] = "1"
-if not ALL:
+if ALL:
+    os.environ.pop("XLA_FLAGS", None)
+else:
     os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 import numpy as np  # noqa: E402
@@ -63,7 +69,48 @@ def _time(f, k: int) -> float:
 def peers_threads() -> int:
     import fnnet
 
-    return fnnet.train.cores()
+    return fnnet.threads.cores()
+
+
+def cells(nets: list[str], batches: list[int] | None) -> list[tuple[str, str, int]]:
+    """(network, "train" or "infer", batch) of every cell, in table order."""
+    return [(net, mode, batch) for net in nets
+            for mode, batch in [("train", b) for b in (batches or peers.TRAIN_BATCHES[net])]
+            + [("infer", peers.INFER_BATCH)]]
+
+
+def measure(names: list[str], todo: list[tuple[str, str, int]], repeats: int, seconds: float,
+            threads: int | None) -> dict[tuple, dict[str, list[float]]]:
+    """Samples/s of each framework in ``names`` for each cell, interleaved, in this process."""
+    out = {}
+    for net, mode, batch in todo:
+        runs = {}
+        for name in names:
+            train, infer = peers.PEERS[name](net, batch if mode == "train" else 2, threads)
+            runs[name] = train if mode == "train" else infer
+        samples = {k: [] for k in runs}
+        for _ in range(repeats):
+            for name, run in runs.items():
+                samples[name].append(throughput(run, batch, seconds))
+        out[(net, mode, batch)] = samples
+    return out
+
+
+def in_processes(names: list[str], nets: list[str], batches: list[int] | None, repeats: int,
+                 seconds: float) -> dict[tuple, dict[str, list[float]]]:
+    """The same, each framework in fresh processes of its own (``--worker``), ``repeats``
+    rounds alternating the frameworks' processes."""
+    out: dict[tuple, dict[str, list[float]]] = {cell: {n: [] for n in names} for cell in cells(nets, batches)}
+    for _ in range(repeats):
+        for name in names:
+            cmd = [sys.executable, __file__, "--threads", "all", "--worker", name, "--seconds", str(seconds),
+                   "--nets", *nets] + (["--batches", *map(str, batches)] if batches else [])
+            got = subprocess.run(cmd, capture_output=True, text=True)
+            if got.returncode != 0:
+                raise SystemExit(f"worker {name} failed:\n{got.stderr[-3000:]}")
+            for row in json.loads(got.stdout.splitlines()[-1]):
+                out[tuple(row["cell"])][name].append(row["samples"])
+    return out
 
 
 def versions(names) -> str:
@@ -86,66 +133,57 @@ def main() -> None:
     ap.add_argument("--peers", nargs="+", default=[p for p in peers.PEERS if ALL or p != "fnnet jit 1 thread"])
     ap.add_argument("--nets", nargs="+", default=list(peers.NETS))
     ap.add_argument("--batches", nargs="+", type=int, help="training batches (default: each network's)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # (one framework's process of --threads all)
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" /
                                          ("train-all-cores.md" if ALL else "train.md")))
     args = ap.parse_args()
-    threads = None if ALL else 1
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        print("threadpoolctl missing: relying on *_NUM_THREADS")
-        threadpool_limits = None
-    if threadpool_limits is not None and not ALL:
+    todo = cells(args.nets, args.batches)
+    if args.worker:  # one sample of every cell, as JSON on the last line
+        got = measure([args.worker], todo, 1, args.seconds, None)
+        print(json.dumps([{"cell": list(c), "samples": v[args.worker][0]} for c, v in got.items()]))
+        return
+    from threadpoolctl import threadpool_limits
+
+    if not ALL:
         threadpool_limits(1)
-
-    def blas(name: str):  # fnnet's threads are its own: its BLAS calls stay on one thread each
-        if threadpool_limits is None or not ALL:
-            return contextlib.nullcontext()
-        return threadpool_limits(1 if name.startswith("fnnet") else os.cpu_count(), user_api="blas")
-
-    available = {}
+    available = []
     for name in args.peers:
         try:
-            peers.PEERS[name]("NET-SEED", 2, threads)
-            available[name] = peers.PEERS[name]
+            peers.PEERS[name]("NET-SEED", 2, 1 if not ALL else None)
+            available.append(name)
         except ImportError as exc:
             print(f"peer {name!r} is not available ({exc}); going on without it")
-    with (threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext()):
+    with threadpool_limits(1, user_api="blas"):
         gflops = sgemm_gflops()
     print(f"single-thread sgemm 512^3: {gflops:.1f} GFLOP/s", flush=True)
+    if ALL:
+        results = in_processes(available, args.nets, args.batches, args.repeats, args.seconds)
+    else:
+        results = measure(available, todo, args.repeats, args.seconds, 1)
 
     rows = []
-    for net in args.nets:
+    for (net, mode, batch), samples in results.items():
         fwd_flops, train_flops = peers.flops_per_sample(net)
-        cells = [("train", b) for b in (args.batches or peers.TRAIN_BATCHES[net])] + [("infer", peers.INFER_BATCH)]
-        for mode, batch in cells:
-            runs = {}
-            for name, make in available.items():
-                train, infer = make(net, batch if mode == "train" else 2, threads)
-                runs[name] = train if mode == "train" else infer
-            samples = {k: [] for k in runs}
-            for _ in range(args.repeats):
-                for name, run in runs.items():
-                    with blas(name):
-                        samples[name].append(throughput(run, batch, args.seconds))
-            med = {k: statistics.median(v) for k, v in samples.items()}
-            peer_meds = {k: v for k, v in med.items() if not k.startswith("fnnet")}
-            one = med.get("fnnet jit 1 thread")
-            best_peer = max(peer_meds, key=peer_meds.get) if peer_meds else None
-            flops = train_flops if mode == "train" else fwd_flops
-            for name, v in samples.items():
-                ratio = med[name] / med[best_peer] if best_peer else float("nan")
-                rows.append((net, mode, batch, name, med[name], min(v), max(v), ratio, best_peer,
-                             100 * med[name] * flops / (gflops * 1e9), med[name] / one if one else None))
-            line = ", ".join(f"{k} {v:,.0f}" for k, v in med.items())
-            print(f"{net} {mode} b{batch}: {line} samples/s", flush=True)
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        peer_meds = {k: v for k, v in med.items() if not k.startswith("fnnet")}
+        one = med.get("fnnet jit 1 thread")
+        best_peer = max(peer_meds, key=peer_meds.get) if peer_meds else None
+        flops = train_flops if mode == "train" else fwd_flops
+        for name, v in samples.items():
+            ratio = med[name] / med[best_peer] if best_peer else float("nan")
+            rows.append((net, mode, batch, name, med[name], min(v), max(v), ratio, best_peer,
+                         100 * med[name] * flops / (gflops * 1e9), med[name] / one if one else None))
+        line = ", ".join(f"{k} {v:,.0f}" for k, v in med.items())
+        print(f"{net} {mode} b{batch}: {line} samples/s", flush=True)
 
     head = (
         f"{versions(available)}; {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}; "
-        + (f"all cores ({os.cpu_count()}): each framework's default threads, fnnet's jit and predict at "
-           f"{peers_threads()} threads" if ALL else "1 thread")
-        + f"; {args.repeats} interleaved repeats of {args.seconds}s; single-thread sgemm {gflops:.1f} GFLOP/s"
+        + (f"all cores ({os.cpu_count()}), each framework in fresh processes of its own with nothing set: its "
+           f"default threads, fnnet's jit and predict at {peers_threads()} threads sharing the cores with BLAS; "
+           f"{args.repeats} rounds alternating the processes, {args.seconds}s a cell"
+           if ALL else f"1 thread; {args.repeats} interleaved repeats of {args.seconds}s")
+        + f"; single-thread sgemm {gflops:.1f} GFLOP/s"
     )
     last = "scaling vs fnnet 1 thread" if ALL else "% sgemm peak (1 thread)"
     lines = [

@@ -12,6 +12,8 @@ Networks (float32, NCHW, softmax cross-entropy, plain SGD lr 0.01):
               => flatten (400) => dense 128 => relu => dense 10
   NET-DEFAULT the MNIST pipeline's default preset: conv 1->16 3x3 => relu => maxpool 2
               => conv 16->32 3x3 => relu => maxpool 2 => flatten (800) => dense 128 => relu => dense 10
+  NET-BN      NET-DEFAULT with batch norm after each conv (batch statistics in training, running
+              statistics, momentum 0.9, in inference)
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ NETS = {
     "NET-DEFAULT": [("conv", 16, 1), ("relu",), ("pool",), ("conv", 32, 16), ("relu",), ("pool",), ("flatten",),
                     ("dense", 800, 128), ("relu",), ("dense", 128, 10)],
 }
-TRAIN_BATCHES = {"NET-SEED": (2, 32, 128), "NET-LENET": (2, 32, 128), "NET-DEFAULT": (64,)}
+NETS["NET-BN"] = [layer for spec in NETS["NET-DEFAULT"] for layer in ([spec, ("bn", spec[1])] if spec[0] == "conv"
+                                                                      else [spec])]
+TRAIN_BATCHES = {"NET-SEED": (2, 32, 128), "NET-LENET": (2, 32, 128), "NET-DEFAULT": (64,), "NET-BN": (64,)}
+BN_MOMENTUM, BN_EPS = 0.9, 1e-5
 LR = 0.01
 INFER_BATCH = 1000
 
@@ -99,6 +104,8 @@ def _fnnet_model(net: str):
             layers.append(fn.relu())
         elif kind == "pool":
             layers.append(fn.max_pool2d(2))
+        elif kind == "bn":
+            layers.append(fn.batch_norm(BN_MOMENTUM, BN_EPS))
         else:
             layers.append(fn.flatten())
     return fn.serial(*layers)
@@ -112,15 +119,15 @@ def make_fnnet(net: str, batch: int, threads: int | None = 1, use_jit: bool = Tr
     opt = fn.optim.sgd(LR)
     step = fn.train_step(model, fn.softmax_cross_entropy, opt)
     step = fn.jit(step, threads=threads) if use_jit else step
-    box = [fn.TrainState.create(params, opt)]
+    box = [fn.TrainState.create(params, opt, model)]
     train_data = batches(batch)
     xi, _ = data(INFER_BATCH)
 
     def train_step():
         box[0], _ = step(box[0], next(train_data))
 
-    def infer():
-        fn.predict(model, box[0].params, xi, threads=threads)  # fnnet picks its own chunk size
+    def infer():  # (fnnet picks its own chunk size)
+        fn.predict(model, box[0].params, xi, threads=threads, model_state=box[0].model_state)
 
     return train_step, infer
 
@@ -183,14 +190,31 @@ def make_numpy(net: str, batch: int, threads: int | None = 1):
     """A plain-numpy implementation: im2col by sliding_window_view, BLAS matmuls, SGD."""
     weights = init_weights(net)
     spec = NETS[net]
+    # batch norm: [scale, shift, running mean, running var] per bn layer, by position in spec
+    bn = {i: [np.ones(s[1], np.float32), np.zeros(s[1], np.float32), np.zeros(s[1], np.float32),
+              np.ones(s[1], np.float32)] for i, s in enumerate(spec) if s[0] == "bn"}
     train_data = batches(batch)
     xi, _ = data(INFER_BATCH)
 
     def forward(inp, keep):
         caches, wi = [], 0
         h = inp
-        for layer in spec:
+        for li, layer in enumerate(spec):
             kind = layer[0]
+            if kind == "bn":
+                g, beta, rm, rv = bn[li]
+                if keep:  # batch statistics; the running ones updated
+                    mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3))
+                    m = h.size // h.shape[1]
+                    bn[li][2] = BN_MOMENTUM * rm + (1 - BN_MOMENTUM) * mean
+                    bn[li][3] = BN_MOMENTUM * rv + (1 - BN_MOMENTUM) * var * (m / (m - 1))
+                else:
+                    mean, var = rm, rv
+                inv = (1 / np.sqrt(var + BN_EPS)).astype(np.float32)
+                xhat = (h - mean[:, None, None]) * inv[:, None, None]
+                caches.append((xhat, inv, li))
+                h = xhat * g[:, None, None] + beta[:, None, None]
+                continue
             if kind == "conv":
                 w, b = weights[wi]
                 out, cols = _np_conv_fwd(h, w, b[None])
@@ -235,6 +259,13 @@ def make_numpy(net: str, batch: int, threads: int | None = 1):
                 d = d * (cache > 0)
             elif kind == "pool":
                 d = _np_pool_bwd(d, cache)
+            elif kind == "bn":
+                xhat, inv, li = cache
+                g = bn[li][0]
+                m = d.size // d.shape[1]
+                dg, db = (d * xhat).sum(axis=(0, 2, 3)), d.sum(axis=(0, 2, 3))
+                d = (g * inv / m)[:, None, None] * (m * d - db[:, None, None] - xhat * dg[:, None, None])
+                bn[li][0], bn[li][1] = g - LR * dg, bn[li][1] - LR * db
             else:
                 d = d.reshape(cache)
 
@@ -259,6 +290,9 @@ def make_torch(net: str, batch: int, threads: int | None = 1):
             m = torch.nn.Conv2d(layer[2], layer[1], 3)
         elif kind == "dense":
             m = torch.nn.Linear(layer[1], layer[2])
+        elif kind == "bn":  # (torch's momentum weighs the new batch: 1 - ours)
+            mods.append(torch.nn.BatchNorm2d(layer[1], eps=BN_EPS, momentum=1 - BN_MOMENTUM))
+            continue
         else:
             mods.append({"relu": torch.nn.ReLU(), "pool": torch.nn.MaxPool2d(2), "flatten": torch.nn.Flatten()}[kind])
             continue
@@ -280,8 +314,10 @@ def make_torch(net: str, batch: int, threads: int | None = 1):
         opt.step()
 
     def infer():
+        model.eval()
         with torch.inference_mode():
             model(xi)
+        model.train()
 
     return train_step, infer
 
@@ -295,48 +331,65 @@ def make_jax(net: str, batch: int, threads: int | None = 1):
     import jax.numpy as jnp
 
     spec = NETS[net]
-    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in init_weights(net)]
+    widths = [layer[1] for layer in spec if layer[0] == "bn"]
+    # trained: (w, b) of each conv and dense, (scale, shift) of each batch norm; state: running (mean, var)
+    params = ([(jnp.asarray(w), jnp.asarray(b)) for w, b in init_weights(net)],
+              [(jnp.ones(c), jnp.zeros(c)) for c in widths])
+    state = [(jnp.zeros(c), jnp.ones(c)) for c in widths]
 
-    def forward(params, h):
-        wi = 0
+    def forward(params, state, h, train):
+        (weights, norms), wi, ni, new_state = params, 0, 0, []
         for layer in spec:
             kind = layer[0]
             if kind == "conv":
-                w, b = params[wi]
+                w, b = weights[wi]
                 h = jax.lax.conv_general_dilated(h, w, (1, 1), "VALID") + b[None, :, None, None]
                 wi += 1
             elif kind == "dense":
-                w, b = params[wi]
+                w, b = weights[wi]
                 h = h @ w.T + b
                 wi += 1
+            elif kind == "bn":
+                (g, beta), (rm, rv) = norms[ni], state[ni]
+                if train:
+                    mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3))
+                    m = h.size // h.shape[1]
+                    new_state.append((BN_MOMENTUM * rm + (1 - BN_MOMENTUM) * mean,
+                                      BN_MOMENTUM * rv + (1 - BN_MOMENTUM) * var * (m / (m - 1))))
+                else:
+                    mean, var = rm, rv
+                inv = jax.lax.rsqrt(var + BN_EPS)
+                h = (h - mean[None, :, None, None]) * (inv * g)[None, :, None, None] + beta[None, :, None, None]
+                ni += 1
             elif kind == "relu":
                 h = jnp.maximum(h, 0)
             elif kind == "pool":
                 h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
             else:
                 h = h.reshape(h.shape[0], -1)
-        return h
+        return h, new_state
 
-    def loss_fn(params, x, y):
-        logp = jax.nn.log_softmax(forward(params, x))
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+    def loss_fn(params, state, x, y):
+        logits, new_state = forward(params, state, x, True)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)), new_state
 
     @jax.jit
-    def update(params, x, y):
-        grads = jax.grad(loss_fn)(params, x, y)
-        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+    def update(params, state, x, y):
+        grads, new_state = jax.grad(loss_fn, has_aux=True)(params, state, x, y)
+        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads), new_state
 
-    infer_fn = jax.jit(forward)
+    infer_fn = jax.jit(lambda params, state, h: forward(params, state, h, False)[0])
     train_data = batches(batch, jnp.asarray)
     xi = jnp.asarray(data(INFER_BATCH)[0])
-    box = [params]
+    box = [(params, state)]
 
     def train_step():
-        box[0] = update(box[0], *next(train_data))
+        box[0] = update(*box[0], *next(train_data))
         jax.block_until_ready(box[0])
 
     def infer():
-        infer_fn(box[0], xi).block_until_ready()
+        infer_fn(*box[0], xi).block_until_ready()
 
     return train_step, infer
 

@@ -477,6 +477,7 @@ def run(
     diverged_above = 2 * math.log(len(ds.classes))
     warnings = [w for r in rows for w in r.get("warnings", [])]
     acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
+    t_loop, t_eval = time.perf_counter(), 0.0  # this process's training loop, and its evaluations and checkpoints
     say(f"{cfg.preset} preset on {cfg.dataset} ({ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
         f"{cfg.batch_size}, {cfg.dtype}, kernels {fn.kernels.backend()}"
         + (f", {ranks.size} ranks (MPI, {reduction} of the gradients)" if ranks.mpi else ""))
@@ -494,6 +495,7 @@ def run(
             progress.set_postfix_str(f"loss {m['loss']:.4f}", refresh=False)
             progress.update()
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                t_eval -= time.perf_counter()
                 if cfg.eval_samples:
                     pick = random.generator(random.fold_in(k_eval, state.step)).choice(
                         len(ds.val), cfg.eval_samples, replace=False)
@@ -532,6 +534,7 @@ def run(
                 )
                 for w in row.get("warnings", []):
                     say(f"warning: {w}")
+                t_eval += time.perf_counter()
     except KeyboardInterrupt:
         if ranks.root:
             save_checkpoint()
@@ -545,8 +548,10 @@ def run(
         say(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
         return {"step": state.step, "params_sha256": checkpoint.digest(state.params)}
 
+    t_train, t_end = time.perf_counter() - t_loop - t_eval, time.perf_counter()
     test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks)
     val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks)
+    t_eval += time.perf_counter() - t_end
     summary = {
         "config": attrs.asdict(cfg),
         "seed": cfg.seed,
@@ -563,6 +568,8 @@ def run(
         "confusion_matrix_test": fn.metrics.confusion_matrix(ds.test.y, test["pred"], len(ds.classes)).tolist(),
         "params_sha256": checkpoint.digest(state.params),
         "wall_seconds": round(elapsed_before + time.perf_counter() - t_start, 2),
+        "train_seconds": round(t_train, 2),  # (this process's: a resumed run counts from its resumption)
+        "eval_seconds": round(t_eval, 2),
         "warnings": warnings,
         "diverged": bool(rows) and rows[-1]["loss"] > diverged_above,
     }

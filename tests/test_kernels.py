@@ -316,3 +316,46 @@ def test_affine_warp_identity_and_integer_shift_are_exact():
     y = kernels.affine_warp(x, m, np.empty_like(x))
     np.testing.assert_array_equal(y[:, :, :-1], x[:, :, 1:])
     np.testing.assert_array_equal(y[:, :, -1], 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (64, 16, 26 * 26), (3, 128, 1), (2, 4, 33)])
+def test_batch_norm_kernels_match_twins(compiled, dtype, shape, rng):
+    # statistics in float64 in both (summed in another order: equal to rounding); the
+    # elementwise passes equal to the last bit but for FMA contraction
+    x = (rng.standard_normal(shape) * 3 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    coef = np.stack([rng.standard_normal(shape[1]), rng.random(shape[1]) + 0.5, rng.standard_normal(shape[1]),
+                     rng.standard_normal(shape[1])]).astype(dtype)
+    got = {}
+    for label, impl in (("compiled", compiled), ("twin", kernels.twins)):
+        moments, sums = np.full((2, shape[1]), 7.0), np.full((2, shape[1]), 7.0)
+        xhat, y, dx = (np.full(shape, 7.0, dtype) for _ in range(3))
+        impl.bn_moments(x, moments)
+        impl.bn_normalize(x, coef, xhat, y)
+        impl.bn_grad_sums(dy, xhat, sums)
+        impl.bn_backward(dy, xhat, coef[1:], dx)
+        got[label] = moments, xhat, y, sums, dx
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(0, 2))
+    np.testing.assert_allclose(got["compiled"][0][0], mean, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(got["compiled"][0][1], ((x64 - mean[:, None]) ** 2).sum(axis=(0, 2)), rtol=1e-12)
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-13, "atol": 1e-13}
+    for a, b in zip(got["compiled"], got["twin"]):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(a, b, **tol)
+
+
+def test_batch_norm_wrappers_take_4d_and_2d_inputs_and_refuse_strided_outputs(rng):
+    for shape in ((4, 3, 5, 6), (7, 3)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        moments = kernels.bn_moments(x, np.empty((2, 3)))
+        axes = (0, 2, 3) if len(shape) == 4 else (0,)
+        np.testing.assert_allclose(moments[0], x.astype(np.float64).mean(axis=axes), rtol=1e-6, atol=1e-7)
+        coef = np.array([moments[0], 1 / np.sqrt(moments[1] / (x.size // 3)), np.ones(3), np.zeros(3)], np.float32)
+        y = kernels.bn_normalize(x[:, :], coef, np.empty_like(x), np.empty_like(x))
+        np.testing.assert_allclose(y.mean(axis=axes), 0, atol=1e-5)
+        np.testing.assert_allclose(y.var(axis=axes), 1, rtol=1e-4)
+    x = rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.bn_normalize(x, coef, np.empty_like(x), np.empty((4, 3, 5, 12), np.float32)[..., ::2])

@@ -37,6 +37,10 @@ __all__ = [
     "avg_pool_backward",
     "avg_pool_forward",
     "backend",
+    "bn_backward",
+    "bn_grad_sums",
+    "bn_moments",
+    "bn_normalize",
     "col2im",
     "compiled",
     "im2col",
@@ -192,4 +196,41 @@ def relu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def relu_backward(y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """``dx = dy * (y > 0)`` elementwise, ``y`` the forward output; returns dx."""
     _impl.relu_backward(_c(y).reshape(-1), _c(dy).reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def _ncs(a: np.ndarray, out: bool = False) -> np.ndarray:
+    """``a`` (N, C, ...) as a C-contiguous (N, C, S) array (S: the product of the rest, 1
+    for (N, C)); an output (``out``) must be C-contiguous already, so that the view is written."""
+    if out and not a.flags.c_contiguous:
+        raise ValueError("batch-norm kernels write into C-contiguous arrays only")
+    return _c(a).reshape(a.shape[0], a.shape[1], -1)
+
+
+def bn_moments(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Each channel's mean (``out[0]``) and sum of squared deviations (``out[1]``) over the
+    batch and space of ``x`` (N, C, ...), in float64 ``out`` (2, C); returns out."""
+    _impl.bn_moments(_ncs(x), out)
+    return out
+
+
+def bn_normalize(x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per channel of ``x`` (N, C, ...), with ``coef`` (4, C) of x's dtype holding the
+    rows mean, inv_std, scale, shift: ``xhat = (x - mean) * inv_std`` and
+    ``y = xhat * scale + shift``; returns y."""
+    _impl.bn_normalize(_ncs(x), _c(coef), _ncs(xhat, True), _ncs(y, True))
+    return y
+
+
+def bn_grad_sums(dy: np.ndarray, xhat: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Each channel's sum of ``dy`` (``out[0]``) and of ``dy * xhat`` (``out[1]``), float64
+    ``out`` (2, C); returns out."""
+    _impl.bn_grad_sums(_ncs(dy), _ncs(xhat), out)
+    return out
+
+
+def bn_backward(dy: np.ndarray, xhat: np.ndarray, k: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``dx = k[0] * dy - k[1] - k[2] * xhat`` per channel (``k`` (3 or more, C) of dy's
+    dtype); returns dx."""
+    _impl.bn_backward(_ncs(dy), _ncs(xhat), _c(k), _ncs(dx, True))
     return dx

@@ -15,6 +15,7 @@ FAMILIES = {
     "loss": ("softmax_xent",),
     "act": ("relu_forward", "relu_backward"),
     "warp": ("affine_warp",),
+    "norm": ("bn_moments", "bn_normalize", "bn_grad_sums", "bn_backward"),
 }
 """Family -> the kernels it exports (one twin module and one Pythran source per family)."""
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import kernels
 from .._errors import InvalidValueError, ShapeError
 from ..random import Key
 from ..tree import FrozenDict
@@ -23,8 +24,8 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     Train mode normalises with the batch statistics and returns the running statistics
     updated as ``running = momentum * running + (1 - momentum) * batch`` (the variance
     unbiased, as in PyTorch); eval mode (``train=False``) normalises with the running
-    statistics and returns the state unchanged. It has no buffers hook: jit runs it
-    through the same forward and backward, with fresh arrays.
+    statistics and returns the state unchanged. Statistics are summed in float64 by the
+    compiled kernels (``fnnet.kernels.bn_*``); jit reuses its buffers from step to step.
     """
     momentum, eps = float(momentum), float(eps)
     if not 0.0 <= momentum < 1.0 or eps <= 0:
@@ -52,38 +53,53 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             )
         return tuple(input_shape)
 
-    def forward(params: Params, x: Array, sig: Sig, state: PyTree) -> tuple[Array, Any, PyTree]:
-        axes = (0,) if x.ndim == 2 else (0, 2, 3)
-        shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
-        if sig.train:
-            m = x.size // x.shape[1]
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
-            unbiased = var * (m / max(m - 1, 1))
+    def buffers(params: Params, sig: Sig) -> _Buffers:
+        c = sig.x_shape[1]
+        return _Buffers(sig.train, sig.empty(), sig.empty(), sig.dx_buffer(), np.empty((2, c)), sig.empty((4, c)))
+
+    def forward(params: Params, x: Array, buf: _Buffers, state: PyTree) -> tuple[Array, Any, PyTree]:
+        m = x.size // x.shape[1]  # values a channel's statistics are over
+        if buf.train:
+            sums = kernels.bn_moments(x, buf.sums)  # float64 mean, and sum of squared deviations
+            mean, var = sums[0], sums[1] / max(m, 1)
+            unbiased = sums[1] / max(m - 1, 1)
             new_state = seal(
-                mean=momentum * state["mean"] + (1 - momentum) * mean,
-                var=momentum * state["var"] + (1 - momentum) * unbiased,
+                mean=(momentum * state["mean"] + (1 - momentum) * mean).astype(x.dtype),
+                var=(momentum * state["var"] + (1 - momentum) * unbiased).astype(x.dtype),
             )
         else:
             mean, var, new_state = state["mean"], state["var"], state
-        inv_std = 1.0 / np.sqrt(var + eps)
-        xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
-        y = xhat * params["scale"].reshape(shape) + params["shift"].reshape(shape)
-        return y, (xhat, inv_std, params["scale"], axes, shape, sig.train), new_state
+        inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+        coef = buf.factors
+        coef[0], coef[1], coef[2], coef[3] = mean, inv_std, params["scale"], params["shift"]
+        kernels.bn_normalize(x, coef, buf.xhat, buf.y)
+        return buf.y, (buf, inv_std, params["scale"], m), new_state
 
     def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
-        xhat, inv_std, scale, axes, shape, train = cache
-        dscale = np.sum(dy * xhat, axis=axes)
-        dshift = np.sum(dy, axis=axes)
-        dxhat = dy * scale.reshape(shape)
-        if train:
-            m = dy.size // dy.shape[1]
-            dx = (inv_std.reshape(shape) / m) * (
-                m * dxhat - np.sum(dxhat, axis=axes).reshape(shape)
-                - xhat * np.sum(dxhat * xhat, axis=axes).reshape(shape)
-            )
+        buf, inv_std, scale, m = cache
+        sums = kernels.bn_grad_sums(dy, buf.xhat, buf.sums)  # sum of dy, of dy * xhat (float64)
+        grads = FrozenDict(scale=sums[1].astype(dy.dtype), shift=sums[0].astype(dy.dtype))
+        if buf.dx is None:
+            return grads, None
+        k = buf.factors
+        k[0] = k1 = scale * inv_std  # dx = k1 dy (eval: the statistics are constants)
+        if buf.train:  # ... - k1 (sum dy + xhat sum dy xhat) / m: the batch's statistics depend on x
+            k[1], k[2] = k1 * sums[0] / m, k1 * sums[1] / m
         else:
-            dx = dxhat * inv_std.reshape(shape)
-        return FrozenDict(scale=dscale, shift=dshift), dx
+            k[1:] = 0
+        return grads, kernels.bn_backward(dy, buf.xhat, k, buf.dx)
 
-    return Layer(name, init, forward, backward, check, init_state=init_state)
+    return Layer(name, init, forward, backward, check, init_state=init_state, buffers=buffers)
+
+
+class _Buffers(NamedTuple):
+    """What batch norm writes into, made once per input signature: its output, the
+    normalised input (backward's), dx (None without), the float64 (2, C) sums, and the
+    (4, C) per-channel factors of the forward kernel (then of backward's)."""
+
+    train: bool
+    y: np.ndarray
+    xhat: np.ndarray
+    dx: np.ndarray | None
+    sums: np.ndarray
+    factors: np.ndarray
