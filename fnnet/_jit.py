@@ -74,7 +74,7 @@ class JitStep:
         if carry is None or carry.state is not state or carry.plan is not plan:  # not the state we returned
             carry = None
             if plan is None or not plan.layout.matches(state.params):
-                plan = Plan.make(step, state, x, labels)
+                plan = Plan.make(step, state, x, labels, self.threads)
                 plans[plan.signature] = plan
         if len(plan.shards) == 1 or self.threads == 1:
             new, metrics, local.carry = run_step(step, plan, state, x, labels, carry)

@@ -92,6 +92,7 @@ def serial(*layers: Layer) -> Layer:
         "serial", init, forward, backward, check, buffers=buffers,
         init_state=init_state if any(stateful) else None,
         stochastic=any(layer.stochastic for layer in layers), children=children,
+        shard_sums=all(layer.cuttable for layer in layers),
     )
 
 
@@ -163,6 +164,7 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
     return Layer(
         "residual", init, forward, backward, check, buffers=buffers,
         init_state=init_state if any(stateful) else None, stochastic=block.stochastic or shortcut.stochastic,
+        shard_sums=block.cuttable and shortcut.cuttable,
     )
 
 

@@ -24,6 +24,7 @@ batch trains at the speed of a whole one (within 3 %); on two, LeNet at batch 12
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ from ._errors import (
 )
 from .flat import Layout, pack_state, unpack_state
 from .layers._checks import as_batch
+from .layers._group import ShardGroup
 from .layers._layer import Layer, Site, prepare_checked, run, run_backward
 from .metrics import accuracy
 from .optim import GradientTransformation, apply_updates, learning_rate
@@ -115,10 +117,11 @@ class Step:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise InvalidValueError(f"train_step: shards must be 'auto', None or an int >= 1 (rows a shard), got "
                                     f"{value!r}")
-        if self.model.stateful:
+        if not self.model.cuttable:
             raise InvalidValueError(
-                f"train_step: the {self.model.name} model has state (batch norm), whose statistics are the whole "
-                "batch's: it cannot be cut into shards (use shards='auto' or None)"
+                f"train_step: the {self.model.name} model has state whose statistics are the whole batch's and "
+                "that does not combine shards' sums (shard_sums): it cannot be cut into shards (use shards='auto' "
+                "or None)"
             )
 
     @key.validator
@@ -151,7 +154,8 @@ def train_step(
     gradient is added to the others' in shard order: ``"auto"`` (default) cuts a batch
     into 2 shards when each gets at least :func:`shard_rows` rows, into 4 when each gets
     twice that, and so on up to ``MAX_SHARDS`` (a finer cut than two cores need pays a
-    pass a shard, so it must keep shards thick; a model with state is never cut); an int
+    pass a shard, so it must keep shards thick; a model with state is cut only when all
+    its state pools the shards' statistics, as batch norm's does); an int
     ``r`` cuts it into ``ceil(n / r)`` shards; None never cuts (one pass over the batch,
     the bits of fnnet before shards).
     Shards differ in size by one row at most. The cut depends on the model, the input
@@ -211,7 +215,7 @@ def cut(step: Step, params: Params, x_shape: tuple, dtype: np.dtype) -> tuple[in
     """The rows of each shard of a batch of ``x_shape`` under ``step.shards`` (see
     :func:`train_step`): sizes that differ by at most one, larger first."""
     n = x_shape[0]
-    if step.shards is None or (step.shards == "auto" and (step.model.stateful or n < 2 * MIN_SHARD_ROWS)):
+    if step.shards is None or (step.shards == "auto" and (not step.model.cuttable or n < 2 * MIN_SHARD_ROWS)):
         return (n,)  # (no two shards of MIN_SHARD_ROWS: no need to ask shard_rows)
     if step.shards == "auto":
         rows, count = shard_rows(step.model, params, x_shape[1:], dtype), 1
@@ -259,27 +263,34 @@ class Plan:
     buffers the layers' hooks made and gradient views into its flat gradient. The
     shards' gradients are summed into the first's, which then holds the batch's. ``flat`` says the optimizer
     runs on flat vectors (it is elementwise). ``checked`` turns True once a backward
-    pass has been seen to write every gradient.
+    pass has been seen to write every gradient. ``group``: for a cut batch of a model
+    with state (batch norm), the :class:`~fnnet.layers._group.ShardGroup` its shards run
+    in and pool their statistics through (None otherwise).
     """
 
     signature: tuple
     layout: Layout
     shards: tuple[Shard, ...]
     flat: bool
+    group: ShardGroup | None = None
     checked: bool = False
 
     @classmethod
-    def make(cls, step: Step, state: TrainState, x: np.ndarray, labels: np.ndarray) -> Plan:
+    def make(cls, step: Step, state: TrainState, x: np.ndarray, labels: np.ndarray, threads: int = 1) -> Plan:
         """Check the params against the model and the input (errors name the layer),
-        then prepare the model in train mode for each shard, without the input's gradient."""
+        then prepare the model in train mode for each shard, without the input's gradient
+        (a model with state: in a group whose ``threads`` shards compute at once)."""
         shards, start, sizes = [], 0, cut(step, state.params, x.shape, x.dtype)
-        for n in sizes:
+        group = ShardGroup(len(sizes), threads) if len(sizes) > 1 and step.model.stateful else None
+        for i, n in enumerate(sizes):
             site, layout, grads = prepare_checked(
-                step.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False)
+                step.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False, group=group,
+                shard=i)
             # (a whole batch weighs 1, an empty one too: its loss then names the problem)
             shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads))
             start += n
-        return cls((x.shape, x.dtype, labels.shape, labels.dtype), layout, tuple(shards), step.optimizer.elementwise)
+        return cls((x.shape, x.dtype, labels.shape, labels.dtype), layout, tuple(shards), step.optimizer.elementwise,
+                   group)
 
 
 class Carry(NamedTuple):
@@ -361,13 +372,16 @@ def _body(
         loss, acc, model_state = _pass(step, first, state, x, labels, key)
     else:
         keys = [None if key is None else random.fold_in(key, i) for i in range(len(shards))]
-        if pool is None:
+        if plan.group is not None:  # shards that meet (batch norm): each on a carrier of the group's
+            parts = plan.group.run([functools.partial(_pass, step, s, state, x, labels, k)
+                                    for s, k in zip(shards, keys)])
+        elif pool is None:
             parts = [_pass(step, s, state, x, labels, k) for s, k in zip(shards, keys)]
         else:
             parts = list(pool.map(lambda s, k: _pass(step, s, state, x, labels, k), shards, keys))
         loss = math.fsum(p[0] for p in parts)
         acc = None if parts[0][1] is None else math.fsum(p[1] for p in parts)  # type: ignore[misc]
-        model_state = parts[0][2]  # (a model with state is never cut)
+        model_state = parts[0][2]  # (every shard's is the whole batch's)
     if not plan.checked:  # (before the sum: an unwritten leaf holds a marker a sum would lose)
         for s in shards:
             plan.layout.check_written(s.grads, step.model.name)

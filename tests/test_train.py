@@ -429,12 +429,29 @@ def test_auto_shards_fill_the_working_set_budget(model_fn, shape):
     assert _buffer_bytes(model, params, (rows, *shape), np.dtype(np.float32)) == one + (rows - 1) * per_row
 
 
-def test_a_model_with_state_is_never_cut():
-    model = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(10))
-    params, _ = model.init(fn.random.key(0), (1, 12, 12))
-    with pytest.raises(fn.InvalidValueError, match="has state .batch norm.* cannot be cut into shards"):
-        fn.train_step(model, fn.softmax_cross_entropy, optim.sgd(0.1), shards=2)
-    step = fn.train_step(model, fn.softmax_cross_entropy, optim.sgd(0.1))  # "auto": one shard
+def _counter():
+    """A layer with state that does not pool shards' sums (it counts the rows it saw)."""
+
+    def forward(params, x, buf, state):
+        return x, None, fn.freeze({"rows": state["rows"] + x.shape[0]})
+
+    return fn.Layer("counter", lambda key, shape, dtype: (fn.tree.EMPTY, shape), forward,
+                    lambda cache, dy: (fn.tree.EMPTY, dy), lambda params, shape, dtype: shape,
+                    init_state=lambda params: fn.freeze({"rows": np.zeros((), np.int64)}))
+
+
+def test_a_model_with_state_is_cut_only_when_its_state_pools_the_shards():
+    bn = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(10))
+    params, _ = bn.init(fn.random.key(0), (1, 12, 12))
+    assert bn.cuttable and fn.batch_norm().cuttable and fn.residual(fn.serial(fn.dense(3), fn.batch_norm())).cuttable
+    step = fn.train_step(bn, fn.softmax_cross_entropy, optim.sgd(0.1), shards=2)
+    assert fn.train.cut(step, params, (5, 1, 12, 12), np.dtype(np.float32)) == (2, 2, 1)
+    custom = fn.serial(fn.flatten(), _counter(), fn.dense(10))
+    assert not custom.cuttable and not fn.residual(_counter()).cuttable
+    params, _ = custom.init(fn.random.key(0), (1, 12, 12))
+    with pytest.raises(fn.InvalidValueError, match="has state .* does not combine shards' sums .* cannot be cut"):
+        fn.train_step(custom, fn.softmax_cross_entropy, optim.sgd(0.1), shards=2)
+    step = fn.train_step(custom, fn.softmax_cross_entropy, optim.sgd(0.1))  # "auto": one shard
     assert fn.train.cut(step, params, (4096, 1, 12, 12), np.dtype(np.float32)) == (4096,)
 
 

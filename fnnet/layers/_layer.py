@@ -50,6 +50,10 @@ class Sig:
       returns ``grads`` itself costs no copy. None where no backward will run (as in
       :func:`fnnet.predict`): a hook then need not make backward's buffers.
     * ``path``: where the layer sits in the model (``"conv2d_0"``), for errors.
+    * ``group``, ``shard``: the :class:`~fnnet.layers._group.ShardGroup` of a training
+      step whose batch is cut into shards, and this shard's index in it (None and 0
+      otherwise). Only a layer whose math needs the whole batch uses them (batch norm,
+      which sets ``shard_sums``); other layers never see shards.
     """
 
     x_shape: tuple
@@ -58,6 +62,8 @@ class Sig:
     need_dx: bool = True
     grads: Any = None
     path: str = ""
+    group: Any = None
+    shard: int = 0
 
     def empty(self, shape: tuple | None = None, dtype: Any = None) -> np.ndarray:
         """A new array of ``shape`` (default ``x_shape``) and ``dtype`` (default the input's)."""
@@ -72,6 +78,7 @@ class Sig:
         return Sig(
             tuple(x_shape), self.dtype, self.train, self.need_dx if need_dx is None else need_dx,
             None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key,
+            self.group, self.shard,
         )
 
 
@@ -84,7 +91,11 @@ class Layer:
     running statistics) gives ``init_state(params) -> state``, and its ``forward`` takes
     ``state=`` and returns ``(y, cache, new_state)``; a random layer (dropout) sets
     ``stochastic=True``, and its ``forward`` takes ``key=`` (None in eval mode).
-    Combinators list their sub-layers as ``children`` (``((key, layer), ...)``).
+    Combinators list their sub-layers as ``children`` (``((key, layer), ...)``). A
+    layer with state whose statistics are the batch's sets ``shard_sums=True`` when its
+    passes combine the shards' partial sums through ``sig.group`` (batch norm; a
+    combinator, when all its layers are :attr:`cuttable`): a batch is cut into shards
+    only when the model is.
 
     The methods run the layer eagerly, checked, through the runner:
     ``init(key, input_shape, *, dtype=float32)``, ``forward(params, x, *, key=None,
@@ -107,6 +118,7 @@ class Layer:
     )
     stochastic: bool = False
     children: tuple = attrs.field(default=(), repr=False)
+    shard_sums: bool = False
     stateful: bool = attrs.field(init=False)  # whether forward takes and returns ``state`` (derived)
 
     def __attrs_post_init__(self) -> None:
@@ -117,6 +129,13 @@ class Layer:
         frozen (read-only leaves; writeable arrays an ``init`` returned are copied)."""
         params, shape = self._init(key, tuple(input_shape), check_init_dtype(self.name, dtype))
         return freeze(params), tuple(shape)
+
+    @property
+    def cuttable(self) -> bool:
+        """Whether a training batch may be cut into shards for this layer: it has no
+        state, or its state pools the shards' sums (``shard_sums``; a combinator's, when
+        each of its layers is cuttable)."""
+        return not self.stateful or self.shard_sums
 
     def init_state(self, params: Params) -> PyTree:
         """The initial state (empty for a layer without state)."""
@@ -194,28 +213,31 @@ def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool,
-    backward: Literal[True] = True,
+    backward: Literal[True] = True, group: Any = None, shard: int = 0,
 ) -> tuple[Site, Layout, np.ndarray]: ...
 
 
 @overload
 def prepare_checked(
-    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: Literal[False]
+    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: Literal[False],
+    group: Any = None, shard: int = 0,
 ) -> tuple[Site, None, None]: ...
 
 
 def prepare_checked(
-    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool = True
+    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool = True,
+    group: Any = None, shard: int = 0,
 ) -> tuple[Site, Layout | None, np.ndarray | None]:
     """Check ``params`` and inputs of ``x_shape`` and ``dtype`` against ``layer`` (errors
-    name the layer), then :func:`prepare` it. With ``backward``, its gradients go to a
-    fresh flat vector, returned with its layout (else both are None)."""
+    name the layer), then :func:`prepare` it (as shard ``shard`` of ``group``, for a
+    training step cut into shards). With ``backward``, its gradients go to a fresh flat
+    vector, returned with its layout (else both are None)."""
     layer.output_shape(params, x_shape[1:], dtype)
     if not backward:
         return prepare(layer, params, Sig(x_shape, dtype, train, need_dx)), None, None
     layout = Layout.of(params)
     flat, grads = layout.fresh_grads()
-    return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, grads)), layout, flat
+    return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, grads, "", group, shard)), layout, flat
 
 
 def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EMPTY) -> tuple[np.ndarray, Any, Any]:

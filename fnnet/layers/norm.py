@@ -26,6 +26,9 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     unbiased, as in PyTorch); eval mode (``train=False``) normalises with the running
     statistics and returns the state unchanged. Statistics are summed in float64 by the
     compiled kernels (``fnnet.kernels.bn_*``); jit reuses its buffers from step to step.
+    A training batch cut into shards is normalised with the whole batch's statistics:
+    each shard's moments, and in backward its gradient sums, are pooled in shard order
+    (:class:`~fnnet.layers._group.ShardGroup`), so any thread count gives the same bits.
     """
     momentum, eps = float(momentum), float(eps)
     if not 0.0 <= momentum < 1.0 or eps <= 0:
@@ -55,14 +58,19 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def buffers(params: Params, sig: Sig) -> _Buffers:
         c = sig.x_shape[1]
-        return _Buffers(sig.train, sig.empty(), sig.empty(), sig.dx_buffer(), np.empty((2, c)), sig.empty((4, c)))
+        group = sig.group if sig.train else None
+        return _Buffers(sig.train, sig.empty(), sig.empty(), sig.dx_buffer(), np.empty((2, c)), sig.empty((4, c)),
+                        group, sig.shard, sig.path)
 
     def forward(params: Params, x: Array, buf: _Buffers, state: PyTree) -> tuple[Array, Any, PyTree]:
         m = x.size // x.shape[1]  # values a channel's statistics are over
         if buf.train:
             sums = kernels.bn_moments(x, buf.sums)  # float64 mean, and sum of squared deviations
-            mean, var = sums[0], sums[1] / max(m, 1)
-            unbiased = sums[1] / max(m - 1, 1)
+            mean, m2 = sums[0], sums[1]
+            if buf.group is not None:  # a shard: the whole batch's, from every shard's
+                m, mean, m2 = buf.group.combine((buf.path, "moments"), buf.shard, (m, mean.copy(), m2.copy()),
+                                                _pooled_moments)
+            var, unbiased = m2 / max(m, 1), m2 / max(m - 1, 1)
             new_state = seal(
                 mean=(momentum * state["mean"] + (1 - momentum) * mean).astype(x.dtype),
                 var=(momentum * state["var"] + (1 - momentum) * unbiased).astype(x.dtype),
@@ -78,7 +86,9 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         buf, inv_std, scale, m = cache
         sums = kernels.bn_grad_sums(dy, buf.xhat, buf.sums)  # sum of dy, of dy * xhat (float64)
-        grads = FrozenDict(scale=sums[1].astype(dy.dtype), shift=sums[0].astype(dy.dtype))
+        grads = FrozenDict(scale=sums[1].astype(dy.dtype), shift=sums[0].astype(dy.dtype))  # (a shard: its share)
+        if buf.group is not None:  # dx needs the whole batch's sums
+            sums = buf.group.combine((buf.path, "grad sums"), buf.shard, sums.copy(), _summed)
         if buf.dx is None:
             return grads, None
         k = buf.factors
@@ -89,7 +99,28 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             k[1:] = 0
         return grads, kernels.bn_backward(dy, buf.xhat, k, buf.dx)
 
-    return Layer(name, init, forward, backward, check, init_state=init_state, buffers=buffers)
+    return Layer(name, init, forward, backward, check, init_state=init_state, buffers=buffers, shard_sums=True)
+
+
+def _pooled_moments(parts: list) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(count, mean, sum of squared deviations)`` of shards' ``(count, mean, M2)``, pooled
+    in shard order (Chan, Golub and LeVeque's update: stable, no cancellation)."""
+    n, mean, m2 = parts[0]
+    for nb, mb, m2b in parts[1:]:
+        total = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + delta * delta * (n * nb / total)
+        n = total
+    return n, mean, m2
+
+
+def _summed(parts: list) -> np.ndarray:
+    """The shards' float64 sums, added in shard order."""
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 class _Buffers(NamedTuple):
@@ -103,3 +134,6 @@ class _Buffers(NamedTuple):
     dx: np.ndarray | None
     sums: np.ndarray
     factors: np.ndarray
+    group: Any  # the step's ShardGroup (train mode, a cut batch), else None
+    shard: int
+    path: str  # (names this layer's meeting points in the group)
