@@ -17,15 +17,14 @@ they give the same bits by construction, whatever the number of threads.
 Shards are what several threads can run at once: a batch is cut into 2 shards of at
 least :func:`shard_rows` rows (the rows whose buffers: activations, im2col columns,
 gradients of activations, fill ``SHARD_BYTES``), into 4 of at least twice that, up to
-``MAX_SHARDS``; thinner shards would pay a pass's fixed cost (some 30 calls) too often. On one thread a cut
-batch trains at the speed of a whole one (within 3 %); on two, LeNet at batch 128 in
-4 shards trains 1.7x faster.
+``MAX_SHARDS``; thinner shards ran slower on every network measured.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -35,7 +34,7 @@ import attrs
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import random
+from . import random, threads
 from ._errors import (
     DivergenceError,
     InvalidTypeError,
@@ -56,12 +55,22 @@ from .threads import blas_share, thread_count
 from .tree import EMPTY, _path_str, check_like, freeze, tree_leaves, tree_leaves_with_path
 from .typing import Batch, LossFn, OptState, Params, PyTree
 
-__all__ = ["MAX_SHARDS", "SHARD_BYTES", "TrainState", "Step", "cut", "shard_rows", "train_step", "predict"]
+__all__ = ["CHUNK_BYTES", "MAX_SHARDS", "SHARD_BYTES", "TrainState", "Step", "cut", "shard_rows", "train_step",
+           "predict"]
 
-SHARD_BYTES = 4 << 20
-"""The least working set of a shard of a training batch: 4 MiB of buffers. (Measured on
-this project's CNNs, 39 KB to 0.96 MB of buffers a row, two threads: shards of 8 rows of
-LeNet (2 MB) ran 1.1x a whole batch, shards of 16-32 rows 1.5-1.7x; docs/jit.md.)"""
+SHARD_BYTES = 16 << 20
+"""The least working set of a shard of a training batch: 16 MiB of buffers (LeNet: 64
+rows, the default preset's CNN: 32). Measured on this project's CNNs on two cores,
+interleaved, the thickest cut that still gives each core a shard was the fastest in every
+cell: the default CNN at batch 64 in 2 shards of 32 rows 1.10x 4 of 16 (1.05x on one
+thread), LeNet at 128 in 2 of 64 1.13x 4 of 32, LeNet at 32 whole 1.08x 2 shards of 16,
+the default CNN with batch norm at 64 in 2 shards 1.33x 4 (docs/jit.md). (At 4 MiB, the
+earlier budget, the finer cuts had measured within a few % of these on the same kind of
+machine.)"""
+CHUNK_BYTES = 4 << 20
+"""The working set of an inference chunk from which :func:`predict` shares chunks between
+threads by default (LeNet: a chunk of more than 16 rows; the tutorial's network, whose
+64-row chunks are lighter, ran 0.7-0.97x on two threads)."""
 MAX_SHARDS = 64
 """Shards a batch is cut into at most. The cut doubles the shard count only while each
 shard doubles in rows too (2 shards of ``rows``, 4 of ``2 rows``, 8 of ``4 rows``...),
@@ -163,25 +172,33 @@ def train_step(
     return Step(model, loss, optimizer, key, shards)
 
 
-_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(shape, dtype): rows}}
+def __getattr__(name: str) -> Any:
+    if name == "cores":  # (moved to fnnet.threads with the thread budget)
+        warnings.warn("fnnet.train.cores is fnnet.threads.cores", DeprecationWarning, stacklevel=2)
+        return threads.cores
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.float32) -> int:
+_ROWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(shape, dtype, bytes): rows}}
+
+
+def shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.float32,
+               budget: int = SHARD_BYTES) -> int:
     """The least rows a shard of a training batch gets under ``shards="auto"``: the
-    power of two of rows whose buffers fill at most :data:`SHARD_BYTES` (at least 4). The bytes a
-    row costs are what the model's buffers grow by from a batch of 1 to a batch of 2:
-    a pure function of the model, the params' shapes, ``input_shape`` (without the batch
-    axis) and ``dtype``, found once per process."""
+    power of two of rows whose buffers fill at most ``budget`` (:data:`SHARD_BYTES`; at
+    least 4 rows). The bytes a row costs are what the model's buffers grow by from a
+    batch of 1 to a batch of 2: a pure function of the model, the params' shapes,
+    ``input_shape`` (without the batch axis) and ``dtype``, found once per process."""
     dtype = np.dtype(dtype)
     known = _ROWS.setdefault(model, {})
     # (params that fit the model and the input shape have one set of shapes: no need to walk them,
     # which would cost a plain step more than the rest of the lookup)
-    key = (tuple(input_shape), dtype)
+    key = (tuple(input_shape), dtype, budget)
     rows = known.get(key)
     if rows is None:
         one, two = (_buffer_bytes(model, params, (n, *input_shape), dtype) for n in (1, 2))
         per_row = max(two - one, 1)
-        rows = known[key] = max(MIN_SHARD_ROWS, 1 << max(0, (SHARD_BYTES // per_row).bit_length() - 1))
+        rows = known[key] = max(MIN_SHARD_ROWS, 1 << max(0, (budget // per_row).bit_length() - 1))
     return rows
 
 
@@ -476,9 +493,8 @@ def predict(
     chunks of 64 run about twice as fast as chunks of 1000. ``threads`` share the
     chunks, each with its own buffers; a chunk's outputs do not depend on which thread
     ran it. The default, None, is every core when a chunk is heavy enough to pay for a
-    thread (it holds more rows than :func:`shard_rows`, the rows of a training shard),
-    else one thread (the tutorial's network ran 0.7-0.97x on two). Returns a new array
-    (N, *output_shape).
+    thread (its training buffers would pass :data:`CHUNK_BYTES`), else one thread (the
+    tutorial's network ran 0.7-0.97x on two). Returns a new array (N, *output_shape).
     """
     x = as_batch(x, "predict")
     check_int("predict", "batch_size", batch_size, 1)
@@ -489,7 +505,8 @@ def predict(
         )
     out = np.empty((x.shape[0], *model.output_shape(params, x.shape[1:], x.dtype)), x.dtype)
     starts = range(0, x.shape[0], batch_size)
-    if auto and threads > 1 and len(starts) > 1 and batch_size <= shard_rows(model, params, x.shape[1:], x.dtype):
+    if auto and threads > 1 and len(starts) > 1 and batch_size <= shard_rows(
+            model, params, x.shape[1:], x.dtype, CHUNK_BYTES):
         threads = 1
     parts = [starts[i::threads] for i in range(min(threads, len(starts)))]
     if len(parts) <= 1:

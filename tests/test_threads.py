@@ -212,3 +212,8 @@ def test_the_bits_do_not_depend_on_cores_threads_or_blas(monkeypatch, dtype):
             monkeypatch.undo()
     for label, got in runs.items():
         assert all(a.tobytes() == b.tobytes() for a, b in zip(want, got)), label
+
+
+def test_the_old_name_of_cores_warns():
+    with pytest.warns(DeprecationWarning, match="fnnet.train.cores is fnnet.threads.cores"):
+        assert fn.train.cores is threads.cores

@@ -490,13 +490,13 @@ def test_predict_gives_the_same_bits_on_any_number_of_threads(threads):
 
 @pytest.mark.parametrize("batch_size,pooled", [(256, True), (128, False)])
 def test_predict_shares_chunks_between_threads_only_when_they_are_heavy(monkeypatch, batch_size, pooled):
-    # by default, threads only for chunks of more rows than a training shard's (lenet at
-    # 12x12: 128 rows); an explicit thread count is always honoured
+    # by default, threads only for chunks whose buffers pass CHUNK_BYTES (lenet at 12x12:
+    # 128 rows); an explicit thread count is always honoured
     import fnnet.train as train_mod
 
     model = lenet()
     params, _ = model.init(fn.random.key(0), (1, 12, 12))
-    assert fn.train.shard_rows(model, params, (1, 12, 12)) == 128
+    assert fn.train.shard_rows(model, params, (1, 12, 12), budget=fn.train.CHUNK_BYTES) == 128
     pools = []
 
     class Recording(train_mod.ThreadPoolExecutor):
