@@ -134,8 +134,10 @@ def mnist(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """fnnet against numpy, PyTorch and JAX, on one thread and on all cores; tables in benchmarks/results/."""
-    session.install(".", "threadpoolctl")
+    """fnnet against numpy, PyTorch and JAX: the kernels, training and inference on one thread
+    and on all cores (each framework in its own processes), and the default preset end to end
+    against the same recipe as a plain PyTorch script; tables in benchmarks/results/."""
+    session.install(".[plot]")
     for peer in (["torch==2.13.0"], ["jax", "jaxlib"]):  # the peers live in this session only
         try:
             session.install(*peer)
@@ -146,3 +148,5 @@ def bench(session: nox.Session) -> None:
     # all cores: each framework at its own default (the harness sets BLAS threads per framework)
     env = {k: v for k, v in _env().items() if not k.endswith("_NUM_THREADS")}
     session.run("python", "benchmarks/bench_train.py", "--threads", "all", *session.posargs, env=env)
+    # whole processes, alternating, at their defaults and at one thread (the script sets each mode's environment)
+    session.run("python", "benchmarks/bench_e2e.py", "--pairs", "3", env=env)

@@ -51,6 +51,16 @@ def cases(rng):
         yield f"relu bwd {label}", "relu_backward", (np.maximum(flat, 0), dflat, np.empty_like(flat))
     logits, labels = rng.standard_normal((128, 10), dtype=f32), rng.integers(0, 10, 128)
     yield "softmax_xent 128x10", "softmax_xent", (logits, labels, np.empty_like(logits))
+    for label, shape in (("16x26x26", (128, 16, 26 * 26)), ("32x11x11", (128, 32, 11 * 11))):  # NET-BN's
+        x, dy = rng.standard_normal(shape, dtype=f32), rng.standard_normal(shape, dtype=f32)
+        ones, zeros = np.ones(shape[1]), np.zeros(shape[1])
+        coef = np.stack([x.mean(axis=(0, 2)), 1 / x.std(axis=(0, 2)), ones, zeros]).astype(f32)
+        xhat = np.empty_like(x)
+        kernels.twins.bn_normalize(x, coef, xhat, np.empty_like(x))
+        yield f"bn_moments {label}", "bn_moments", (x, np.empty((2, shape[1])))
+        yield f"bn_normalize {label}", "bn_normalize", (x, coef, np.empty_like(x), np.empty_like(x))
+        yield f"bn_grad_sums {label}", "bn_grad_sums", (dy, xhat, np.empty((2, shape[1])))
+        yield f"bn_backward {label}", "bn_backward", (dy, xhat, coef, np.empty_like(x))
 
 
 VARIANTS = 4
