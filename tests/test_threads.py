@@ -68,7 +68,7 @@ def test_cgroup_quota_without_cgroups(tmp_path):
 ])
 def test_cores_are_the_affinity_capped_by_the_quota(monkeypatch, affinity, quota, want):
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
-    monkeypatch.setattr(threads, "cgroup_cores", lambda: quota)
+    monkeypatch.setattr(threads, "_quota", lambda: quota)
     assert threads.cores() == want
     step = fn.train_step(fn.serial(fn.flatten(), fn.dense(10)), fn.softmax_cross_entropy, optim.sgd(0.1))
     assert fn.jit(step).threads == want  # the default thread count follows
