@@ -726,7 +726,11 @@ def blas_budget(ranks: Ranks) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     from mpi4py import MPI
 
-    return fn.threads.blas_share(ranks.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+    node = ranks.comm.Split_type(MPI.COMM_TYPE_SHARED)  # (the ranks on this machine)
+    try:
+        return fn.threads.blas_share(node.Get_size())
+    finally:
+        node.Free()
 
 
 def main(argv: list[str] | None = None) -> int:
