@@ -16,7 +16,8 @@ import numpy as np
 from . import random
 from ._errors import FnnetError, InvalidTypeError, InvalidValueError, ShapeError
 from .layers._checks import check_keys, fmt_shape
-from .layers._layer import Chain, Layer, Sig, prepare, run, run_backward, run_chain, run_chain_backward
+from .layers._fuse import prepare_chain
+from .layers._layer import Layer, Sig, prepare, run, run_backward, run_chain, run_chain_backward
 from .layers.reshape import identity
 from .random import Key
 from .tree import EMPTY, FrozenDict, param_count
@@ -36,7 +37,9 @@ def serial(*layers: Layer) -> Layer:
     Params are a dict keyed by ``"<layer name>_<index>"`` (``conv2d_0``, ``relu_1``...),
     and backward runs in reverse. ``init`` splits its key once per layer, and so does
     the forward pass for random layers (dropout). The state is a dict with an entry for
-    each layer that has state (batch norm).
+    each layer that has state (batch norm). The runs ``conv2d -> relu -> max_pool2d``,
+    ``conv2d -> relu`` and ``dense -> relu`` run fused, with the bits of the layers run
+    one by one (``fnnet/layers/_fuse.py``).
     """
     if not layers:
         raise InvalidValueError("serial: needs at least one layer")
@@ -72,11 +75,7 @@ def serial(*layers: Layer) -> Layer:
         return FrozenDict((k, layer.init_state(params[k])) for (k, layer), s in zip(children, stateful) if s)
 
     def buffers(params: Params, sig: Sig) -> Any:
-        sites, shape = [], sig.x_shape
-        for i, (k, layer) in enumerate(children):  # the first layer's dx only if serial's is needed
-            sites.append(prepare(layer, params[k], sig.child(k, shape, need_dx=sig.need_dx or i > 0)))
-            shape = (shape[0], *layer.output_shape(params[k], shape[1:], sig.dtype))
-        return Chain(names, tuple(sites)), sig.grads
+        return prepare_chain(children, params, sig), sig.grads
 
     def forward(params: Params, x: Array, buf: Any, key: Key | None = None, state: PyTree = EMPTY) -> tuple[Any, ...]:
         x, caches, new_state = run_chain(buf[0], params, x, key, state)

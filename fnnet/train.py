@@ -186,7 +186,7 @@ def shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np
                budget: int = SHARD_BYTES) -> int:
     """The least rows a shard of a training batch gets under ``shards="auto"``: the
     power of two of rows whose buffers fill at most ``budget`` (:data:`SHARD_BYTES`; at
-    least 4 rows). The bytes a row costs are what the model's buffers grow by from a
+    least 4 rows). The bytes a row costs are what the model's buffers (unfused) grow by from a
     batch of 1 to a batch of 2: a pure function of the model, the params' shapes,
     ``input_shape`` (without the batch axis) and ``dtype``, found once per process."""
     dtype = np.dtype(dtype)
@@ -203,8 +203,9 @@ def shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np
 
 
 def _buffer_bytes(model: Layer, params: Params, x_shape: tuple, dtype: np.dtype) -> int:
-    """The bytes of the distinct arrays a training pass on ``x_shape`` writes into."""
-    site, _, grads = prepare_checked(model, params, x_shape, dtype, train=True, need_dx=False)
+    """The bytes of the distinct arrays a training pass on ``x_shape`` writes into, its
+    layers unfused: fusion saves memory, but must not move the shard cut (and the bits)."""
+    site, _, grads = prepare_checked(model, params, x_shape, dtype, train=True, need_dx=False, fuse=False)
     bases: dict[int, int] = {}
     todo, seen = [site.buf], set()
     while todo:

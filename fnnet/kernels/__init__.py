@@ -37,6 +37,9 @@ __all__ = [
     "avg_pool_backward",
     "avg_pool_forward",
     "backend",
+    "bias_relu",
+    "bias_relu_max_pool",
+    "bias_relu_max_pool_values",
     "bn_backward",
     "bn_grad_sums",
     "bn_moments",
@@ -49,6 +52,7 @@ __all__ = [
     "max_pool_values",
     "relu_backward",
     "relu_forward",
+    "relu_max_pool_backward",
     "softmax_xent",
     "twins",
 ]
@@ -234,3 +238,43 @@ def bn_backward(dy: np.ndarray, xhat: np.ndarray, k: np.ndarray, dx: np.ndarray)
     dtype); returns dx."""
     _impl.bn_backward(_ncs(dy), _ncs(xhat), _c(k), _ncs(dx, True))
     return dx
+
+
+def bias_relu(z: np.ndarray, b: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y = relu(z + b)`` with ``b`` (C,) added along axis 1 of ``z`` (N, C, ...), in one
+    pass; ``y`` may be ``z``. The bits of ``z + b`` then :func:`relu_forward`. Returns y."""
+    _impl.bias_relu(_ncs(z), _c(b), _ncs(y, True))
+    return y
+
+
+def bias_relu_max_pool(
+    z: np.ndarray, b: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray, idx: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`max_pool_forward` of ``relu(z + b)`` (``z`` (N, C, H, W), ``b`` (C,)) in one
+    pass, without writing the ReLU output; the same bits. Returns ``(y, idx)``."""
+    z, b = _c(z), _c(b)
+    if (kh, kw, sh, sw) != (2, 2, 2, 2) or _impl.bias_relu_max_pool_2x2(z, b, y, idx):
+        _impl.bias_relu_max_pool(z, b, kh, kw, sh, sw, y, idx)
+    return y, idx
+
+
+def bias_relu_max_pool_values(
+    z: np.ndarray, b: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
+) -> np.ndarray:
+    """:func:`max_pool_values` of ``relu(z + b)`` in one pass (inference); returns y."""
+    z, b = _c(z), _c(b)
+    if _impl.bias_relu_max_pool_values(z, b, kh, kw, sh, sw, y):  # a NaN met: the loop that keeps it
+        _impl.bias_relu_max_pool(z, b, kh, kw, sh, sw, y, np.empty(y.shape, np.int64))
+    return y
+
+
+def relu_max_pool_backward(
+    dy: np.ndarray, idx: np.ndarray, y: np.ndarray, kh: int, kw: int, sh: int, sw: int, dz: np.ndarray,
+) -> np.ndarray:
+    """The gradient through max pooling then ReLU, from the pooled output ``y`` and its
+    winners ``idx`` (of :func:`bias_relu_max_pool`), into ``dz`` (N, C, H, W),
+    overwritten: the bits of :func:`max_pool_backward` then :func:`relu_backward`, in one pass.
+    Returns dz."""
+    n, c, h, w = dz.shape
+    _impl.relu_max_pool_backward(_c(dy), _c(idx), _c(y), int(sh < kh or sw < kw), dz.reshape(n, c, h * w))
+    return dz

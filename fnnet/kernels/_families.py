@@ -16,6 +16,8 @@ FAMILIES = {
     "act": ("relu_forward", "relu_backward"),
     "warp": ("affine_warp",),
     "norm": ("bn_moments", "bn_normalize", "bn_grad_sums", "bn_backward"),
+    "fused": ("bias_relu", "bias_relu_max_pool", "bias_relu_max_pool_2x2", "bias_relu_max_pool_values",
+              "relu_max_pool_backward"),
 }
 """Family -> the kernels it exports (one twin module and one Pythran source per family)."""
 

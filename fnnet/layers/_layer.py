@@ -10,6 +10,11 @@ A layer author writes four functions and, for speed, one optional hook:
   write into, made once per input signature ``sig`` (a :class:`Sig`). Without it,
   ``forward`` gets ``sig`` itself as ``buf``.
 
+The built-in ``conv2d``, ``dense``, ``relu`` and ``max_pool2d`` also carry a
+:class:`Fusion` tag, which lets ``serial`` run ``conv2d -> relu -> max_pool2d``,
+``conv2d -> relu`` and ``dense -> relu`` as one fused pass (the rules:
+``fnnet/layers/_fuse.py``); a layer without one runs as written.
+
 The runner (:func:`prepare`, :func:`run`, :func:`run_backward`, and for a sequence
 :func:`run_chain`, :func:`run_chain_backward`) is the one place that calls them:
 ``Layer.forward``/``backward``, the training step, :func:`fnnet.jit` and
@@ -33,8 +38,8 @@ from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path,
 from ..typing import BackwardFn, BuffersFn, CheckFn, DTypeLike, ForwardFn, InitFn, Params, PyTree, Shape
 from ._checks import as_batch, check_init_dtype
 
-__all__ = ["Chain", "Layer", "Sig", "Site", "prepare", "prepare_checked", "run", "run_backward", "run_chain",
-           "run_chain_backward"]
+__all__ = ["Chain", "Fusion", "Layer", "Sig", "Site", "prepare", "prepare_checked", "run", "run_backward", "run_chain",
+           "run_chain_backward", "with_bias"]
 
 
 @attrs.frozen
@@ -54,6 +59,8 @@ class Sig:
       step whose batch is cut into shards, and this shard's index in it (None and 0
       otherwise). Only a layer whose math needs the whole batch uses them (batch norm,
       which sets ``shard_sums``); other layers never see shards.
+    * ``fuse``: whether ``serial`` may fuse runs of its layers (``fnnet/layers/_fuse.py``);
+      False only to count the layers' own buffers (:func:`fnnet.train.shard_rows`).
     """
 
     x_shape: tuple
@@ -64,6 +71,7 @@ class Sig:
     path: str = ""
     group: Any = None
     shard: int = 0
+    fuse: bool = True
 
     def empty(self, shape: tuple | None = None, dtype: Any = None) -> np.ndarray:
         """A new array of ``shape`` (default ``x_shape``) and ``dtype`` (default the input's)."""
@@ -78,8 +86,43 @@ class Sig:
         return Sig(
             tuple(x_shape), self.dtype, self.train, self.need_dx if need_dx is None else need_dx,
             None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key,
-            self.group, self.shard,
+            self.group, self.shard, self.fuse,
         )
+
+
+@attrs.frozen
+class Fusion:
+    """What a built-in layer tells the fusion rules (``fnnet/layers/_fuse.py``) about itself.
+
+    * ``kind="affine"``: a layer whose forward is ``linear`` followed by adding
+      ``params["b"]`` (C,) along axis 1 of its output (:func:`with_bias`), as ``conv2d``
+      and ``dense``. ``linear(params, x, buf) -> (z, cache)`` returns the output before
+      the bias, in a buffer of the layer's that a fused pass may overwrite; the layer's
+      own backward takes that cache and the output's gradient.
+    * ``kind="relu"``: ``max(x, 0)`` as :func:`fnnet.kernels.relu_forward`, no params.
+    * ``kind="max_pool"``: max pooling with ``args = (kh, kw, sh, sw)``, no params.
+    """
+
+    kind: str = attrs.field(validator=attrs.validators.in_(("affine", "relu", "max_pool")))
+    args: tuple = ()
+    linear: Callable | None = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.kind == "affine") != (self.linear is not None):
+            raise InvalidTypeError("Fusion: an affine layer, and only one, gives its linear part")
+
+
+def with_bias(linear: Callable) -> ForwardFn:
+    """The forward pass of an affine layer: ``linear(params, x, buf) -> (z, cache)``, then
+    ``params["b"]`` (C,) added in place along axis 1 of ``z`` (N, C, ...)."""
+
+    def forward(params: Params, x: np.ndarray, buf: Any) -> tuple[np.ndarray, Any]:
+        z, cache = linear(params, x, buf)
+        b = params["b"]
+        z += b.reshape(b.shape + (1,) * (z.ndim - 2))
+        return z, cache
+
+    return forward
 
 
 @attrs.frozen
@@ -91,7 +134,8 @@ class Layer:
     running statistics) gives ``init_state(params) -> state``, and its ``forward`` takes
     ``state=`` and returns ``(y, cache, new_state)``; a random layer (dropout) sets
     ``stochastic=True``, and its ``forward`` takes ``key=`` (None in eval mode).
-    Combinators list their sub-layers as ``children`` (``((key, layer), ...)``). A
+    Combinators list their sub-layers as ``children`` (``((key, layer), ...)``); the
+    built-in layers that fusion knows carry a :class:`Fusion` as ``fusion``. A
     layer with state whose statistics are the batch's sets ``shard_sums=True`` when its
     passes combine the shards' partial sums through ``sig.group`` (batch norm; a
     combinator, when all its layers are :attr:`cuttable`): a batch is cut into shards
@@ -119,6 +163,8 @@ class Layer:
     stochastic: bool = False
     children: tuple = attrs.field(default=(), repr=False)
     shard_sums: bool = False
+    fusion: Fusion | None = attrs.field(default=None, validator=attrs.validators.optional(instance_of(Fusion)),
+                                        repr=False)
     stateful: bool = attrs.field(init=False)  # whether forward takes and returns ``state`` (derived)
 
     def __attrs_post_init__(self) -> None:
@@ -213,20 +259,20 @@ def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool,
-    backward: Literal[True] = True, group: Any = None, shard: int = 0,
+    backward: Literal[True] = True, group: Any = None, shard: int = 0, fuse: bool = True,
 ) -> tuple[Site, Layout, np.ndarray]: ...
 
 
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: Literal[False],
-    group: Any = None, shard: int = 0,
+    group: Any = None, shard: int = 0, fuse: bool = True,
 ) -> tuple[Site, None, None]: ...
 
 
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool = True,
-    group: Any = None, shard: int = 0,
+    group: Any = None, shard: int = 0, fuse: bool = True,
 ) -> tuple[Site, Layout | None, np.ndarray | None]:
     """Check ``params`` and inputs of ``x_shape`` and ``dtype`` against ``layer`` (errors
     name the layer), then :func:`prepare` it (as shard ``shard`` of ``group``, for a
@@ -234,10 +280,10 @@ def prepare_checked(
     vector, returned with its layout (else both are None)."""
     layer.output_shape(params, x_shape[1:], dtype)
     if not backward:
-        return prepare(layer, params, Sig(x_shape, dtype, train, need_dx)), None, None
+        return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, fuse=fuse)), None, None
     layout = Layout.of(params)
     flat, grads = layout.fresh_grads()
-    return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, grads, "", group, shard)), layout, flat
+    return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, grads, "", group, shard, fuse)), layout, flat
 
 
 def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EMPTY) -> tuple[np.ndarray, Any, Any]:
@@ -255,15 +301,22 @@ def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EM
 
 @attrs.frozen
 class Chain:
-    """Prepared layers to run in sequence, layer ``i`` on the params ``names[i]``:
-    ``serial``'s buffers, made once per signature."""
+    """Prepared layers to run in sequence: ``serial``'s buffers, made once per signature.
+
+    Site ``i`` runs on the params ``names[i]``; it is one layer, or a run of layers fused
+    into one site (``fnnet/layers/_fuse.py``) whose first layer is ``names[i]`` (the
+    others have no params). ``index[i]`` is the position of that layer in the serial
+    (its key is the ``index[i]``-th of ``split(key, length)``), ``length`` the serial's
+    number of layers."""
 
     names: tuple
     sites: tuple
-    # (name, forward, buf) per layer, first first; a layer that is not plain has
-    # forward None and its index in place of buf
+    index: tuple
+    length: int
+    # (name, forward, buf) per site, first first; a site that is not plain has forward
+    # None and its position in place of buf
     forward_steps: tuple = attrs.field(init=False)
-    backward_steps: tuple = attrs.field(init=False)  # (backward, grads, site), last layer first
+    backward_steps: tuple = attrs.field(init=False)  # (backward, grads, site), last site first
 
     def __attrs_post_init__(self) -> None:
         steps = tuple((n, s.forward, s.buf) if s.plain else (n, None, i)
@@ -273,10 +326,10 @@ class Chain:
 
 
 def run_chain(chain: Chain, params: Any, x: np.ndarray, key: Any, state: Any) -> tuple[np.ndarray, list, dict]:
-    """The layers of ``chain`` in sequence, layer ``i`` on ``params[names[i]]``, with the
-    ``i``-th key of ``split(key, len(sites))`` (for random layers) and ``state[names[i]]``
-    (for layers with state): ``(y, caches, new_state)``."""
-    keys = None if key is None else random.split(key, len(chain.sites))
+    """The sites of ``chain`` in sequence, site ``i`` on ``params[names[i]]``, with the
+    ``index[i]``-th key of ``split(key, length)`` (for random layers) and
+    ``state[names[i]]`` (for layers with state): ``(y, caches, new_state)``."""
+    keys = None if key is None else random.split(key, chain.length)
     caches, new_state = [], {}
     for name, forward, buf in chain.forward_steps:
         if forward is not None:  # what run does for a plain layer, inlined: the hot path of every serial model
@@ -284,7 +337,7 @@ def run_chain(chain: Chain, params: Any, x: np.ndarray, key: Any, state: Any) ->
         else:
             site = chain.sites[buf]
             stateful = site.layer.stateful
-            x, cache, s = run(site, params[name], x, None if keys is None else keys[buf],
+            x, cache, s = run(site, params[name], x, None if keys is None else keys[chain.index[buf]],
                               state[name] if stateful else EMPTY)
             if stateful:
                 new_state[name] = s
@@ -293,7 +346,7 @@ def run_chain(chain: Chain, params: Any, x: np.ndarray, key: Any, state: Any) ->
 
 
 def run_chain_backward(chain: Chain, caches: list, dy: np.ndarray) -> np.ndarray | None:
-    """:func:`run_backward` through the layers of ``chain``, last first; returns the first layer's dx."""
+    """:func:`run_backward` through the sites of ``chain``, last first; returns the first layer's dx."""
     for (backward, want, site), cache in zip(chain.backward_steps, reversed(caches)):
         grads, dy = backward(cache, dy)  # run_backward, inlined
         if grads is not want:

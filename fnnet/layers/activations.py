@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import numpy as np
 
 from .. import kernels
@@ -12,7 +13,7 @@ from .._errors import InvalidValueError
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import without_params
-from ._layer import Layer, Sig
+from ._layer import Fusion, Layer, Sig
 
 
 def elementwise(
@@ -47,7 +48,7 @@ def elementwise(
 
 def relu() -> Layer:
     """max(x, 0); the gradient at 0 is 0."""
-    return elementwise("relu", kernels.relu_forward, kernels.relu_backward)
+    return attrs.evolve(elementwise("relu", kernels.relu_forward, kernels.relu_backward), fusion=Fusion("relu"))
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:

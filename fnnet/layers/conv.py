@@ -18,7 +18,7 @@ from ..random import Key
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, check_params, fmt_shape, pair, positive_int, seal
 from ._geometry import out_size, same_pad
-from ._layer import Layer, Sig
+from ._layer import Fusion, Layer, Sig, with_bias
 
 
 class _Buffers(NamedTuple):
@@ -120,12 +120,10 @@ def conv2d(
             dcols, None if dcols is None else dcols.reshape(n, -1, ho * wo), sig.dx_buffer(),
         )
 
-    def forward(params: Params, x: Array, buf: _Buffers) -> tuple[Array, Any]:
+    def linear(params: Params, x: Array, buf: _Buffers) -> tuple[Array, Any]:  # the forward pass before the bias
         w = params["w"]
         kernels.im2col(x, *buf.args, buf.cols)
-        y = np.matmul(w.reshape(K, -1), buf.cols3, out=buf.y)
-        y += params["b"][:, None]
-        return y.reshape(buf.y_shape), (w, buf)
+        return np.matmul(w.reshape(K, -1), buf.cols3, out=buf.y).reshape(buf.y_shape), (w, buf)
 
     def backward(cache: tuple[Array, _Buffers], dy: Array) -> tuple[Params, Array | None]:
         w, (args, _, cols3, y, _, dw_n, dw, db, grads, dcols, dcols3, dx) = cache
@@ -142,4 +140,5 @@ def conv2d(
             np.matmul(w.reshape(K, -1).T, dy3, out=dcols3)
         return grads, kernels.col2im(dcols, *args, dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers)
+    return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
+                 fusion=Fusion("affine", linear=linear))

@@ -12,7 +12,7 @@ from .._errors import ShapeError
 from ..random import Key
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, check_params, fmt_shape, positive_int, seal
-from ._layer import Layer, Sig
+from ._layer import Fusion, Layer, Sig, with_bias
 
 
 class _Buffers(NamedTuple):
@@ -60,11 +60,9 @@ def dense(
         y = sig.empty((sig.x_shape[0], features))
         return _Buffers(y, sig.dx_buffer(), sig.grads, grads.get("w"), grads.get("b"))
 
-    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
+    def linear(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:  # the forward pass before the bias
         w = params["w"]
-        y = np.matmul(x, w, out=buf.y)
-        y += params["b"]
-        return y, (x, w, buf)
+        return np.matmul(x, w, out=buf.y), (x, w, buf)
 
     def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         x, w, (_, dx, grads, dw, db) = cache
@@ -72,4 +70,5 @@ def dense(
         np.add.reduce(dy, axis=0, out=db)
         return grads, None if dx is None else np.matmul(dy, w.T, out=dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers)
+    return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
+                 fusion=Fusion("affine", linear=linear))

@@ -17,7 +17,7 @@ from ..tree import EMPTY
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, fmt_shape, pair, without_params
 from ._geometry import out_size
-from ._layer import Layer, Sig
+from ._layer import Fusion, Layer, Sig
 
 
 def _windowed(name: str, window: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple:
@@ -61,7 +61,7 @@ def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
             kernels.max_pool_forward(x, kh, kw, sh, sw, np.empty(dy.shape, x.dtype), idx)
         return EMPTY, kernels.max_pool_backward(dy, idx, buf.dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers)
+    return Layer(name, init, forward, backward, check, buffers=buffers, fusion=Fusion("max_pool", (kh, kw, sh, sw)))
 
 
 def avg_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:

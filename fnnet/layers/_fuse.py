@@ -1,0 +1,132 @@
+"""Fusion: the runs of layers a ``serial`` chain runs as one pass, and how.
+
+:data:`RULES` is the one place that picks them: a run of layers whose :class:`Fusion`
+tags spell a rule's kinds (the longest first) becomes one site of the chain. Built-in
+layers carry tags; a layer without one (any custom layer) is never fused and runs as
+it was written. A fused site runs the first layer's own ``linear`` part and its own
+backward; what follows the matrix product (the bias add, ReLU, max pooling, and
+backward the pooling and ReLU gradients) runs as one kernel pass of
+:mod:`fnnet.kernels` (family ``fused``) that gives the bits of the layers' own passes,
+in training (``step``, ``jit``) and in inference (``predict``). The layers' pure pairs
+stay the reference: tests/test_fuse.py runs every rule fused and unfused.
+
+What a fusion saves: ``conv2d -> relu -> max_pool2d`` writes the pooled output once
+where the layers write the biased output, the ReLU output and the pooled output (and
+backward zeroes and fills the pooling gradient, then masks it into a third array);
+``conv2d -> relu`` and ``dense -> relu`` add the bias and take the ReLU in place, in the
+pass that the bias add alone made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, cast
+
+import numpy as np
+
+from .. import kernels
+from ..typing import Array, Params
+from ._layer import Chain, Fusion, Layer, Sig, Site, prepare
+
+
+class _Pooled(NamedTuple):
+    """What ``affine -> relu -> max_pool`` writes into, beside the affine layer's buffers."""
+
+    inner: Any  # the affine layer's buffers
+    y: np.ndarray  # (N, C, Ho, Wo): the pooled output
+    idx: np.ndarray | None  # (N, C, Ho, Wo) winners; None where no backward runs (maxima alone)
+    dz: np.ndarray | None  # (N, C, H, W): the affine output's gradient
+
+
+def _tag(layer: Layer) -> Fusion:
+    assert layer.fusion is not None  # a rule matched it
+    return layer.fusion
+
+
+def _linear(layer: Layer) -> Callable:
+    return cast(Callable, _tag(layer).linear)  # an affine layer's (Fusion checks it is given)
+
+
+def _affine_relu_pool(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
+    linear = _linear(layers[0])
+    kh, kw, sh, sw = _tag(layers[2]).args
+    affine_backward = site.backward
+    train = site.grads is not None  # a backward may run (else, as in predict, maxima alone)
+    buf = _Pooled(site.buf, sig.empty(shapes[2]), np.empty(shapes[2], np.int64) if train else None,
+                  sig.empty(shapes[0]) if train else None)
+
+    def forward(params: Params, x: Array, buf: _Pooled) -> tuple[Array, Any]:
+        z, cache = linear(params, x, buf.inner)
+        if buf.idx is None:
+            kernels.bias_relu_max_pool_values(z, params["b"], kh, kw, sh, sw, buf.y)
+        else:
+            kernels.bias_relu_max_pool(z, params["b"], kh, kw, sh, sw, buf.y, buf.idx)
+        return buf.y, (cache, buf)
+
+    def backward(cache: tuple[Any, _Pooled], dy: Array) -> tuple[Params, Array | None]:
+        inner, buf = cache
+        assert buf.idx is not None and buf.dz is not None  # made wherever a backward can run
+        return affine_backward(inner, kernels.relu_max_pool_backward(dy, buf.idx, buf.y, kh, kw, sh, sw, buf.dz))
+
+    return site._replace(buf=buf, forward=forward, backward=backward)
+
+
+def _affine_relu(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
+    linear = _linear(layers[0])
+    affine_backward = site.backward
+    buf = (site.buf, None if site.grads is None else sig.empty(shapes[0]))  # the layer's buffers, dz
+
+    def forward(params: Params, x: Array, buf: tuple) -> tuple[Array, Any]:
+        z, cache = linear(params, x, buf[0])
+        y = kernels.bias_relu(z, params["b"], z)  # in place: backward needs the ReLU output alone
+        return y, (cache, y, buf[1])
+
+    def backward(cache: tuple, dy: Array) -> tuple[Params, Array | None]:
+        inner, y, dz = cache
+        return affine_backward(inner, kernels.relu_backward(y, dy, dz))
+
+    return site._replace(buf=buf, forward=forward, backward=backward)
+
+
+RULES: tuple[tuple[tuple[str, ...], Callable[..., Site]], ...] = (
+    (("affine", "relu", "max_pool"), _affine_relu_pool),
+    (("affine", "relu"), _affine_relu),
+)
+"""(kinds, fuse) pairs, longest first: ``fuse(site, layers, sig, shapes) -> Site`` turns
+the first layer's prepared site into the run's site (``shapes``: each layer's output
+with the batch axis)."""
+
+
+def _match(layers: Sequence[Layer]) -> tuple[tuple[str, ...], Callable[..., Site]] | None:
+    """The first rule whose kinds the layers at the front of ``layers`` carry."""
+    for kinds, fuse in RULES:
+        if len(layers) >= len(kinds) and all(
+            layer.fusion is not None and layer.fusion.kind == kind for layer, kind in zip(layers, kinds)
+        ):
+            return kinds, fuse
+    return None
+
+
+def prepare_chain(children: Sequence[tuple[str, Layer]], params: Params, sig: Sig) -> Chain:
+    """``serial``'s chain for inputs of ``sig``: each layer :func:`prepare`-d, runs that
+    a rule of :data:`RULES` matches as one site (checked params and shapes assumed)."""
+    layers = [layer for _, layer in children]
+    names, sites, index = [], [], []
+    shape, i = sig.x_shape, 0
+    while i < len(children):
+        key, layer = children[i]
+        # the first layer's dx only if serial's is needed
+        site = prepare(layer, params[key], sig.child(key, shape, need_dx=sig.need_dx or i > 0))
+        rule = _match(layers[i:]) if sig.fuse else None
+        run = len(rule[0]) if rule else 1
+        shapes = []
+        for k, sub in children[i:i + run]:
+            shape = (shape[0], *sub.output_shape(params[k], shape[1:], sig.dtype))
+            shapes.append(shape)
+        if rule:
+            site = rule[1](site, layers[i:i + run], site.sig, shapes)
+        names.append(key)
+        sites.append(site)
+        index.append(i)
+        i += run
+    return Chain(tuple(names), tuple(sites), tuple(index), len(children))
