@@ -133,6 +133,18 @@ def test_layers_without_tags_are_not_fused_and_custom_layers_need_nothing():
         assert fused_runs(model, params, in_shape, np.float32) == want, [layer.name for layer in layers]
 
 
+@pytest.mark.parametrize("kw, error, match", [
+    ({"kind": "conv"}, fn.InvalidValueError, "kind must be 'affine', 'relu' or 'max_pool', got 'conv'"),
+    ({"kind": "affine"}, fn.InvalidTypeError, "affine layer, and only one, gives its linear part"),
+    ({"kind": "relu", "linear": lambda p, x, b: (x, None)}, fn.InvalidTypeError, "only one"),
+    ({"kind": "max_pool", "args": (2, 2)}, fn.InvalidValueError, r"args \(kh, kw, sh, sw\) of ints >= 1, got \(2, 2\)"),
+    ({"kind": "max_pool", "args": (2, 2, 0, 2)}, fn.InvalidValueError, "ints >= 1"),
+])
+def test_bad_fusion_tags_are_refused_naming_the_problem(kw, error, match):
+    with pytest.raises(error, match=match):
+        fn.layers.Fusion(**kw)
+
+
 def test_every_rule_is_covered_here():
     assert {kinds for kinds, _ in RULES} == {run for c in CHAINS for run in c[3]}
 

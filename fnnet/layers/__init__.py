@@ -3,10 +3,12 @@
 ``Layer``, ``Sig`` and the runner (``prepare``, ``run``, ``run_backward``) live in
 ``_layer.py``. For writing layers: ``elementwise`` makes a layer without params from two
 array functions, and ``check_params`` is the params check the built-in layers use.
+``Fusion`` tags and ``with_bias`` are how the built-in layers take part in fusion
+(``_fuse.py``, whose ``RULES`` pick the fused runs of ``serial``).
 """
 
 from ._checks import check_params
-from ._layer import Layer, Sig
+from ._layer import Fusion, Layer, Sig, with_bias
 from .activations import elementwise, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .conv import conv2d
 from .dense import dense
@@ -16,6 +18,7 @@ from .pool import avg_pool2d, global_avg_pool2d, max_pool2d
 from .reshape import flatten, identity, reshape
 
 __all__ = [
+    "Fusion",
     "Layer",
     "Sig",
     "avg_pool2d",
@@ -36,4 +39,5 @@ __all__ = [
     "sigmoid",
     "softmax",
     "tanh",
+    "with_bias",
 ]

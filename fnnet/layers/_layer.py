@@ -31,7 +31,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import random
-from .._errors import DTypeError, InvalidTypeError, ShapeError, TreeMismatchError, instance_of, is_callable
+from .._errors import (
+    DTypeError,
+    InvalidTypeError,
+    InvalidValueError,
+    ShapeError,
+    TreeMismatchError,
+    instance_of,
+    is_callable,
+)
 from ..flat import Layout
 from ..random import Key
 from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path, tree_zip
@@ -103,13 +111,19 @@ class Fusion:
     * ``kind="max_pool"``: max pooling with ``args = (kh, kw, sh, sw)``, no params.
     """
 
-    kind: str = attrs.field(validator=attrs.validators.in_(("affine", "relu", "max_pool")))
-    args: tuple = ()
+    kind: str
+    args: tuple = attrs.field(default=(), converter=tuple)
     linear: Callable | None = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if (self.kind == "affine") != (self.linear is not None):
-            raise InvalidTypeError("Fusion: an affine layer, and only one, gives its linear part")
+        if self.kind not in ("affine", "relu", "max_pool"):
+            raise InvalidValueError(f"Fusion: kind must be 'affine', 'relu' or 'max_pool', got {self.kind!r}")
+        if (self.kind == "affine") != callable(self.linear):
+            raise InvalidTypeError(f"Fusion: an affine layer, and only one, gives its linear part as a function "
+                                   f"(kind {self.kind!r}, linear {self.linear!r})")
+        if self.kind == "max_pool" and (len(self.args) != 4 or not all(isinstance(a, int) and a > 0
+                                                                        for a in self.args)):
+            raise InvalidValueError(f"Fusion: max_pool takes args (kh, kw, sh, sw) of ints >= 1, got {self.args!r}")
 
 
 def with_bias(linear: Callable) -> ForwardFn:
