@@ -4,7 +4,9 @@ Usage: python benchmarks/bench_kernels.py [--repeats 7]; writes benchmarks/resul
 Sizes are those of NET-SEED and NET-LENET at batch 128 (float32). Cells are the median
 microseconds per call over interleaved repeats (compiled, twin, compiled, twin...). Each
 kernel cycles through ``VARIANTS`` inputs drawn apart: a loop that branches on the data
-runs several times faster on one input repeated, whose branches the CPU learns.
+runs several times faster on one input repeated, whose branches the CPU learns. A second
+table times each fused pass against the compiled kernels it replaces (bias add, ReLU,
+max pooling and their gradients, through the dispatch as the layers call them).
 """
 
 from __future__ import annotations
@@ -61,6 +63,61 @@ def cases(rng):
         yield f"bn_normalize {label}", "bn_normalize", (x, coef, np.empty_like(x), np.empty_like(x))
         yield f"bn_grad_sums {label}", "bn_grad_sums", (dy, xhat, np.empty((2, shape[1])))
         yield f"bn_backward {label}", "bn_backward", (dy, xhat, coef, np.empty_like(x))
+    for label, shape in (("8x26x26", (128, 8, 26, 26)), ("16x11x11", (128, 16, 11, 11))):  # NET-LENET's convs
+        z, b, out = rng.standard_normal(shape, dtype=f32), rng.standard_normal(shape[1], dtype=f32), _pooled(shape)
+        y, idx = np.empty(out, f32), np.empty(out, np.int64)
+        kernels.twins.bias_relu_max_pool(z, b, 2, 2, 2, 2, y, idx)
+        n, c, h, w = shape
+        yield f"bias_relu {label}", "bias_relu", (z.reshape(n, c, -1), b, np.empty((n, c, h * w), f32))
+        yield f"bias_relu_max_pool 2x2 {label}", "bias_relu_max_pool_2x2", (z, b, np.empty(out, f32),
+                                                                             np.empty(out, np.int64))
+        yield f"bias_relu_max_pool values {label}", "bias_relu_max_pool_values", (z, b, 2, 2, 2, 2,
+                                                                                   np.empty(out, f32))
+        yield f"relu_max_pool bwd {label}", "relu_max_pool_backward", (rng.standard_normal(out, dtype=f32), idx, y,
+                                                                       0, np.empty((n, c, h * w), f32))
+
+
+def _pooled(shape):
+    n, c, h, w = shape
+    return (n, c, h // 2, w // 2)
+
+
+def fused_cases(rng):
+    """(label, fused, unfused, argument sets): a fused pass and the kernels it replaces, as the layers call them."""
+    f32 = np.float32
+    for label, shape in (("8x26x26", (128, 8, 26, 26)), ("16x11x11", (128, 16, 11, 11))):
+        sets = []
+        for _ in range(VARIANTS):
+            z, b = rng.standard_normal(shape, dtype=f32), rng.standard_normal(shape[1], dtype=f32)
+            y, idx = np.empty(_pooled(shape), f32), np.empty(_pooled(shape), np.int64)
+            kernels.bias_relu_max_pool(z, b, 2, 2, 2, 2, y, idx)
+            sets.append((z, b, y, idx, rng.standard_normal(y.shape, dtype=f32), np.empty_like(z), np.empty_like(z),
+                         np.empty_like(z)))
+
+        # the layers add the bias to the product's output in place, and ReLU writes an array of its own
+        def forward_unfused(z, b, y, idx, dy, t, r, dz):
+            np.add(z, b[:, None, None], out=t)
+            kernels.max_pool_forward(kernels.relu_forward(t, r), 2, 2, 2, 2, y, idx)
+
+        def backward_unfused(z, b, y, idx, dy, t, r, dz):
+            kernels.relu_backward(r, kernels.max_pool_backward(dy, idx, t), dz)
+
+        def values_unfused(z, b, y, idx, dy, t, r, dz):
+            np.add(z, b[:, None, None], out=t)
+            kernels.max_pool_values(kernels.relu_forward(t, r), 2, 2, 2, 2, y)
+
+        def forward(z, b, y, idx, dy, t, r, dz):
+            kernels.bias_relu_max_pool(z, b, 2, 2, 2, 2, y, idx)
+
+        def backward(z, b, y, idx, dy, t, r, dz):
+            kernels.relu_max_pool_backward(dy, idx, y, 2, 2, 2, 2, dz)
+
+        def values(z, b, y, idx, dy, t, r, dz):
+            kernels.bias_relu_max_pool_values(z, b, 2, 2, 2, 2, y)
+
+        yield f"conv -> relu -> max_pool fwd {label}", forward, forward_unfused, sets
+        yield f"conv -> relu -> max_pool bwd {label}", backward, backward_unfused, sets
+        yield f"conv -> relu -> max_pool inference {label}", values, values_unfused, sets
 
 
 VARIANTS = 4
@@ -91,6 +148,16 @@ def main():
         for _ in range(args.repeats):
             a.append(per_call(getattr(kernels.compiled, name), kargs))
             b.append(per_call(getattr(kernels.twins, name), kargs))
+        ma, mb = statistics.median(a), statistics.median(b)
+        lines.append(f"| {label} | {ma:,.0f} | {mb:,.0f} | {mb / ma:.1f}x |")
+        print(lines[-1], flush=True)
+    lines += ["", "| fused pass against the kernels it replaces (float32, batch 128) | fused µs | unfused µs "
+              "| speed-up |", "|---|---|---|---|"]
+    for label, fused, unfused, sets in fused_cases(np.random.default_rng(VARIANTS)):
+        a, b = [], []
+        for _ in range(args.repeats):
+            a.append(per_call(fused, sets))
+            b.append(per_call(unfused, sets))
         ma, mb = statistics.median(a), statistics.median(b)
         lines.append(f"| {label} | {ma:,.0f} | {mb:,.0f} | {mb / ma:.1f}x |")
         print(lines[-1], flush=True)

@@ -40,6 +40,13 @@ CHAINS = [
     ("dense-relu at the end (the output is fused)", (6,),
      lambda: [fn.dense(8), fn.relu(), fn.dense(5), fn.relu()],
      [("affine", "relu"), ("affine", "relu")]),
+    ("conv-batchnorm-relu-pool 2x2 (NET-BN's)", (1, 12, 12),
+     lambda: [fn.conv2d(4, 3), fn.batch_norm(), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(5)],
+     [("normalize", "relu", "max_pool")]),
+    ("odd sizes, batchnorm-relu-pool 3x3 stride 2, dense-batchnorm-relu", (2, 11, 9),
+     lambda: [fn.conv2d(3, 3, padding="same"), fn.batch_norm(0.5), fn.relu(), fn.max_pool2d(3, 2), fn.flatten(),
+              fn.dense(6), fn.batch_norm(), fn.relu(), fn.dense(4)],
+     [("normalize", "relu", "max_pool"), ("normalize", "relu")]),
 ]
 IDS = [c[0] for c in CHAINS]
 
@@ -76,15 +83,15 @@ def test_fused_chain_gives_the_unfused_bits_in_step_jit_and_predict(name, in_sha
                                    ("fused jit, 3 shards", model, lambda s: fn.jit(s, threads=2), 3),
                                    ("unfused jit, 3 shards", ref, lambda s: fn.jit(s, threads=2), 3)):
         step = wrap(fn.train_step(m, fn.softmax_cross_entropy, opt, shards=shards))
-        state = fn.TrainState.create(params, opt)
+        state = fn.TrainState.create(params, opt, m)
         for _ in range(3):
             state, metrics = step(state, (x, y))
-        outs = fn.predict(m, state.params, x, batch_size=10, threads=2)
-        results[label] = (fn.tree.tree_leaves(state.params), metrics["loss"], outs)
+        outs = fn.predict(m, state.params, x, batch_size=10, threads=2, model_state=state.model_state)
+        results[label] = (fn.tree.tree_leaves((state.params, state.model_state)), metrics["loss"], outs)
     for label in ("fused step", "fused jit, 3 shards"):
         want = results["un" + label]
         got = results[label]
-        for a, b in zip(want[0], got[0]):
+        for a, b in zip(want[0], got[0]):  # params and batch-norm state
             assert a.tobytes() == b.tobytes(), label
         assert want[1] == got[1], label
         assert want[2].tobytes() == got[2].tobytes(), label
@@ -98,11 +105,12 @@ def test_fused_chain_forward_backward_match_unfused_and_finite_differences(name,
     x = rng.standard_normal((5, *in_shape)).astype(dtype)
     dy = rng.standard_normal((5, *out)).astype(dtype)
     got, want = [], []
+    state = model.init_state(params)
     for m, into in ((model, got), (unfused(model), want)):
         for train in (True, False):  # eval mode too: a backward after it finds the winners
-            yv, cache = m.forward(params, x, train=train)
+            yv, cache, new_state = m.forward_with_state(params, state, x, train=train)
             grads, dx = m.backward(cache, dy)
-            into.append((yv.copy(), fn.tree.tree_leaves(grads), dx))
+            into.append((yv.copy(), fn.tree.tree_leaves((grads, new_state)), dx))
     for (ya, ga, da), (yb, gb, db) in zip(got, want):
         assert ya.tobytes() == yb.tobytes()
         assert da.tobytes() == db.tobytes()
@@ -112,7 +120,7 @@ def test_fused_chain_forward_backward_match_unfused_and_finite_differences(name,
         from conftest import numeric_grad, sample_indices
 
         def f():
-            return float(np.sum(model.forward(params, x)[0] * dy))
+            return float(np.sum(model.forward_with_state(params, state, x)[0] * dy))
 
         idx = sample_indices(x.shape, rng, 20)
         np.testing.assert_allclose(got[0][2][tuple(np.array(idx).T)], numeric_grad(f, x, idx), rtol=1e-5, atol=1e-7)
@@ -123,7 +131,8 @@ def test_layers_without_tags_are_not_fused_and_custom_layers_need_nothing():
     for layers, want in (
         ([fn.conv2d(2, 3), relu_like, fn.max_pool2d(2)], []),
         ([fn.conv2d(2, 3), fn.relu(), fn.avg_pool2d(2)], [("affine", "relu")]),
-        ([fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.max_pool2d(2)], []),
+        ([fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.max_pool2d(2)], [("normalize", "relu", "max_pool")]),
+        ([fn.conv2d(2, 3), fn.dropout(0.5), fn.relu(), fn.max_pool2d(2)], []),
         ([fn.conv2d(2, 3), fn.relu(), relu_like, fn.max_pool2d(2)], [("affine", "relu")]),
         ([fn.dense(3), fn.leaky_relu()], []),
     ):
@@ -134,9 +143,11 @@ def test_layers_without_tags_are_not_fused_and_custom_layers_need_nothing():
 
 
 @pytest.mark.parametrize("kw, error, match", [
-    ({"kind": "conv"}, fn.InvalidValueError, "kind must be 'affine', 'relu' or 'max_pool', got 'conv'"),
-    ({"kind": "affine"}, fn.InvalidTypeError, "affine layer, and only one, gives its linear part"),
-    ({"kind": "relu", "linear": lambda p, x, b: (x, None)}, fn.InvalidTypeError, "only one"),
+    ({"kind": "conv"}, fn.InvalidValueError,
+     "kind must be one of 'affine', 'normalize', 'relu', 'max_pool', got 'conv'"),
+    ({"kind": "affine"}, fn.InvalidTypeError, "an affine or normalize layer, and only one, gives its head"),
+    ({"kind": "normalize", "head": 3}, fn.InvalidTypeError, "gives its head as a function"),
+    ({"kind": "relu", "head": lambda p, x, b: (x, None)}, fn.InvalidTypeError, "only one"),
     ({"kind": "max_pool", "args": (2, 2)}, fn.InvalidValueError, r"args \(kh, kw, sh, sw\) of ints >= 1, got \(2, 2\)"),
     ({"kind": "max_pool", "args": (2, 2, 0, 2)}, fn.InvalidValueError, "ints >= 1"),
 ])
@@ -262,3 +273,58 @@ def test_bias_relu_gives_the_bits_of_bias_add_then_relu(dtype, shape, rng):
             impl.bias_relu(z.reshape(flat), b, y.reshape(flat))
             impl.bias_relu(inplace.reshape(flat), b, inplace.reshape(flat))
         assert _same(want, y) and _same(want, inplace)
+
+
+def _unfused_bn_kernels(x, coef, win, dy):
+    """Batch norm's normalisation, ReLU, max pooling and their gradients through the layers' own kernels."""
+    kh, kw, sh, sw = win
+    xhat, t = np.empty_like(x), np.empty_like(x)
+    r = kernels.relu_forward(kernels.bn_normalize(x, coef, xhat, t), np.empty_like(x))
+    p, idx = np.empty(dy.shape, x.dtype), np.empty(dy.shape, np.int64)
+    kernels.max_pool_forward(r, kh, kw, sh, sw, p, idx)
+    values = kernels.max_pool_values(r, kh, kw, sh, sw, np.empty_like(p))
+    return p, idx, values, xhat, r
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_batch_norm_kernels_give_the_bits_of_the_unfused_kernels(dtype, rng):
+    import warnings
+
+    for win, kind, x, b in _cases(rng):
+        x = x.astype(dtype)
+        coef = np.stack([rng.standard_normal(4), rng.random(4) + 0.5, rng.standard_normal(4), b]).astype(dtype)
+        n, c, h, w = x.shape
+        kh, kw, sh, sw = win
+        oshape = (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1)
+        dy = rng.standard_normal(oshape).astype(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # inf - inf
+            p0, idx0, v0, xhat0, r0 = _unfused_bn_kernels(x, coef, win, dy)
+            met_nan = int(np.isnan(r0[:, :, :sh * (oshape[2] - 1) + kh, :sw * (oshape[3] - 1) + kw]).any())
+            for label, impl in IMPLS.items():
+                if impl is None:
+                    continue
+                p, idx, values = np.full(oshape, 7, dtype), np.full(oshape, -1, np.int64), np.full(oshape, 7, dtype)
+                xhat = np.full_like(x, 7)
+                if label == "dispatch":
+                    kernels.bn_relu_max_pool(x, coef, xhat, *win, p, idx)
+                    kernels.bn_relu_max_pool_values(x, coef, *win, values)
+                else:
+                    impl.bn_relu_max_pool(x, coef, xhat, *win, p, idx)
+                    assert impl.bn_relu_max_pool_values(x, coef, *win, values) == met_nan
+                    if met_nan:
+                        values = p
+                    if win == (2, 2, 2, 2):
+                        p2, idx2, xhat2 = np.empty_like(p), np.empty_like(idx), np.full_like(x, 7)
+                        assert impl.bn_relu_max_pool_2x2(x, coef, xhat2, p2, idx2) == met_nan
+                        assert _same(xhat2, xhat0)  # written whole, the rows no window covers too
+                        if not met_nan:
+                            assert _same(p2, p0) and _same(idx2, idx0)
+                for what, a, got in zip(("maxima", "winners", "inference maxima", "xhat"), (p0, idx0, v0, xhat0),
+                                        (p, idx, values, xhat)):
+                    assert _same(a, got), f"{what}: {win} {kind} {label}"
+                y, xh = np.empty_like(x), np.empty_like(x)
+                flat = (n, c, h * w)
+                (kernels if label == "dispatch" else impl).bn_relu(x.reshape(flat), coef, xh.reshape(flat),
+                                                                   y.reshape(flat))
+                assert _same(y, r0) and _same(xh, xhat0), f"bn_relu: {kind} {label}"

@@ -41,6 +41,9 @@ __all__ = [
     "bias_relu_max_pool",
     "bias_relu_max_pool_values",
     "bn_backward",
+    "bn_relu",
+    "bn_relu_max_pool",
+    "bn_relu_max_pool_values",
     "bn_grad_sums",
     "bn_moments",
     "bn_normalize",
@@ -278,3 +281,34 @@ def relu_max_pool_backward(
     n, c, h, w = dz.shape
     _impl.relu_max_pool_backward(_c(dy), _c(idx), _c(y), int(sh < kh or sw < kw), dz.reshape(n, c, h * w))
     return dz
+
+
+def bn_relu(x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`bn_normalize` then ReLU in one pass: ``xhat`` written, ``y = relu(xhat *
+    scale + shift)`` (``x`` (N, C, ...), ``coef`` (4, C)); the same bits. Returns y."""
+    _impl.bn_relu(_ncs(x), _c(coef), _ncs(xhat, True), _ncs(y, True))
+    return y
+
+
+def bn_relu_max_pool(
+    x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
+    idx: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`max_pool_forward` of :func:`bn_relu`'s output (``x`` (N, C, H, W)), in one
+    pass that writes ``xhat`` whole and not the normalised or ReLU output; the same bits.
+    Returns ``(y, idx)``."""
+    x, coef = _c(x), _c(coef)
+    if (kh, kw, sh, sw) != (2, 2, 2, 2) or _impl.bn_relu_max_pool_2x2(x, coef, xhat, y, idx):
+        _impl.bn_relu_max_pool(x, coef, xhat, kh, kw, sh, sw, y, idx)
+    return y, idx
+
+
+def bn_relu_max_pool_values(
+    x: np.ndarray, coef: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
+) -> np.ndarray:
+    """:func:`max_pool_values` of :func:`bn_relu`'s output in one pass (inference: no
+    ``xhat``); returns y."""
+    x, coef = _c(x), _c(coef)
+    if _impl.bn_relu_max_pool_values(x, coef, kh, kw, sh, sw, y):  # a NaN met: the loop that keeps it
+        _impl.bn_relu_max_pool(x, coef, np.empty_like(x), kh, kw, sh, sw, y, np.empty(y.shape, np.int64))
+    return y

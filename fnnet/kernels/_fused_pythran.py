@@ -170,3 +170,121 @@ def relu_max_pool_backward(dy, idx, y, overlap, dz):
                     for ow in range(wo):
                         j = idx[i, k, oh, ow]
                         dp[j] = dp[j] * (y[i, k, oh, ow] > 0)
+
+
+# Batch norm's normalisation as the head of the run (fnnet/kernels/_norm_pythran.py's
+# bn_normalize, coef rows mean, inv_std, scale, shift): xhat = (x - mean) * inv_std is
+# written whole (batch norm's backward reads it), a plane at a time, and the windows read
+# it back from cache for y = xhat * scale + shift, the same operations as bn_normalize.
+
+# pythran export bn_relu(float32[:,:,:], float32[:,:], float32[:,:,:], float32[:,:,:])
+# pythran export bn_relu(float64[:,:,:], float64[:,:], float64[:,:,:], float64[:,:,:])
+def bn_relu(x, coef, xhat, y):
+    n, c, s = x.shape
+    zero = np.zeros_like(coef[0, :1])[0]
+    for i in range(n):
+        for k in range(c):
+            xhat[i, k] = (x[i, k] - coef[0, k]) * coef[1, k]
+            sc = coef[2, k]
+            sh = coef[3, k]
+            xp = xhat[i, k]
+            yp = y[i, k]
+            for j in range(s):
+                yp[j] = max(xp[j] * sc + sh, zero) + zero
+
+
+# pythran export bn_relu_max_pool(float32[:,:,:,:], float32[:,:], float32[:,:,:,:], int, int, int, int, float32[:,:,:,:], int64[:,:,:,:])
+# pythran export bn_relu_max_pool(float64[:,:,:,:], float64[:,:], float64[:,:,:,:], int, int, int, int, float64[:,:,:,:], int64[:,:,:,:])
+def bn_relu_max_pool(x, coef, xhat, kh, kw, sh, sw, y, idx):
+    # any window, the NaN rule as in _pool_pythran.max_pool_forward
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    zero = np.zeros_like(coef[0, :1])[0]
+    for i in range(n):
+        for k in range(c):
+            xhat[i, k] = (x[i, k] - coef[0, k]) * coef[1, k]
+            sc = coef[2, k]
+            sf = coef[3, k]
+            xp = xhat[i, k]
+            for oh in range(ho):
+                h0 = oh * sh
+                for ow in range(wo):
+                    w0 = ow * sw
+                    best = max(xp[h0, w0] * sc + sf, zero) + zero
+                    bi = h0 * w + w0
+                    for a in range(kh):
+                        for q in range(kw):
+                            v = max(xp[h0 + a, w0 + q] * sc + sf, zero) + zero
+                            if best == best and not (v <= best):
+                                best = v
+                                bi = (h0 + a) * w + w0 + q
+                    y[i, k, oh, ow] = best
+                    idx[i, k, oh, ow] = bi
+
+
+# pythran export bn_relu_max_pool_2x2(float32[:,:,:,:], float32[:,:], float32[:,:,:,:], float32[:,:,:,:], int64[:,:,:,:])
+# pythran export bn_relu_max_pool_2x2(float64[:,:,:,:], float64[:,:], float64[:,:,:,:], float64[:,:,:,:], int64[:,:,:,:])
+def bn_relu_max_pool_2x2(x, coef, xhat, y, idx):
+    # 2x2 windows at stride 2, branch-free; returns 1 if a window met a NaN (the caller then
+    # runs bn_relu_max_pool), else 0
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    zero = np.zeros_like(coef[0, :1])[0]
+    nan = 0
+    for i in range(n):
+        for k in range(c):
+            xhat[i, k] = (x[i, k] - coef[0, k]) * coef[1, k]
+            sc = coef[2, k]
+            sf = coef[3, k]
+            xp = xhat[i, k]
+            yp = y[i, k]
+            ip = idx[i, k]
+            for oh in range(ho):
+                r = 2 * oh
+                for ow in range(wo):
+                    q = 2 * ow
+                    a0 = max(xp[r, q] * sc + sf, zero) + zero
+                    a1 = max(xp[r, q + 1] * sc + sf, zero) + zero
+                    a2 = max(xp[r + 1, q] * sc + sf, zero) + zero
+                    a3 = max(xp[r + 1, q + 1] * sc + sf, zero) + zero
+                    k1 = int(a1 > a0)
+                    k2 = int(a3 > a2)
+                    m1 = max(a0, a1)
+                    m2 = max(a2, a3)
+                    s = int(m2 > m1)
+                    yp[oh, ow] = max(m1, m2)
+                    ip[oh, ow] = r * w + q + k1 + s * (w + k2 - k1)
+                    nan |= int(a0 != a0) | int(a1 != a1) | int(a2 != a2) | int(a3 != a3)
+    return nan
+
+
+# pythran export bn_relu_max_pool_values(float32[:,:,:,:], float32[:,:], int, int, int, int, float32[:,:,:,:])
+# pythran export bn_relu_max_pool_values(float64[:,:,:,:], float64[:,:], int, int, int, int, float64[:,:,:,:])
+def bn_relu_max_pool_values(x, coef, kh, kw, sh, sw, y):
+    # maxima alone (inference: no xhat kept, each tap's xhat rounded to the dtype as
+    # bn_normalize stores it); returns 1 if a window met a NaN (the caller then runs
+    # bn_relu_max_pool), else 0
+    n, c = x.shape[0], x.shape[1]
+    ho, wo = y.shape[2], y.shape[3]
+    zero = np.zeros_like(coef[0, :1])[0]
+    nan = 0
+    for i in range(n):
+        for k in range(c):
+            mu = coef[0, k]
+            inv = coef[1, k]
+            sc = coef[2, k]
+            sf = coef[3, k]
+            xp = x[i, k]
+            yp = y[i, k]
+            for oh in range(ho):
+                h0 = oh * sh
+                for ow in range(wo):
+                    w0 = ow * sw
+                    m = max(((xp[h0, w0] - mu) * inv) * sc + sf, zero) + zero
+                    for a in range(kh):
+                        for q in range(kw):
+                            v = max(((xp[h0 + a, w0 + q] - mu) * inv) * sc + sf, zero) + zero
+                            m = max(m, v)
+                            nan |= int(v != v)
+                    yp[oh, ow] = m
+    return nan

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import act, pool
+from . import act, norm, pool
 
 
 def bias_relu(z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
@@ -58,3 +58,40 @@ def relu_max_pool_backward(dy: np.ndarray, idx: np.ndarray, y: np.ndarray, overl
     mask = np.zeros((n * c, hw), dz.dtype)  # ReLU's output is positive only where a winner is
     np.put_along_axis(mask, idx.reshape(n * c, -1), (y > 0).reshape(n * c, -1).astype(dz.dtype), axis=1)
     act.relu_backward(mask.reshape(-1), dz.reshape(-1), dz.reshape(-1))
+
+
+def bn_relu(x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, y: np.ndarray) -> None:
+    """Batch norm's normalisation (``coef`` rows mean, inv_std, scale, shift; ``xhat``
+    written) then ReLU into ``y``; arrays (N, C, S)."""
+    norm.bn_normalize(x, coef, xhat, y)
+    act.relu_forward(y.reshape(-1), y.reshape(-1))
+
+
+def _bn_relu(x: np.ndarray, coef: np.ndarray, xhat: np.ndarray) -> np.ndarray:
+    n, c, h, w = x.shape
+    r = np.empty_like(x)
+    bn_relu(x.reshape(n, c, h * w), coef, xhat.reshape(n, c, h * w), r.reshape(n, c, h * w))
+    return r
+
+
+def bn_relu_max_pool(
+    x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
+    idx: np.ndarray,
+) -> None:
+    """Max pooling of ``relu(batch norm(x))`` (x (N, C, H, W); ``xhat`` written whole)."""
+    pool.max_pool_forward(_bn_relu(x, coef, xhat), kh, kw, sh, sw, y, idx)
+
+
+def bn_relu_max_pool_2x2(x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, y: np.ndarray, idx: np.ndarray) -> int:
+    """:func:`bn_relu_max_pool` of 2x2 windows at stride 2; returns 1 if a window met a NaN, else 0."""
+    return pool.max_pool_2x2_forward(_bn_relu(x, coef, xhat), y, idx)
+
+
+def bn_relu_max_pool_values(
+    x: np.ndarray, coef: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray
+) -> int:
+    """The maxima of :func:`bn_relu_max_pool` alone (inference, no ``xhat`` kept);
+    returns 1 if a window met a NaN, else 0 (as :func:`bias_relu_max_pool_values`)."""
+    r = _bn_relu(x, coef, np.empty_like(x))
+    pool.max_pool_values(r, kh, kw, sh, sw, y)
+    return int(np.isnan(pool._windows(r, kh, kw, sh, sw, y.shape[2], y.shape[3])).any())

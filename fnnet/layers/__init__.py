@@ -3,12 +3,12 @@
 ``Layer``, ``Sig`` and the runner (``prepare``, ``run``, ``run_backward``) live in
 ``_layer.py``. For writing layers: ``elementwise`` makes a layer without params from two
 array functions, and ``check_params`` is the params check the built-in layers use.
-``Fusion`` tags and ``with_bias`` are how the built-in layers take part in fusion
+``Fusion`` tags, ``with_bias`` and ``normalized`` are how the built-in layers take part in fusion
 (``_fuse.py``, whose ``RULES`` pick the fused runs of ``serial``).
 """
 
 from ._checks import check_params
-from ._layer import Fusion, Layer, Sig, with_bias
+from ._layer import Fusion, Layer, Sig, normalized, with_bias
 from .activations import elementwise, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .conv import conv2d
 from .dense import dense
@@ -34,6 +34,7 @@ __all__ = [
     "leaky_relu",
     "log_softmax",
     "max_pool2d",
+    "normalized",
     "relu",
     "reshape",
     "sigmoid",

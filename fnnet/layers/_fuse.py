@@ -3,8 +3,9 @@
 :data:`RULES` is the one place that picks them: a run of layers whose :class:`Fusion`
 tags spell a rule's kinds (the longest first) becomes one site of the chain. Built-in
 layers carry tags; a layer without one (any custom layer) is never fused and runs as
-it was written. A fused site runs the first layer's own ``linear`` part and its own
-backward; what follows the matrix product (the bias add, ReLU, max pooling, and
+it was written. A fused site runs the first layer's own head (``conv2d`` and ``dense``:
+the matrix product; ``batch_norm``: the statistics and the state) and its own backward;
+what follows the head (the bias add or the normalisation, ReLU, max pooling, and
 backward the pooling and ReLU gradients) runs as one kernel pass of
 :mod:`fnnet.kernels` (family ``fused``) that gives the bits of the layers' own passes,
 in training (``step``, ``jit``) and in inference (``predict``). The layers' pure pairs
@@ -14,7 +15,9 @@ What a fusion saves: ``conv2d -> relu -> max_pool2d`` writes the pooled output o
 where the layers write the biased output, the ReLU output and the pooled output (and
 backward zeroes and fills the pooling gradient, then masks it into a third array);
 ``conv2d -> relu`` and ``dense -> relu`` add the bias and take the ReLU in place, in the
-pass that the bias add alone made.
+pass that the bias add alone made; ``batch_norm -> relu [-> max_pool2d]`` writes the
+normalised input (its backward's) and the ReLU or pooled output, not the batch-norm
+output.
 """
 
 from __future__ import annotations
@@ -25,17 +28,53 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from .. import kernels
+from ..tree import EMPTY
 from ..typing import Array, Params
 from ._layer import Chain, Fusion, Layer, Sig, Site, prepare
 
 
-class _Pooled(NamedTuple):
-    """What ``affine -> relu -> max_pool`` writes into, beside the affine layer's buffers."""
+class _Head(NamedTuple):
+    """How a fused run drives the head of its first layer (one per kind that leads a run).
 
-    inner: Any  # the affine layer's buffers
+    ``run(head, params, x, buf, state) -> (args, cache, new_state)`` runs the layer's head;
+    the kernels then take ``args`` and do its last per-channel step with ReLU
+    (``relu(*args, y)``), and max pooling (``relu_pool(*args, kh, kw, sh, sw, y, idx)``;
+    for inference without backward ``values(*args, kh, kw, sh, sw, y)``). ``out(buf, args)``
+    is the array ``relu`` writes: the affine output in place, batch norm's own ``y``."""
+
+    run: Callable
+    relu: Callable
+    relu_pool: Callable
+    values: Callable
+    out: Callable
+
+
+def _run_affine(head: Callable, params: Params, x: Array, buf: Any, state: Any) -> tuple:
+    z, cache = head(params, x, buf)
+    return (z, params["b"]), cache, state
+
+
+def _run_normalize(head: Callable, params: Params, x: Array, buf: Any, state: Any) -> tuple:
+    coef, cache, new_state = head(params, x, buf, state)
+    return (x, coef, buf.xhat), cache, new_state
+
+
+HEADS = {
+    "affine": _Head(_run_affine, kernels.bias_relu, kernels.bias_relu_max_pool, kernels.bias_relu_max_pool_values,
+                    lambda buf, args: args[0]),  # in place: the ReLU output is all backward needs
+    "normalize": _Head(_run_normalize, kernels.bn_relu, kernels.bn_relu_max_pool,
+                       lambda x, coef, xhat, *rest: kernels.bn_relu_max_pool_values(x, coef, *rest),
+                       lambda buf, args: buf.y),
+}
+
+
+class _Pooled(NamedTuple):
+    """What ``head -> relu -> max_pool`` writes into, beside the head layer's buffers."""
+
+    inner: Any  # the head layer's buffers
     y: np.ndarray  # (N, C, Ho, Wo): the pooled output
     idx: np.ndarray | None  # (N, C, Ho, Wo) winners; None where no backward runs (maxima alone)
-    dz: np.ndarray | None  # (N, C, H, W): the affine output's gradient
+    dz: np.ndarray | None  # (N, C, H, W): the gradient of the head layer's output
 
 
 def _tag(layer: Layer) -> Fusion:
@@ -43,54 +82,70 @@ def _tag(layer: Layer) -> Fusion:
     return layer.fusion
 
 
-def _linear(layer: Layer) -> Callable:
-    return cast(Callable, _tag(layer).linear)  # an affine layer's (Fusion checks it is given)
+def _site(site: Site, buf: Any, forward: Callable, backward: Callable) -> Site:
+    """``site`` running the fused ``forward(params, x, buf, state) -> (y, cache, state)``
+    and ``backward`` (a plain site's forward returns ``(y, cache)``, as the runner expects)."""
+    if site.plain:
+        def plain(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
+            y, cache, _ = forward(params, x, buf, EMPTY)
+            return y, cache
+
+        return site._replace(buf=buf, forward=plain, backward=backward)
+
+    def stateful(params: Params, x: Array, buf: Any, state: Any) -> tuple[Array, Any, Any]:
+        return forward(params, x, buf, state)
+
+    return site._replace(buf=buf, forward=stateful, backward=backward)
 
 
-def _affine_relu_pool(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
-    linear = _linear(layers[0])
+def _relu_pool(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
+    tag = _tag(layers[0])
+    head, fused = cast(Callable, tag.head), HEADS[tag.kind]
     kh, kw, sh, sw = _tag(layers[2]).args
-    affine_backward = site.backward
+    layer_backward = site.backward
     train = site.grads is not None  # a backward may run (else, as in predict, maxima alone)
     buf = _Pooled(site.buf, sig.empty(shapes[2]), np.empty(shapes[2], np.int64) if train else None,
                   sig.empty(shapes[0]) if train else None)
 
-    def forward(params: Params, x: Array, buf: _Pooled) -> tuple[Array, Any]:
-        z, cache = linear(params, x, buf.inner)
+    def forward(params: Params, x: Array, buf: _Pooled, state: Any) -> tuple[Array, Any, Any]:
+        args, cache, state = fused.run(head, params, x, buf.inner, state)
         if buf.idx is None:
-            kernels.bias_relu_max_pool_values(z, params["b"], kh, kw, sh, sw, buf.y)
+            fused.values(*args, kh, kw, sh, sw, buf.y)
         else:
-            kernels.bias_relu_max_pool(z, params["b"], kh, kw, sh, sw, buf.y, buf.idx)
-        return buf.y, (cache, buf)
+            fused.relu_pool(*args, kh, kw, sh, sw, buf.y, buf.idx)
+        return buf.y, (cache, buf), state
 
     def backward(cache: tuple[Any, _Pooled], dy: Array) -> tuple[Params, Array | None]:
         inner, buf = cache
         assert buf.idx is not None and buf.dz is not None  # made wherever a backward can run
-        return affine_backward(inner, kernels.relu_max_pool_backward(dy, buf.idx, buf.y, kh, kw, sh, sw, buf.dz))
+        return layer_backward(inner, kernels.relu_max_pool_backward(dy, buf.idx, buf.y, kh, kw, sh, sw, buf.dz))
 
-    return site._replace(buf=buf, forward=forward, backward=backward)
+    return _site(site, buf, forward, backward)
 
 
-def _affine_relu(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
-    linear = _linear(layers[0])
-    affine_backward = site.backward
+def _relu(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
+    tag = _tag(layers[0])
+    head, fused = cast(Callable, tag.head), HEADS[tag.kind]
+    layer_backward = site.backward
     buf = (site.buf, None if site.grads is None else sig.empty(shapes[0]))  # the layer's buffers, dz
 
-    def forward(params: Params, x: Array, buf: tuple) -> tuple[Array, Any]:
-        z, cache = linear(params, x, buf[0])
-        y = kernels.bias_relu(z, params["b"], z)  # in place: backward needs the ReLU output alone
-        return y, (cache, y, buf[1])
+    def forward(params: Params, x: Array, buf: tuple, state: Any) -> tuple[Array, Any, Any]:
+        args, cache, state = fused.run(head, params, x, buf[0], state)
+        y = fused.relu(*args, fused.out(buf[0], args))
+        return y, (cache, y, buf[1]), state
 
     def backward(cache: tuple, dy: Array) -> tuple[Params, Array | None]:
         inner, y, dz = cache
-        return affine_backward(inner, kernels.relu_backward(y, dy, dz))
+        return layer_backward(inner, kernels.relu_backward(y, dy, dz))
 
-    return site._replace(buf=buf, forward=forward, backward=backward)
+    return _site(site, buf, forward, backward)
 
 
 RULES: tuple[tuple[tuple[str, ...], Callable[..., Site]], ...] = (
-    (("affine", "relu", "max_pool"), _affine_relu_pool),
-    (("affine", "relu"), _affine_relu),
+    (("affine", "relu", "max_pool"), _relu_pool),
+    (("normalize", "relu", "max_pool"), _relu_pool),
+    (("affine", "relu"), _relu),
+    (("normalize", "relu"), _relu),
 )
 """(kinds, fuse) pairs, longest first: ``fuse(site, layers, sig, shapes) -> Site`` turns
 the first layer's prepared site into the run's site (``shapes``: each layer's output

@@ -141,4 +141,4 @@ def conv2d(
         return grads, kernels.col2im(dcols, *args, dx)
 
     return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
-                 fusion=Fusion("affine", linear=linear))
+                 fusion=Fusion("affine", head=linear))

@@ -71,4 +71,4 @@ def dense(
         return grads, None if dx is None else np.matmul(dy, w.T, out=dx)
 
     return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
-                 fusion=Fusion("affine", linear=linear))
+                 fusion=Fusion("affine", head=linear))

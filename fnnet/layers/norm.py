@@ -12,7 +12,7 @@ from ..random import Key
 from ..tree import FrozenDict
 from ..typing import Array, Params, PyTree, Shape
 from ._checks import check_params, fmt_shape, seal
-from ._layer import Layer, Sig
+from ._layer import Fusion, Layer, Sig, normalized
 
 
 def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
@@ -62,7 +62,8 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         return _Buffers(sig.train, sig.empty(), sig.empty(), sig.dx_buffer(), np.empty((2, c)), sig.empty((4, c)),
                         group, sig.shard, sig.path)
 
-    def forward(params: Params, x: Array, buf: _Buffers, state: PyTree) -> tuple[Array, Any, PyTree]:
+    def head(params: Params, x: Array, buf: _Buffers, state: PyTree) -> tuple[Array, Any, PyTree]:
+        # the forward pass up to the normalisation: its coefficients and the new state
         m = x.size // x.shape[1]  # values a channel's statistics are over
         if buf.train:
             sums = kernels.bn_moments(x, buf.sums)  # float64 mean, and sum of squared deviations
@@ -80,8 +81,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
         inv_std = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
         coef = buf.factors
         coef[0], coef[1], coef[2], coef[3] = mean, inv_std, params["scale"], params["shift"]
-        kernels.bn_normalize(x, coef, buf.xhat, buf.y)
-        return buf.y, (buf, inv_std, params["scale"], m), new_state
+        return coef, (buf, inv_std, params["scale"], m), new_state
 
     def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
         buf, inv_std, scale, m = cache
@@ -99,7 +99,8 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             k[1:] = 0
         return grads, kernels.bn_backward(dy, buf.xhat, k, buf.dx)
 
-    return Layer(name, init, forward, backward, check, init_state=init_state, buffers=buffers, shard_sums=True)
+    return Layer(name, init, normalized(head), backward, check, init_state=init_state, buffers=buffers,
+                 shard_sums=True, fusion=Fusion("normalize", head=head))
 
 
 def _pooled_moments(parts: list) -> tuple[int, np.ndarray, np.ndarray]:
