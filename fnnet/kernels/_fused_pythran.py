@@ -268,6 +268,26 @@ def bn_relu_max_pool_values(x, coef, kh, kw, sh, sw, y):
     ho, wo = y.shape[2], y.shape[3]
     zero = np.zeros_like(coef[0, :1])[0]
     nan = 0
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2:  # unrolled, as in bias_relu_max_pool_values
+        for i in range(n):
+            for k in range(c):
+                mu = coef[0, k]
+                inv = coef[1, k]
+                sc = coef[2, k]
+                sf = coef[3, k]
+                xp = x[i, k]
+                yp = y[i, k]
+                for oh in range(ho):
+                    r = 2 * oh
+                    for ow in range(wo):
+                        q = 2 * ow
+                        a0 = max(((xp[r, q] - mu) * inv) * sc + sf, zero) + zero
+                        a1 = max(((xp[r, q + 1] - mu) * inv) * sc + sf, zero) + zero
+                        a2 = max(((xp[r + 1, q] - mu) * inv) * sc + sf, zero) + zero
+                        a3 = max(((xp[r + 1, q + 1] - mu) * inv) * sc + sf, zero) + zero
+                        nan |= int(a0 != a0) | int(a1 != a1) | int(a2 != a2) | int(a3 != a3)
+                        yp[oh, ow] = max(max(a0, a1), max(a2, a3))
+        return nan
     for i in range(n):
         for k in range(c):
             mu = coef[0, k]
