@@ -184,13 +184,17 @@ def bn_relu(x, coef, xhat, y):
     zero = np.zeros_like(coef[0, :1])[0]
     for i in range(n):
         for k in range(c):
-            xhat[i, k] = (x[i, k] - coef[0, k]) * coef[1, k]
+            mu = coef[0, k]
+            inv = coef[1, k]
             sc = coef[2, k]
             sh = coef[3, k]
             xp = xhat[i, k]
+            xq = x[i, k]
             yp = y[i, k]
             for j in range(s):
-                yp[j] = max(xp[j] * sc + sh, zero) + zero
+                v = (xq[j] - mu) * inv
+                xp[j] = v
+                yp[j] = max(v * sc + sh, zero) + zero
 
 
 # pythran export bn_relu_max_pool(float32[:,:,:,:], float32[:,:], float32[:,:,:,:], int, int, int, int, float32[:,:,:,:], int64[:,:,:,:])
@@ -202,10 +206,15 @@ def bn_relu_max_pool(x, coef, xhat, kh, kw, sh, sw, y, idx):
     zero = np.zeros_like(coef[0, :1])[0]
     for i in range(n):
         for k in range(c):
-            xhat[i, k] = (x[i, k] - coef[0, k]) * coef[1, k]
+            mu = coef[0, k]
+            inv = coef[1, k]
             sc = coef[2, k]
             sf = coef[3, k]
             xp = xhat[i, k]
+            xq = x[i, k]
+            for r in range(h):  # element loops: the 2-D slice expression was up to 2x slower here
+                for q in range(w):
+                    xp[r, q] = (xq[r, q] - mu) * inv
             for oh in range(ho):
                 h0 = oh * sh
                 for ow in range(wo):
@@ -233,10 +242,15 @@ def bn_relu_max_pool_2x2(x, coef, xhat, y, idx):
     nan = 0
     for i in range(n):
         for k in range(c):
-            xhat[i, k] = (x[i, k] - coef[0, k]) * coef[1, k]
+            mu = coef[0, k]
+            inv = coef[1, k]
             sc = coef[2, k]
             sf = coef[3, k]
             xp = xhat[i, k]
+            xq = x[i, k]
+            for r in range(h):  # element loops: the 2-D slice expression was up to 2x slower here
+                for q in range(w):
+                    xp[r, q] = (xq[r, q] - mu) * inv
             yp = y[i, k]
             ip = idx[i, k]
             for oh in range(ho):
