@@ -149,4 +149,4 @@ def bench(session: nox.Session) -> None:
     env = {k: v for k, v in _env().items() if not k.endswith("_NUM_THREADS")}
     session.run("python", "benchmarks/bench_train.py", "--threads", "all", *session.posargs, env=env)
     # whole processes, alternating, at their defaults and at one thread (the script sets each mode's environment)
-    session.run("python", "benchmarks/bench_e2e.py", "--pairs", "3", env=env)
+    session.run("python", "benchmarks/bench_e2e.py", "--pairs", "4", env=env)

@@ -1,11 +1,12 @@
 """End to end: the default preset against the same recipe as a plain PyTorch script.
 
-Usage: python benchmarks/bench_e2e.py [--pairs 3] [--modes defaults one-thread] [--out benchmarks/results]
+Usage: python benchmarks/bench_e2e.py [--pairs 4] [--modes defaults one-thread] [--out benchmarks/results]
 
 Runs ``python pipelines/mnist.py --preset default`` and ``python benchmarks/torch_mnist.py``
 (the same network, optimizer, schedule, batches, epochs, evaluations: see its docstring)
-as whole processes, alternating (fnnet, torch, fnnet, torch, ...), ``--pairs`` pairs
-per mode:
+as whole processes, alternating, ``--pairs`` pairs per mode, the first of a pair
+alternating too (fnnet torch, torch fnnet, fnnet torch, ...: the machine's speed drifts
+within minutes, and a fixed order would hand that drift to one side):
 
 * ``defaults``: each as a user runs it, nothing set in the environment (no
   ``*_NUM_THREADS``): fnnet's threads and BLAS share from ``fnnet.threads``, PyTorch's
@@ -64,7 +65,7 @@ def run(framework: str, mode: str, out: pathlib.Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -74,15 +75,17 @@ def main() -> None:
         "# End to end: the default preset against a plain PyTorch script", "",
         f"`python benchmarks/bench_e2e.py --pairs {args.pairs}`; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}. Whole processes, "
-        "alternating fnnet, torch; wall = start to exit; train = the training loop without evaluations "
-        "(each script's summary.json); ratios are torch / fnnet of each pair.", "",
+        "alternating, each pair's first alternating too (fnnet torch, torch fnnet, ...); wall = start to exit; "
+        "train = the training loop without evaluations (each script's summary.json); ratios are torch / fnnet "
+        "of each pair.", "",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             pairs = []
             for i in range(args.pairs):
-                f = run("fnnet", mode, pathlib.Path(tmp) / "fnnet")
-                t = run("torch", mode, pathlib.Path(tmp) / "torch")
+                order = ("fnnet", "torch") if i % 2 == 0 else ("torch", "fnnet")
+                got = {fw: run(fw, mode, pathlib.Path(tmp) / fw) for fw in order}
+                f, t = got["fnnet"], got["torch"]
                 pairs.append((f, t))
                 print(f"{mode} pair {i + 1}: fnnet {f['wall']:.1f} s (train {f['train']:.1f} s, acc {f['acc']:.4f}), "
                       f"torch {t['wall']:.1f} s (train {t['train']:.1f} s, acc {t['acc']:.4f})", flush=True)
