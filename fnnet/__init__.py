@@ -56,7 +56,7 @@ from .losses import mse, softmax_cross_entropy
 from .train import Step, TrainState, predict, train_step
 from .tree import freeze, param_count, tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DataError",

@@ -33,3 +33,24 @@ def test_every_family_has_its_twin_and_pythran_source_exporting_its_kernels():
         for name in names:
             assert f"def {name}(" in twin, f"{family}.py lacks {name}"
             assert f"# pythran export {name}(float32" in source and f"# pythran export {name}(float64" in source, name
+
+
+def test_one_version_everywhere_and_in_the_changelog():
+    import importlib.metadata
+
+    import fnnet
+
+    project = re.search(r'(?m)^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    meson = re.search(r"version: '([^']+)'", (ROOT / "meson.build").read_text()).group(1)
+    assert fnnet.__version__ == project == meson
+    # the newest release in the changelog is this version, and the migration notes lead to it
+    releases = re.findall(r"(?m)^## (\d+\.\d+\.\d+) - \d{4}-\d\d-\d\d$", (ROOT / "CHANGELOG.md").read_text())
+    assert releases and releases[0] == fnnet.__version__
+    assert f"to {fnnet.__version__}" in (ROOT / "docs" / "migrating.md").read_text().splitlines()[0]
+    try:  # an installed fnnet (the nox sessions) gives the same version in its metadata
+        installed = importlib.metadata.version("fnnet")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    if pathlib.Path(fnnet.__file__).resolve().is_relative_to(ROOT):  # this checkout, not an install
+        return
+    assert installed == fnnet.__version__
