@@ -66,13 +66,15 @@ def cases(rng):
     for label, shape in (("8x26x26", (128, 8, 26, 26)), ("16x11x11", (128, 16, 11, 11))):  # NET-LENET's convs
         z, b, out = rng.standard_normal(shape, dtype=f32), rng.standard_normal(shape[1], dtype=f32), _pooled(shape)
         y, idx = np.empty(out, f32), np.empty(out, np.int64)
-        kernels.twins.bias_relu_max_pool(z, b, 2, 2, 2, 2, y, idx)
+        ones = np.ones(shape[1], f32)  # the bias add's scale
+        kernels.twins.scale_shift_relu_max_pool(z, ones, b, 2, 2, 2, 2, y, idx)
         n, c, h, w = shape
-        yield f"bias_relu {label}", "bias_relu", (z.reshape(n, c, -1), b, np.empty((n, c, h * w), f32))
-        yield f"bias_relu_max_pool 2x2 {label}", "bias_relu_max_pool_2x2", (z, b, np.empty(out, f32),
-                                                                             np.empty(out, np.int64))
-        yield f"bias_relu_max_pool values {label}", "bias_relu_max_pool_values", (z, b, 2, 2, 2, 2,
-                                                                                   np.empty(out, f32))
+        yield f"scale_shift_relu {label}", "scale_shift_relu", (z.reshape(n, c, -1), ones, b,
+                                                                np.empty((n, c, h * w), f32))
+        yield f"scale_shift_relu_max_pool 2x2 {label}", "scale_shift_relu_max_pool_2x2", (
+            z, ones, b, np.empty(out, f32), np.empty(out, np.int64))
+        yield f"scale_shift_relu_max_pool values {label}", "scale_shift_relu_max_pool_values", (
+            z, ones, b, 2, 2, 2, 2, np.empty(out, f32))
         yield f"relu_max_pool bwd {label}", "relu_max_pool_backward", (rng.standard_normal(out, dtype=f32), idx, y,
                                                                        0, np.empty((n, c, h * w), f32))
 
@@ -86,11 +88,12 @@ def fused_cases(rng):
     """(label, fused, unfused, argument sets): a fused pass and the kernels it replaces, as the layers call them."""
     f32 = np.float32
     for label, shape in (("8x26x26", (128, 8, 26, 26)), ("16x11x11", (128, 16, 11, 11))):
+        ones = np.ones(shape[1], f32)  # the bias add's scale
         sets = []
         for _ in range(VARIANTS):
             z, b = rng.standard_normal(shape, dtype=f32), rng.standard_normal(shape[1], dtype=f32)
             y, idx = np.empty(_pooled(shape), f32), np.empty(_pooled(shape), np.int64)
-            kernels.bias_relu_max_pool(z, b, 2, 2, 2, 2, y, idx)
+            kernels.scale_shift_relu_max_pool(z, np.ones_like(b), b, 2, 2, 2, 2, y, idx)
             sets.append((z, b, y, idx, rng.standard_normal(y.shape, dtype=f32), np.empty_like(z), np.empty_like(z),
                          np.empty_like(z)))
 
@@ -107,13 +110,13 @@ def fused_cases(rng):
             kernels.max_pool_values(kernels.relu_forward(t, r), 2, 2, 2, 2, y)
 
         def forward(z, b, y, idx, dy, t, r, dz):
-            kernels.bias_relu_max_pool(z, b, 2, 2, 2, 2, y, idx)
+            kernels.scale_shift_relu_max_pool(z, ones, b, 2, 2, 2, 2, y, idx)
 
         def backward(z, b, y, idx, dy, t, r, dz):
             kernels.relu_max_pool_backward(dy, idx, y, 2, 2, 2, 2, dz)
 
         def values(z, b, y, idx, dy, t, r, dz):
-            kernels.bias_relu_max_pool_values(z, b, 2, 2, 2, 2, y)
+            kernels.scale_shift_relu_max_pool_values(z, ones, b, 2, 2, 2, 2, y)
 
         yield f"conv -> relu -> max_pool fwd {label}", forward, forward_unfused, sets
         yield f"conv -> relu -> max_pool bwd {label}", backward, backward_unfused, sets

@@ -193,15 +193,22 @@ def _cases(rng):
             yield win, kind, z, b
 
 
-def _unfused_kernels(z, b, win, dy):
-    """Bias add, relu, max pooling and their gradients through the layers' own kernels."""
+def _unfused(head, x, b, coef, win, dy):
+    """The head's last step, relu, max pooling and their gradients through the layers' own
+    kernels: ``(maxima, winners, inference maxima, gradient, relu output, xhat)``."""
     kh, kw, sh, sw = win
-    r = kernels.relu_forward(z + b[:, None, None], np.empty_like(z))
-    p, idx = np.empty(dy.shape, z.dtype), np.empty(dy.shape, np.int64)
+    xhat = None
+    if head == "bias":
+        t = x + b[:, None, None]  # conv2d's bias add
+    else:
+        xhat, t = np.empty_like(x), np.empty_like(x)
+        kernels.bn_normalize(x, coef, xhat, t)
+    r = kernels.relu_forward(t, np.empty_like(x))
+    p, idx = np.empty(dy.shape, x.dtype), np.empty(dy.shape, np.int64)
     kernels.max_pool_forward(r, kh, kw, sh, sw, p, idx)
     values = kernels.max_pool_values(r, kh, kw, sh, sw, np.empty_like(p))
-    dz = kernels.relu_backward(r, kernels.max_pool_backward(dy, idx, np.empty_like(z)), np.empty_like(z))
-    return p, idx, values, dz
+    dz = kernels.relu_backward(r, kernels.max_pool_backward(dy, idx, np.empty_like(x)), np.empty_like(x))
+    return p, idx, values, dz, r, xhat
 
 
 def _same(a, b):
@@ -212,12 +219,15 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fused_pool_kernels_give_the_bits_of_the_unfused_kernels(dtype, rng):
+@pytest.mark.parametrize("head", ["bias", "batch norm"])
+def test_fused_kernels_give_the_bits_of_the_unfused_kernels(head, dtype, rng):
     import warnings
 
-    for win, kind, z, b in _cases(rng):
-        z, b = z.astype(dtype), b.astype(dtype)
-        n, c, h, w = z.shape
+    for win, kind, x, b in _cases(rng):
+        x, b = x.astype(dtype), b.astype(dtype)
+        c = x.shape[1]
+        coef = np.stack([rng.standard_normal(c), rng.random(c) + 0.5, rng.standard_normal(c), b]).astype(dtype)
+        n, c, h, w = x.shape
         kh, kw, sh, sw = win
         oshape = (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1)
         dy = rng.standard_normal(oshape).astype(dtype)
@@ -225,106 +235,65 @@ def test_fused_pool_kernels_give_the_bits_of_the_unfused_kernels(dtype, rng):
         dy[0, 0, 0, 0] = -3.0  # a negative gradient masked by ReLU: -0.0, not 0.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # inf - inf
-            want = _unfused_kernels(z, b, win, dy)
+            want_p, want_idx, want_values, want_dz, r, want_xhat = _unfused(head, x, b, coef, win, dy)
+            covered = r[:, :, :sh * (oshape[2] - 1) + kh, :sw * (oshape[3] - 1) + kw]
+            met_nan = int(np.isnan(covered).any())
             for label, impl in IMPLS.items():
                 if impl is None:
                     continue
+                if head == "bias":
+                    v, scale, shift = x, np.ones(c, dtype), b
+                else:  # batch norm: xhat first (written whole), then its scale and shift
+                    v = np.full_like(x, 7)
+                    impl.standardize(*((x, coef, v) if label == "dispatch" else
+                                       (x.reshape(n, c, -1), coef, v.reshape(n, c, -1))))
+                    assert _same(v, want_xhat), f"standardize: {kind} {label}"
+                    scale, shift = coef[2], coef[3]
                 p, idx, values, dz = (np.full(oshape, 7, dtype), np.full(oshape, -1, np.int64),
-                                      np.full(oshape, 7, dtype), np.full(z.shape, 7, dtype))
-                met_nan = int(np.isnan(z + b[:, None, None]).any())
+                                      np.full(oshape, 7, dtype), np.full(x.shape, 7, dtype))
                 if label == "dispatch":
-                    kernels.bias_relu_max_pool(z, b, *win, p, idx)
-                    kernels.bias_relu_max_pool_values(z, b, *win, values)
+                    kernels.scale_shift_relu_max_pool(v, scale, shift, *win, p, idx)
+                    kernels.scale_shift_relu_max_pool_values(v, scale, shift, *win, values)
                     kernels.relu_max_pool_backward(dy, idx, p, *win, dz)
                 else:  # the kernels the dispatch picks from, alone
-                    impl.bias_relu_max_pool(z, b, *win, p, idx)
+                    impl.scale_shift_relu_max_pool(v, scale, shift, *win, p, idx)
                     # the branch-free kernels say when they met a NaN (then the dispatch runs the loop above)
-                    assert impl.bias_relu_max_pool_values(z, b, *win, values) == met_nan
+                    assert impl.scale_shift_relu_max_pool_values(v, scale, shift, *win, values) == met_nan
                     if met_nan:
                         values = p
                     impl.relu_max_pool_backward(dy, idx, p, int(sh < kh or sw < kw), dz.reshape(n, c, h * w))
                     if win == (2, 2, 2, 2):
                         p2, idx2 = np.empty_like(p), np.empty_like(idx)
-                        assert impl.bias_relu_max_pool_2x2(z, b, p2, idx2) == met_nan
+                        assert impl.scale_shift_relu_max_pool_2x2(v, scale, shift, p2, idx2) == met_nan
                         if not met_nan:
-                            assert _same(p2, want[0]) and _same(idx2, want[1])
-                for what, a, got in zip(("maxima", "winners", "inference maxima", "gradient"), want,
-                                        (p, idx, values, dz)):
-                    assert _same(a, got), f"{what}: {win} {kind} {label}"
+                            assert _same(p2, want_p) and _same(idx2, want_idx)
+                for what, a, got in zip(("maxima", "winners", "inference maxima", "gradient"),
+                                        (want_p, want_idx, want_values, want_dz), (p, idx, values, dz)):
+                    assert _same(a, got), f"{what}: {head} {win} {kind} {label}"
+                y, inplace = np.empty_like(x), v.copy()  # without pooling, and in place
+                for out in (y, inplace):
+                    src = v if out is y else inplace
+                    if label == "dispatch":
+                        kernels.scale_shift_relu(src, scale, shift, out)
+                    else:
+                        impl.scale_shift_relu(src.reshape(n, c, -1), scale, shift, out.reshape(n, c, -1))
+                    assert _same(r, out), f"scale_shift_relu: {head} {kind} {label}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5, 7, 11), (6, 9, 1), (2, 3, 4, 5)], ids=["conv", "dense", "4-d"])
-def test_bias_relu_gives_the_bits_of_bias_add_then_relu(dtype, shape, rng):
-    z = rng.standard_normal(shape).astype(dtype)
-    z.reshape(-1)[:3] = -0.0, np.nan, 0.0
-    b = rng.standard_normal(shape[1]).astype(dtype)
+def test_scale_shift_relu_of_a_dense_output(dtype, rng):
+    # (N, F) outputs are (N, F, 1) to the kernel: the loop with the features innermost
+    z = rng.standard_normal((6, 9)).astype(dtype)
+    z[0, :3] = -0.0, np.nan, 0.0
+    b = rng.standard_normal(9).astype(dtype)
     b[0] = -0.0
-    want = kernels.relu_forward(z + b.reshape(-1, *[1] * (z.ndim - 2)), np.empty_like(z))
+    want = kernels.relu_forward(z + b, np.empty_like(z))
     for label, impl in IMPLS.items():
         if impl is None:
             continue
-        y, inplace = np.empty_like(z), z.copy()
+        y = np.empty_like(z)
         if label == "dispatch":
-            kernels.bias_relu(z, b, y)
-            kernels.bias_relu(inplace, b, inplace)
+            kernels.scale_shift_relu(z, np.ones(9, dtype), b, y)
         else:
-            flat = (shape[0], shape[1], -1)
-            impl.bias_relu(z.reshape(flat), b, y.reshape(flat))
-            impl.bias_relu(inplace.reshape(flat), b, inplace.reshape(flat))
-        assert _same(want, y) and _same(want, inplace)
-
-
-def _unfused_bn_kernels(x, coef, win, dy):
-    """Batch norm's normalisation, ReLU, max pooling and their gradients through the layers' own kernels."""
-    kh, kw, sh, sw = win
-    xhat, t = np.empty_like(x), np.empty_like(x)
-    r = kernels.relu_forward(kernels.bn_normalize(x, coef, xhat, t), np.empty_like(x))
-    p, idx = np.empty(dy.shape, x.dtype), np.empty(dy.shape, np.int64)
-    kernels.max_pool_forward(r, kh, kw, sh, sw, p, idx)
-    values = kernels.max_pool_values(r, kh, kw, sh, sw, np.empty_like(p))
-    return p, idx, values, xhat, r
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_fused_batch_norm_kernels_give_the_bits_of_the_unfused_kernels(dtype, rng):
-    import warnings
-
-    for win, kind, x, b in _cases(rng):
-        x = x.astype(dtype)
-        coef = np.stack([rng.standard_normal(4), rng.random(4) + 0.5, rng.standard_normal(4), b]).astype(dtype)
-        n, c, h, w = x.shape
-        kh, kw, sh, sw = win
-        oshape = (n, c, (h - kh) // sh + 1, (w - kw) // sw + 1)
-        dy = rng.standard_normal(oshape).astype(dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # inf - inf
-            p0, idx0, v0, xhat0, r0 = _unfused_bn_kernels(x, coef, win, dy)
-            met_nan = int(np.isnan(r0[:, :, :sh * (oshape[2] - 1) + kh, :sw * (oshape[3] - 1) + kw]).any())
-            for label, impl in IMPLS.items():
-                if impl is None:
-                    continue
-                p, idx, values = np.full(oshape, 7, dtype), np.full(oshape, -1, np.int64), np.full(oshape, 7, dtype)
-                xhat = np.full_like(x, 7)
-                if label == "dispatch":
-                    kernels.bn_relu_max_pool(x, coef, xhat, *win, p, idx)
-                    kernels.bn_relu_max_pool_values(x, coef, *win, values)
-                else:
-                    impl.bn_relu_max_pool(x, coef, xhat, *win, p, idx)
-                    assert impl.bn_relu_max_pool_values(x, coef, *win, values) == met_nan
-                    if met_nan:
-                        values = p
-                    if win == (2, 2, 2, 2):
-                        p2, idx2, xhat2 = np.empty_like(p), np.empty_like(idx), np.full_like(x, 7)
-                        assert impl.bn_relu_max_pool_2x2(x, coef, xhat2, p2, idx2) == met_nan
-                        assert _same(xhat2, xhat0)  # written whole, the rows no window covers too
-                        if not met_nan:
-                            assert _same(p2, p0) and _same(idx2, idx0)
-                for what, a, got in zip(("maxima", "winners", "inference maxima", "xhat"), (p0, idx0, v0, xhat0),
-                                        (p, idx, values, xhat)):
-                    assert _same(a, got), f"{what}: {win} {kind} {label}"
-                y, xh = np.empty_like(x), np.empty_like(x)
-                flat = (n, c, h * w)
-                (kernels if label == "dispatch" else impl).bn_relu(x.reshape(flat), coef, xh.reshape(flat),
-                                                                   y.reshape(flat))
-                assert _same(y, r0) and _same(xh, xhat0), f"bn_relu: {kind} {label}"
+            impl.scale_shift_relu(z.reshape(6, 9, 1), np.ones(9, dtype), b, y.reshape(6, 9, 1))
+        assert _same(want, y), label

@@ -37,13 +37,7 @@ __all__ = [
     "avg_pool_backward",
     "avg_pool_forward",
     "backend",
-    "bias_relu",
-    "bias_relu_max_pool",
-    "bias_relu_max_pool_values",
     "bn_backward",
-    "bn_relu",
-    "bn_relu_max_pool",
-    "bn_relu_max_pool_values",
     "bn_grad_sums",
     "bn_moments",
     "bn_normalize",
@@ -56,7 +50,11 @@ __all__ = [
     "relu_backward",
     "relu_forward",
     "relu_max_pool_backward",
+    "scale_shift_relu",
+    "scale_shift_relu_max_pool",
+    "scale_shift_relu_max_pool_values",
     "softmax_xent",
+    "standardize",
     "twins",
 ]
 
@@ -243,31 +241,43 @@ def bn_backward(dy: np.ndarray, xhat: np.ndarray, k: np.ndarray, dx: np.ndarray)
     return dx
 
 
-def bias_relu(z: np.ndarray, b: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``y = relu(z + b)`` with ``b`` (C,) added along axis 1 of ``z`` (N, C, ...), in one
-    pass; ``y`` may be ``z``. The bits of ``z + b`` then :func:`relu_forward`. Returns y."""
-    _impl.bias_relu(_ncs(z), _c(b), _ncs(y, True))
+
+def standardize(x: np.ndarray, coef: np.ndarray, xhat: np.ndarray) -> np.ndarray:
+    """``xhat = (x - mean) * inv_std`` per channel of ``x`` (N, C, ...), ``coef`` (2 or
+    more, C) of x's dtype holding the rows mean and inv_std: the bits of
+    :func:`bn_normalize`'s ``xhat``. Returns xhat."""
+    _impl.standardize(_ncs(x), _c(coef), _ncs(xhat, True))
+    return xhat
+
+
+def scale_shift_relu(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y = relu(x * scale + shift)`` per channel (axis 1) of ``x`` (N, C, ...), in one
+    pass; ``y`` may be ``x``. With ``scale`` ones it is the bias add then
+    :func:`relu_forward`; with batch norm's scale and shift on ``xhat``, :func:`bn_normalize`'s
+    ``y`` then :func:`relu_forward`: the same bits. Returns y."""
+    _impl.scale_shift_relu(_ncs(x), _c(scale), _c(shift), _ncs(y, True))
     return y
 
 
-def bias_relu_max_pool(
-    z: np.ndarray, b: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray, idx: np.ndarray,
+def scale_shift_relu_max_pool(
+    x: np.ndarray, scale: np.ndarray, shift: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
+    idx: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`max_pool_forward` of ``relu(z + b)`` (``z`` (N, C, H, W), ``b`` (C,)) in one
-    pass, without writing the ReLU output; the same bits. Returns ``(y, idx)``."""
-    z, b = _c(z), _c(b)
-    if (kh, kw, sh, sw) != (2, 2, 2, 2) or _impl.bias_relu_max_pool_2x2(z, b, y, idx):
-        _impl.bias_relu_max_pool(z, b, kh, kw, sh, sw, y, idx)
+    """:func:`max_pool_forward` of :func:`scale_shift_relu`'s output (``x`` (N, C, H, W))
+    in one pass that writes neither it nor ``x * scale + shift``; the same bits. Returns ``(y, idx)``."""
+    x, scale, shift = _c(x), _c(scale), _c(shift)
+    if (kh, kw, sh, sw) != (2, 2, 2, 2) or _impl.scale_shift_relu_max_pool_2x2(x, scale, shift, y, idx):
+        _impl.scale_shift_relu_max_pool(x, scale, shift, kh, kw, sh, sw, y, idx)
     return y, idx
 
 
-def bias_relu_max_pool_values(
-    z: np.ndarray, b: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
+def scale_shift_relu_max_pool_values(
+    x: np.ndarray, scale: np.ndarray, shift: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
 ) -> np.ndarray:
-    """:func:`max_pool_values` of ``relu(z + b)`` in one pass (inference); returns y."""
-    z, b = _c(z), _c(b)
-    if _impl.bias_relu_max_pool_values(z, b, kh, kw, sh, sw, y):  # a NaN met: the loop that keeps it
-        _impl.bias_relu_max_pool(z, b, kh, kw, sh, sw, y, np.empty(y.shape, np.int64))
+    """:func:`max_pool_values` of :func:`scale_shift_relu`'s output in one pass (inference); returns y."""
+    x, scale, shift = _c(x), _c(scale), _c(shift)
+    if _impl.scale_shift_relu_max_pool_values(x, scale, shift, kh, kw, sh, sw, y):  # a NaN: the loop that keeps it
+        _impl.scale_shift_relu_max_pool(x, scale, shift, kh, kw, sh, sw, y, np.empty(y.shape, np.int64))
     return y
 
 
@@ -275,40 +285,9 @@ def relu_max_pool_backward(
     dy: np.ndarray, idx: np.ndarray, y: np.ndarray, kh: int, kw: int, sh: int, sw: int, dz: np.ndarray,
 ) -> np.ndarray:
     """The gradient through max pooling then ReLU, from the pooled output ``y`` and its
-    winners ``idx`` (of :func:`bias_relu_max_pool`), into ``dz`` (N, C, H, W),
+    winners ``idx`` (of :func:`scale_shift_relu_max_pool`), into ``dz`` (N, C, H, W),
     overwritten: the bits of :func:`max_pool_backward` then :func:`relu_backward`, in one pass.
     Returns dz."""
     n, c, h, w = dz.shape
     _impl.relu_max_pool_backward(_c(dy), _c(idx), _c(y), int(sh < kh or sw < kw), dz.reshape(n, c, h * w))
     return dz
-
-
-def bn_relu(x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """:func:`bn_normalize` then ReLU in one pass: ``xhat`` written, ``y = relu(xhat *
-    scale + shift)`` (``x`` (N, C, ...), ``coef`` (4, C)); the same bits. Returns y."""
-    _impl.bn_relu(_ncs(x), _c(coef), _ncs(xhat, True), _ncs(y, True))
-    return y
-
-
-def bn_relu_max_pool(
-    x: np.ndarray, coef: np.ndarray, xhat: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
-    idx: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`max_pool_forward` of :func:`bn_relu`'s output (``x`` (N, C, H, W)), in one
-    pass that writes ``xhat`` whole and not the normalised or ReLU output; the same bits.
-    Returns ``(y, idx)``."""
-    x, coef = _c(x), _c(coef)
-    if (kh, kw, sh, sw) != (2, 2, 2, 2) or _impl.bn_relu_max_pool_2x2(x, coef, xhat, y, idx):
-        _impl.bn_relu_max_pool(x, coef, xhat, kh, kw, sh, sw, y, idx)
-    return y, idx
-
-
-def bn_relu_max_pool_values(
-    x: np.ndarray, coef: np.ndarray, kh: int, kw: int, sh: int, sw: int, y: np.ndarray,
-) -> np.ndarray:
-    """:func:`max_pool_values` of :func:`bn_relu`'s output in one pass (inference: no
-    ``xhat``); returns y."""
-    x, coef = _c(x), _c(coef)
-    if _impl.bn_relu_max_pool_values(x, coef, kh, kw, sh, sw, y):  # a NaN met: the loop that keeps it
-        _impl.bn_relu_max_pool(x, coef, np.empty_like(x), kh, kw, sh, sw, y, np.empty(y.shape, np.int64))
-    return y

@@ -16,9 +16,8 @@ FAMILIES = {
     "act": ("relu_forward", "relu_backward"),
     "warp": ("affine_warp",),
     "norm": ("bn_moments", "bn_normalize", "bn_grad_sums", "bn_backward"),
-    "fused": ("bias_relu", "bias_relu_max_pool", "bias_relu_max_pool_2x2", "bias_relu_max_pool_values",
-              "relu_max_pool_backward", "bn_relu", "bn_relu_max_pool", "bn_relu_max_pool_2x2",
-              "bn_relu_max_pool_values"),
+    "fused": ("standardize", "scale_shift_relu", "scale_shift_relu_max_pool", "scale_shift_relu_max_pool_2x2",
+              "scale_shift_relu_max_pool_values", "relu_max_pool_backward"),
 }
 """Family -> the kernels it exports (one twin module and one Pythran source per family)."""
 

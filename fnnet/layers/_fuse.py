@@ -7,7 +7,8 @@ it was written. A fused site runs the first layer's own head (``conv2d`` and ``d
 the matrix product; ``batch_norm``: the statistics and the state) and its own backward;
 what follows the head (the bias add or the normalisation, ReLU, max pooling, and
 backward the pooling and ReLU gradients) runs as one kernel pass of
-:mod:`fnnet.kernels` (family ``fused``) that gives the bits of the layers' own passes,
+:mod:`fnnet.kernels` (family ``fused``: the head's last step is ``x * scale + shift``
+per channel, a bias add with a scale of ones) that gives the bits of the layers' own passes,
 in training (``step``, ``jit``) and in inference (``predict``). The layers' pure pairs
 stay the reference: tests/test_fuse.py runs every rule fused and unfused.
 
@@ -33,39 +34,23 @@ from ..typing import Array, Params
 from ._layer import Chain, Fusion, Layer, Sig, Site, prepare
 
 
-class _Head(NamedTuple):
-    """How a fused run drives the head of its first layer (one per kind that leads a run).
-
-    ``run(head, params, x, buf, state) -> (args, cache, new_state)`` runs the layer's head;
-    the kernels then take ``args`` and do its last per-channel step with ReLU
-    (``relu(*args, y)``), and max pooling (``relu_pool(*args, kh, kw, sh, sw, y, idx)``;
-    for inference without backward ``values(*args, kh, kw, sh, sw, y)``). ``out(buf, args)``
-    is the array ``relu`` writes: the affine output in place, batch norm's own ``y``."""
-
-    run: Callable
-    relu: Callable
-    relu_pool: Callable
-    values: Callable
-    out: Callable
-
-
-def _run_affine(head: Callable, params: Params, x: Array, buf: Any, state: Any) -> tuple:
+def _run_affine(head: Callable, params: Params, x: Array, buf: Any, state: Any, ones: np.ndarray) -> tuple:
     z, cache = head(params, x, buf)
-    return (z, params["b"]), cache, state
+    return (z, ones, params["b"]), z, cache, state  # z * 1 + b: the bits of z + b
 
 
-def _run_normalize(head: Callable, params: Params, x: Array, buf: Any, state: Any) -> tuple:
+def _run_normalize(head: Callable, params: Params, x: Array, buf: Any, state: Any, ones: np.ndarray) -> tuple:
     coef, cache, new_state = head(params, x, buf, state)
-    return (x, coef, buf.xhat), cache, new_state
+    xhat = kernels.standardize(x, coef, buf.xhat)  # batch norm's backward reads it
+    return (xhat, coef[2], coef[3]), buf.y, cache, new_state
 
 
-HEADS = {
-    "affine": _Head(_run_affine, kernels.bias_relu, kernels.bias_relu_max_pool, kernels.bias_relu_max_pool_values,
-                    lambda buf, args: args[0]),  # in place: the ReLU output is all backward needs
-    "normalize": _Head(_run_normalize, kernels.bn_relu, kernels.bn_relu_max_pool,
-                       lambda x, coef, xhat, *rest: kernels.bn_relu_max_pool_values(x, coef, *rest),
-                       lambda buf, args: buf.y),
-}
+HEADS = {"affine": _run_affine, "normalize": _run_normalize}
+"""How a fused run drives its first layer's head, by kind: ``run(head, params, x, buf,
+state, ones) -> ((x, scale, shift), out, cache, new_state)``, the arguments of the
+``scale_shift_*`` kernels (the head's last step is ``x * scale + shift`` per channel),
+the array a ReLU without pooling writes (the affine output in place: backward needs
+the ReLU output alone; batch norm's own ``y``), and the layer's cache and state."""
 
 
 class _Pooled(NamedTuple):
@@ -100,7 +85,7 @@ def _site(site: Site, buf: Any, forward: Callable, backward: Callable) -> Site:
 
 def _relu_pool(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
     tag = _tag(layers[0])
-    head, fused = cast(Callable, tag.head), HEADS[tag.kind]
+    head, run, ones = cast(Callable, tag.head), HEADS[tag.kind], np.ones(shapes[0][1], sig.dtype)
     kh, kw, sh, sw = _tag(layers[2]).args
     layer_backward = site.backward
     train = site.grads is not None  # a backward may run (else, as in predict, maxima alone)
@@ -108,11 +93,11 @@ def _relu_pool(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[t
                   sig.empty(shapes[0]) if train else None)
 
     def forward(params: Params, x: Array, buf: _Pooled, state: Any) -> tuple[Array, Any, Any]:
-        args, cache, state = fused.run(head, params, x, buf.inner, state)
+        (v, scale, shift), _, cache, state = run(head, params, x, buf.inner, state, ones)
         if buf.idx is None:
-            fused.values(*args, kh, kw, sh, sw, buf.y)
+            kernels.scale_shift_relu_max_pool_values(v, scale, shift, kh, kw, sh, sw, buf.y)
         else:
-            fused.relu_pool(*args, kh, kw, sh, sw, buf.y, buf.idx)
+            kernels.scale_shift_relu_max_pool(v, scale, shift, kh, kw, sh, sw, buf.y, buf.idx)
         return buf.y, (cache, buf), state
 
     def backward(cache: tuple[Any, _Pooled], dy: Array) -> tuple[Params, Array | None]:
@@ -125,13 +110,13 @@ def _relu_pool(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[t
 
 def _relu(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:
     tag = _tag(layers[0])
-    head, fused = cast(Callable, tag.head), HEADS[tag.kind]
+    head, run, ones = cast(Callable, tag.head), HEADS[tag.kind], np.ones(shapes[0][1], sig.dtype)
     layer_backward = site.backward
     buf = (site.buf, None if site.grads is None else sig.empty(shapes[0]))  # the layer's buffers, dz
 
     def forward(params: Params, x: Array, buf: tuple, state: Any) -> tuple[Array, Any, Any]:
-        args, cache, state = fused.run(head, params, x, buf[0], state)
-        y = fused.relu(*args, fused.out(buf[0], args))
+        (v, scale, shift), out, cache, state = run(head, params, x, buf[0], state, ones)
+        y = kernels.scale_shift_relu(v, scale, shift, out)
         return y, (cache, y, buf[1]), state
 
     def backward(cache: tuple, dy: Array) -> tuple[Params, Array | None]:
