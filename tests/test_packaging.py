@@ -47,6 +47,7 @@ def test_one_version_everywhere_and_in_the_changelog():
     releases = re.findall(r"(?m)^## (\d+\.\d+\.\d+) - \d{4}-\d\d-\d\d$", (ROOT / "CHANGELOG.md").read_text())
     assert releases and releases[0] == fnnet.__version__
     assert f"to {fnnet.__version__}" in (ROOT / "docs" / "migrating.md").read_text().splitlines()[0]
+    assert f"Versions: {fnnet.__version__};" in (ROOT / "README.md").read_text()
     try:  # an installed fnnet (the nox sessions) gives the same version in its metadata
         installed = importlib.metadata.version("fnnet")
     except importlib.metadata.PackageNotFoundError:
