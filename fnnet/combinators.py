@@ -37,9 +37,9 @@ def serial(*layers: Layer) -> Layer:
     Params are a dict keyed by ``"<layer name>_<index>"`` (``conv2d_0``, ``relu_1``...),
     and backward runs in reverse. ``init`` splits its key once per layer, and so does
     the forward pass for random layers (dropout). The state is a dict with an entry for
-    each layer that has state (batch norm). The runs ``conv2d -> relu -> max_pool2d``,
-    ``conv2d -> relu`` and ``dense -> relu`` run fused, with the bits of the layers run
-    one by one (``fnnet/layers/_fuse.py``).
+    each layer that has state (batch norm). The runs ``conv2d|dense|batch_norm -> relu
+    [-> max_pool2d]`` run fused, with the bits of the layers run one by one
+    (``fnnet/layers/_fuse.py``).
     """
     if not layers:
         raise InvalidValueError("serial: needs at least one layer")

@@ -69,18 +69,16 @@ def _tag(layer: Layer) -> Fusion:
 
 def _site(site: Site, buf: Any, forward: Callable, backward: Callable) -> Site:
     """``site`` running the fused ``forward(params, x, buf, state) -> (y, cache, state)``
-    and ``backward`` (a plain site's forward returns ``(y, cache)``, as the runner expects)."""
-    if site.plain:
-        def plain(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
-            y, cache, _ = forward(params, x, buf, EMPTY)
-            return y, cache
+    and ``backward`` (a plain site's forward returns ``(y, cache)``, as the runner expects;
+    the runner passes a stateful one ``state=``)."""
+    if not site.plain:
+        return site._replace(buf=buf, forward=forward, backward=backward)
 
-        return site._replace(buf=buf, forward=plain, backward=backward)
+    def plain(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
+        y, cache, _ = forward(params, x, buf, EMPTY)
+        return y, cache
 
-    def stateful(params: Params, x: Array, buf: Any, state: Any) -> tuple[Array, Any, Any]:
-        return forward(params, x, buf, state)
-
-    return site._replace(buf=buf, forward=stateful, backward=backward)
+    return site._replace(buf=buf, forward=plain, backward=backward)
 
 
 def _relu_pool(site: Site, layers: Sequence[Layer], sig: Sig, shapes: Sequence[tuple]) -> Site:

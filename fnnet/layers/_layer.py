@@ -10,10 +10,10 @@ A layer author writes four functions and, for speed, one optional hook:
   write into, made once per input signature ``sig`` (a :class:`Sig`). Without it,
   ``forward`` gets ``sig`` itself as ``buf``.
 
-The built-in ``conv2d``, ``dense``, ``relu`` and ``max_pool2d`` also carry a
-:class:`Fusion` tag, which lets ``serial`` run ``conv2d -> relu -> max_pool2d``,
-``conv2d -> relu`` and ``dense -> relu`` as one fused pass (the rules:
-``fnnet/layers/_fuse.py``); a layer without one runs as written.
+The built-in ``conv2d``, ``dense``, ``batch_norm``, ``relu`` and ``max_pool2d`` also
+carry a :class:`Fusion` tag, which lets ``serial`` run ``conv2d|dense|batch_norm ->
+relu [-> max_pool2d]`` as one fused pass (the rules: ``fnnet/layers/_fuse.py``); a
+layer without one runs as written.
 
 The runner (:func:`prepare`, :func:`run`, :func:`run_backward`, and for a sequence
 :func:`run_chain`, :func:`run_chain_backward`) is the one place that calls them:
