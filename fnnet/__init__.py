@@ -31,8 +31,7 @@ from ._errors import (
     ShapeError,
     TreeMismatchError,
 )
-from ._jit import JitStep, jit
-from .combinators import residual, serial, summary
+from ._version import __version__ as __version__
 from .layers import (
     Layer,
     avg_pool2d,
@@ -48,15 +47,16 @@ from .layers import (
     max_pool2d,
     relu,
     reshape,
+    residual,
+    serial,
     sigmoid,
     softmax,
+    summary,
     tanh,
 )
 from .losses import mse, softmax_cross_entropy
-from .train import Step, TrainState, predict, train_step
+from .train import JitStep, Step, TrainState, jit, predict, train_step
 from .tree import freeze, param_count, tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
-
-__version__ = "0.2.0"
 
 __all__ = [
     "DataError",

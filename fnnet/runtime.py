@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
+from .kernels import backend
+
 __all__ = ["info"]
 
 
@@ -58,8 +61,6 @@ def info() -> dict[str, Any]:
     """A JSON-able record of what, besides seed and config, decides a run's bits:
     fnnet, numpy and Python versions, the kernels backend, the BLAS numpy uses (name,
     version, the kernel architecture it chose) and the CPU."""
-    from . import __version__, kernels
-
     blas: dict[str, Any] = {}
     try:
         deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -73,7 +74,7 @@ def info() -> dict[str, Any]:
         "fnnet": __version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "kernels_backend": kernels.backend(),
+        "kernels_backend": backend(),
         "blas": blas,
         "cpu": _cpu_model(),
         "machine": platform.machine(),

@@ -3,31 +3,23 @@
 Trees are nested mappings, tuples and lists of arrays; a type checker cannot follow a
 tree's structure, so :data:`PyTree` is ``Any`` under a name that says what is meant,
 and :data:`Params` is the one kind of tree with a fixed outer shape: a mapping. The
-layer protocol's functions are :class:`typing.Protocol` classes, so that an editor
-shows each one's arguments.
+layer protocol's function types (``InitFn``, ``ForwardFn``...) live with the runner,
+in :mod:`fnnet.layers`. This module imports nothing of fnnet's: everything may use it.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from .layers._layer import Sig
-    from .random import Key
-
 __all__ = [
     "Array",
-    "BackwardFn",
     "Batch",
-    "BuffersFn",
-    "CheckFn",
     "DTypeLike",
-    "ForwardFn",
-    "InitFn",
     "LossFn",
     "Metrics",
     "OptState",
@@ -68,31 +60,13 @@ LossFn: TypeAlias = Callable[[Array, Array], tuple[float | Array, Array]]
 """``loss(outputs, labels) -> (value, d_outputs)``; the value a float or a 0-d array."""
 
 
-class InitFn(Protocol):
-    """A layer author's ``init``: params (unfrozen is fine) and the per-sample output shape."""
-
-    def __call__(self, key: Key, input_shape: Shape, dtype: np.dtype, /) -> tuple[Params, Shape]: ...
+_MOVED = ("BackwardFn", "BuffersFn", "CheckFn", "ForwardFn", "InitFn")
 
 
-class CheckFn(Protocol):
-    """A layer author's ``check``: the output shape, or an error naming what does not fit."""
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # (0.2.0: the protocol's types moved to the runner)
+        warnings.warn(f"fnnet.typing.{name} is fnnet.layers.{name}", DeprecationWarning, stacklevel=2)
+        from . import layers  # (only this deprecated path looks up the package)
 
-    def __call__(self, params: Params, input_shape: Shape, dtype: np.dtype, /) -> Shape: ...
-
-
-ForwardFn: TypeAlias = Callable[..., tuple[Any, ...]]
-"""A layer author's ``forward(params, x, buf) -> (y, cache)``; a layer with state also
-takes ``state=`` and returns ``(y, cache, state)``, a random layer also takes ``key=``."""
-
-
-class BackwardFn(Protocol):
-    """A layer author's ``backward``: ``(dparams, dx)``; ``dx`` may be None when the
-    signature said ``need_dx=False``."""
-
-    def __call__(self, cache: Any, dy: Array, /) -> tuple[Params, Array | None]: ...
-
-
-class BuffersFn(Protocol):
-    """The optional hook: the arrays ``forward`` and ``backward`` write into for ``sig``."""
-
-    def __call__(self, params: Params, sig: Sig, /) -> Any: ...
+        return getattr(layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

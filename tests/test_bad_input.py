@@ -67,7 +67,7 @@ def stepped(opt, *, model=MODEL, jit=False, state=None, x=X, y=Y, shards="auto")
     when the case runs; the error it raises is the case's."""
 
     def act():
-        step = fn.train_step(model, fn.softmax_cross_entropy, opt, shards=shards)
+        step = fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=shards)
         step = fn.jit(step) if jit else step
         s = fn.TrainState.create(params(model), opt, model) if state is None else state()
         return step(s, (x, y))

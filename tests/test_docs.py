@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
 import fnnet
 from fnnet import checkpoint, data, init, kernels, losses, optim, random, tree
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODULES = [fnnet, checkpoint, data, init, kernels, losses, optim, random, tree]
 
 
@@ -28,3 +34,34 @@ def test_public_api_is_documented(name, obj):
 def test_every_module_is_documented():
     for mod in MODULES:
         assert mod.__doc__, mod.__name__
+
+
+def _import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "docs" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_import_graph_points_down_and_the_build_notes_show_it():
+    out = subprocess.run([sys.executable, "docs/import_graph.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+    page = (ROOT / "docs" / "build.md").read_text()
+    shown = re.search(r"<!-- import-graph -->\n```text\n(.*?)```\n<!-- /import-graph -->", page, re.S)
+    assert shown and shown.group(1).strip() == out.stdout.strip(), "docs/build.md: run python docs/import_graph.py"
+
+
+def test_the_import_graph_check_finds_circles_and_upward_imports(tmp_path):
+    graph = _import_graph()
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\nVERSION = 1\n")
+    (pkg / "a.py").write_text("from . import b\ndef f(): pass\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n")
+    (pkg / "sub" / "__init__.py").write_text("from .c import g\n")
+    (pkg / "sub" / "c.py").write_text("from . import g\ndef g(): pass\n")
+    edges, upward = graph.edges(graph.modules(pkg))
+    assert edges["pkg.a"] == {"pkg.b"} and edges["pkg.b"] == {"pkg.a"}  # (a type-only import counts)
+    assert upward == ["pkg.sub.c takes g from pkg.sub/__init__.py"]
+    _, circle = graph.levels(edges)
+    assert {"pkg.a", "pkg.b", "pkg.sub", "pkg.sub.c"} <= set(circle)

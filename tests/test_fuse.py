@@ -82,7 +82,7 @@ def test_fused_chain_gives_the_unfused_bits_in_step_jit_and_predict(name, in_sha
     for label, m, wrap, shards in (("fused step", model, lambda s: s, None), ("unfused step", ref, lambda s: s, None),
                                    ("fused jit, 3 shards", model, lambda s: fn.jit(s, threads=2), 3),
                                    ("unfused jit, 3 shards", ref, lambda s: fn.jit(s, threads=2), 3)):
-        step = wrap(fn.train_step(m, fn.softmax_cross_entropy, opt, shards=shards))
+        step = wrap(fn.train_step(m, fn.softmax_cross_entropy, opt, rows_per_shard=shards))
         state = fn.TrainState.create(params, opt, m)
         for _ in range(3):
             state, metrics = step(state, (x, y))

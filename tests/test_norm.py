@@ -116,7 +116,7 @@ def test_a_cut_batch_norm_batch_gives_the_same_bits_on_any_number_of_threads(dty
     params, _ = model.init(fn.random.key(0), (1, 10, 10), dtype=dtype)
     rng = np.random.default_rng(0)
     data = [(rng.standard_normal((n, 1, 10, 10)).astype(dtype), rng.integers(0, 4, n)) for n in (10, 10, 7, 10, 3)]
-    step = fn.train_step(model, fn.softmax_cross_entropy, opt, shards=3)  # 4, 4, 3, 4 and 1 shards
+    step = fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=3)  # 4, 4, 3, 4 and 1 shards
     state = fn.TrainState.create(params, opt, model)
     want, want_m = _run(step, state, data)
     for threads in (1, 2, 3, 4):
@@ -133,10 +133,10 @@ def test_a_cut_batch_norm_batch_is_the_whole_batch_norm():
     state = fn.TrainState.create(params, opt, model)
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((11, 1, 10, 10)) * 2 + 1, rng.integers(0, 4, 11)
-    whole, m_whole = fn.train_step(model, fn.softmax_cross_entropy, opt, shards=None)(state, (x, y))
+    whole, m_whole = fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=None)(state, (x, y))
     for rows in (1, 3, 4):
-        step = fn.train_step(model, fn.softmax_cross_entropy, opt, shards=rows)
-        assert len(fn.train.cut(step, params, x.shape, x.dtype)) == -(-11 // rows)
+        step = fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=rows)
+        assert len(step.cut(params, x.shape, x.dtype)) == -(-11 // rows)
         cut, m_cut = fn.jit(step, threads=2)(state, (x, y))
         for a, b in zip(_leaves(cut), _leaves(whole)):
             np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
@@ -159,7 +159,7 @@ def test_a_failing_shard_stops_the_others_and_the_step_goes_on():
     model, opt = _bn_net(), fn.optim.sgd(0.1)
     params, _ = model.init(fn.random.key(0), (1, 10, 10))
     state = fn.TrainState.create(params, opt, model)
-    step = fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt, shards=4), threads=2)
+    step = fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=4), threads=2)
     x, y = np.ones((12, 1, 10, 10), np.float32), np.arange(12) % 4
     bad = y.copy()
     bad[9] = 7  # a label out of range in the last shard: its loss fails after the others passed batch norm

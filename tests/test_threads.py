@@ -146,18 +146,18 @@ def test_jit_and_predict_give_blas_back_and_hold_it_while_their_threads_run(monk
         seen.append((n, blas_threads()))
         return real(n, cores_)
 
-    import fnnet._jit
-    import fnnet.train
+    import fnnet.train._jit
+    import fnnet.train._predict
 
-    monkeypatch.setattr(fnnet._jit, "blas_share", recording)
-    monkeypatch.setattr(fnnet.train, "blas_share", recording)
+    monkeypatch.setattr(fnnet.train._jit, "blas_share", recording)
+    monkeypatch.setattr(fnnet.train._predict, "blas_share", recording)
     monkeypatch.setattr(threads, "cores", lambda: 2)
     model = fn.serial(fn.conv2d(4, 3), fn.relu(), fn.flatten(), fn.dense(10))
     params, _ = model.init(fn.random.key(0), (1, 12, 12))
     opt = optim.sgd(0.1)
     x, y = np.random.default_rng(0).random((64, 1, 12, 12), dtype=np.float32), np.arange(64) % 10
     inside = []
-    jitted = fn.jit(fn.train_step(model, _spy_loss(inside), opt, shards=16), threads=2)
+    jitted = fn.jit(fn.train_step(model, _spy_loss(inside), opt, rows_per_shard=16), threads=2)
     jitted(fn.TrainState.create(params, opt), (x, y))
     assert seen == [(2, [2] * len(BLAS.lib_controllers))]  # 4 shards on 2 threads
     assert inside and all(n == [1] * len(BLAS.lib_controllers) for n in inside)  # held while the shards ran
@@ -165,7 +165,7 @@ def test_jit_and_predict_give_blas_back_and_hold_it_while_their_threads_run(monk
     fn.predict(model, params, x, batch_size=16, threads=2)
     assert seen[-1][0] == 2 and blas_threads() == [2] * len(BLAS.lib_controllers)
     seen.clear()
-    fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt, shards=16), threads=1)(
+    fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=16), threads=1)(
         fn.TrainState.create(params, opt), (x, y))
     assert seen == []  # one thread: BLAS is left alone
 
@@ -191,7 +191,7 @@ def _wide_net():
 def test_the_bits_do_not_depend_on_cores_threads_or_blas(monkeypatch, dtype):
     model, opt = _wide_net(), optim.adam(1e-3)
     params, _ = model.init(fn.random.key(0), (1, 12, 12), dtype=dtype)
-    step = fn.train_step(model, fn.softmax_cross_entropy, opt, shards=16)  # 64 rows: 4 shards
+    step = fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=16)  # 64 rows: 4 shards
 
     def train(f):
         s, rng = fn.TrainState.create(params, opt), np.random.default_rng(0)

@@ -23,6 +23,15 @@ def lenet():
     )
 
 
+def bn_net():
+    return fn.serial(fn.conv2d(4, 3), fn.batch_norm(), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(10))
+
+
+def res_net():
+    block = fn.serial(fn.conv2d(4, 3, padding="same"), fn.relu())
+    return fn.serial(fn.conv2d(4, 3, padding="same"), fn.residual(block), fn.dropout(0.5), fn.flatten(), fn.dense(10))
+
+
 OPTIMIZERS = {
     "keras_sgd": lambda: optim.keras_sgd(0.01, 0.9, 1e-6),
     "sgd_nesterov": lambda: optim.sgd(0.05, 0.9, nesterov=True),
@@ -342,7 +351,7 @@ def _sharded(name, shards):
     optimizer = (optim.chain(optim.clip_by_global_norm(0.1), optim.sgd(0.05)) if opt == "clip"
                  else OPTIMIZERS[opt]())
     params, _ = model.init(fn.random.key(0), (1, 12, 12), dtype=dtype)
-    step = fn.train_step(model, fn.softmax_cross_entropy, optimizer, shards=shards, **kw)
+    step = fn.train_step(model, fn.softmax_cross_entropy, optimizer, rows_per_shard=shards, **kw)
     return step, fn.TrainState.create(params, optimizer), dtype
 
 
@@ -374,7 +383,7 @@ def test_a_cut_batch_has_the_gradient_and_metrics_of_the_whole_batch(rows):
         seen = []
         capture = optim.GradientTransformation(lambda p: {}, lambda u, s, p=None: (seen.append(np.copy(u)), (u, s))[1],
                                                elementwise=True)
-        _, metrics = fn.train_step(model, fn.softmax_cross_entropy, capture, shards=shards)(
+        _, metrics = fn.train_step(model, fn.softmax_cross_entropy, capture, rows_per_shard=shards)(
             fn.TrainState.create(params, capture), (x, y))
         got[shards] = (seen[0], metrics)
     (g_cut, m_cut), (g_whole, m_whole) = got[rows], got[None]
@@ -396,37 +405,72 @@ def test_a_cut_batch_has_the_gradient_and_metrics_of_the_whole_batch(rows):
 
 
 def test_the_cut_is_a_function_of_the_signature():
-    from fnnet.train import cut
-
     step, state, _ = _sharded("seed_net-adam", shards=4)
-    assert cut(step, state.params, (10, 1, 12, 12), np.dtype(np.float32)) == (4, 3, 3)
-    assert cut(step, state.params, (4, 1, 12, 12), np.dtype(np.float32)) == (4,)
-    whole = attrs.evolve(step, shards=None)
-    assert cut(whole, state.params, (1000, 1, 12, 12), np.dtype(np.float32)) == (1000,)
-    auto = attrs.evolve(step, shards="auto")
+    assert step.cut(state.params, (10, 1, 12, 12), np.dtype(np.float32)) == (4, 3, 3)
+    assert step.cut(state.params, (4, 1, 12, 12), np.dtype(np.float32)) == (4,)
+    whole = attrs.evolve(step, rows_per_shard=None)
+    assert whole.cut(state.params, (1000, 1, 12, 12), np.dtype(np.float32)) == (1000,)
+    auto = attrs.evolve(step, rows_per_shard="auto")
     rows = fn.train.shard_rows(auto.model, state.params, (1, 12, 12))
     assert fn.train.MAX_SHARDS == 64
     table = ((2 * rows - 1, 1), (2 * rows, 2), (8 * rows - 1, 2), (8 * rows, 4), (32 * rows - 1, 4), (32 * rows, 8),
              (128 * rows, 16), (2048 * rows - 1, 32), (2048 * rows, 64), (10**5 * rows, 64))
     for n, count in table:  # shards double while each doubles in rows too
-        sizes = cut(auto, state.params, (n, 1, 12, 12), np.dtype(np.float32))
+        sizes = auto.cut(state.params, (n, 1, 12, 12), np.dtype(np.float32))
         assert len(sizes) == count and sum(sizes) == n and max(sizes) - min(sizes) <= 1
         assert min(sizes) >= rows * count // 2
+        assert sizes == fn.train.cut(n, "auto", rows)  # the cut takes values: rows, setting, least rows
 
 
-@pytest.mark.parametrize("model_fn, shape", [(seed_net, (1, 28, 28)), (lenet, (1, 28, 28)), (lenet, (3, 64, 64))])
-def test_auto_shards_fill_the_working_set_budget(model_fn, shape):
-    from fnnet.train import MIN_SHARD_ROWS, SHARD_BYTES, _buffer_bytes
+def _allocated(model, params, x_shape, dtype=np.float32, train=True):
+    """The bytes of the distinct arrays a pass on ``x_shape`` reaches from its buffers
+    (found by walking them, as a check of the ledger the layers' hooks keep)."""
+    from collections.abc import Mapping
+
+    from fnnet.layers._layer import prepare_checked
+
+    site, _, grads = prepare_checked(model, params, x_shape, np.dtype(dtype), train=train, need_dx=False,
+                                     backward=train, fuse=False)
+    bases, todo, seen = {}, [site.buf], set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, np.generic)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            while isinstance(obj.base, np.ndarray):
+                obj = obj.base
+            bases[id(obj)] = obj.nbytes
+        elif isinstance(obj, (tuple, list)):
+            todo.extend(obj)
+        elif isinstance(obj, Mapping):
+            todo.extend(obj.values())
+        elif hasattr(obj, "__dict__"):
+            todo.extend(vars(obj).values())
+        elif hasattr(obj, "__attrs_attrs__"):
+            todo.extend(getattr(obj, a.name) for a in obj.__attrs_attrs__)
+    bases.pop(id(grads), None)
+    return sum(bases.values())
+
+
+@pytest.mark.parametrize("model_fn, shape", [(seed_net, (1, 28, 28)), (lenet, (1, 28, 28)), (lenet, (3, 64, 64)),
+                                             (bn_net, (1, 12, 12)), (res_net, (1, 12, 12))])
+@pytest.mark.parametrize("train", [True, False])
+def test_auto_shards_fill_the_working_set_budget(model_fn, shape, train):
+    from fnnet.train import MIN_SHARD_ROWS, SHARD_BYTES
 
     model = model_fn()
     params, _ = model.init(fn.random.key(0), shape)
-    rows = fn.train.shard_rows(model, params, shape)
-    per_row = _buffer_bytes(model, params, (2, *shape), np.dtype(np.float32)) - _buffer_bytes(
-        model, params, (1, *shape), np.dtype(np.float32))
-    assert rows & (rows - 1) == 0  # a power of two
-    assert rows == MIN_SHARD_ROWS or rows * per_row <= SHARD_BYTES < 2 * rows * per_row
-    one = _buffer_bytes(model, params, (1, *shape), np.dtype(np.float32))
-    assert _buffer_bytes(model, params, (rows, *shape), np.dtype(np.float32)) == one + (rows - 1) * per_row
+    per_row = fn.train.row_bytes(model, params, shape, train=train)
+    # the layers' ledger counts what their buffers hold, row for row
+    assert per_row == _allocated(model, params, (2, *shape), train=train) - _allocated(model, params, (1, *shape),
+                                                                                        train=train)
+    one = _allocated(model, params, (1, *shape), train=train)
+    assert _allocated(model, params, (5, *shape), train=train) == one + 4 * per_row
+    if train:
+        rows = fn.train.shard_rows(model, params, shape)
+        assert rows & (rows - 1) == 0  # a power of two
+        assert rows == MIN_SHARD_ROWS or rows * per_row <= SHARD_BYTES < 2 * rows * per_row
 
 
 def _counter():
@@ -444,21 +488,29 @@ def test_a_model_with_state_is_cut_only_when_its_state_pools_the_shards():
     bn = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(10))
     params, _ = bn.init(fn.random.key(0), (1, 12, 12))
     assert bn.cuttable and fn.batch_norm().cuttable and fn.residual(fn.serial(fn.dense(3), fn.batch_norm())).cuttable
-    step = fn.train_step(bn, fn.softmax_cross_entropy, optim.sgd(0.1), shards=2)
-    assert fn.train.cut(step, params, (5, 1, 12, 12), np.dtype(np.float32)) == (2, 2, 1)
+    step = fn.train_step(bn, fn.softmax_cross_entropy, optim.sgd(0.1), rows_per_shard=2)
+    assert step.cut(params, (5, 1, 12, 12), np.dtype(np.float32)) == (2, 2, 1)
     custom = fn.serial(fn.flatten(), _counter(), fn.dense(10))
     assert not custom.cuttable and not fn.residual(_counter()).cuttable
     params, _ = custom.init(fn.random.key(0), (1, 12, 12))
     with pytest.raises(fn.InvalidValueError, match="has state .* does not combine shards' sums .* cannot be cut"):
-        fn.train_step(custom, fn.softmax_cross_entropy, optim.sgd(0.1), shards=2)
+        fn.train_step(custom, fn.softmax_cross_entropy, optim.sgd(0.1), rows_per_shard=2)
     step = fn.train_step(custom, fn.softmax_cross_entropy, optim.sgd(0.1))  # "auto": one shard
-    assert fn.train.cut(step, params, (4096, 1, 12, 12), np.dtype(np.float32)) == (4096,)
+    assert step.cut(params, (4096, 1, 12, 12), np.dtype(np.float32)) == (4096,)
 
 
-@pytest.mark.parametrize("shards", [0, -2, 2.5, "all", True])
-def test_bad_shards_are_named(shards):
-    with pytest.raises(fn.InvalidValueError, match=f"shards must be 'auto', None or an int >= 1.*{shards!r}"):
-        fn.train_step(seed_net(), fn.softmax_cross_entropy, optim.sgd(0.1), shards=shards)
+@pytest.mark.parametrize("rows", [0, -2, 2.5, "all", True])
+def test_bad_shard_rows_are_named(rows):
+    with pytest.raises(fn.InvalidValueError, match=f"rows_per_shard must be 'auto', None or an int >= 1.*{rows!r}"):
+        fn.train_step(seed_net(), fn.softmax_cross_entropy, optim.sgd(0.1), rows_per_shard=rows)
+
+
+def test_the_old_name_of_rows_per_shard_warns_and_means_rows():
+    with pytest.warns(DeprecationWarning, match=r"train_step\(shards=\) is train_step\(rows_per_shard=\)"):
+        step = fn.train_step(seed_net(), fn.softmax_cross_entropy, optim.sgd(0.1), shards=3)
+    assert step.rows_per_shard == 3
+    with pytest.warns(DeprecationWarning, match="Step.shards is Step.rows_per_shard"):
+        assert step.shards == 3
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, "2"])
@@ -488,15 +540,17 @@ def test_predict_gives_the_same_bits_on_any_number_of_threads(threads):
         fn.predict(model, params, x, threads=0)
 
 
-@pytest.mark.parametrize("batch_size,pooled", [(256, True), (128, False)])
-def test_predict_shares_chunks_between_threads_only_when_they_are_heavy(monkeypatch, batch_size, pooled):
-    # by default, threads only for chunks whose buffers pass CHUNK_BYTES (lenet at 12x12:
-    # 128 rows); an explicit thread count is always honoured
-    import fnnet.train as train_mod
+@pytest.mark.parametrize("pooled", [True, False])
+def test_predict_shares_chunks_between_threads_only_when_they_are_heavy(monkeypatch, pooled):
+    # by default, threads only for chunks whose eval-mode buffers pass CHUNK_BYTES (its own
+    # rule, not the training cut's); an explicit thread count is always honoured
+    import fnnet.train._predict as train_mod
 
     model = lenet()
     params, _ = model.init(fn.random.key(0), (1, 12, 12))
-    assert fn.train.shard_rows(model, params, (1, 12, 12), budget=fn.train.CHUNK_BYTES) == 128
+    heaviest_alone = fn.train.CHUNK_BYTES // fn.train.row_bytes(model, params, (1, 12, 12), train=False)
+    assert heaviest_alone > 1
+    batch_size = heaviest_alone + 1 if pooled else heaviest_alone
     pools = []
 
     class Recording(train_mod.ThreadPoolExecutor):
@@ -506,7 +560,7 @@ def test_predict_shares_chunks_between_threads_only_when_they_are_heavy(monkeypa
 
     monkeypatch.setattr(train_mod, "ThreadPoolExecutor", Recording)
     monkeypatch.setattr(fn.threads, "cores", lambda: 2)
-    x, _ = batch(np.random.default_rng(0), 300)
+    x, _ = batch(np.random.default_rng(0), 2 * batch_size + 10)  # three chunks
     got = fn.predict(model, params, x, batch_size=batch_size)
     assert pools == ([2] if pooled else [])
     assert got.tobytes() == fn.predict(model, params, x, batch_size=batch_size, threads=1).tobytes()

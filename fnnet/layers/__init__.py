@@ -1,15 +1,18 @@
 """Layers: each constructor returns a :class:`Layer` record of pure functions.
 
-``Layer``, ``Sig`` and the runner (``prepare``, ``run``, ``run_backward``) live in
-``_layer.py``. For writing layers: ``elementwise`` makes a layer without params from two
+``Layer``, ``Sig``, the protocol's function types (``InitFn``, ``ForwardFn``...) and the
+runner (``prepare``, ``run``, ``run_backward``) live in ``_layer.py``; the combinators
+(``serial``, ``residual``) and ``summary`` in ``combinators.py``, which runs its
+sub-layers through that runner. For writing layers: ``elementwise`` makes a layer without params from two
 array functions, and ``check_params`` is the params check the built-in layers use.
 ``Fusion`` tags, ``with_bias`` and ``normalized`` are how the built-in layers take part in fusion
 (``_fuse.py``, whose ``RULES`` pick the fused runs of ``serial``).
 """
 
 from ._checks import check_params
-from ._layer import Fusion, Layer, Sig, normalized, with_bias
+from ._layer import BackwardFn, BuffersFn, CheckFn, ForwardFn, Fusion, InitFn, Layer, Sig, normalized, with_bias
 from .activations import elementwise, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from .combinators import residual, serial, summary
 from .conv import conv2d
 from .dense import dense
 from .dropout import dropout
@@ -18,7 +21,12 @@ from .pool import avg_pool2d, global_avg_pool2d, max_pool2d
 from .reshape import flatten, identity, reshape
 
 __all__ = [
+    "BackwardFn",
+    "BuffersFn",
+    "CheckFn",
+    "ForwardFn",
     "Fusion",
+    "InitFn",
     "Layer",
     "Sig",
     "avg_pool2d",
@@ -37,8 +45,11 @@ __all__ = [
     "normalized",
     "relu",
     "reshape",
+    "residual",
+    "serial",
     "sigmoid",
     "softmax",
+    "summary",
     "tanh",
     "with_bias",
 ]

@@ -24,7 +24,7 @@ The runner (:func:`prepare`, :func:`run`, :func:`run_backward`, and for a sequen
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias, overload
 
 import attrs
 import numpy as np
@@ -43,11 +43,42 @@ from .._errors import (
 from ..flat import Layout
 from ..random import Key
 from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path, tree_zip
-from ..typing import BackwardFn, BuffersFn, CheckFn, DTypeLike, ForwardFn, InitFn, Params, PyTree, Shape
+from ..typing import Array, DTypeLike, Params, PyTree, Shape
 from ._checks import as_batch, check_init_dtype
 
-__all__ = ["Chain", "Fusion", "Layer", "Sig", "Site", "prepare", "prepare_checked", "run", "run_backward", "run_chain",
-           "run_chain_backward", "normalized", "with_bias"]
+__all__ = ["BackwardFn", "BuffersFn", "Chain", "CheckFn", "ForwardFn", "Fusion", "InitFn", "Layer", "Sig", "Site",
+           "normalized", "prepare", "prepare_checked", "run", "run_backward", "run_chain", "run_chain_backward",
+           "with_bias"]
+
+
+class InitFn(Protocol):
+    """A layer author's ``init``: params (unfrozen is fine) and the per-sample output shape."""
+
+    def __call__(self, key: Key, input_shape: Shape, dtype: np.dtype, /) -> tuple[Params, Shape]: ...
+
+
+class CheckFn(Protocol):
+    """A layer author's ``check``: the output shape, or an error naming what does not fit."""
+
+    def __call__(self, params: Params, input_shape: Shape, dtype: np.dtype, /) -> Shape: ...
+
+
+ForwardFn: TypeAlias = Callable[..., tuple[Any, ...]]
+"""A layer author's ``forward(params, x, buf) -> (y, cache)``; a layer with state also
+takes ``state=`` and returns ``(y, cache, state)``, a random layer also takes ``key=``."""
+
+
+class BackwardFn(Protocol):
+    """A layer author's ``backward``: ``(dparams, dx)``; ``dx`` may be None when the
+    signature said ``need_dx=False``."""
+
+    def __call__(self, cache: Any, dy: Array, /) -> tuple[Params, Array | None]: ...
+
+
+class BuffersFn(Protocol):
+    """The optional hook: the arrays ``forward`` and ``backward`` write into for ``sig``."""
+
+    def __call__(self, params: Params, sig: Sig, /) -> Any: ...
 
 
 @attrs.frozen
@@ -69,6 +100,10 @@ class Sig:
       which sets ``shard_sums``); other layers never see shards.
     * ``fuse``: whether ``serial`` may fuse runs of its layers (``fnnet/layers/_fuse.py``);
       False only to count the layers' own buffers (:func:`fnnet.train.shard_rows`).
+    * ``ledger``: a list that :meth:`empty` appends the bytes of each array it makes to,
+      or None. A hook that makes its arrays with :meth:`empty` (the built-in layers do)
+      so tells :func:`fnnet.train.shard_rows` what a row of a batch costs; arrays made
+      otherwise are not counted (they only make the shards thicker).
     """
 
     x_shape: tuple
@@ -80,10 +115,14 @@ class Sig:
     group: Any = None
     shard: int = 0
     fuse: bool = True
+    ledger: list | None = attrs.field(default=None, eq=False, repr=False)
 
     def empty(self, shape: tuple | None = None, dtype: Any = None) -> np.ndarray:
         """A new array of ``shape`` (default ``x_shape``) and ``dtype`` (default the input's)."""
-        return np.empty(self.x_shape if shape is None else shape, self.dtype if dtype is None else dtype)
+        a = np.empty(self.x_shape if shape is None else shape, self.dtype if dtype is None else dtype)
+        if self.ledger is not None:
+            self.ledger.append(a.nbytes)
+        return a
 
     def dx_buffer(self) -> np.ndarray | None:
         """A new array for ``dx`` when backward must return one, else None."""
@@ -94,7 +133,7 @@ class Sig:
         return Sig(
             tuple(x_shape), self.dtype, self.train, self.need_dx if need_dx is None else need_dx,
             None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key,
-            self.group, self.shard, self.fuse,
+            self.group, self.shard, self.fuse, self.ledger,
         )
 
 
@@ -298,31 +337,40 @@ def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool,
-    backward: Literal[True] = True, group: Any = None, shard: int = 0, fuse: bool = True,
+    backward: Literal[True] = True, group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
 ) -> tuple[Site, Layout, np.ndarray]: ...
 
 
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: Literal[False],
-    group: Any = None, shard: int = 0, fuse: bool = True,
+    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
 ) -> tuple[Site, None, None]: ...
+
+
+@overload
+def prepare_checked(
+    layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool,
+    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
+) -> tuple[Site, Layout | None, np.ndarray | None]: ...
 
 
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool = True,
-    group: Any = None, shard: int = 0, fuse: bool = True,
+    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
 ) -> tuple[Site, Layout | None, np.ndarray | None]:
     """Check ``params`` and inputs of ``x_shape`` and ``dtype`` against ``layer`` (errors
     name the layer), then :func:`prepare` it (as shard ``shard`` of ``group``, for a
-    training step cut into shards). With ``backward``, its gradients go to a fresh flat
-    vector, returned with its layout (else both are None)."""
+    training step cut into shards; ``fuse`` and ``ledger`` as in :class:`Sig`). With
+    ``backward``, its gradients go to a fresh flat vector, returned with its layout
+    (else both are None)."""
     layer.output_shape(params, x_shape[1:], dtype)
     if not backward:
-        return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, fuse=fuse)), None, None
+        return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, fuse=fuse, ledger=ledger)), None, None
     layout = Layout.of(params)
     flat, grads = layout.fresh_grads()
-    return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, grads, "", group, shard, fuse)), layout, flat
+    sig = Sig(x_shape, dtype, train, need_dx, grads, "", group, shard, fuse, ledger)
+    return prepare(layer, params, sig), layout, flat
 
 
 def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EMPTY) -> tuple[np.ndarray, Any, Any]:

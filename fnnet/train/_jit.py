@@ -1,7 +1,7 @@
 """``jit``: the training step with its plans kept, one per input signature.
 
-A :class:`JitStep` runs :func:`fnnet.train.run_step`, the body the plain step runs; it
-only keeps the :class:`~fnnet.train.Plan` of each input signature (checks once, buffers
+A :class:`JitStep` runs ``run_step`` (``fnnet/train/_body.py``), the body the plain step
+runs; it only keeps the plan of each input signature (checks once, buffers
 made once, gradients in one flat vector) and the flat params of the state it returned
 last. Each thread gets its own plans (kept by thread id), so one JitStep can serve
 several threads.
@@ -22,9 +22,11 @@ from typing import Any
 
 import attrs
 
-from ._errors import InvalidTypeError
-from .threads import blas_share, thread_count
-from .train import Carry, Plan, Step, TrainState, check_inputs, run_step
+from .._errors import InvalidTypeError
+from ..threads import blas_share, thread_count
+from ._body import Carry, run_step
+from ._state import TrainState
+from ._step import Step, check_inputs
 
 __all__ = ["JitStep", "jit"]
 
@@ -74,13 +76,13 @@ class JitStep:
         if carry is None or carry.state is not state or carry.plan is not plan:  # not the state we returned
             carry = None
             if plan is None or not plan.layout.matches(state.params):
-                plan = Plan.make(step, state, x, labels, self.threads)
+                plan = step.plan(state, x, labels, self.threads)
                 plans[plan.signature] = plan
         if len(plan.shards) == 1 or self.threads == 1:
-            new, metrics, local.carry = run_step(step, plan, state, x, labels, carry)
+            new, metrics, local.carry = run_step(plan, state, x, labels, carry)
             return new, metrics
         with blas_share(min(self.threads, len(plan.shards))):
-            new, metrics, local.carry = run_step(step, plan, state, x, labels, carry, self._workers())
+            new, metrics, local.carry = run_step(plan, state, x, labels, carry, self._workers())
         return new, metrics
 
 

@@ -1,0 +1,3 @@
+"""fnnet's version: one number, which pyproject.toml, meson.build and the changelog repeat."""
+
+__version__ = "0.2.0"

@@ -1,0 +1,30 @@
+"""Training: the state, the pure step, the body every runner runs, the shard cut, jit and predict.
+
+* ``_state.py``: :class:`TrainState`;
+* ``_step.py``: :class:`Step` and :func:`train_step` (the records, the checks of a call);
+* ``_body.py``: the one body of a step and the plan it runs on;
+* ``_shards.py``: how a batch is cut into shards (values in, sizes out);
+* ``_jit.py``: :func:`jit`, the step with its plans kept, its shards on threads;
+* ``_predict.py``: :func:`predict`, with its own chunking;
+* ``_diverge.py``: what a step says when its numbers stop being finite.
+"""
+
+import warnings
+from typing import Any
+
+from .. import threads
+from ._jit import JitStep, jit
+from ._predict import CHUNK_BYTES, predict
+from ._shards import MAX_SHARDS, MIN_SHARD_ROWS, SHARD_BYTES, cut, row_bytes, shard_rows
+from ._state import TrainState
+from ._step import Step, train_step
+
+__all__ = ["CHUNK_BYTES", "MAX_SHARDS", "MIN_SHARD_ROWS", "SHARD_BYTES", "JitStep", "Step", "TrainState", "cut",
+           "jit", "predict", "row_bytes", "shard_rows", "train_step"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "cores":  # (moved to fnnet.threads with the thread budget)
+        warnings.warn("fnnet.train.cores is fnnet.threads.cores", DeprecationWarning, stacklevel=2)
+        return threads.cores
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

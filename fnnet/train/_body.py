@@ -1,0 +1,217 @@
+"""The one body of a training step, and the plan it runs on.
+
+The flow of ``step(state, batch) -> (state, metrics)``::
+
+    for each shard of the batch (rows, decided by the input signature):
+        forward (layer 1..n) -> loss -> backward (layer n..1, into the shard's flat gradient)
+    -> the shards' gradients summed in shard order (each weighted by its share of the rows)
+    -> optimizer.update -> params + updates -> TrainState(params', opt_state', step + 1)
+
+:func:`run_step` is that flow, parameterised by a :class:`Plan` (the model prepared for
+one input signature: a set of buffers and a flat gradient per shard). The plain step
+makes a fresh plan for every call and runs the shards one after the other;
+:func:`fnnet.jit` keeps one plan per signature and may run the shards on several
+threads. All run this body and add the shards' gradients in the same order, so they
+give the same bits by construction, whatever the number of threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from concurrent.futures import Executor
+from typing import Any, NamedTuple
+
+import attrs
+import numpy as np
+
+from .. import random
+from .._errors import DivergenceError, InvalidValueError, TreeMismatchError
+from ..flat import Layout, pack_state, unpack_state
+from ..layers import Layer
+from ..layers._group import ShardGroup
+from ..layers._layer import Site, run, run_backward
+from ..metrics import accuracy
+from ..optim import GradientTransformation, apply_updates
+from ..tree import EMPTY, check_like, freeze, tree_leaves
+from ..typing import LossFn, PyTree
+from ._diverge import diverged, finite, nonfinite_outputs
+from ._state import TrainState
+
+__all__ = ["Carry", "Plan", "Shard", "check_state", "run_step"]
+
+
+class Shard(NamedTuple):
+    """One shard of a plan: its rows of the batch, its share of them (the weight of its
+    gradient), and the model prepared for them, with its own flat gradient."""
+
+    rows: slice
+    weight: float
+    site: Site
+    grads: np.ndarray
+
+
+@attrs.define
+class Plan:
+    """The model prepared for one input signature: what a step needs besides its inputs.
+
+    ``model``, ``loss``, ``optimizer`` and ``key`` are the step's. ``shards``: one
+    :class:`Shard` per part of the batch (see :func:`fnnet.train.cut`), each with the
+    buffers the layers' hooks made and gradient views into its flat gradient. The
+    shards' gradients are summed into the first's, which then holds the batch's.
+    ``flat`` says the optimizer runs on flat vectors (it is elementwise). ``checked``
+    turns True once a backward pass has been seen to write every gradient. ``group``:
+    for a cut batch of a model with state (batch norm), the
+    :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
+    through (None otherwise). Made by :meth:`fnnet.train.Step.plan`.
+    """
+
+    signature: tuple
+    model: Layer
+    loss: LossFn
+    optimizer: GradientTransformation
+    key: random.Key | None
+    layout: Layout
+    shards: tuple[Shard, ...]
+    flat: bool
+    group: ShardGroup | None = None
+    checked: bool = False
+
+
+class Carry(NamedTuple):
+    """What a step on a plan hands to the next one: the state it returned, with that
+    state's params and (packed) optimizer state as the flat vectors they are views of.
+    (A NamedTuple, not an attrs record: one is made per step, at a third of the cost.)"""
+
+    plan: Plan
+    state: TrainState
+    params: np.ndarray
+    opt_state: Any
+    packed: frozenset  # the paths in opt_state that are packed params-shaped trees
+
+
+def run_step(
+    plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, carry: Carry | None = None,
+    pool: Executor | None = None,
+) -> tuple[TrainState, dict[str, float], Carry | None]:
+    """The one body of a training step, on a plan that fits ``state`` and ``x``.
+
+    ``carry``: the :class:`Carry` of the previous call when ``state`` is the state that
+    call returned on this plan (it saves packing the params and the optimizer state
+    again), else None. ``pool``: threads to run the plan's shards on (None: one after
+    the other; the bits are the same). Returns the new state, the metrics and the new
+    carry.
+
+    A state the plan has not seen is checked against the optimizer and the model only
+    when the step fails (:func:`check_state` costs more than a small step): a state of
+    another optimizer or model then gets an error that says so, not the KeyError or
+    broadcast error it caused.
+    """
+    try:
+        return _body(plan, state, x, labels, carry, pool)
+    except Exception:
+        if carry is not None:
+            raise
+        try:
+            check_state(plan.model, plan.optimizer, state)
+        except TreeMismatchError as mismatch:
+            raise mismatch from None
+        raise
+
+
+def _pass(
+    plan: Plan, shard: Shard, state: TrainState, x: np.ndarray, labels: np.ndarray, key: random.Key | None
+) -> tuple[float, float | None, PyTree]:
+    """Forward, loss and backward of one shard (its gradient, weighted by its share of
+    the rows, lands in ``shard.grads``): ``(weighted loss, weighted accuracy or None,
+    model state)``."""
+    weight = shard.weight
+    if weight != 1.0:  # (a shard of a cut batch; one shard is the whole batch)
+        x, labels = x[shard.rows], labels[shard.rows]
+    logits, cache, model_state = run(shard.site, state.params, x, key, state.model_state)
+    try:  # the built-in losses refuse NaN and inf logits; any loss may return a non-finite value
+        loss, dlogits = plan.loss(logits, labels)
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise DivergenceError(f"step {state.step}: the loss is {loss}; the state passed in is unchanged")
+    except InvalidValueError:  # (DivergenceError is one): outputs that are NaN or inf say why
+        if not finite(logits):
+            raise nonfinite_outputs(state.step, x) from None
+        raise
+    acc = None
+    if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
+        acc = accuracy(logits, labels) * weight
+    if weight != 1.0:  # the batch's mean loss: each shard's mean weighted by its rows
+        dlogits = np.multiply(dlogits, weight, dtype=dlogits.dtype)
+    run_backward(shard.site, cache, dlogits)
+    return loss * weight, acc, model_state
+
+
+def _body(
+    plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, carry: Carry | None, pool: Executor | None,
+) -> tuple[TrainState, dict[str, float], Carry | None]:
+    key = None if plan.key is None else random.fold_in(plan.key, state.step)
+    shards = plan.shards
+    first = shards[0]  # the shards' gradients are summed into its own: its site and grads are the batch's
+    if len(shards) == 1:  # (every small batch: no list, no sums)
+        loss, acc, model_state = _pass(plan, first, state, x, labels, key)
+    else:
+        keys = [None if key is None else random.fold_in(key, i) for i in range(len(shards))]
+        if plan.group is not None:  # shards that meet (batch norm): each on a carrier of the group's
+            parts = plan.group.run([functools.partial(_pass, plan, s, state, x, labels, k)
+                                    for s, k in zip(shards, keys)])
+        elif pool is None:
+            parts = [_pass(plan, s, state, x, labels, k) for s, k in zip(shards, keys)]
+        else:
+            parts = list(pool.map(lambda s, k: _pass(plan, s, state, x, labels, k), shards, keys))
+        loss = math.fsum(p[0] for p in parts)
+        acc = None if parts[0][1] is None else math.fsum(p[1] for p in parts)  # type: ignore[misc]
+        model_state = parts[0][2]  # (every shard's is the whole batch's)
+    if not plan.checked:  # (before the sum: an unwritten leaf holds a marker a sum would lose)
+        for s in shards:
+            plan.layout.check_written(s.grads, plan.model.name)
+        plan.checked = True
+    grads = first.grads
+    for s in shards[1:]:  # in shard order, whatever ran them
+        np.add(grads, s.grads, out=grads)
+    metrics = {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}
+    model_state = model_state if model_state is EMPTY else freeze(model_state)
+    if not plan.flat:  # the optimizer needs the tree (clip_by_global_norm, masked)
+        updates, opt_state = plan.optimizer.update(first.site.grads, state.opt_state, state.params)
+        params = apply_updates(state.params, updates)
+        if not all(map(finite, tree_leaves(params))):
+            raise diverged(state.step, params, first.site.grads, opt_state)
+        new = TrainState(params, freeze(opt_state), state.step + 1, model_state)
+        return new, metrics, None
+    if carry is not None:
+        flat, opt_state, packed = carry.params, carry.opt_state, carry.packed
+    else:
+        flat = plan.layout.pack(state.params)
+        opt_state, packed = pack_state(state.opt_state, plan.layout)
+    updates, opt_state = plan.optimizer.update(grads, opt_state, flat)
+    new_flat = np.add(flat, updates, dtype=plan.layout.dtype)
+    if not math.isfinite(np.vdot(new_flat, new_flat)) and not np.isfinite(new_flat).all():  # (finite, inlined)
+        raise diverged(state.step, plan.layout.views(new_flat), grads, opt_state)
+    params = plan.layout.unpack(new_flat)
+    new_opt, aliased = unpack_state(opt_state, packed, plan.layout, grads)
+    new = TrainState(params, new_opt, state.step + 1, model_state)
+    if aliased:  # the optimizer kept the gradient buffer in its state: carry nothing, pack again next time
+        return new, metrics, None
+    return new, metrics, Carry(plan, new, new_flat, opt_state, packed)
+
+
+def check_state(model: Layer, optimizer: GradientTransformation, state: TrainState) -> None:
+    """TreeMismatchError unless ``state.opt_state`` (and a stateful model's
+    ``state.model_state``) has the structure, shapes and dtypes that ``optimizer`` (and
+    ``model``) make for ``state.params``: a state of another optimizer or model is named
+    as such, not met as a KeyError deep inside an update."""
+    check_like(
+        state.opt_state, optimizer.init(state.params),
+        "step: state.opt_state does not fit this step's optimizer (a state made by another optimizer or for "
+        "other params?)",
+    )
+    if model.stateful:
+        check_like(
+            state.model_state, model.init_state(state.params),
+            f"step: state.model_state does not fit the {model.name} model (a state of another model?)",
+        )

@@ -1,0 +1,59 @@
+"""Every renamed public name still works, warns with its new name, and is the new object."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+import fnnet as fn
+from fnnet import layers, optim
+
+
+def _old_combinators():
+    sys.modules.pop("fnnet.combinators", None)  # (a module warns when it is first imported)
+    return importlib.import_module("fnnet.combinators")
+
+
+def _old_typing(name):
+    import fnnet.typing
+
+    return getattr(fnnet.typing, name)
+
+
+def _train_step_shards():
+    return fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), fn.softmax_cross_entropy, optim.sgd(0.1), shards=5)
+
+
+CASES = {
+    "fnnet.combinators": (_old_combinators, "fnnet.combinators is fnnet.layers",
+                          lambda m: (m.serial, m.residual, m.summary) == (layers.serial, layers.residual,
+                                                                        layers.summary)),
+    **{f"fnnet.typing.{n}": (lambda n=n: _old_typing(n), f"fnnet.typing.{n} is fnnet.layers.{n}",
+                             lambda got, n=n: got is getattr(layers, n))
+       for n in ("InitFn", "CheckFn", "ForwardFn", "BackwardFn", "BuffersFn")},
+    "train_step(shards=)": (_train_step_shards, r"train_step\(shards=\) is train_step\(rows_per_shard=\)",
+                            lambda step: step.rows_per_shard == 5),
+    "Step.shards": (lambda: fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), fn.softmax_cross_entropy,
+                                          optim.sgd(0.1), rows_per_shard=7).shards,
+                    "Step.shards is Step.rows_per_shard", lambda got: got == 7),
+    "fnnet.train.cores": (lambda: fn.train.cores, "fnnet.train.cores is fnnet.threads.cores",
+                          lambda got: got is fn.threads.cores),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_an_old_name_warns_and_is_the_new_one(name):
+    old, message, same = CASES[name]
+    with pytest.warns(DeprecationWarning, match=message):
+        got = old()
+    assert same(got)
+
+
+def test_the_package_itself_imports_without_a_warning():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", "import fnnet, fnnet.train"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
