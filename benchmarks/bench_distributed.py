@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 import fnnet as fn  # noqa: E402
-from fnnet.distributed import data_parallel, mean_gradient, shard  # noqa: E402
+from fnnet.distributed import data_parallel, mean_gradient, rank_rows  # noqa: E402
 
 
 class TimedComm:
@@ -62,7 +62,7 @@ def run(comm: MPI.Comm, deterministic: bool, steps: int, batch: int) -> dict:
     rng = np.random.default_rng(0)
     x = rng.random((batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, batch)
-    rows = shard(batch, comm)
+    rows = rank_rows(batch, comm)
     x, y = x[rows], y[rows]
     for _ in range(20):  # warm-up: plans, caches
         state, _ = step(state, (x, y))

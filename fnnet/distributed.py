@@ -8,7 +8,7 @@ the same update and the params stay identical::
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     step = fn.jit(fn.train_step(model, loss, fn.distributed.data_parallel(fn.optim.adam(1e-3), comm)))
-    rows = fn.distributed.shard(batch_size, comm)      # this rank's rows of every global batch
+    rows = fn.distributed.rank_rows(batch_size, comm)  # this rank's rows of every global batch
     state, metrics = step(state, (x[rows], labels[rows]))
 
 Launch with ``mpiexec -n N python -m mpi4py script.py`` (``-m mpi4py`` turns an
@@ -37,6 +37,7 @@ per-slice gradients are summed in another order than one BLAS product over B row
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ from .optim import GradientTransformation
 from .tree import freeze
 from .typing import OptState, PyTree
 
-__all__ = ["broadcast", "check_replicated", "data_parallel", "mean_gradient", "shard"]
+__all__ = ["broadcast", "check_replicated", "data_parallel", "mean_gradient", "rank_rows"]
 
 
 def _check_comm(name: str, comm: Any) -> Any:
@@ -115,16 +116,17 @@ def data_parallel(
     return GradientTransformation(optimizer.init, update, elementwise=optimizer.elementwise)
 
 
-def shard(batch_size: int, comm: Any) -> slice:
+def rank_rows(batch_size: int, comm: Any) -> slice:
     """This rank's rows of a global batch of ``batch_size``: the ``rank``-th of
     ``size`` equal consecutive slices. ``batch_size`` must be divisible by the number
-    of ranks (unequal slices would weight the rows of the smaller ones more)."""
-    comm = _check_comm("shard", comm)
-    batch_size = check_int("shard", "batch_size", batch_size, 1)
+    of ranks (unequal slices would weight the rows of the smaller ones more). (Not the
+    shards a step cuts a batch into, which each rank's step cuts its own rows into.)"""
+    comm = _check_comm("rank_rows", comm)
+    batch_size = check_int("rank_rows", "batch_size", batch_size, 1)
     n, rank = comm.Get_size(), comm.Get_rank()
     if batch_size % n:
         raise InvalidValueError(
-            f"shard: a global batch of {batch_size} does not split into {n} equal slices (one per rank): "
+            f"rank_rows: a global batch of {batch_size} does not split into {n} equal slices (one per rank): "
             f"use a batch size divisible by {n}"
         )
     per = batch_size // n
@@ -149,3 +151,10 @@ def check_replicated(tree: PyTree, comm: Any, what: str = "params") -> None:
             f"check_replicated: the {what} differ between ranks (rank 0 and rank{'s' if len(differ) > 1 else ''} "
             f"{', '.join(map(str, differ))}): start every rank from the same key, or broadcast rank 0's"
         )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "shard":  # (0.2.0's name, which a step's shards made ambiguous)
+        warnings.warn("fnnet.distributed.shard is fnnet.distributed.rank_rows", DeprecationWarning, stacklevel=2)
+        return rank_rows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

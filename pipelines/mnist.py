@@ -484,7 +484,7 @@ def run(
     try:
         while state.step < end:
             idx = next(batches)
-            mine = fn.distributed.shard(len(idx), comm) if ranks.mpi else slice(None)
+            mine = fn.distributed.rank_rows(len(idx), comm) if ranks.mpi else slice(None)
             if augment is not None:  # batch t's augmentation: a pure function of (seed, t), then this rank's rows
                 x = augment(random.fold_in(k_aug, state.step), train.x[idx])[mine]
             else:

@@ -63,7 +63,7 @@ def main() -> None:
     step = step if args.plain else fn.jit(step, threads=1)  # one thread a rank
     state = initial_state(opt)
     fn.distributed.check_replicated(state.params, comm)
-    rows = fn.distributed.shard(args.batch, comm)
+    rows = fn.distributed.rank_rows(args.batch, comm)
     for t, (x, y) in enumerate(batches(args.steps, args.batch)):
         if comm.Get_rank() == args.fail_rank and t == args.fail_step:
             raise RuntimeError(f"rank {args.fail_rank} fails on purpose at step {t}")

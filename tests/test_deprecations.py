@@ -38,6 +38,8 @@ CASES = {
     "Step.shards": (lambda: fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), fn.softmax_cross_entropy,
                                           optim.sgd(0.1), rows_per_shard=7).shards,
                     "Step.shards is Step.rows_per_shard", lambda got: got == 7),
+    "fnnet.distributed.shard": (lambda: fn.distributed.shard, "fnnet.distributed.shard is fnnet.distributed.rank_rows",
+                                lambda got: got is fn.distributed.rank_rows),
     "fnnet.train.cores": (lambda: fn.train.cores, "fnnet.train.cores is fnnet.threads.cores",
                           lambda got: got is fn.threads.cores),
 }

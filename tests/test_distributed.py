@@ -23,7 +23,7 @@ from test_pipeline_mnist import REAL, SCRIPT
 
 import fnnet as fn
 from fnnet import optim
-from fnnet.distributed import broadcast, check_replicated, data_parallel, mean_gradient, shard
+from fnnet.distributed import broadcast, check_replicated, data_parallel, mean_gradient, rank_rows
 from fnnet.tree import FrozenDict, tree_leaves, tree_map
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -108,12 +108,12 @@ def test_mean_gradient_does_not_change_its_input():
     np.testing.assert_array_equal(g, np.arange(6))
 
 
-def test_shard_gives_consecutive_equal_slices_and_refuses_uneven_ones():
-    assert [shard(12, FakeComm(3, r)) for r in range(3)] == [slice(0, 4), slice(4, 8), slice(8, 12)]
+def test_rank_rows_gives_consecutive_equal_slices_and_refuses_uneven_ones():
+    assert [rank_rows(12, FakeComm(3, r)) for r in range(3)] == [slice(0, 4), slice(4, 8), slice(8, 12)]
     with pytest.raises(fn.InvalidValueError, match="batch of 10 does not split into 3 equal slices"):
-        shard(10, FakeComm(3, 1))
+        rank_rows(10, FakeComm(3, 1))
     with pytest.raises(fn.InvalidValueError, match="batch_size must be an int >= 1, got 0"):
-        shard(0, FakeComm())
+        rank_rows(0, FakeComm())
 
 
 def test_check_replicated_names_the_ranks_that_differ():
@@ -133,7 +133,7 @@ def test_broadcast_freezes_what_it_hands_out():
     (lambda: data_parallel(optim.sgd(0.1), object()), "comm must be an mpi4py communicator .* got object"),
     (lambda: data_parallel(lambda g: g, FakeComm()), "optimizer must be a GradientTransformation, got function"),
     (lambda: data_parallel(optim.sgd(0.1), FakeComm(), deterministic="yes"), "deterministic must be a bool"),
-    (lambda: shard(8, None), "shard: comm must be an mpi4py communicator"),
+    (lambda: rank_rows(8, None), "rank_rows: comm must be an mpi4py communicator"),
 ])
 def test_bad_arguments_are_named(call, message):
     with pytest.raises(fn.InvalidTypeError, match=message):
