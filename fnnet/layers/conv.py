@@ -25,7 +25,8 @@ class _Buffers(NamedTuple):
     """What a conv2d layer writes into for one input signature (a tuple: the backward
     pass unpacks it in one go)."""
 
-    args: tuple[int, int, int, int, int, int, int, int, int, int]  # the kernels' kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr
+    # the kernels' kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr
+    args: tuple[int, int, int, int, int, int, int, int, int, int]
     cols: np.ndarray  # (N, C*kh*kw, Ho, Wo): im2col's layout
     cols3: np.ndarray  # the same memory as (N, C*kh*kw, Ho*Wo), for BLAS
     y: np.ndarray  # (N, K, Ho*Wo)
