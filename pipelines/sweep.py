@@ -5,10 +5,11 @@
   python pipelines/sweep.py --sample lr=loguniform:3e-4:1e-2 --num-samples 8 --scheduler asha -- --epochs 2
   python pipelines/sweep.py --address auto ...        # on a Ray cluster (ray start --head / --address)
 
-After ``--``: flags of pipelines/mnist.py that every trial shares. Each trial is a normal
-seeded run of mnist.py's ``run()`` with the trial's flags added, in its own folder
-``<out>/trials/<trial>``, reporting every evaluation's metrics to Tune through the
-training loop's callback (nothing is read back from a subprocess). ``--grid`` gives
+After ``--``: flags of pipelines/mnist.py that every trial shares. Each trial is the
+command its row of the table prints: pipelines/mnist.py with the trial's flags, run by a
+Ray worker in its own folder ``<out>/trials/<trial>`` (the worker gets the script and
+its recipes by value, so a cluster's nodes need fnnet, not this checkout), and each
+evaluation's row of its metrics.jsonl reported to Tune as it lands. ``--grid`` gives
 values to try; ``--sample`` draws ``--num-samples`` points at random (drawn from
 ``--sweep-seed``, so the sweep itself is reproducible); every point runs with every seed.
 ``--scheduler asha`` stops the trials that trail at each evaluation.
@@ -27,11 +28,14 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
 import math
 import os
 import pathlib
 import shlex
+import subprocess
 import sys
+import tempfile
 from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -39,11 +43,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import mnist  # noqa: E402
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import recipes  # noqa: E402
 
 import fnnet as fn  # noqa: E402
 from fnnet import data, random  # noqa: E402
+from fnnet.experiment import follow_metrics, number  # noqa: E402
 
 # mnist.py's flags a sweep may vary: name -> the type of its values
 SWEEPABLE: dict[str, type] = {
@@ -53,6 +59,7 @@ SWEEPABLE: dict[str, type] = {
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 OUTPUTS = ("results.csv", "results.md", "sweep.png")
 METRIC = "val_accuracy"
+SCRIPTS = ("mnist.py", "recipes.py")  # what a trial runs: the pipeline, shipped to the workers as text
 
 
 class SweepError(fn.InvalidValueError):
@@ -137,19 +144,48 @@ def trial_name(index: int, seed: int) -> str:
     return f"p{index:03d}-seed{seed}"
 
 
-def trainable(config: dict[str, Any], *, fixed: list[str], out: str, ds: data.Dataset, pts: list[dict]) -> None:
-    """One trial, in a Ray worker: mnist.py's run() with the trial's flags, each
-    evaluation reported to Tune, then the final test accuracy and params sha256."""
+def _end_with_parent() -> None:
+    """(In the trial's process, before it runs:) end when the worker that started it
+    ends, as when the scheduler stops a trailing trial (Linux; elsewhere the worker's
+    ``finally`` ends it)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def trainable(config: dict[str, Any], *, fixed: list[str], out: str, sources: dict[str, str], workdir: str,
+              pts: list[dict]) -> None:
+    """One trial, in a Ray worker: the command of its row (pipelines/mnist.py, written
+    from ``sources``) in its own process, each evaluation reported to Tune as it lands
+    in metrics.jsonl, then the final test accuracy and params sha256. It runs in the
+    sweep's ``workdir`` (where a relative --data-dir means what it meant to the sweep)."""
     from ray import tune
 
     folder = pathlib.Path(out) / "trials" / trial_name(config["index"], config["seed"])
-    args = mnist.parse_args(trial_argv(fixed, pts[config["index"]], config["seed"], folder))
-    cfg = mnist.make_config(args, ds)
-
-    def report(row: dict) -> None:
-        tune.report({k: row[k] for k in ("step", "epoch", "loss", "train_accuracy", "val_loss", "val_accuracy")})
-
-    summary = mnist.run(cfg, folder, ds, overwrite=True, on_eval=report)
+    argv = trial_argv(fixed, pts[config["index"]], config["seed"], folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fnnet-trial-") as code, open(folder / "log.txt", "w") as log:
+        for name, text in sources.items():
+            (pathlib.Path(code) / name).write_text(text)
+        (folder / "metrics.jsonl").unlink(missing_ok=True)  # (--overwrite: rows of an earlier trial are not this one's)
+        proc = subprocess.Popen([sys.executable, str(pathlib.Path(code) / "mnist.py"), *argv, "--overwrite"],
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent,
+                                cwd=workdir if os.path.isdir(workdir) else None)
+        try:
+            for row in follow_metrics(folder / "metrics.jsonl", lambda: proc.poll() is None):
+                tune.report({k: row[k] for k in ("step", "epoch", "loss", "train_accuracy", "val_loss",
+                                                  "val_accuracy")})
+        finally:
+            if proc.poll() is None:  # (the scheduler stopped the trial)
+                proc.kill()
+            proc.wait()
+    if proc.returncode not in (0, 3):  # (3: ended diverged, its summary says so)
+        raise RuntimeError(f"{folder.name} exited {proc.returncode}: {(folder / 'log.txt').read_text()[-2000:]}")
+    summary = json.loads((folder / "summary.json").read_text())
     tune.report({"step": summary["steps"], "val_accuracy": summary["val_accuracy"],
                  "test_accuracy": summary["test_accuracy"], "params_sha256": summary["params_sha256"],
                  "wall_seconds": summary["wall_seconds"], "finished": True})
@@ -160,15 +196,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     fixed = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=mnist._number(int, 0), nargs="+", default=[0], help="seeds of every point")
+    ap.add_argument("--seeds", type=number(int, 0), nargs="+", default=[0], help="seeds of every point")
     ap.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...", help="values to try")
     ap.add_argument("--sample", action="append", default=[], metavar="NAME=DIST:LOW:HIGH",
                     help=f"draw NAME at random ({', '.join(DISTRIBUTIONS)})")
-    ap.add_argument("--num-samples", type=mnist._number(int, 1), default=4, help="random points (with --sample)")
-    ap.add_argument("--sweep-seed", type=mnist._number(int, 0), default=0, help="seed of the random points")
+    ap.add_argument("--num-samples", type=number(int, 1), default=4, help="random points (with --sample)")
+    ap.add_argument("--sweep-seed", type=number(int, 0), default=0, help="seed of the random points")
     ap.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
                     help="asha: stop the trials that trail at each evaluation (async successive halving)")
-    ap.add_argument("--num-cpus", type=mnist._number(int, 1), default=os.cpu_count() or 1,
+    ap.add_argument("--num-cpus", type=number(int, 1), default=os.cpu_count() or 1,
                     help="trials at a time on this machine (one CPU each)")
     ap.add_argument("--address", help="a running Ray cluster's address ('auto': the one this machine joined)")
     ap.add_argument("--out", default="sweeps/sweep", help="output folder")
@@ -179,16 +215,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 def check(
     args: argparse.Namespace, fixed: list[str], ds: data.Dataset
-) -> tuple[list[dict[str, Any]], list[mnist.Config]]:
-    """The sweep's points and their configs: every trial's flags checked by mnist.py
-    (before Ray starts)."""
+) -> tuple[list[dict[str, Any]], list[recipes.Config]]:
+    """The sweep's points and their configs: every trial's flags checked as mnist.py
+    checks them (pipelines/recipes.py), before Ray starts."""
     grid, samples = [parse_grid(g) for g in args.grid], [parse_sample(s) for s in args.sample]
     names = [n for n, _ in grid] + [s[0] for s in samples]
     if len(set(names)) != len(names):
         raise SweepError(f"a hyper-parameter is swept twice: {names}")
     if not names and len(args.seeds) < 2:
         raise SweepError("nothing to sweep: give --grid, --sample or several --seeds")
-    shared = mnist.parse_args(fixed)
+    shared = recipes.parse_args(fixed)
     given = {"out": shared.out != f"runs/{shared.preset}-{shared.dataset}-seed{shared.seed}",
              **{flag: getattr(shared, flag) not in (None, False) for flag in ("resume", "overwrite", "stop_after",
                                                                                 "distributed")}}
@@ -198,13 +234,13 @@ def check(
         raise SweepError("after --: give seeds with --seeds")
     pts = points(grid, samples, args.num_samples, args.sweep_seed)
     # (the bounds of a random draw are checked by its draws)
-    cfgs = [mnist.make_config(mnist.parse_args(trial_argv(fixed, p, args.seeds[0], pathlib.Path("x"))), ds)
+    cfgs = [recipes.make_config(recipes.parse_args(trial_argv(fixed, p, args.seeds[0], pathlib.Path("x"))), ds)
             for p in pts]
     return pts, cfgs
 
 
 def sweep(
-    args: argparse.Namespace, fixed: list[str], ds: data.Dataset, pts: list[dict[str, Any]], cfgs: list[mnist.Config]
+    args: argparse.Namespace, fixed: list[str], pts: list[dict[str, Any]], cfgs: list[recipes.Config]
 ) -> list[dict]:
     """Run every (point, seed) on Ray Tune; one row per trial."""
     import ray
@@ -212,19 +248,21 @@ def sweep(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     out = pathlib.Path(args.out).resolve()  # trials run in their own working directories
-    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           **{k: os.environ[k] for k in ("FNNET_DATA_DIR", "PYTHONPATH") if k in os.environ}}
     if args.address:
         ray.init(address=args.address, runtime_env={"env_vars": env})
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
-    ray.cloudpickle.register_pickle_by_value(mnist)  # the workers get this mnist.py, not an import path
     # (max_t past the longest trial's last step: a trial that gets there reports its test accuracy before it
     # ends; points may sweep --steps, --epochs or --batch-size)
     scheduler = (ASHAScheduler(time_attr="step", max_t=max(c.steps for c in cfgs) + 1,
                                grace_period=min(c.eval_every for c in cfgs), reduction_factor=2)
                  if args.scheduler == "asha" else FIFOScheduler())
     space = {"index": tune.grid_search(list(range(len(pts)))), "seed": tune.grid_search(args.seeds)}
-    run = tune.with_parameters(tune.with_resources(trainable, {"cpu": 1}), fixed=fixed, out=str(out), ds=ds, pts=pts)
+    sources = {name: (HERE / name).read_text() for name in SCRIPTS}  # (by value: a node may lack this checkout)
+    run = tune.with_parameters(tune.with_resources(trainable, {"cpu": 1}), fixed=fixed, out=str(out), sources=sources,
+                               workdir=os.getcwd(), pts=pts)
     tuner = tune.Tuner(
         run,
         param_space=space,
@@ -311,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         existing = [n for n in (*OUTPUTS, "trials", "ray") if (out / n).exists()]
         if existing and not args.overwrite:
             raise SweepError(f"--out {out}: holds a sweep ({', '.join(existing)}); pass --overwrite or another --out")
-        shared = mnist.parse_args(fixed)
+        shared = recipes.parse_args(fixed)
         ds = data.load(shared.dataset, shared.data_dir, verify=not shared.no_verify)
         pts, cfgs = check(args, fixed, ds)
     except fn.FnnetError as exc:
@@ -327,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    rows = sweep(args, fixed, ds, pts, cfgs)
+    rows = sweep(args, fixed, pts, cfgs)
     write_tables(out, rows)
     swept = list(dict.fromkeys(k for p in pts for k in p))
     plot(out, rows, swept)

@@ -443,6 +443,8 @@ def test_a_save_killed_at_random_moments_leaves_the_last_checkpoint_and_is_clean
 
 
 def _pipeline():
+    if str(SCRIPT.parent) not in sys.path:  # (as `python pipelines/mnist.py` has it: its recipes beside it)
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("fnnet_pipeline_mnist", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

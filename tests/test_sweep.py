@@ -74,7 +74,7 @@ def test_random_points_are_drawn_from_the_sweep_seed_within_bounds():
 
 def test_a_trials_flags_are_mnist_flags_with_exact_values():
     argv = sweep.trial_argv(["--steps", "5"], {"lr": 0.1 + 0.2, "batch_size": 16}, 3, pathlib.Path("/o"))
-    args = sweep.mnist.parse_args(argv)
+    args = sweep.recipes.parse_args(argv)
     assert (args.lr, args.batch_size, args.seed, args.out, args.steps) == (0.1 + 0.2, 16, 3, "/o", 5)
 
 

@@ -1,0 +1,451 @@
+"""What a training script needs around its loop: run folders, metrics files, ranks, plots, exit statuses.
+
+``pipelines/mnist.py`` reads top to bottom (flags, data, model, step, loop, outputs)
+because this module holds the rest, and ``pipelines/sweep.py`` uses the same parts:
+
+* :class:`RunFolder`: ``--out`` refused before any work when it would lose or mix files
+  (``--resume``, ``--overwrite``), atomic writes, ``metrics.jsonl`` (a torn last line
+  dropped; :func:`follow_metrics` reads it while another process writes it), the
+  checkpoint with the config it belongs to;
+* :class:`Ranks`: the processes of a data-parallel run (mpi4py's ``MPI_COMM_WORLD``, or
+  this process alone) and each one's threads; :func:`evaluate` on all of them;
+* :class:`Divergence`: a mean training loss far above chance level, said once per row;
+* :func:`save_plots`: learning curves and predictions (matplotlib, if installed);
+* :func:`number`: argparse types that name the flag in their errors;
+* :func:`exit_status`: the exit statuses of a run (0 done, 2 bad flags or files,
+  3 diverged, 130 interrupted), the same on every rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import numpy as np
+
+from . import checkpoint
+from ._errors import DataError, DivergenceError, FnnetError, InvalidValueError
+from .data import Split
+from .losses import softmax_cross_entropy
+from .threads import blas_share
+from .train import TrainState, predict
+from .tree import check_like
+from .typing import Params
+
+__all__ = ["Divergence", "FlagError", "Ranks", "RunFolder", "evaluate", "exit_status", "follow_metrics", "number",
+           "read_metrics", "save_plots", "write_atomic"]
+
+
+class FlagError(InvalidValueError):
+    """A command-line flag has a bad value, or values that do not fit together or the data."""
+
+
+def number(kind: type[int] | type[float], low: float, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite ``kind`` (int or float) >= ``low`` (> if ``low_open``);
+    argparse names the flag in the error."""
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or (value <= low if low_open else value < low):
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {what} {'>' if low_open else '>='} {low:g}, got {text!r}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename: a kill leaves the old or the new file
+    (and a temporary file of a fixed name, which the next write reuses)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _config_diff(old: object, new: dict) -> str:
+    """The fields that differ, then both configs whole."""
+    both = f"  the checkpoint's config: {old!r}\n  this run's config:       {new}"
+    if not isinstance(old, dict):
+        return both
+    keys = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+    return "\n".join(f"  {k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys) + "\n" + both
+
+
+_NAMES = {"data_key": "data-order key"}  # what a checkpoint's metadata entries are, for errors
+
+
+@attrs.frozen
+class RunFolder:
+    """A run's output folder ``path``, whose files are ``outputs`` (the checkpoint first,
+    then ``metrics.jsonl``...); ``config``: the run's config as a dict, which its
+    checkpoint records and a resumed run must match."""
+
+    path: pathlib.Path = attrs.field(converter=pathlib.Path)
+    outputs: tuple[str, ...]
+    config: dict
+
+    @property
+    def checkpoint(self) -> pathlib.Path:
+        return self.path / self.outputs[0]
+
+    @property
+    def metrics(self) -> pathlib.Path:
+        return self.path / "metrics.jsonl"
+
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Refuse an --out that would lose or mix files, before any work starts."""
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise FlagError(f"--out {out}: is a file, not a folder")
+        existing = [name for name in self.outputs if (out / name).exists()]
+        if resume:
+            if not self.checkpoint.is_file():
+                raise FlagError(f"--resume: no checkpoint to resume in --out {out} ({self.checkpoint} is missing)")
+        elif existing and not overwrite:
+            raise FlagError(
+                f"--out {out}: holds a run ({', '.join(existing)}); pass --resume to continue it, --overwrite to "
+                "replace it, or another --out"
+            )
+
+    def start(self) -> None:
+        """A fresh run: the folder made, no file of an old run left beside the new one."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in self.outputs:
+            (self.path / name).unlink(missing_ok=True)
+
+    def resume(self, like: TrainState, meta: dict) -> tuple[TrainState, dict, list[dict]]:
+        """The checkpoint's state (its params and optimizer state checked against
+        ``like``), its metadata and the metrics rows up to its step; a FlagError when it
+        belongs to another config or ``meta`` (the data-order key...) differs."""
+        ckpt = self.checkpoint
+        tree, found = checkpoint.load(ckpt)
+        if found.get("config") != self.config:  # before the tree: another preset has other params
+            raise FlagError(f"--resume: {ckpt} was written with another config:\n"
+                            f"{_config_diff(found.get('config'), self.config)}\n"
+                            "pass the flags of that run, or another --out")
+        for key, value in meta.items():
+            if found.get(key) != value:
+                raise FlagError(f"--resume: {ckpt} has another {_NAMES.get(key, key)}")
+        check_like(tree, {"params": like.params, "opt_state": like.opt_state},
+                   f"--resume: {ckpt} does not hold this config's model and optimizer state")
+        state = TrainState(tree["params"], tree["opt_state"], int(found["step"]))
+        return state, found, [r for r in self.read_metrics() if r["step"] <= state.step]
+
+    def save(self, state: TrainState, meta: dict) -> None:
+        """The checkpoint: params, optimizer state, step, the config and ``meta``."""
+        checkpoint.save(self.checkpoint, {"params": state.params, "opt_state": state.opt_state},
+                        {"step": state.step, "config": self.config, **meta})
+
+    def read_metrics(self) -> list[dict]:
+        """The rows of ``metrics.jsonl``. A torn last line (a kill during a write) is
+        dropped with a note; a bad line before it is a DataError naming the file and line."""
+        return read_metrics(self.metrics)
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """``metrics.jsonl`` as ``rows`` (at the start of a run: a resumed run's rows up to its step)."""
+        write_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def write_json(self, name: str, value: Any) -> None:
+        write_atomic(self.path / name, json.dumps(value, indent=2) + "\n")
+
+
+def read_metrics(path: pathlib.Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (see :meth:`RunFolder.read_metrics`); none if it is missing."""
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a row with a step")
+            rows.append(row)
+        except ValueError as exc:
+            if i == len(lines):
+                print(f"note: {path}: dropped a torn last line ({len(line)} bytes)", file=sys.stderr)
+                break
+            raise DataError(f"{path}: line {i} is not a metrics row ({exc})") from None
+    return rows
+
+
+def follow_metrics(path: pathlib.Path, running: Callable[[], bool], poll: float = 0.2) -> Iterator[dict]:
+    """The rows of a ``metrics.jsonl`` that another process writes, each as soon as its
+    line is whole, until ``running()`` turns False (then the rest). For a sweep that
+    reports a trial's evaluations while the trial runs as a command of its own."""
+    done, seen = False, 0
+    while not done:
+        done = not running()  # (read once more after the writer ended: its last rows)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        lines = text.split("\n")[:-1]  # whole lines only: the last may be mid-write
+        if len(lines) < seen:  # (the writer started the file again: --overwrite)
+            seen = 0
+        for line in lines[seen:]:
+            yield json.loads(line)
+        seen = len(lines)
+        if not done:
+            time.sleep(poll)
+
+
+class _Alone:
+    """The communicator of a run in one process: a broadcast returns what it is given."""
+
+    def Get_rank(self) -> int:  # noqa: N802 - mpi4py's names
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 1
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+
+@attrs.frozen
+class Ranks:
+    """How a run uses the machine: the processes of a data-parallel run (an mpi4py
+    communicator, with ``deterministic`` the reduction of the gradients that sums in rank
+    order: :func:`fnnet.distributed.data_parallel`) and each one's ``threads`` (None:
+    every core alone, one thread a rank under MPI). Not part of a config: a run may
+    resume on another number of ranks or threads."""
+
+    comm: Any = attrs.field(factory=_Alone)
+    deterministic: bool = False
+    threads: int | None = None
+
+    @classmethod
+    def mpi_world(cls, deterministic: bool, threads: int | None) -> Ranks:
+        """MPI_COMM_WORLD's ranks (--distributed), or a FlagError saying what to install."""
+        try:
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise FlagError(f"--distributed needs mpi4py and an MPI ({exc}): pip install 'fnnet[distributed]' mpich, "
+                            "or mpi4py built against the site's MPI") from None
+        return cls(MPI.COMM_WORLD, deterministic, threads)
+
+    @property
+    def mpi(self) -> bool:
+        return not isinstance(self.comm, _Alone)
+
+    @property
+    def step_threads(self) -> int | None:
+        """The threads of this process's training step and evaluations (None: every core)."""
+        return self.threads or (1 if self.mpi else None)
+
+    @property
+    def cores(self) -> int | None:
+        """Deprecated name of :attr:`step_threads` (a count of threads, not of cores)."""
+        warnings.warn("Ranks.cores is Ranks.step_threads", DeprecationWarning, stacklevel=2)
+        return self.step_threads
+
+    @property
+    def size(self) -> int:
+        return int(self.comm.Get_size())
+
+    @property
+    def root(self) -> bool:
+        return self.comm.Get_rank() == 0
+
+    def on_root(self, f: Callable[[], Any]) -> Any:
+        """``f()`` on rank 0, its result (or its FnnetError) on every rank: rank 0 alone
+        reads and writes --out, and every rank stops on its errors."""
+        result: Any = None
+        if self.root:
+            try:
+                result = f()
+            except FnnetError as exc:
+                result = exc
+        result = self.comm.bcast(result, root=0)
+        if isinstance(result, FnnetError):
+            raise result
+        return result
+
+    def mean(self, values: list[float]) -> list[float]:
+        """The mean over the ranks of each of ``values`` (one collective)."""
+        return (self.comm.allreduce(np.array(values)) / self.size).tolist()
+
+    def check_split(self, batch_size: int, n_train: int, epochs: bool) -> None:
+        """FlagError unless every global batch of ``batch_size`` (with ``epochs``, the last
+        of an epoch over ``n_train`` images too) splits into equal slices, one per rank."""
+        ranks = self.size
+        if batch_size % ranks:
+            raise FlagError(f"--distributed on {ranks} ranks: --batch-size {batch_size} does not split into {ranks} "
+                            f"equal slices; use a batch size divisible by {ranks}")
+        last = n_train % batch_size if epochs else 0
+        if last % ranks:
+            raise FlagError(f"--distributed on {ranks} ranks: the last batch of each epoch has {last} images "
+                            f"({n_train} % {batch_size}), which do not split into {ranks} equal slices; choose "
+                            "--train-size or --batch-size so that they do")
+
+    @contextlib.contextmanager
+    def blas_budget(self) -> Iterator[None]:
+        """The whole run's share of BLAS threads: under MPI, the ranks on this machine share
+        its cores (each rank's jit runs one thread, so nothing else caps BLAS); one process
+        leaves BLAS to jit and predict, which cap it while their threads run."""
+        if not self.mpi:
+            yield
+            return
+        from mpi4py import MPI
+
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # (the ranks on this machine)
+        try:
+            share = blas_share(node.Get_size())
+        finally:
+            node.Free()
+        with share:
+            yield
+
+
+def evaluate(model: Any, params: Params, split: Split, dtype: np.dtype, step: int, ranks: Ranks | None = None,
+             model_state: Any = None) -> dict:
+    """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split;
+    on several ranks each predicts its share of the images and every rank gets the whole."""
+    ranks = ranks or Ranks()
+    comm = ranks.comm
+    n, size, rank = len(split), comm.Get_size(), comm.Get_rank()
+    mine = slice(rank * n // size, (rank + 1) * n // size)
+    finite, loss, pred = True, 0.0, np.empty(0, np.int64)
+    if mine.stop > mine.start:  # (fewer images than ranks leave some ranks none)
+        kw = {} if model_state is None else {"model_state": model_state}
+        logits = predict(model, params, split.x[mine].astype(dtype, copy=False), threads=ranks.step_threads, **kw)
+        finite = bool(np.isfinite(logits).all())  # (the loss refuses NaN and inf)
+        loss = float(softmax_cross_entropy(logits, split.y[mine])[0]) if finite else math.nan
+        pred = logits.argmax(axis=1)
+    if size > 1:  # each rank's mean loss weighted by its rows; every prediction
+        parts = comm.allgather((finite, loss * len(pred), pred))
+        finite = all(p[0] for p in parts)
+        loss, pred = sum(p[1] for p in parts) / n, np.concatenate([p[2] for p in parts])
+    if not finite:  # finite params whose outputs overflow: diverged
+        raise DivergenceError(f"step {step}: the model's outputs on evaluation images are NaN or inf")
+    return {"loss": loss, "accuracy": float(np.mean(pred == split.y)), "pred": pred}
+
+
+@attrs.frozen
+class Divergence:
+    """A classifier that learns stays below the loss of a uniform guess, ``log(classes)``:
+    a mean training loss above twice that has diverged, even if it is finite."""
+
+    classes: int
+
+    @property
+    def above(self) -> float:
+        return 2 * math.log(self.classes)
+
+    def warnings(self, row: dict) -> list[str]:
+        """The warnings of a metrics row (its mean training ``loss`` at ``step``)."""
+        if row["loss"] <= self.above:
+            return []
+        return [f"diverging: mean training loss {row['loss']:.4g} at step {row['step']} is above twice the "
+                f"chance level ({self.above:.3f}); lower --lr"]
+
+    def ended(self, rows: list[dict]) -> bool:
+        """Whether a run whose metrics are ``rows`` ended diverged (exit status 3)."""
+        return bool(rows) and rows[-1]["loss"] > self.above
+
+
+def save_plots(
+    out: pathlib.Path, rows: list[dict], test_x: np.ndarray, test_y: np.ndarray, pred: np.ndarray,
+    classes: tuple[str, ...],
+) -> list[str]:
+    """``learning_curves.png`` (training and validation loss and accuracy of ``rows``) and
+    ``predictions.png`` (the first test images, then mistakes); the names written, none
+    without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: skipping learning_curves.png and predictions.png "
+              "(pip install 'fnnet[plot]')", file=sys.stderr)
+        return []
+    steps = [r["step"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(steps, [r["loss"] for r in rows], label="train (mean since last eval)")
+    ax1.plot(steps, [r["val_loss"] for r in rows], label="validation")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.set_yscale("log")
+    ax1.legend()
+    ax2.plot(steps, [r["train_accuracy"] for r in rows], label="train (mean since last eval)")
+    ax2.plot(steps, [r["val_accuracy"] for r in rows], label="validation")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("accuracy")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=100)
+    plt.close(fig)
+
+    # first 40 test images, with every mistake among the first 1000 shown after them
+    wrong = np.flatnonzero(pred[:1000] != test_y[:1000])
+    idx = np.concatenate([np.arange(40 - min(len(wrong), 20)), wrong[:20]])
+    fig, axes = plt.subplots(5, 8, figsize=(12, 8))
+    for ax, i in zip(axes.ravel(), idx):
+        ok = pred[i] == test_y[i]
+        ax.imshow(test_x[i, 0], cmap="gray_r")
+        ax.set_title(f"{classes[test_y[i]]} / {classes[pred[i]]}" + ("" if ok else " ✗"),
+                     color="black" if ok else "red", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("test images: true / predicted (mistakes in red)")
+    fig.tight_layout()
+    fig.savefig(out / "predictions.png", dpi=80)
+    plt.close(fig)
+    return ["learning_curves.png", "predictions.png"]
+
+
+def exit_status(run: Callable[[], int], ranks: Callable[[], Ranks], out: pathlib.Path) -> int:
+    """``run()``'s exit status, with errors as statuses on every rank: 2 for an
+    FnnetError (bad flags or files), 3 for a DivergenceError (a non-finite update was
+    refused: the last checkpoint is intact), 130 for Ctrl-C (``SystemExit(130)``), and
+    under MPI any other error ends every rank (one rank must not leave the others
+    waiting). ``ranks()``: the run's ranks as they are when the error comes."""
+    try:
+        return run()
+    except DivergenceError as exc:
+        return _fail(ranks(), 3, f"training diverged: {exc}\nthe last checkpoint in {out} is intact; lower --lr")
+    except FnnetError as exc:
+        return _fail(ranks(), 2, str(exc))
+    except SystemExit as exc:  # (Ctrl-C: 130)
+        if ranks().size > 1 and exc.code:
+            _fail(ranks(), int(exc.code), None)
+        raise
+    except BaseException:
+        if ranks().size == 1:
+            raise
+        traceback.print_exc()
+        return _fail(ranks(), 1, None)
+
+
+def _fail(ranks: Ranks, status: int, message: str | None) -> int:
+    """Print ``message`` (rank 0's, or any rank's own), and end every rank with ``status``."""
+    if message is not None:
+        prefix = f"rank {ranks.comm.Get_rank()} of {ranks.size}: " if ranks.size > 1 else ""
+        print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+    if ranks.size > 1:
+        sys.stdout.flush()
+        ranks.comm.Abort(status)  # MPI_Abort ends every rank (python -m mpi4py does it too; srun may not)
+    return status

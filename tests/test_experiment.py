@@ -1,0 +1,141 @@
+"""fnnet.experiment: run folders, metrics files, ranks, divergence and exit statuses.
+
+pipelines/mnist.py runs all of it end to end (tests/test_pipeline_mnist.py); here each
+part alone, with the cases a run meets rarely."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fnnet as fn
+from fnnet import optim
+from fnnet.experiment import Divergence, FlagError, Ranks, RunFolder, exit_status, follow_metrics, number
+
+OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json")
+
+
+def _state():
+    model = fn.serial(fn.flatten(), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), (2, 2))
+    return fn.TrainState.create(params, optim.adam(1e-3))
+
+
+def test_a_run_folder_refuses_to_lose_or_mix_files(tmp_path):
+    folder = RunFolder(tmp_path / "run", OUTPUTS, {"lr": 1.0})
+    folder.check(resume=False, overwrite=False)  # (nothing there yet)
+    with pytest.raises(FlagError, match="--resume: no checkpoint to resume"):
+        folder.check(resume=True, overwrite=False)
+    folder.start()
+    (folder.path / "summary.json").write_text("{}")
+    with pytest.raises(FlagError, match=r"holds a run \(summary.json\); pass --resume .* --overwrite"):
+        folder.check(resume=False, overwrite=False)
+    folder.check(resume=False, overwrite=True)
+    folder.start()
+    assert not (folder.path / "summary.json").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FlagError, match="is a file, not a folder"):
+        RunFolder(tmp_path / "file", OUTPUTS, {}).check(False, False)
+
+
+def test_a_checkpoint_resumes_only_its_own_config_and_key(tmp_path):
+    state = _state()
+    folder = RunFolder(tmp_path, OUTPUTS, {"lr": 1.0})
+    folder.save(state, {"data_key": [1, []], "elapsed": 2.0})
+    folder.write_metrics([{"step": 0, "loss": 1.0}, {"step": 5, "loss": 0.5}])
+    got, meta, rows = folder.resume(state, {"data_key": [1, []]})
+    assert fn.checkpoint.digest(got.params) == fn.checkpoint.digest(state.params) and meta["elapsed"] == 2.0
+    assert rows == [{"step": 0, "loss": 1.0}]  # (the rows after the checkpoint's step are not this run's)
+    with pytest.raises(FlagError, match="has another data-order key"):
+        folder.resume(state, {"data_key": [2, []]})
+    with pytest.raises(FlagError, match=r"another config:\n  lr: 1.0 there, 2.0 now"):
+        RunFolder(tmp_path, OUTPUTS, {"lr": 2.0}).resume(state, {})
+
+
+def test_metrics_drop_a_torn_last_line_and_name_a_bad_one(tmp_path, capsys):
+    folder = RunFolder(tmp_path, OUTPUTS, {})
+    folder.metrics.write_text('{"step": 1}\n{"step": 2')
+    assert folder.read_metrics() == [{"step": 1}]
+    assert "dropped a torn last line" in capsys.readouterr().err
+    folder.metrics.write_text('{"step": 1}\n[1]\n{"step": 3}\n')
+    with pytest.raises(fn.DataError, match="metrics.jsonl: line 2 is not a metrics row"):
+        folder.read_metrics()
+
+
+def test_follow_metrics_yields_each_whole_row_as_it_lands(tmp_path):
+    path, done = tmp_path / "metrics.jsonl", threading.Event()
+
+    def writer():
+        with open(path, "w") as f:
+            for step in (1, 2, 3):
+                f.write(json.dumps({"step": step}))
+                f.flush()
+                time.sleep(0.05)  # (a half-written line for a while)
+                f.write("\n")
+                f.flush()
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    rows = list(follow_metrics(path, lambda: not done.is_set(), poll=0.01))
+    thread.join()
+    assert rows == [{"step": 1}, {"step": 2}, {"step": 3}]
+
+
+def test_divergence_is_twice_the_loss_of_a_uniform_guess():
+    d = Divergence(10)
+    assert d.above == pytest.approx(2 * np.log(10))
+    assert d.warnings({"step": 4, "loss": 1.0}) == []
+    assert "mean training loss 5 at step 4 is above twice the chance level (4.605)" in d.warnings(
+        {"step": 4, "loss": 5.0})[0]
+    assert d.ended([{"loss": 1.0}, {"loss": 9.0}]) and not d.ended([]) and not d.ended([{"loss": 1.0}])
+
+
+def test_ranks_alone_and_their_split():
+    ranks = Ranks(threads=3)
+    assert (ranks.mpi, ranks.size, ranks.root, ranks.step_threads) == (False, 1, True, 3)
+    assert ranks.on_root(lambda: 7) == 7
+    with pytest.warns(DeprecationWarning, match="Ranks.cores is Ranks.step_threads"):
+        assert ranks.cores == 3
+
+    class Two:
+        def Get_size(self):  # noqa: N802
+            return 2
+
+        def Get_rank(self):  # noqa: N802
+            return 1
+
+    two = Ranks(Two())
+    assert two.mpi and two.step_threads == 1 and not two.root
+    two.check_split(64, 1000, epochs=True)
+    with pytest.raises(FlagError, match="--batch-size 63 does not split into 2 equal slices"):
+        two.check_split(63, 1000, epochs=True)
+    with pytest.raises(FlagError, match=r"the last batch of each epoch has 39 images \(999 % 64\)"):
+        two.check_split(64, 999, epochs=True)
+    two.check_split(64, 999, epochs=False)
+
+
+@pytest.mark.parametrize("error, status", [(fn.DivergenceError("x"), 3), (FlagError("y"), 2),
+                                           (fn.DataError("z"), 2)])
+def test_errors_become_exit_statuses(tmp_path, capsys, error, status):
+    def run():
+        raise error
+
+    assert exit_status(run, Ranks, tmp_path) == status
+    assert f"error: {'training diverged: ' if status == 3 else ''}{error}" in capsys.readouterr().err
+    assert exit_status(lambda: 0, Ranks, tmp_path) == 0
+
+
+def test_number_flags_name_the_range():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lr", type=number(float, 0, low_open=True))
+    assert ap.parse_args(["--lr", "0.5"]).lr == 0.5
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a finite number > 0, got 'nan'"):
+        number(float, 0, low_open=True)("nan")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected an integer, got '1.5'"):
+        number(int, 1)("1.5")
