@@ -44,7 +44,7 @@ import numpy as np
 
 from ._errors import InvalidTypeError, InvalidValueError, check_int
 from .checkpoint import digest
-from .flat import Layout
+from .flat import Layout, flat_of
 from .optim import GradientTransformation
 from .tree import freeze
 from .typing import OptState, PyTree
@@ -92,10 +92,10 @@ def data_parallel(
     ``deterministic``: reduce with ``Allgather`` and a sum in rank order (bits
     independent of the MPI) instead of ``Allreduce`` (see the module's notes).
 
-    Under :func:`fnnet.jit` with an elementwise optimizer the update receives the one
-    flat gradient buffer the step keeps, and the reduction is one collective on it; a
-    tree of gradients (non-elementwise optimizers, such as ``clip_by_global_norm``) is
-    packed into one buffer first, so it is one collective as well. Every rank must call
+    A training step's gradients are views of one flat vector (:func:`fnnet.flat.flat_of`),
+    and the reduction is one collective on it; another tree of gradients is packed into
+    one vector first, so it is one collective as well. The optimizer gets the mean as
+    views of one vector, which an elementwise one runs on whole. Every rank must call
     ``update`` at every step: a rank that stops makes the others wait (launch with
     ``python -m mpi4py`` so that an error on one rank aborts all).
     """
@@ -108,12 +108,12 @@ def data_parallel(
         raise InvalidTypeError(f"data_parallel: deterministic must be a bool, got {deterministic!r}")
 
     def update(updates: PyTree, state: OptState, params: PyTree = None) -> tuple[PyTree, OptState]:
-        if isinstance(updates, np.ndarray) and updates.ndim == 1:  # jit's flat gradient
-            return optimizer.update(mean_gradient(updates, comm, deterministic), state, params)
-        layout = Layout.of(updates)  # a tree: packed into one buffer, one collective
-        return optimizer.update(layout.views(mean_gradient(layout.pack(updates), comm, deterministic)), state, params)
+        found = flat_of(updates)  # (a step's gradients: the vector they view, as it is)
+        layout = Layout.of(updates) if found is None else found[1]
+        vector = layout.pack(updates) if found is None else found[0]
+        return optimizer.update(layout.views(mean_gradient(vector, comm, deterministic)), state, params)
 
-    return GradientTransformation(optimizer.init, update, elementwise=optimizer.elementwise)
+    return GradientTransformation(optimizer.init, update)
 
 
 def rank_rows(batch_size: int, comm: Any) -> slice:

@@ -1,23 +1,24 @@
 """Params trees as views of one flat vector (as ``jax.flatten_util.ravel_pytree``).
 
-A training step keeps the params, their gradients and the params-shaped parts of the
-optimizer state as flat vectors, so that an elementwise optimizer runs once over all
-parameters; the trees a user sees are read-only views into those vectors.
+A training step's gradients are views of one flat vector, and so are the params and the
+params-shaped parts of the optimizer state that an elementwise optimizer returns
+(:func:`fnnet.optim.elementwise`): a tree that :meth:`Layout.views` made remembers its
+vector (:func:`flat_of`), so each rule runs once over all parameters, with no packing
+from the second step on. The trees a user sees are read-only views into those vectors.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import numpy as np
 
 from ._errors import TreeMismatchError
-from .tree import FrozenDict, TreeDef, _path_str, tree_leaves, tree_leaves_with_path, tree_structure, tree_unflatten
+from .tree import FrozenDict, TreeDef, _path_str, tree_leaves, tree_leaves_with_path, tree_structure
 
-__all__ = ["Layout", "pack_state", "unpack_state"]
+__all__ = ["Layout", "flat_of"]
 
 # Fresh gradient buffers hold this quiet-NaN bit pattern until backward writes them:
 # arithmetic never produces it, so a leaf that still holds it was never written.
@@ -35,6 +36,13 @@ class Layout:
     dtype: np.dtype
     size: int
     slices: tuple  # ((slice, shape), ...) per leaf, in flattening order
+    # (slice, shape or None for a 1-d leaf) per leaf: what views cuts, found once
+    _cuts: tuple = attrs.field(init=False, repr=False, eq=False)
+    _build: Any = attrs.field(init=False, repr=False, eq=False)  # the treedef's compiled builder
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_cuts", tuple((sl, None if len(s) == 1 else s) for sl, s in self.slices))
+        object.__setattr__(self, "_build", self.treedef.builder())
 
     @classmethod
     def of(cls, params: Any) -> Layout:
@@ -67,9 +75,21 @@ class Layout:
         return np.concatenate([np.ravel(leaf) for leaf in leaves])
 
     def views(self, flat: np.ndarray) -> Any:
-        """A tree of views into ``flat``, one per leaf (C-contiguous)."""
-        leaves = [flat[sl] if len(s) == 1 else flat[sl].reshape(s) for sl, s in self.slices]
-        return tree_unflatten(self.treedef, leaves)
+        """A tree of views into ``flat``, one per leaf (C-contiguous); a mapping at its
+        root remembers ``flat`` and this layout (:func:`flat_of`)."""
+        tree = self._build([flat[sl] if s is None else flat[sl].reshape(s) for sl, s in self._cuts])
+        if type(tree) is FrozenDict and self.size:  # (never EMPTY, the one empty mapping)
+            object.__setattr__(tree, "_flat", (flat, self))
+        return tree
+
+    def flat(self, tree: Any) -> np.ndarray | None:
+        """``tree``'s leaves as one vector of this layout: the vector it views (no copy)
+        when :meth:`views` made it, a packed copy when it has this structure, shapes and
+        dtype, else None."""
+        known = getattr(tree, "_flat", None)
+        if known is not None and known[1] is self:
+            return known[0]
+        return self.pack(tree) if self.matches(tree) else None
 
     def unpack(self, flat: np.ndarray) -> Any:
         """A tree of read-only views into ``flat``, which is sealed here."""
@@ -99,51 +119,7 @@ class Layout:
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # TreeDef -> {(shapes, dtype): Layout}
 
 
-def pack_state(state: Any, layout: Layout, path: tuple = ()) -> tuple[Any, frozenset]:
-    """Replace each params-shaped subtree of an optimizer state by one flat vector.
-
-    Returns the packed state and the set of paths that were packed.
-    """
-    if isinstance(state, (Mapping, tuple, list)) and layout.shapes and layout.matches(state):
-        return layout.pack(state), frozenset([path])
-    if isinstance(state, (Mapping, tuple, list)):
-        items = state.items() if isinstance(state, Mapping) else enumerate(state)
-        packed: dict = {}
-        paths: frozenset = frozenset()
-        for k, v in items:
-            packed[k], sub = pack_state(v, layout, path + (k,))
-            paths |= sub
-        if isinstance(state, Mapping):
-            return FrozenDict(packed), paths
-        return tuple(packed.values()), paths
-    return state, frozenset()
-
-
-def unpack_state(state: Any, paths: frozenset, layout: Layout, scratch: np.ndarray) -> tuple[Any, bool]:
-    """Inverse of :func:`pack_state`: flat vectors become trees of read-only views.
-
-    An array that is ``scratch`` (a buffer the caller reuses) or a view of it is copied
-    before it is sealed, so that the tree never aliases it. Returns the tree and whether
-    such a copy was made (``state`` itself then still aliases ``scratch``).
-    """
-    copied: list = []
-    return _unpack(state, paths, layout, scratch, (), copied), bool(copied)
-
-
-def _unpack(node: Any, paths: frozenset, layout: Layout, scratch: np.ndarray, path: tuple, copied: list) -> Any:
-    kind = type(node)
-    if kind is np.ndarray:  # the common cases first: ABC checks are slow per step
-        if node is scratch or node.base is scratch:
-            node = node.copy()
-            copied.append(path)
-        if paths and path in paths:
-            return layout.unpack(node)
-        node.setflags(write=False)
-        return node
-    if kind is FrozenDict or isinstance(node, Mapping):
-        return FrozenDict({k: _unpack(v, paths, layout, scratch, path + (k,), copied) for k, v in node.items()})
-    if kind is tuple or isinstance(node, (tuple, list)):
-        return tuple(_unpack(v, paths, layout, scratch, path + (i,), copied) for i, v in enumerate(node))
-    if isinstance(node, np.ndarray) and node.flags.writeable:  # an ndarray subclass
-        node.flags.writeable = False
-    return node
+def flat_of(tree: Any) -> tuple[np.ndarray, Layout] | None:
+    """``(vector, layout)`` when ``tree`` is a tree of views of one flat vector that
+    :meth:`Layout.views` made, else None (a lookup, never a walk)."""
+    return getattr(tree, "_flat", None)

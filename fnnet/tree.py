@@ -12,6 +12,7 @@ two mappings have the same structure only if they have the same keys in the same
 from __future__ import annotations
 
 import collections
+import operator
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -49,7 +50,9 @@ class FrozenDict(dict):
     speed, which matters on the training step's hot path.
     """
 
-    __slots__ = ("_treedef",)  # its structure, when a TreeDef's builder made it
+    # its structure, when a TreeDef's builder made it; and (vector, Layout) when its leaves are
+    # views of one flat vector (fnnet.flat.Layout.views), which optimizers then run on whole
+    __slots__ = ("_treedef", "_flat")
     # every mutating method of dict raises (their signatures differ from dict's on purpose)
     __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _immutable
     __ior__ = _immutable
@@ -386,8 +389,17 @@ def freeze(tree: PyTree) -> PyTree:
     """An immutable copy of ``tree``: FrozenDict/tuple containers, read-only array leaves.
 
     Writeable arrays are copied (the caller's arrays are left untouched); numpy scalars
-    become read-only 0-d arrays; other leaves (ints, strings...) are kept as they are.
+    become read-only 0-d arrays; other leaves (ints, strings...) are kept as they are. A
+    part that is immutable already (a FrozenDict or tuple of read-only leaves) is kept
+    itself, as ``tuple(t)`` keeps a tuple.
     """
+    t = type(tree)  # (the common kinds first: a step freezes its optimizer state every call)
+    if t is np.ndarray:
+        return _seal(tree.copy()) if tree.flags.writeable else tree
+    if t is FrozenDict and tree:
+        values = tree.values()
+        frozen = [freeze(c) for c in values]
+        return tree if all(map(operator.is_, frozen, values)) else FrozenDict(zip(tree.keys(), frozen))
     kind = _kind(tree)
     if kind == "leaf":
         return _freeze_leaf(tree)
@@ -395,9 +407,12 @@ def freeze(tree: PyTree) -> PyTree:
         return None
     keys, children = _children(tree, kind)
     frozen = [freeze(c) for c in children]
+    if not frozen:
+        return EMPTY if kind == "dict" else ()
+    same = all(a is b for a, b in zip(frozen, children))
     if kind == "dict":
-        return FrozenDict(zip(keys, frozen)) if frozen else EMPTY
-    return tuple(frozen)
+        return tree if same and type(tree) is FrozenDict else FrozenDict(zip(keys, frozen))
+    return tree if same and type(tree) is tuple else tuple(frozen)
 
 
 def param_count(tree: PyTree) -> int:

@@ -24,7 +24,8 @@ def model() -> fn.Layer:
 
 
 def optimizer(name: str) -> optim.GradientTransformation:
-    """``adam`` is elementwise (jit hands it the flat gradient); ``clip`` is not (a tree)."""
+    """``adam`` and ``sgd`` are elementwise (they run on the step's flat gradient); ``clip``
+    first takes the norm over the tree's leaves."""
     if name == "adam":
         return optim.adam(1e-2)
     if name == "sgd":

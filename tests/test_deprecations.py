@@ -53,9 +53,17 @@ def test_an_old_name_warns_and_is_the_new_one(name):
     assert same(got)
 
 
-def test_the_package_itself_imports_without_a_warning():
+def test_the_package_itself_imports_without_a_warning(tmp_path):
     import subprocess
 
+    # (from another folder: the fnnet under test, not the source tree's, is the one imported)
     out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", "import fnnet, fnnet.train"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_old_elementwise_flag_warns_and_the_pair_stays_plain():
+    base = optim.sgd(0.1)
+    with pytest.warns(DeprecationWarning, match=r"GradientTransformation\(elementwise=\) is gone"):
+        t = optim.GradientTransformation(base.init, base.update, elementwise=True)
+    assert tuple(t) == (base.init, base.update) and t._fields == ("init", "update")

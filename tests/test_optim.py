@@ -179,6 +179,62 @@ def test_pure_dtype_preserving_and_read_only(name, make, ref, lr, rosen_lr):
     assert fn.tree_structure(new_state) == fn.tree_structure(state)
 
 
+TREE = {"conv": {"w": np.arange(12.0).reshape(2, 2, 3) / 7, "b": np.array([0.5, -1.0])}, "dense": {"w": W0}}
+
+
+def _steps(opt, params, grads_of, steps=4):
+    """``steps`` updates; ``grads_of(i, params)`` makes the gradient tree of step ``i``."""
+    state, seen = opt.init(params), []
+    for i in range(steps):
+        updates, state = opt.update(grads_of(i, params), state, params)
+        params = optim.apply_updates(params, updates)
+        seen.append((params, state))
+    return seen
+
+
+@pytest.mark.parametrize("name,make,ref,lr,rosen_lr", OPTIMIZERS, ids=IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_vector_or_leaf_by_leaf_the_same_bits(name, make, ref, lr, rosen_lr, dtype):
+    """The lifted rules run once over the vector that a step's gradients view, on a packed
+    copy of a plain tree, or leaf by leaf (a tree of two dtypes): one set of bits."""
+    params = fn.freeze(fn.tree_map(lambda a: a.astype(dtype), TREE))
+    layout = fn.flat.Layout.of(params)
+    g = [np.random.default_rng(i).standard_normal(layout.size).astype(dtype) for i in range(4)]
+    on_views = _steps(make(0.1), params, lambda i, p: layout.views(g[i].copy()))
+    on_trees = _steps(make(0.1), params, lambda i, p: fn.tree_map(np.copy, layout.views(g[i])))
+    for (pa, sa), (pb, sb) in zip(on_views, on_trees):
+        assert fn.checkpoint.digest((pa, sa)) == fn.checkpoint.digest((pb, sb))
+        assert fn.flat.flat_of(pa) is not None  # (what it returns views one vector: the next step packs nothing)
+    # leaf by leaf: a tree of two dtypes cannot be one vector; each leaf gets the rule alone
+    mixed = fn.freeze({"a": params["dense"]["w"], "b": np.array([1.0, -2.0], np.float16)})
+    grads = [{"a": g[i][:3].copy(), "b": np.array([0.25, 0.5], np.float16)} for i in range(4)]
+    alone = _steps(make(0.1), fn.freeze({"a": params["dense"]["w"]}), lambda i, p: {"a": grads[i]["a"]})
+    both = _steps(make(0.1), mixed, lambda i, p: grads[i])
+    for (pa, _), (pb, _) in zip(alone, both):
+        assert pa["a"].tobytes() == pb["a"].tobytes() and pb["b"].dtype == np.float16
+
+
+def test_elementwise_lifts_a_rule_with_its_state():
+    """A rule of one's own: a scalar advanced once a step, a slot per param."""
+
+    def advance(state):
+        t = int(state["count"]) + 1
+        return 0.5**t, {"count": np.array(t)}
+
+    opt = optim.elementwise(lambda half, u, acc: (u * half, (acc + u,)), {"acc": np.zeros_like},
+                            scalars=lambda: {"count": np.array(0)}, advance=advance)
+    params = fn.freeze({"w": np.ones(2), "b": np.ones(1)})
+    state = opt.init(params)
+    assert list(state) == ["count", "acc"] and fn.tree_structure(state["acc"]) == fn.tree_structure(params)
+    for _ in range(2):
+        updates, state = opt.update(fn.freeze({"w": np.array([2.0, 4.0]), "b": np.array([8.0])}), state)
+    assert updates["w"].tolist() == [0.5, 1.0] and state["acc"]["b"].tolist() == [16.0]
+    assert int(state["count"]) == 2 and not state["acc"]["w"].flags.writeable
+    needs = optim.elementwise(lambda ctx, u, p: (u + p, ()), needs_params="mine")
+    with pytest.raises(fn.InvalidValueError, match="mine needs params: call update"):
+        needs.update(params, needs.init(params))
+
+
 def test_keras_sgd_by_hand():
     """lr_t = 0.1/(1+t), v = 0.9 v + lr_t g, w = w - v, with g = 0.5 throughout."""
     opt = optim.keras_sgd(0.1, momentum=0.9, decay=1.0)
@@ -203,7 +259,11 @@ def test_chain_composes_in_order():
     opt = optim.chain(optim.scale(2.0), optim.scale_by_learning_rate(0.5))
     updates, _ = opt.update({"w": np.array([1.0])}, opt.init({"w": np.zeros(1)}))
     np.testing.assert_array_equal(updates["w"], [-1.0])
-    assert opt.elementwise
+    # on views of one vector (a step's gradients) the chain runs on that vector and returns views
+    layout = fn.flat.Layout.of(fn.freeze({"w": np.zeros(3), "b": np.zeros(2)}))
+    grads = layout.views(np.arange(5.0))
+    updates, _ = opt.update(grads, opt.init(grads))
+    assert fn.flat.flat_of(updates)[0].tolist() == [-0.0, -1.0, -2.0, -3.0, -4.0]
 
 
 @pytest.mark.parametrize(
@@ -240,7 +300,6 @@ def test_clip_by_global_norm_by_hand():
     np.testing.assert_allclose([out["a"][0], out["b"][0]], [0.6, 0.8], rtol=1e-15)
     small = {"a": np.array([0.3]), "b": np.array([0.4])}
     assert opt.update(small, opt.init(small))[0] is small
-    assert not opt.elementwise
 
 
 def test_weight_decay_masked_to_skip_biases():

@@ -74,7 +74,7 @@ def test_jit_is_bit_identical_over_steps_and_shapes(opt, model_fn, dtype):
         b, mb = jstep(b, data)
         assert ma == mb
         assert_same_bits(a, b)
-    assert len(next(iter(jstep._callers.values())).plans) == 3
+    assert len(next(iter(jstep._plans.values()))) == 3
 
 
 def test_jit_accepts_a_state_it_did_not_make():
@@ -109,9 +109,9 @@ def test_step_and_jit_never_change_their_inputs():
         assert s3.step == 3 and state.step == 0
 
 
-def test_jit_with_a_non_elementwise_optimizer():
-    base = optim.sgd(0.1)
-    opaque = optim.GradientTransformation(base.init, base.update, elementwise=False)
+def test_jit_with_an_optimizer_that_rebuilds_the_tree():
+    base = optim.sgd(0.1)  # (a tree it did not get from the step: packed, leaf for leaf the same bits)
+    opaque = optim.GradientTransformation(base.init, lambda u, s, p=None: base.update(fn.tree_map(np.copy, u), s, p))
     model = seed_net()
     params, _ = model.init(fn.random.key(3), (1, 12, 12))
     step = fn.train_step(model, fn.softmax_cross_entropy, opaque)
@@ -303,18 +303,26 @@ def test_train_state_validates_step():
         fn.TrainState({}, (), -1)
 
 
-def test_an_optimizer_that_keeps_the_gradient_array_in_its_state():
-    """An elementwise transform may return the gradient it was given as its state: the
-    state must not alias the gradient buffer that the next backward pass overwrites."""
-
+def _keeps_grads_on_the_tree():
     def init(params):
         return {"last": fn.tree_map(np.zeros_like, params)}
 
     def update(grads, state, params=None):
         out = fn.tree_map(lambda g, last: -0.1 * (g + 0.5 * last), grads, state["last"])
-        return out, {"last": grads}  # the array itself, not a copy
+        return out, {"last": grads}  # the arrays themselves, not copies
 
-    opt = optim.GradientTransformation(init, update, elementwise=True)
+    return optim.GradientTransformation(init, update)
+
+
+def _keeps_grads_by_rule():
+    return optim.elementwise(lambda ctx, g, last: (-0.1 * (g + 0.5 * last), (g,)), {"last": np.zeros_like})
+
+
+@pytest.mark.parametrize("make", [_keeps_grads_on_the_tree, _keeps_grads_by_rule])
+def test_an_optimizer_that_keeps_the_gradient_array_in_its_state(make):
+    """A transform may return the gradient it was given as its state: the state must not
+    alias the gradient buffer that the next backward pass overwrites."""
+    opt = make()
     model = seed_net()
     params, _ = model.init(fn.random.key(0), (1, 12, 12))
     step = fn.train_step(model, fn.softmax_cross_entropy, opt)
@@ -381,8 +389,8 @@ def test_a_cut_batch_has_the_gradient_and_metrics_of_the_whole_batch(rows):
     got = {}
     for shards in (rows, None):
         seen = []
-        capture = optim.GradientTransformation(lambda p: {}, lambda u, s, p=None: (seen.append(np.copy(u)), (u, s))[1],
-                                               elementwise=True)
+        capture = optim.GradientTransformation(
+            lambda p: {}, lambda u, s, p=None: (seen.append(fn.flat.Layout.of(u).pack(u)), (u, s))[1])
         _, metrics = fn.train_step(model, fn.softmax_cross_entropy, capture, rows_per_shard=shards)(
             fn.TrainState.create(params, capture), (x, y))
         got[shards] = (seen[0], metrics)

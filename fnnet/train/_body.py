@@ -7,6 +7,10 @@ The flow of ``step(state, batch) -> (state, metrics)``::
     -> the shards' gradients summed in shard order (each weighted by its share of the rows)
     -> optimizer.update -> params + updates -> TrainState(params', opt_state', step + 1)
 
+The gradients are views of the first shard's flat vector: an elementwise optimizer
+(:func:`fnnet.optim.elementwise`) runs once over it, and returns params and state as
+views of flat vectors too, so the next step runs on vectors without packing anything.
+
 :func:`run_step` is that flow, parameterised by a :class:`Plan` (the model prepared for
 one input signature: a set of buffers and a flat gradient per shard). The plain step
 makes a fresh plan for every call and runs the shards one after the other;
@@ -20,14 +24,14 @@ from __future__ import annotations
 import functools
 import math
 from concurrent.futures import Executor
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import attrs
 import numpy as np
 
 from .. import random
 from .._errors import DivergenceError, InvalidValueError, TreeMismatchError
-from ..flat import Layout, pack_state, unpack_state
+from ..flat import Layout, flat_of
 from ..layers import Layer
 from ..layers._group import ShardGroup
 from ..layers._layer import Site, run, run_backward
@@ -38,7 +42,7 @@ from ..typing import LossFn, PyTree
 from ._diverge import diverged, finite, nonfinite_outputs
 from ._state import TrainState
 
-__all__ = ["Carry", "Plan", "Shard", "check_state", "run_step"]
+__all__ = ["Plan", "Shard", "check_state", "run_step"]
 
 
 class Shard(NamedTuple):
@@ -58,8 +62,7 @@ class Plan:
     ``model``, ``loss``, ``optimizer`` and ``key`` are the step's. ``shards``: one
     :class:`Shard` per part of the batch (see :func:`fnnet.train.cut`), each with the
     buffers the layers' hooks made and gradient views into its flat gradient. The
-    shards' gradients are summed into the first's, which then holds the batch's.
-    ``flat`` says the optimizer runs on flat vectors (it is elementwise). ``checked``
+    shards' gradients are summed into the first's, which then holds the batch's. ``checked
     turns True once a backward pass has been seen to write every gradient. ``group``:
     for a cut batch of a model with state (batch norm), the
     :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
@@ -73,45 +76,25 @@ class Plan:
     key: random.Key | None
     layout: Layout
     shards: tuple[Shard, ...]
-    flat: bool
     group: ShardGroup | None = None
     checked: bool = False
 
 
-class Carry(NamedTuple):
-    """What a step on a plan hands to the next one: the state it returned, with that
-    state's params and (packed) optimizer state as the flat vectors they are views of.
-    (A NamedTuple, not an attrs record: one is made per step, at a third of the cost.)"""
-
-    plan: Plan
-    state: TrainState
-    params: np.ndarray
-    opt_state: Any
-    packed: frozenset  # the paths in opt_state that are packed params-shaped trees
-
-
 def run_step(
-    plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, carry: Carry | None = None,
-    pool: Executor | None = None,
-) -> tuple[TrainState, dict[str, float], Carry | None]:
+    plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, pool: Executor | None = None,
+) -> tuple[TrainState, dict[str, float]]:
     """The one body of a training step, on a plan that fits ``state`` and ``x``.
 
-    ``carry``: the :class:`Carry` of the previous call when ``state`` is the state that
-    call returned on this plan (it saves packing the params and the optimizer state
-    again), else None. ``pool``: threads to run the plan's shards on (None: one after
-    the other; the bits are the same). Returns the new state, the metrics and the new
-    carry.
+    ``pool``: threads to run the plan's shards on (None: one after the other; the bits
+    are the same). Returns the new state and the metrics.
 
-    A state the plan has not seen is checked against the optimizer and the model only
-    when the step fails (:func:`check_state` costs more than a small step): a state of
-    another optimizer or model then gets an error that says so, not the KeyError or
-    broadcast error it caused.
+    The state is checked against the optimizer and the model only when the step fails
+    (:func:`check_state` costs more than a small step): a state of another optimizer or
+    model then gets an error that says so, not the KeyError or broadcast error it caused.
     """
     try:
-        return _body(plan, state, x, labels, carry, pool)
+        return _body(plan, state, x, labels, pool)
     except Exception:
-        if carry is not None:
-            raise
         try:
             check_state(plan.model, plan.optimizer, state)
         except TreeMismatchError as mismatch:
@@ -148,8 +131,8 @@ def _pass(
 
 
 def _body(
-    plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, carry: Carry | None, pool: Executor | None,
-) -> tuple[TrainState, dict[str, float], Carry | None]:
+    plan: Plan, state: TrainState, x: np.ndarray, labels: np.ndarray, pool: Executor | None,
+) -> tuple[TrainState, dict[str, float]]:
     key = None if plan.key is None else random.fold_in(plan.key, state.step)
     shards = plan.shards
     first = shards[0]  # the shards' gradients are summed into its own: its site and grads are the batch's
@@ -171,33 +154,17 @@ def _body(
         for s in shards:
             plan.layout.check_written(s.grads, plan.model.name)
         plan.checked = True
-    grads = first.grads
     for s in shards[1:]:  # in shard order, whatever ran them
-        np.add(grads, s.grads, out=grads)
+        np.add(first.grads, s.grads, out=first.grads)
     metrics = {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}
+    grads = first.site.grads  # (views of first.grads: an elementwise optimizer runs on that one vector)
+    updates, opt_state = plan.optimizer.update(grads, state.opt_state, state.params)
+    params = apply_updates(state.params, updates)
+    found = flat_of(params)  # (finite, on the one vector the params view when they do)
+    if not (finite(found[0]) if found is not None else all(map(finite, tree_leaves(params)))):
+        raise diverged(state.step, params, grads, opt_state)
     model_state = model_state if model_state is EMPTY else freeze(model_state)
-    if not plan.flat:  # the optimizer needs the tree (clip_by_global_norm, masked)
-        updates, opt_state = plan.optimizer.update(first.site.grads, state.opt_state, state.params)
-        params = apply_updates(state.params, updates)
-        if not all(map(finite, tree_leaves(params))):
-            raise diverged(state.step, params, first.site.grads, opt_state)
-        new = TrainState(params, freeze(opt_state), state.step + 1, model_state)
-        return new, metrics, None
-    if carry is not None:
-        flat, opt_state, packed = carry.params, carry.opt_state, carry.packed
-    else:
-        flat = plan.layout.pack(state.params)
-        opt_state, packed = pack_state(state.opt_state, plan.layout)
-    updates, opt_state = plan.optimizer.update(grads, opt_state, flat)
-    new_flat = np.add(flat, updates, dtype=plan.layout.dtype)
-    if not math.isfinite(np.vdot(new_flat, new_flat)) and not np.isfinite(new_flat).all():  # (finite, inlined)
-        raise diverged(state.step, plan.layout.views(new_flat), grads, opt_state)
-    params = plan.layout.unpack(new_flat)
-    new_opt, aliased = unpack_state(opt_state, packed, plan.layout, grads)
-    new = TrainState(params, new_opt, state.step + 1, model_state)
-    if aliased:  # the optimizer kept the gradient buffer in its state: carry nothing, pack again next time
-        return new, metrics, None
-    return new, metrics, Carry(plan, new, new_flat, opt_state, packed)
+    return TrainState(params, freeze(opt_state), state.step + 1, model_state), metrics
 
 
 def check_state(model: Layer, optimizer: GradientTransformation, state: TrainState) -> None:

@@ -1,10 +1,9 @@
 """``jit``: the training step with its plans kept, one per input signature.
 
 A :class:`JitStep` runs ``run_step`` (``fnnet/train/_body.py``), the body the plain step
-runs; it only keeps the plan of each input signature (checks once, buffers
-made once, gradients in one flat vector) and the flat params of the state it returned
-last. Each thread gets its own plans (kept by thread id), so one JitStep can serve
-several threads.
+runs; it only keeps the plan of each input signature (checks once, buffers made once,
+gradients in one flat vector). Each thread gets its own plans (kept by thread id), so
+one JitStep can serve several threads.
 
 A plan cut into shards (see :func:`fnnet.train_step`) runs them on a pool of
 ``threads`` threads; the shards' gradients are added in shard order afterwards, so the
@@ -20,23 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from threading import Lock, get_ident
 from typing import Any
 
-import attrs
-
 from .._errors import InvalidTypeError
+from ..flat import flat_of
 from ..threads import blas_share, thread_count
-from ._body import Carry, run_step
+from ._body import run_step
 from ._state import TrainState
 from ._step import Step, check_inputs
 
 __all__ = ["JitStep", "jit"]
-
-
-@attrs.define
-class _Caller:
-    """What a JitStep keeps for one calling thread: its plans and the carry of its last step."""
-
-    plans: dict = attrs.Factory(dict)  # {signature: Plan}
-    carry: Carry | None = None
 
 
 class JitStep:
@@ -54,7 +44,7 @@ class JitStep:
             raise InvalidTypeError(f"jit: expected a step made by train_step, got {type(step).__name__}")
         self.step = step
         self.threads = thread_count("jit", threads)
-        self._callers: dict[int, _Caller] = {}  # by the calling thread's id (a finished thread's id is reused)
+        self._plans: dict[int, dict] = {}  # {thread id: {signature: Plan}} (a finished thread's id is reused)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = Lock()
 
@@ -68,22 +58,18 @@ class JitStep:
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         step = self.step
         x, labels = check_inputs(step, state, batch)
-        local = self._callers.get(get_ident())
-        if local is None:  # this thread's first call
-            local = self._callers[get_ident()] = _Caller()
-        plans = local.plans
-        carry, plan = local.carry, plans.get((x.shape, x.dtype, labels.shape, labels.dtype))
-        if carry is None or carry.state is not state or carry.plan is not plan:  # not the state we returned
-            carry = None
-            if plan is None or not plan.layout.matches(state.params):
-                plan = step.plan(state, x, labels, self.threads)
-                plans[plan.signature] = plan
+        plans = self._plans.get(get_ident())
+        if plans is None:  # this thread's first call
+            plans = self._plans[get_ident()] = {}
+        plan = plans.get((x.shape, x.dtype, labels.shape, labels.dtype))
+        found = flat_of(state.params)  # (params a step returned view one vector: their layout is known)
+        if plan is None or not ((found is not None and found[1] is plan.layout) or plan.layout.matches(state.params)):
+            plan = step.plan(state, x, labels, self.threads)
+            plans[plan.signature] = plan
         if len(plan.shards) == 1 or self.threads == 1:
-            new, metrics, local.carry = run_step(plan, state, x, labels, carry)
-            return new, metrics
+            return run_step(plan, state, x, labels)
         with blas_share(min(self.threads, len(plan.shards))):
-            new, metrics, local.carry = run_step(plan, state, x, labels, carry, self._workers())
-        return new, metrics
+            return run_step(plan, state, x, labels, self._workers())
 
 
 def jit(step: Step, threads: int | None = None) -> JitStep:

@@ -90,12 +90,11 @@ class Step:
             shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads))
             start += n
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
-                    layout, tuple(shards), self.optimizer.elementwise, group)
+                    layout, tuple(shards), group)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
-        new, metrics, _ = run_step(self.plan(state, x, labels), state, x, labels)
-        return new, metrics
+        return run_step(self.plan(state, x, labels), state, x, labels)
 
 
 _UNSET: Any = object()
