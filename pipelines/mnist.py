@@ -92,7 +92,6 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
         folder.save(state, {**data_key, "elapsed": elapsed_before + time.perf_counter() - t_start,
                             "ranks": ranks.size})
 
-    reduction = "deterministic" if ranks.deterministic else "allreduce"
     per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
     sample = data.sample_batches if cfg.sampling == "replacement" else data.epoch_batches
     batches = sample(k_data, len(train), cfg.batch_size, start_step=state.step)
@@ -107,12 +106,11 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
             sys.stdout.flush()
 
     divergence = Divergence(len(ds.classes))
-    warnings = [w for r in rows for w in r.get("warnings", [])]
     acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
     t_loop, t_eval = time.perf_counter(), 0.0  # this process's training loop, and its evaluations and checkpoints
     say(f"{cfg.preset} preset on {cfg.dataset} ({ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
         f"{cfg.batch_size}, {cfg.dtype}, kernels {fn.kernels.backend()}"
-        + (f", {ranks.size} ranks (MPI, {reduction} of the gradients)" if ranks.mpi else ""))
+        + (f", {ranks.size} ranks (MPI, {_reduction(ranks)} of the gradients)" if ranks.mpi else ""))
     try:
         while state.step < end:  # the training loop
             idx = next(batches)
@@ -127,13 +125,9 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
             progress.update()
             if state.step % cfg.eval_every and state.step != cfg.steps:
                 continue
-            t_eval -= time.perf_counter()  # an evaluation: on a sample of the validation split, or all of it
-            val_split = ds.val
-            if cfg.eval_samples:
-                pick = random.generator(random.fold_in(k_eval, state.step)).choice(
-                    len(ds.val), cfg.eval_samples, replace=False)
-                val_split = data.Split(ds.val.x[pick], ds.val.y[pick])
-            val = evaluate(model, eval_params(cfg, state), val_split, dtype, state.step, ranks)
+            t_eval -= time.perf_counter()  # an evaluation
+            val = evaluate(model, eval_params(cfg, state), _validation(cfg, ds, k_eval, state.step), dtype,
+                           state.step, ranks)
             if ranks.mpi:  # the global batches' means; and a check that the ranks agree
                 acc_loss, acc_acc = ranks.mean([acc_loss, acc_acc])
                 fn.distributed.check_replicated(state.params, ranks.comm)
@@ -146,7 +140,6 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
             }
             if divergence.warnings(row):
                 row["warnings"] = divergence.warnings(row)
-                warnings += row["warnings"]
             rows.append(row)
             if ranks.root:
                 folder.append_metrics(row)
@@ -171,32 +164,52 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
         say(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
         return {"step": state.step, "params_sha256": fn.checkpoint.digest(state.params)}
 
-    # the outputs: the test split read once, the summary, the plots
-    t_train, t_end = time.perf_counter() - t_loop - t_eval, time.perf_counter()
+    t_train = time.perf_counter() - t_loop - t_eval
+    return outputs(cfg, ds, folder, model, state, ranks, rows, dtype,
+                   {"start": t_start, "before": elapsed_before, "train": t_train, "eval": t_eval})
+
+
+def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, state: fn.TrainState, ranks: Ranks,
+            rows: list[dict], dtype: np.dtype, seconds: dict) -> dict:
+    """The run's outputs: the test split read once, the summary (rank 0 writes it, and the plots)."""
+    t_end = time.perf_counter()
     test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks)
     val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks)
-    t_eval += time.perf_counter() - t_end
+    warnings = [w for r in rows for w in r.get("warnings", [])]
     summary = {
         "config": attrs.asdict(cfg), "seed": cfg.seed, "dataset": cfg.dataset, "data_source": ds.source,
         "runtime": fn.runtime.info(), "kernels_backend": fn.kernels.backend(),
-        "distributed": None if not ranks.mpi else {"ranks": ranks.size, "reduction": reduction},
+        "distributed": None if not ranks.mpi else {"ranks": ranks.size, "reduction": _reduction(ranks)},
         "steps": state.step, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "val_accuracy": val["accuracy"], "val_loss": val["loss"],
         "confusion_matrix_test": fn.metrics.confusion_matrix(ds.test.y, test["pred"], len(ds.classes)).tolist(),
         "params_sha256": fn.checkpoint.digest(state.params),
-        "wall_seconds": round(elapsed_before + time.perf_counter() - t_start, 2),
-        "train_seconds": round(t_train, 2),  # (this process's: a resumed run counts from its resumption)
-        "eval_seconds": round(t_eval, 2), "warnings": warnings, "diverged": divergence.ended(rows),
+        "wall_seconds": round(seconds["before"] + time.perf_counter() - seconds["start"], 2),
+        "train_seconds": round(seconds["train"], 2),  # (this process's: a resumed run counts from its resumption)
+        "eval_seconds": round(seconds["eval"] + time.perf_counter() - t_end, 2), "warnings": warnings,
+        "diverged": Divergence(len(ds.classes)).ended(rows),
     }
     if not ranks.root:
         return summary
-    summary["plots"] = save_plots(out, rows, ds.test.x, ds.test.y, test["pred"], ds.classes)
+    summary["plots"] = save_plots(folder.path, rows, ds.test.x, ds.test.y, test["pred"], ds.classes)
     folder.write_json("summary.json", summary)
     print(f"test accuracy {test['accuracy']:.4f}  validation accuracy {val['accuracy']:.4f}  "
-          f"params sha256 {summary['params_sha256'][:16]}...  {summary['wall_seconds']:.1f}s  -> {out}")
+          f"params sha256 {summary['params_sha256'][:16]}...  {summary['wall_seconds']:.1f}s  -> {folder.path}")
     if summary["diverged"]:
         print(f"warning: the run ended diverged (exit status 3): {warnings[-1]}", file=sys.stderr)
     return summary
+
+
+def _reduction(ranks: Ranks) -> str:
+    return "deterministic" if ranks.deterministic else "allreduce"
+
+
+def _validation(cfg: Config, ds: data.Dataset, k_eval: random.Key, step: int) -> data.Split:
+    """The images of the evaluation after ``step``: a sample of the validation split, or all of it."""
+    if not cfg.eval_samples:
+        return ds.val
+    pick = random.generator(random.fold_in(k_eval, step)).choice(len(ds.val), cfg.eval_samples, replace=False)
+    return data.Split(ds.val.x[pick], ds.val.y[pick])
 
 
 def _resume(folder: RunFolder, like: fn.TrainState, data_key: dict, size: int) -> tuple:

@@ -40,6 +40,8 @@ CASES = {
                     "Step.shards is Step.rows_per_shard", lambda got: got == 7),
     "fnnet.distributed.shard": (lambda: fn.distributed.shard, "fnnet.distributed.shard is fnnet.distributed.rank_rows",
                                 lambda got: got is fn.distributed.rank_rows),
+    "fnnet.train.shard_rows": (lambda: fn.train.shard_rows, "fnnet.train.shard_rows is fnnet.train.least_shard_rows",
+                               lambda got: got is fn.train.least_shard_rows),
     "fnnet.train.cores": (lambda: fn.train.cores, "fnnet.train.cores is fnnet.threads.cores",
                           lambda got: got is fn.threads.cores),
 }

@@ -419,7 +419,7 @@ def test_the_cut_is_a_function_of_the_signature():
     whole = attrs.evolve(step, rows_per_shard=None)
     assert whole.cut(state.params, (1000, 1, 12, 12), np.dtype(np.float32)) == (1000,)
     auto = attrs.evolve(step, rows_per_shard="auto")
-    rows = fn.train.shard_rows(auto.model, state.params, (1, 12, 12))
+    rows = fn.train.least_shard_rows(auto.model, state.params, (1, 12, 12))
     assert fn.train.MAX_SHARDS == 64
     table = ((2 * rows - 1, 1), (2 * rows, 2), (8 * rows - 1, 2), (8 * rows, 4), (32 * rows - 1, 4), (32 * rows, 8),
              (128 * rows, 16), (2048 * rows - 1, 32), (2048 * rows, 64), (10**5 * rows, 64))
@@ -476,7 +476,7 @@ def test_auto_shards_fill_the_working_set_budget(model_fn, shape, train):
     one = _allocated(model, params, (1, *shape), train=train)
     assert _allocated(model, params, (5, *shape), train=train) == one + 4 * per_row
     if train:
-        rows = fn.train.shard_rows(model, params, shape)
+        rows = fn.train.least_shard_rows(model, params, shape)
         assert rows & (rows - 1) == 0  # a power of two
         assert rows == MIN_SHARD_ROWS or rows * per_row <= SHARD_BYTES < 2 * rows * per_row
 
@@ -508,7 +508,7 @@ def test_a_model_with_state_is_cut_only_when_its_state_pools_the_shards():
 
 
 @pytest.mark.parametrize("rows", [0, -2, 2.5, "all", True])
-def test_bad_shard_rows_are_named(rows):
+def test_bad_rows_per_shard_are_named(rows):
     with pytest.raises(fn.InvalidValueError, match=f"rows_per_shard must be 'auto', None or an int >= 1.*{rows!r}"):
         fn.train_step(seed_net(), fn.softmax_cross_entropy, optim.sgd(0.1), rows_per_shard=rows)
 

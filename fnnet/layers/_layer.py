@@ -99,10 +99,10 @@ class Sig:
       otherwise). Only a layer whose math needs the whole batch uses them (batch norm,
       which sets ``shard_sums``); other layers never see shards.
     * ``fuse``: whether ``serial`` may fuse runs of its layers (``fnnet/layers/_fuse.py``);
-      False only to count the layers' own buffers (:func:`fnnet.train.shard_rows`).
+      False only to count the layers' own buffers (:func:`fnnet.train.least_shard_rows`).
     * ``ledger``: a list that :meth:`empty` appends the bytes of each array it makes to,
       or None. A hook that makes its arrays with :meth:`empty` (the built-in layers do)
-      so tells :func:`fnnet.train.shard_rows` what a row of a batch costs; arrays made
+      so tells :func:`fnnet.train.least_shard_rows` what a row of a batch costs; arrays made
       otherwise are not counted (they only make the shards thicker).
     """
 

@@ -15,16 +15,19 @@ from typing import Any
 from .. import threads
 from ._jit import JitStep, jit
 from ._predict import CHUNK_BYTES, predict
-from ._shards import MAX_SHARDS, MIN_SHARD_ROWS, SHARD_BYTES, cut, row_bytes, shard_rows
+from ._shards import MAX_SHARDS, MIN_SHARD_ROWS, SHARD_BYTES, cut, least_shard_rows, row_bytes
 from ._state import TrainState
 from ._step import Step, train_step
 
 __all__ = ["CHUNK_BYTES", "MAX_SHARDS", "MIN_SHARD_ROWS", "SHARD_BYTES", "JitStep", "Step", "TrainState", "cut",
-           "jit", "predict", "row_bytes", "shard_rows", "train_step"]
+           "jit", "least_shard_rows", "predict", "row_bytes", "train_step"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "cores":  # (moved to fnnet.threads with the thread budget)
         warnings.warn("fnnet.train.cores is fnnet.threads.cores", DeprecationWarning, stacklevel=2)
         return threads.cores
+    if name == "shard_rows":  # (0.2.0's name, too near rows_per_shard)
+        warnings.warn("fnnet.train.shard_rows is fnnet.train.least_shard_rows", DeprecationWarning, stacklevel=2)
+        return least_shard_rows
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """How a batch is spread: its cut into shards, which threads may run at once.
 
 Shards are what several threads can run at once: a batch is cut into 2 shards of at
-least :func:`shard_rows` rows (the rows whose buffers: activations, im2col columns,
+least :func:`least_shard_rows` rows (the rows whose buffers: activations, im2col columns,
 gradients of activations, fill ``SHARD_BYTES``), into 4 of at least twice that, up to
 ``MAX_SHARDS``; thinner shards ran slower on every network measured. The cut is a
 function of values (the batch's rows, the setting, the model's cost of a row), never of
@@ -20,7 +20,7 @@ from ..layers import Layer
 from ..layers._layer import prepare_checked
 from ..typing import Params
 
-__all__ = ["MAX_SHARDS", "MIN_SHARD_ROWS", "SHARD_BYTES", "cut", "row_bytes", "shard_rows"]
+__all__ = ["MAX_SHARDS", "MIN_SHARD_ROWS", "SHARD_BYTES", "cut", "least_shard_rows", "row_bytes"]
 
 SHARD_BYTES = 16 << 20
 """The least working set of a shard of a training batch: 16 MiB of buffers (LeNet: 64
@@ -69,7 +69,7 @@ def row_bytes(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.
     return found
 
 
-def shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.float32,
+def least_shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.float32,
                budget: int = SHARD_BYTES) -> int:
     """The least rows a shard of a training batch gets under ``rows_per_shard="auto"``:
     the power of two of rows whose training buffers (:func:`row_bytes`) fill at most
@@ -82,7 +82,7 @@ def cut(n: int, rows_per_shard: Setting, least_rows: int = MIN_SHARD_ROWS) -> tu
     """The rows of each shard of a batch of ``n`` rows: sizes that differ by at most one,
     larger first. ``rows_per_shard``: None keeps the batch whole; an int ``r`` cuts it
     into ``ceil(n / r)`` shards; ``"auto"`` into 2 shards when each gets at least
-    ``least_rows`` (see :func:`shard_rows`), into 4 when each gets twice that, and so on
+    ``least_rows`` (see :func:`least_shard_rows`), into 4 when each gets twice that, and so on
     up to :data:`MAX_SHARDS`."""
     if rows_per_shard is None or (rows_per_shard == "auto" and n < 2 * max(least_rows, MIN_SHARD_ROWS)):
         return (n,)

@@ -17,7 +17,7 @@ from ..layers._layer import prepare_checked
 from ..optim import GradientTransformation
 from ..typing import Batch, LossFn
 from ._body import Plan, Shard, run_step
-from ._shards import MIN_SHARD_ROWS, Setting, cut, shard_rows
+from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows
 from ._state import TrainState
 
 __all__ = ["Step", "check_inputs", "train_step"]
@@ -72,8 +72,8 @@ class Step:
         """The rows of each shard of a batch of ``x_shape`` (see :func:`train_step`)."""
         n, rows = x_shape[0], self.rows_per_shard
         if rows == "auto" and (not self.model.cuttable or n < 2 * MIN_SHARD_ROWS):
-            return (n,)  # (no two shards of MIN_SHARD_ROWS: no need to ask shard_rows)
-        least = shard_rows(self.model, params, x_shape[1:], dtype) if rows == "auto" else MIN_SHARD_ROWS
+            return (n,)  # (no two shards of MIN_SHARD_ROWS: no need to ask least_shard_rows)
+        least = least_shard_rows(self.model, params, x_shape[1:], dtype) if rows == "auto" else MIN_SHARD_ROWS
         return cut(n, rows, least)
 
     def plan(self, state: TrainState, x: np.ndarray, labels: np.ndarray, threads: int = 1) -> Plan:
@@ -111,7 +111,7 @@ def train_step(
 
     ``rows_per_shard``: how a batch is cut into shards, each a forward and backward pass
     whose gradient is added to the others' in shard order: ``"auto"`` (default) cuts a
-    batch into 2 shards when each gets at least :func:`~fnnet.train.shard_rows` rows,
+    batch into 2 shards when each gets at least :func:`~fnnet.train.least_shard_rows` rows,
     into 4 when each gets twice that, and so on up to ``MAX_SHARDS`` (a finer cut than
     two cores need pays a pass a shard, so it must keep shards thick; a model with
     state is cut only when all its state pools the shards' statistics, as batch norm's
