@@ -92,7 +92,7 @@ def data_parallel(
     ``deterministic``: reduce with ``Allgather`` and a sum in rank order (bits
     independent of the MPI) instead of ``Allreduce`` (see the module's notes).
 
-    A training step's gradients are views of one flat vector (:func:`fnnet.flat.flat_of`),
+    A training step's gradients are views of one flat vector (``fnnet.flat.flat_of``),
     and the reduction is one collective on it; another tree of gradients is packed into
     one vector first, so it is one collective as well. The optimizer gets the mean as
     views of one vector, which an elementwise one runs on whole. Every rank must call

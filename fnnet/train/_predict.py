@@ -38,7 +38,7 @@ def predict(
     chunks of 64 run about twice as fast as chunks of 1000. ``threads`` share the
     chunks, each with its own buffers; a chunk's outputs do not depend on which thread
     ran it. The default, None, is every core when a chunk is heavy enough to pay for a
-    thread (its buffers pass :data:`CHUNK_BYTES`: :func:`chunk_threads`), else one
+    thread (its eval-mode buffers pass :data:`CHUNK_BYTES`), else one
     thread (the tutorial's network ran 0.7-0.97x on two). Returns a new array
     (N, *output_shape).
     """

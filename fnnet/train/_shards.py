@@ -48,7 +48,7 @@ _BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(sha
 def row_bytes(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.float32, *, train: bool = True) -> int:
     """The bytes one more row of a batch costs in the buffers ``model``'s layers make (a
     training pass without the input's gradient, or with ``train=False`` an inference
-    pass), as their hooks report them (:attr:`fnnet.layers.Sig.ledger`): the growth from a
+    pass), as their hooks report them (the ledger of :class:`fnnet.layers.Sig`): the growth from a
     batch of 1 to a batch of 2, layers unfused (fusion saves memory, but must not move
     the shard cut, and so the bits). A pure function of the model, the params' shapes,
     ``input_shape`` (without the batch axis) and ``dtype``, found once per process."""

@@ -60,7 +60,7 @@ class Step:
 
     @property
     def shards(self) -> Setting:
-        """Deprecated name of :attr:`rows_per_shard`."""
+        """Deprecated name of ``rows_per_shard``."""
         warnings.warn("Step.shards is Step.rows_per_shard", DeprecationWarning, stacklevel=2)
         return self.rows_per_shard
 
