@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+import numpy as np
 import pytest
 
 import fnnet as fn
@@ -42,6 +43,10 @@ CASES = {
                                 lambda got: got is fn.distributed.rank_rows),
     "fnnet.train.shard_rows": (lambda: fn.train.shard_rows, "fnnet.train.shard_rows is fnnet.train.least_shard_rows",
                                lambda got: got is fn.train.least_shard_rows),
+    "fnnet.train.cut(step, ...)": (
+        lambda: fn.train.cut(fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), fn.softmax_cross_entropy,
+                                           optim.sgd(0.1), rows_per_shard=4), None, (10, 2), np.dtype(np.float32)),
+        r"fnnet.train.cut\(step, params, x_shape, dtype\) is step.cut", lambda got: got == (4, 3, 3)),
     "fnnet.train.cores": (lambda: fn.train.cores, "fnnet.train.cores is fnnet.threads.cores",
                           lambda got: got is fn.threads.cores),
 }

@@ -11,6 +11,7 @@ its threads, with BLAS held to its share of the cores (:func:`fnnet.threads.blas
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Literal
 
@@ -78,12 +79,17 @@ def least_shard_rows(model: Layer, params: Params, input_shape: tuple, dtype: An
     return max(MIN_SHARD_ROWS, 1 << max(0, (budget // per_row).bit_length() - 1))
 
 
-def cut(n: int, rows_per_shard: Setting, least_rows: int = MIN_SHARD_ROWS) -> tuple[int, ...]:
+def cut(n: int, rows_per_shard: Setting, least_rows: int = MIN_SHARD_ROWS, *old: Any) -> tuple[int, ...]:
     """The rows of each shard of a batch of ``n`` rows: sizes that differ by at most one,
     larger first. ``rows_per_shard``: None keeps the batch whole; an int ``r`` cuts it
     into ``ceil(n / r)`` shards; ``"auto"`` into 2 shards when each gets at least
     ``least_rows`` (see :func:`least_shard_rows`), into 4 when each gets twice that, and so on
-    up to :data:`MAX_SHARDS`."""
+    up to :data:`MAX_SHARDS`. (0.2.0's ``cut(step, params, x_shape, dtype)`` warns and
+    is ``step.cut(params, x_shape, dtype)``.)"""
+    if hasattr(n, "cut"):  # (0.2.0's signature: a Step first)
+        warnings.warn("fnnet.train.cut(step, params, x_shape, dtype) is step.cut(params, x_shape, dtype)",
+                      DeprecationWarning, stacklevel=2)
+        return n.cut(rows_per_shard, least_rows, *old)
     if rows_per_shard is None or (rows_per_shard == "auto" and n < 2 * max(least_rows, MIN_SHARD_ROWS)):
         return (n,)
     if rows_per_shard == "auto":
