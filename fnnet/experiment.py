@@ -347,24 +347,43 @@ def evaluate(model: Any, params: Params, split: Split, dtype: np.dtype, step: in
 @attrs.frozen
 class Divergence:
     """A classifier that learns stays below the loss of a uniform guess, ``log(classes)``:
-    a mean training loss above twice that has diverged, even if it is finite."""
+    a mean loss above twice that has diverged, even if it is finite.
+
+    During training the rule judges the mean training loss of the latest evaluation
+    windows that together cover at least ``min_examples`` training examples (weighted by
+    their examples; nothing is judged before the run has seen that many: one batch of two
+    images says nothing). A run ends diverged when its final state does: its loss on the
+    whole validation split."""
 
     classes: int
+    min_examples: int = 512
 
     @property
     def above(self) -> float:
         return 2 * math.log(self.classes)
 
-    def warnings(self, row: dict) -> list[str]:
-        """The warnings of a metrics row (its mean training ``loss`` at ``step``)."""
-        if row["loss"] <= self.above:
+    def warnings(self, rows: list[dict], batch_size: int) -> list[str]:
+        """The warnings of the latest metrics row of ``rows`` (each with its ``step`` and the
+        mean training ``loss`` since the row before; ``batch_size`` examples a step)."""
+        examples, total, steps = 0, 0.0, [0] + [r["step"] for r in rows]
+        for row, before in zip(reversed(rows), reversed(steps[:-1])):
+            n = (row["step"] - before) * batch_size
+            examples, total = examples + n, total + row["loss"] * n
+            if examples >= self.min_examples:
+                break
+        if examples < self.min_examples or total / examples <= self.above:
             return []
-        return [f"diverging: mean training loss {row['loss']:.4g} at step {row['step']} is above twice the "
-                f"chance level ({self.above:.3f}); lower --lr"]
+        step = rows[-1]["step"]
+        return [f"diverging: mean training loss {total / examples:.4g} over the {examples} examples up to step "
+                f"{step} is above twice the chance level ({self.above:.3f}); lower --lr"]
 
-    def ended(self, rows: list[dict]) -> bool:
-        """Whether a run whose metrics are ``rows`` ended diverged (exit status 3)."""
-        return bool(rows) and rows[-1]["loss"] > self.above
+    def final(self, val_loss: float, step: int) -> list[str]:
+        """The warning of a run whose final validation loss is ``val_loss``: diverged (exit
+        status 3) when it is not finite or above twice the chance level."""
+        if math.isfinite(val_loss) and val_loss <= self.above:
+            return []
+        return [f"diverging: the final validation loss {val_loss:.4g} at step {step} is above twice the chance "
+                f"level ({self.above:.3f}); lower --lr"]
 
 
 def save_plots(
@@ -417,16 +436,20 @@ def save_plots(
     return ["learning_curves.png", "predictions.png"]
 
 
-def exit_status(run: Callable[[], int], ranks: Callable[[], Ranks], out: pathlib.Path) -> int:
+def exit_status(run: Callable[[], int], ranks: Callable[[], Ranks], checkpoint_path: pathlib.Path) -> int:
     """``run()``'s exit status, with errors as statuses on every rank: 2 for an
     FnnetError (bad flags or files), 3 for a DivergenceError (a non-finite update was
-    refused: the last checkpoint is intact), 130 for Ctrl-C (``SystemExit(130)``), and
-    under MPI any other error ends every rank (one rank must not leave the others
-    waiting). ``ranks()``: the run's ranks as they are when the error comes."""
+    refused: the run's last checkpoint at ``checkpoint_path``, if it wrote one, is
+    intact), 130 for Ctrl-C (``SystemExit(130)``), and under MPI any other error ends
+    every rank (one rank must not leave the others waiting). ``ranks()``: the run's
+    ranks as they are when the error comes."""
     try:
         return run()
     except DivergenceError as exc:
-        return _fail(ranks(), 3, f"training diverged: {exc}\nthe last checkpoint in {out} is intact; lower --lr")
+        kept = (f"the last checkpoint, {checkpoint_path}, is intact" if checkpoint_path.is_file() else
+                f"no checkpoint was written yet ({checkpoint_path} does not exist: the run diverged before its "
+                "first evaluation)")
+        return _fail(ranks(), 3, f"training diverged: {exc}\n{kept}; lower --lr")
     except FnnetError as exc:
         return _fail(ranks(), 2, str(exc))
     except SystemExit as exc:  # (Ctrl-C: 130)

@@ -18,7 +18,7 @@ import numpy as np
 from ._errors import TreeMismatchError
 from .tree import FrozenDict, TreeDef, _path_str, tree_leaves, tree_leaves_with_path, tree_structure
 
-__all__ = ["Layout", "flat_of"]
+__all__ = ["Layout", "check_written", "flat_of", "mark_unwritten"]
 
 # Fresh gradient buffers hold this quiet-NaN bit pattern until backward writes them:
 # arithmetic never produces it, so a leaf that still holds it was never written.
@@ -114,6 +114,27 @@ class Layout:
                     f"{where}: backward left the gradient of {_path_str(path)} (or part of it) unwritten: "
                     "a backward must fill every leaf of sig.grads it returns, or return new arrays"
                 )
+
+
+def mark_unwritten(tree: Any) -> None:
+    """Fill every leaf of a gradient tree (views of a flat gradient) with the marker that
+    :meth:`Layout.check_written` looks for: what a backward does not write stays marked."""
+    for leaf in tree_leaves(tree):
+        marker = _UNWRITTEN[leaf.dtype]
+        leaf.view(marker.dtype).fill(marker)
+
+
+def check_written(tree: Any, where: str, prefix: str = "") -> None:
+    """TreeMismatchError naming the first leaf of ``tree`` that still holds the marker
+    (``where``: the model's name; ``prefix``: the layer's path in it)."""
+    for path, leaf in tree_leaves_with_path(tree):
+        marker = _UNWRITTEN[leaf.dtype]
+        if (leaf.view(marker.dtype) == marker).any():
+            name = "/".join(p for p in (prefix, _path_str(path) if path else "") if p) or _path_str(path)
+            raise TreeMismatchError(
+                f"{where}: backward left the gradient of {name} (or part of it) unwritten: "
+                "a backward must fill every leaf of sig.grads it returns, or return new arrays"
+            )
 
 
 _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # TreeDef -> {(shapes, dtype): Layout}

@@ -14,7 +14,7 @@ from . import kernels
 from ._errors import DTypeError, InvalidValueError, ShapeError
 from .layers._checks import FLOAT_DTYPES
 
-__all__ = ["softmax_cross_entropy", "mse"]
+__all__ = ["ROW_TOLERANCE", "mse", "softmax_cross_entropy"]
 
 
 def _check_outputs(name: str, a: ArrayLike, what: str, ndim: int | None = None) -> np.ndarray:
@@ -38,11 +38,32 @@ def _targets(name: str, labels: np.ndarray, n: int, c: int, dtype: np.dtype) -> 
             raise ShapeError(f"{name}: one-hot labels must have shape {(n, c)}, got {labels.shape}")
         if not np.isfinite(labels).all():
             raise InvalidValueError(f"{name}: labels contain NaN or inf")
+        _check_rows(name, labels)
         return labels.astype(dtype, copy=False)
     raise ShapeError(
         f"{name}: labels must be integer class ids of shape ({n},) or float rows of shape ({n}, {c}), "
         f"got {labels.dtype} {labels.shape}"
     )
+
+
+ROW_TOLERANCE = 1e-3
+"""How far from 1 a row of probability targets may sum (float32 rounding of a softmax or a
+mixup of one-hot rows is far inside it; a row of counts or scores is far outside)."""
+
+
+def _check_rows(name: str, labels: np.ndarray) -> None:
+    """InvalidValueError unless every row of ``labels`` is a distribution: entries >= 0
+    that sum to 1 within :data:`ROW_TOLERANCE` (as PyTorch's cross_entropy expects of
+    class probabilities; fnnet refuses the rows instead of training on them)."""
+    if labels.size and labels.min() < 0:
+        i = int(np.argwhere(labels < 0)[0, 0])
+        raise InvalidValueError(f"{name}: probability rows must have entries >= 0; row {i} has {labels[i].min():g}")
+    sums = labels.sum(axis=1, dtype=np.float64)
+    off = np.abs(sums - 1.0) > ROW_TOLERANCE
+    if off.any():
+        i = int(np.argmax(off))
+        raise InvalidValueError(f"{name}: probability rows must each sum to 1 (within {ROW_TOLERANCE:g}); row {i} "
+                                f"sums to {sums[i]:.6g}")
 
 
 def _check_ids(name: str, labels: np.ndarray, c: int) -> None:
@@ -57,10 +78,12 @@ def softmax_cross_entropy(
     """Mean softmax cross-entropy and its gradient.
 
     ``logits`` (N, C) float; ``labels`` int class ids (N,) or one-hot/probability rows
-    (N, C). Stable: computed from ``logits - max`` with log-sum-exp. Returns
-    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - target) / N``. With
-    ``label_smoothing`` ``e`` in [0, 1), the target is ``(1 - e) * onehot + e / C``
-    (Szegedy et al. 2016). NaN or inf in the logits is an InvalidValueError.
+    (N, C), each a distribution (entries >= 0 summing to 1 within
+    :data:`ROW_TOLERANCE`; other rows are an InvalidValueError naming the row). Stable:
+    computed from ``logits - max`` with log-sum-exp. Returns ``(loss, dlogits)`` with
+    ``dlogits = (softmax(logits) - target) / N``. With ``label_smoothing`` ``e`` in
+    [0, 1), the target is ``(1 - e) * onehot + e / C`` (Szegedy et al. 2016). NaN or inf
+    in the logits is an InvalidValueError.
     """
     name = "softmax_cross_entropy"
     logits = logits if type(logits) is np.ndarray else np.asarray(logits)

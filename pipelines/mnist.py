@@ -26,8 +26,8 @@ writes --out; docs/scaling.md).
 Every flag is checked before any work starts. --out never overwrites a run by surprise:
 a folder that holds one needs --resume (to continue it) or --overwrite (to replace it).
 Exit status: 0 done, 2 bad flags or files, 3 training diverged (a non-finite update was
-refused, the last checkpoint is intact; or the loss ended far above chance level),
-130 interrupted (checkpoint saved).
+refused, the last checkpoint, if one was written, is intact; or the loss ended far above
+chance level), 130 interrupted (checkpoint saved).
 """
 
 from __future__ import annotations
@@ -138,9 +138,9 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
                 "learning_rate": optim.learning_rate(state.opt_state),
                 "elapsed": round(elapsed_before + time.perf_counter() - t_start, 3),
             }
-            if divergence.warnings(row):
-                row["warnings"] = divergence.warnings(row)
             rows.append(row)
+            if divergence.warnings(rows, cfg.batch_size):  # (over enough examples to mean something)
+                row["warnings"] = divergence.warnings(rows, cfg.batch_size)
             if ranks.root:
                 folder.append_metrics(row)
                 save()
@@ -175,7 +175,8 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
     t_end = time.perf_counter()
     test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks)
     val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks)
-    warnings = [w for r in rows for w in r.get("warnings", [])]
+    final = Divergence(len(ds.classes)).final(val["loss"], state.step)  # (the run is judged on its final state)
+    warnings = [w for r in rows for w in r.get("warnings", [])] + final
     summary = {
         "config": attrs.asdict(cfg), "seed": cfg.seed, "dataset": cfg.dataset, "data_source": ds.source,
         "runtime": fn.runtime.info(), "kernels_backend": fn.kernels.backend(),
@@ -187,7 +188,7 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
         "wall_seconds": round(seconds["before"] + time.perf_counter() - seconds["start"], 2),
         "train_seconds": round(seconds["train"], 2),  # (this process's: a resumed run counts from its resumption)
         "eval_seconds": round(seconds["eval"] + time.perf_counter() - t_end, 2), "warnings": warnings,
-        "diverged": Divergence(len(ds.classes)).ended(rows),
+        "diverged": bool(final),
     }
     if not ranks.root:
         return summary
@@ -196,7 +197,8 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
     print(f"test accuracy {test['accuracy']:.4f}  validation accuracy {val['accuracy']:.4f}  "
           f"params sha256 {summary['params_sha256'][:16]}...  {summary['wall_seconds']:.1f}s  -> {folder.path}")
     if summary["diverged"]:
-        print(f"warning: the run ended diverged (exit status 3): {warnings[-1]}", file=sys.stderr)
+        print(f"warning: {final[0]}")
+        print(f"warning: the run ended diverged (exit status 3): {final[0]}", file=sys.stderr)
     return summary
 
 
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite, ranks=ranks[0])
         return 3 if summary.get("diverged") else 0
 
-    return exit_status(go, lambda: ranks[0], out)
+    return exit_status(go, lambda: ranks[0], out / OUTPUTS[0])
 
 
 if __name__ == "__main__":

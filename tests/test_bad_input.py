@@ -177,9 +177,14 @@ API = [
      stepped(optim.sgd(0.1), model=BN,
              state=lambda: fn.TrainState(params(BN), optim.sgd(0.1).init(params(BN)), 0, BN8.init_state(params(BN8)))),
      fn.TreeMismatchError, ["state.model_state", "batch_norm_1/mean", "float32[4]", "float32[8]"]),
-    ("empty batch", stepped(optim.sgd(0.1), x=X[:0], y=Y[:0]), fn.ShapeError, ["logits is empty", "(0, 10)"]),
+    ("empty batch", stepped(optim.sgd(0.1), x=X[:0], y=Y[:0]), fn.ShapeError,
+     ["serial: the batch is empty", "(0, 1, 6, 6)"]),
     ("empty batch under jit, shards of 2", stepped(optim.sgd(0.1), jit=True, x=X[:0], y=Y[:0], shards=2),
-     fn.ShapeError, ["logits is empty"]),
+     fn.ShapeError, ["the batch is empty"]),
+    ("empty batch through a conv model", stepped(optim.sgd(0.1), model=fn.serial(fn.conv2d(2, 3), fn.flatten(),
+                                                                                  fn.dense(10)),
+                                                 jit=True, x=X[:0], y=Y[:0]),
+     fn.ShapeError, ["serial: the batch is empty"]),
     ("TrainState negative step", lambda: fn.TrainState(params(), optim.sgd(0.1).init(params()), -1),
      fn.InvalidValueError, ["TrainState.step", "-1"]),
     ("TrainState float step", lambda: fn.TrainState(params(), optim.sgd(0.1).init(params()), 1.5),
@@ -622,6 +627,22 @@ def test_cli_a_finite_explosion_is_a_warning_and_exit_3(lab, tmp_path):
     assert "warning: diverging" in out and "the run ended diverged (exit status 3)" in err
     assert summary["warnings"][-1].split(":")[0] == "diverging"
     assert math.isfinite(summary["test_loss"])
+
+
+def test_cli_tiny_evaluation_windows_judge_enough_examples_and_the_final_state(lab, tmp_path):
+    """Evaluations after every step of 2 images: no window of so few examples is judged,
+    and the exit status says what the final state is (a resumed run too)."""
+    (tmp_path / "data").symlink_to(lab / "data")
+    flags = [*_without(FAST, "--eval-every", "--batch-size", "--steps"), "--eval-every", "1", "--batch-size", "2",
+             "--steps", "12"]
+    code, out, err = cli(tmp_path, ["--out", "run", *flags, "--stop-after", "6"])
+    assert code == 0, err
+    code, out, err = cli(tmp_path, ["--out", "run", *flags, "--resume"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert code == 0 and summary["diverged"] is False and summary["warnings"] == [], (out, err)
+    assert summary["val_loss"] < 2 * math.log(10) and "diverging" not in out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13)) and not any("warnings" in r for r in rows)
 
 
 def test_summary_records_what_decides_the_bits(lab):

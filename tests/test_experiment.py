@@ -87,13 +87,19 @@ def test_follow_metrics_yields_each_whole_row_as_it_lands(tmp_path):
     assert rows == [{"step": 1}, {"step": 2}, {"step": 3}]
 
 
-def test_divergence_is_twice_the_loss_of_a_uniform_guess():
-    d = Divergence(10)
+def test_divergence_judges_enough_examples_and_the_final_state():
+    d = Divergence(10, min_examples=100)
     assert d.above == pytest.approx(2 * np.log(10))
-    assert d.warnings({"step": 4, "loss": 1.0}) == []
-    assert "mean training loss 5 at step 4 is above twice the chance level (4.605)" in d.warnings(
-        {"step": 4, "loss": 5.0})[0]
-    assert d.ended([{"loss": 1.0}, {"loss": 9.0}]) and not d.ended([]) and not d.ended([{"loss": 1.0}])
+    spike = [{"step": 1, "loss": 9.0}]  # one batch of 2 images far above chance: says nothing yet
+    assert d.warnings(spike, batch_size=2) == []
+    rows = [{"step": s, "loss": 9.0 if s == 50 else 1.0} for s in range(1, 51)]  # 100 examples, one bad batch
+    assert d.warnings(rows, batch_size=2) == []  # mean (49 * 1 + 9) / 50 = 1.16
+    bad = [{"step": 10, "loss": 1.0}, {"step": 40, "loss": 6.0}, {"step": 60, "loss": 6.0}]
+    assert d.warnings(bad, batch_size=2) == ["diverging: mean training loss 6 over the 100 examples up to step 60 is "
+                                             "above twice the chance level (4.605); lower --lr"]
+    assert d.warnings(bad[:2], batch_size=2) == []  # (80 examples: not enough to judge)
+    assert d.final(2.3, 60) == [] and "final validation loss 7 at step 60" in d.final(7.0, 60)[0]
+    assert d.final(float("inf"), 3)
 
 
 def test_ranks_alone_and_their_split():
@@ -126,9 +132,16 @@ def test_errors_become_exit_statuses(tmp_path, capsys, error, status):
     def run():
         raise error
 
-    assert exit_status(run, Ranks, tmp_path) == status
-    assert f"error: {'training diverged: ' if status == 3 else ''}{error}" in capsys.readouterr().err
-    assert exit_status(lambda: 0, Ranks, tmp_path) == 0
+    ckpt = tmp_path / "checkpoint.npz"
+    assert exit_status(run, Ranks, ckpt) == status
+    err = capsys.readouterr().err
+    assert f"error: {'training diverged: ' if status == 3 else ''}{error}" in err
+    if status == 3:  # what it says of the checkpoint is what is on disk
+        assert "no checkpoint was written yet" in err and "is intact" not in err
+        ckpt.write_bytes(b"x")
+        assert exit_status(run, Ranks, ckpt) == 3
+        assert f"the last checkpoint, {ckpt}, is intact" in capsys.readouterr().err
+    assert exit_status(lambda: 0, Ranks, ckpt) == 0
 
 
 def test_number_flags_name_the_range():

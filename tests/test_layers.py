@@ -154,6 +154,16 @@ def test_init_infers_the_forward_shape(name, factory, shape):
 
 
 @pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
+def test_an_empty_batch_is_refused_naming_the_layer(name, factory, shape):
+    layer, params, _, x = _setup(factory, shape, np.float32)
+    for train in (True, False):
+        with pytest.raises(fn.ShapeError, match=f"^{layer.name}: the batch is empty .*\\(0, "):
+            _forward(layer, params, x[:0], train)
+    assert fn.predict(layer, params, x[:0], model_state=layer.init_state(params)).shape == (0, *layer.output_shape(
+        params, shape))  # (no rows to predict: an empty answer, no pass)
+
+
+@pytest.mark.parametrize("name,factory,shape", LAYERS, ids=IDS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_gradients_match_central_differences(name, factory, shape, train):
     """float64: analytic backward equals central differences (max relative error < 1e-6)."""

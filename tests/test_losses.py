@@ -73,6 +73,11 @@ def test_mse_value():
         (np.zeros((2, 3)), np.array([0]), fn.ShapeError, "2 logits rows but 1 labels"),
         (np.zeros((2, 3)), np.zeros((2, 4)), fn.ShapeError, r"one-hot labels must have shape \(2, 3\)"),
         (np.zeros((2, 3)), np.array(["a", "b"]), fn.ShapeError, "labels must be integer class ids"),
+        (np.zeros((2, 3)), np.array([[1.0, 0, 0], [1.5, -0.5, 0]]), fn.InvalidValueError,
+         "probability rows must have entries >= 0; row 1 has -0.5"),
+        (np.zeros((2, 3)), np.array([[1.0, 0, 0], [1.0, 1.0, 1.0]]), fn.InvalidValueError,
+         r"must each sum to 1 \(within 0.001\); row 1 sums to 3"),
+        (np.zeros((2, 3)), np.array([[0.5, 0.2, 0.2], [1.0, 0, 0]]), fn.InvalidValueError, "row 0 sums to 0.9"),
         (np.zeros((2, 3), np.int64), np.array([0, 1]), fn.DTypeError, "logits must be float32 or float64"),
         (np.zeros(3), np.array([0]), fn.ShapeError, "logits must be 2-D"),
     ],
@@ -80,6 +85,15 @@ def test_mse_value():
 def test_cross_entropy_bad_input(logits, labels, err, match):
     with pytest.raises(err, match=match):
         fn.softmax_cross_entropy(logits, labels)
+
+
+def test_probability_rows_within_the_tolerance_are_taken():
+    logits = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
+    rows = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)  # (float32 sums: 1 to rounding)
+    mixed = 0.3 * np.eye(10, dtype=np.float32)[[0, 1, 2, 3]] + 0.7 * np.eye(10, dtype=np.float32)[[4, 5, 6, 7]]
+    for target in (rows, mixed, rows + 4e-4 / 10):
+        loss, _ = fn.softmax_cross_entropy(logits, target, label_smoothing=0.1)
+        assert np.isfinite(loss)
 
 
 def test_mse_bad_input():

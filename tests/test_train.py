@@ -266,6 +266,40 @@ def test_a_backward_that_omits_a_gradient_is_an_error_naming_the_layer(how):
         assert "t" in str(info.value)
 
 
+@pytest.mark.parametrize("rows", [None, 1])
+def test_a_backward_that_writes_a_gradient_only_sometimes_is_an_error_on_that_step(rows):
+    """jit keeps its buffers: a custom layer that fills "t" on the first call only must
+    fail on the second, not apply the first step's gradient again (cut or whole batch)."""
+    writes_t = [True]
+
+    def backward(cache, dy):
+        x, s, sig = cache
+        np.sum(dy * x, axis=0, out=sig.grads["s"])
+        if writes_t[0]:
+            np.sum(dy, axis=0, out=sig.grads["t"])
+        return sig.grads, dy * s
+
+    model = fn.serial(fn.dense(4), _custom_scale(backward), fn.dense(10))
+    params, _ = model.init(fn.random.key(0), (6,))
+    opt = optim.sgd(0.1)
+    step = fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=rows))
+    state = fn.TrainState.create(params, opt)
+    data = (np.ones((2, 6), np.float32), np.array([1, 2]))
+    state, _ = step(state, data)
+    writes_t[0] = False  # (from now on the layer writes "t" no more)
+    with pytest.raises(fn.TreeMismatchError, match="serial: backward left the gradient of scale_1/t"):
+        step(state, data)
+
+
+def test_fnnets_own_layers_are_not_watched():
+    model = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), (1, 5, 5))
+    watch: list = []
+    fn.layers._layer.prepare_checked(model, params, (2, 1, 5, 5), np.dtype(np.float32), train=True, need_dx=False,
+                                     watch=watch)
+    assert watch == []  # (their layer table tests that each backward writes every gradient)
+
+
 def test_one_jit_step_serves_two_threads_with_the_bits_of_two_sequential_runs():
     """Each thread gets its own plans (the jit of d5cb906 shared its buffers: wrong params in 5 of 5 trials)."""
     step, state = make(lenet, "adam")

@@ -104,6 +104,11 @@ class Sig:
       or None. A hook that makes its arrays with :meth:`empty` (the built-in layers do)
       so tells :func:`fnnet.train.least_shard_rows` what a row of a batch costs; arrays made
       otherwise are not counted (they only make the shards thicker).
+    * ``watch``: a list that :func:`prepare` appends ``(path, grads)`` to for each layer
+      whose backward is not fnnet's own, or None. A training step marks those gradients
+      before every backward pass and checks them after it (fnnet's layers are tested to
+      write every gradient; a layer of yours whose backward skips a leaf on some step gets
+      an error on that step, not the stale value of an earlier one).
     """
 
     x_shape: tuple
@@ -116,6 +121,7 @@ class Sig:
     shard: int = 0
     fuse: bool = True
     ledger: list | None = attrs.field(default=None, eq=False, repr=False)
+    watch: list | None = attrs.field(default=None, eq=False, repr=False)
 
     def empty(self, shape: tuple | None = None, dtype: Any = None) -> np.ndarray:
         """A new array of ``shape`` (default ``x_shape``) and ``dtype`` (default the input's)."""
@@ -133,7 +139,7 @@ class Sig:
         return Sig(
             tuple(x_shape), self.dtype, self.train, self.need_dx if need_dx is None else need_dx,
             None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key,
-            self.group, self.shard, self.fuse, self.ledger,
+            self.group, self.shard, self.fuse, self.ledger, self.watch,
         )
 
 
@@ -331,45 +337,57 @@ def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
     """``layer`` ready to run on inputs of ``sig``: its hook's buffers made (unchecked:
     check the params and the input shape first)."""
     buf = sig if layer.buffers is None else layer.buffers(params, sig)
+    if sig.watch is not None and sig.grads is not None and tree_leaves(sig.grads) and not _own(layer):
+        sig.watch.append((sig.path or layer.name, sig.grads))
     return Site(layer, sig, buf, layer._forward, layer._backward, sig.grads, not (layer.stochastic or layer.stateful))
+
+
+def _own(layer: Layer) -> bool:
+    """Whether ``layer``'s backward is fnnet's (its layer table tests that it writes every gradient)."""
+    return getattr(layer._backward, "__module__", "").startswith("fnnet.")
 
 
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool,
     backward: Literal[True] = True, group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
+    watch: list | None = None,
 ) -> tuple[Site, Layout, np.ndarray]: ...
 
 
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: Literal[False],
-    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
+    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None, watch: list | None = None,
 ) -> tuple[Site, None, None]: ...
 
 
 @overload
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool,
-    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
+    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None, watch: list | None = None,
 ) -> tuple[Site, Layout | None, np.ndarray | None]: ...
 
 
 def prepare_checked(
     layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype, *, train: bool, need_dx: bool, backward: bool = True,
-    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None,
+    group: Any = None, shard: int = 0, fuse: bool = True, ledger: list | None = None, watch: list | None = None,
 ) -> tuple[Site, Layout | None, np.ndarray | None]:
     """Check ``params`` and inputs of ``x_shape`` and ``dtype`` against ``layer`` (errors
     name the layer), then :func:`prepare` it (as shard ``shard`` of ``group``, for a
-    training step cut into shards; ``fuse`` and ``ledger`` as in :class:`Sig`). With
+    training step cut into shards; ``fuse``, ``ledger`` and ``watch`` as in :class:`Sig`). With
     ``backward``, its gradients go to a fresh flat vector, returned with its layout
-    (else both are None)."""
+    (else both are None). A batch of no rows is refused here, where every path passes
+    (batch norm's statistics of no rows do not exist; a layer's buffers need a row)."""
     layer.output_shape(params, x_shape[1:], dtype)
+    if x_shape[0] == 0:
+        raise ShapeError(f"{layer.name}: the batch is empty (inputs of shape {tuple(x_shape)}): a pass needs at "
+                         "least one row")
     if not backward:
         return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, fuse=fuse, ledger=ledger)), None, None
     layout = Layout.of(params)
     flat, grads = layout.fresh_grads()
-    sig = Sig(x_shape, dtype, train, need_dx, grads, "", group, shard, fuse, ledger)
+    sig = Sig(x_shape, dtype, train, need_dx, grads, "", group, shard, fuse, ledger, watch)
     return prepare(layer, params, sig), layout, flat
 
 

@@ -83,11 +83,12 @@ class Step:
         shards, start, sizes = [], 0, self.cut(state.params, x.shape, x.dtype)
         group = ShardGroup(len(sizes), threads) if len(sizes) > 1 and self.model.stateful else None
         for i, n in enumerate(sizes):
+            watch: list = []
             site, layout, grads = prepare_checked(
                 self.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False, group=group,
-                shard=i)
-            # (a whole batch weighs 1, an empty one too: its loss then names the problem)
-            shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads))
+                shard=i, watch=watch)
+            shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads,
+                                tuple(watch)))
             start += n
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
                     layout, tuple(shards), group)
