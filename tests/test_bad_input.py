@@ -97,6 +97,20 @@ nan, inf = float("nan"), float("inf")
 CLIPPED = optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(0.1, momentum=0.9))  # runs on trees, not flat
 
 API = [
+    # found by the property-based suites (tests/test_properties.py): raw TypeError or OverflowError before
+    ("conv2d kernel_size None", lambda: fn.conv2d(2, None), fn.InvalidValueError, ["conv2d", "kernel_size", "None"]),
+    ("batch_norm momentum None", lambda: fn.batch_norm(None), fn.InvalidValueError, ["batch_norm", "momentum"]),
+    ("dropout rate None", lambda: fn.dropout(None), fn.InvalidValueError, ["dropout", "rate", "None"]),
+    ("leaky_relu slope None", lambda: fn.leaky_relu(None), fn.InvalidValueError, ["negative_slope", "None"]),
+    ("reshape shape None", lambda: fn.reshape(None), fn.InvalidValueError, ["reshape", "shape", "None"]),
+    ("piecewise_constant boundaries 0.0", lambda: optim.piecewise_constant(0.0, [1.0]), fn.InvalidValueError,
+     ["piecewise_constant", "boundaries", "0.0"]),
+    ("train_step key not a Key", lambda: fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), fn.softmax_cross_entropy,
+                                                        optim.sgd(0.1), key=object()), fn.InvalidTypeError,
+     ["train_step", "key must be a fnnet.random.Key"]),
+    ("exponential_decay growing past float", lambda: optim.sgd(optim.exponential_decay(0.1, 2.0, 1)).update(
+        {"w": np.ones(1)}, fn.freeze({"count": np.array(5000), "learning_rate": np.array(0.1)})),
+     fn.InvalidValueError, ["the schedule gave inf at step 5000", "learning rate"]),
     # optimizers and transforms: PyTorch's rules are the floor
     ("sgd negative lr", lambda: optim.sgd(-0.1), fn.InvalidValueError, ["sgd", "learning_rate", "-0.1"]),
     ("sgd nan lr", lambda: optim.sgd(nan), fn.InvalidValueError, ["learning_rate", "nan"]),

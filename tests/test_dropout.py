@@ -69,5 +69,5 @@ def test_train_mode_without_key_is_an_error():
 
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 2])
 def test_bad_rate(rate):
-    with pytest.raises(ValueError, match=r"rate \(the probability of dropping\) must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"rate \(the probability of dropping\) must be a finite number in \[0, 1\)"):
         fn.dropout(rate)

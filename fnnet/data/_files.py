@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import pathlib
 import tempfile
@@ -158,7 +159,7 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header ({len(data)} bytes)")
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
-    size = int(np.prod(dims))
+    size = math.prod(dims)  # (exact: an int64 product of four-byte dims can wrap)
     if len(data) - header != size:
         raise DataError(f"{path}: IDX header says {dims} = {size} bytes of data, file has {len(data) - header}")
     return np.frombuffer(data, np.uint8, size, header).reshape(dims)

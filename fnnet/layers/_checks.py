@@ -111,7 +111,10 @@ def positive_int(v: Any, what: str, name: str) -> int:
 
 def pair(v: Any, what: str, name: str, minimum: int = 1) -> tuple[int, int]:
     """``v`` or ``(v, v)`` as a pair of ints >= minimum, or a ValueError naming it."""
-    t = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else tuple(v)
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        t: tuple = (v, v)
+    else:
+        t = tuple(v) if isinstance(v, (tuple, list)) else ()
     if len(t) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= minimum for i in t):
         raise InvalidValueError(f"{name}: {what} must be an int >= {minimum} or a pair of them, got {v!r}")
     return int(t[0]), int(t[1])

@@ -9,7 +9,7 @@ import attrs
 import numpy as np
 
 from .. import kernels
-from .._errors import InvalidValueError
+from .._errors import InvalidValueError, as_float
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import without_params
@@ -53,7 +53,7 @@ def relu() -> Layer:
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """x for x > 0, ``negative_slope * x`` otherwise."""
-    a = float(negative_slope)
+    a = as_float(negative_slope)
     if not np.isfinite(a):
         raise InvalidValueError(f"leaky_relu: negative_slope must be finite, got {negative_slope!r}")
     return elementwise(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import random
-from .._errors import InvalidValueError
+from .._errors import check_real
 from ..random import Key
 from ..tree import EMPTY
 from ..typing import Array, Params
@@ -23,9 +23,7 @@ def dropout(rate: float) -> Layer:
     ``rate`` and the survivors are scaled by ``1 / (1 - rate)``, so the expectation is
     unchanged. Eval mode: the identity (a read-only view of the input). Any shape.
     """
-    rate = float(rate)
-    if not 0.0 <= rate < 1.0:
-        raise InvalidValueError(f"dropout: rate (the probability of dropping) must be in [0, 1), got {rate}")
+    rate = check_real("dropout", "rate (the probability of dropping)", rate, 0.0, 1.0, high_open=True)
     name = "dropout"
     keep_scale = 1.0 / (1.0 - rate)
 

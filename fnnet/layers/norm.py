@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import kernels
-from .._errors import InvalidValueError, ShapeError
+from .._errors import ShapeError, check_real
 from ..random import Key
 from ..tree import FrozenDict
 from ..typing import Array, Params, PyTree, Shape
@@ -30,9 +30,8 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     each shard's moments, and in backward its gradient sums, are pooled in shard order
     (:class:`~fnnet.layers._group.ShardGroup`), so any thread count gives the same bits.
     """
-    momentum, eps = float(momentum), float(eps)
-    if not 0.0 <= momentum < 1.0 or eps <= 0:
-        raise InvalidValueError(f"batch_norm: momentum must be in [0, 1) and eps > 0, got {momentum}, {eps}")
+    momentum = check_real("batch_norm", "momentum", momentum, 0.0, 1.0, high_open=True)
+    eps = check_real("batch_norm", "eps", eps, 0.0, low_open=True)
     name = "batch_norm"
 
     def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .._errors import InvalidValueError, ShapeError
 from ..tree import EMPTY
 from ..typing import Array, Params, Shape
@@ -46,6 +48,9 @@ def identity() -> Layer:
 def reshape(shape: tuple[int, ...]) -> Layer:
     """(N, *in) -> (N, *shape) with the same number of elements per sample; one entry of
     ``shape`` may be -1 (inferred)."""
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape):
+        raise InvalidValueError(f"reshape: shape must be a tuple of ints, got {shape!r}")
     shape = tuple(int(d) for d in shape)
     if shape.count(-1) > 1 or any(d < 1 and d != -1 for d in shape):
         raise InvalidValueError(f"reshape: shape must hold positive sizes and at most one -1, got {shape}")

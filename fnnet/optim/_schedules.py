@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._errors import InvalidValueError, check_int, check_real
@@ -31,13 +33,19 @@ def exponential_decay(init_value: float, decay_rate: float, transition_steps: in
 
     def schedule(step: int) -> float:
         p = step // transition_steps if staircase else step / transition_steps
-        return init_value * decay_rate**p
+        try:
+            return init_value * decay_rate**p
+        except OverflowError:  # (a rate above 1 grows without bound: inf, which a transform refuses by name)
+            return math.copysign(math.inf, init_value)
 
     return schedule
 
 
 def piecewise_constant(boundaries: list[int], values: list[float]) -> Schedule:
     """``values[i]`` for ``boundaries[i-1] <= step < boundaries[i]`` (``len(values) == len(boundaries) + 1``)."""
+    for what, given in (("boundaries", boundaries), ("values", values)):
+        if not isinstance(given, (tuple, list)):
+            raise InvalidValueError(f"piecewise_constant: {what} must be a list, got {given!r}")
     boundaries = [check_int("piecewise_constant", f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
     values = [check_real("piecewise_constant", f"values[{i}]", v) for i, v in enumerate(values)]
     if len(values) != len(boundaries) + 1 or boundaries != sorted(boundaries):

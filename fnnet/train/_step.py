@@ -53,6 +53,9 @@ class Step:
 
     @key.validator
     def _key_if_random(self, attribute: Any, value: Any) -> None:
+        if value is not None and not isinstance(value, random.Key):
+            raise InvalidTypeError(f"train_step: key must be a fnnet.random.Key (fnnet.random.key(seed)), "
+                                   f"got {value!r}")
         if self.model.stochastic and value is None:
             raise InvalidValueError(
                 "train_step: the model is random in train mode (dropout): pass key=fnnet.random.key(...)"
