@@ -108,6 +108,9 @@ API = [
     ("train_step key not a Key", lambda: fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), fn.softmax_cross_entropy,
                                                         optim.sgd(0.1), key=object()), fn.InvalidTypeError,
      ["train_step", "key must be a fnnet.random.Key"]),
+    ("dense w_init not callable", lambda: fn.dense(3, w_init=1), fn.InvalidTypeError, ["dense", "w_init", "1"]),
+    ("predict of no model", lambda: fn.predict(None, {}, np.ones((2, 2))), fn.InvalidTypeError,
+     ["predict", "model must be a fnnet Layer"]),
     ("exponential_decay growing past float", lambda: optim.sgd(optim.exponential_decay(0.1, 2.0, 1)).update(
         {"w": np.ones(1)}, fn.freeze({"count": np.array(5000), "learning_rate": np.array(0.1)})),
      fn.InvalidValueError, ["the schedule gave inf at step 5000", "learning rate"]),

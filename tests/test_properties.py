@@ -56,7 +56,10 @@ CASES = [
     ("conv2d", "stride", lambda v: fn.conv2d(2, 3, stride=v), _layer_use),
     ("conv2d", "padding", lambda v: fn.conv2d(2, 3, padding=v), _layer_use),
     ("conv2d", "dilation", lambda v: fn.conv2d(2, 3, dilation=v), _layer_use),
+    ("conv2d", "w_init", lambda v: fn.conv2d(2, 3, w_init=v), _layer_use),
+    ("conv2d", "b_init", lambda v: fn.conv2d(2, 3, b_init=v), _layer_use),
     ("dense", "features", lambda v: fn.dense(v), lambda layer: _layer_use(fn.serial(fn.flatten(), layer))),
+    ("dense", "w_init", lambda v: fn.dense(3, w_init=v), lambda layer: _layer_use(fn.serial(fn.flatten(), layer))),
     ("max_pool2d", "window", lambda v: fn.max_pool2d(v), _layer_use),
     ("max_pool2d", "stride", lambda v: fn.max_pool2d(2, v), _layer_use),
     ("avg_pool2d", "window", lambda v: fn.avg_pool2d(v), _layer_use),
@@ -71,6 +74,13 @@ CASES = [
     ("residual", "shortcut", lambda v: fn.residual(fn.relu(), v), _layer_use),
     ("sgd", "learning_rate", lambda v: optim.sgd(v), None),
     ("sgd", "momentum", lambda v: optim.sgd(0.1, v), None),
+    ("sgd", "nesterov", lambda v: optim.sgd(0.1, 0.9, nesterov=v), None),
+    ("scale", "factor", lambda v: optim.scale(v), None),
+    ("scale_by_rms", "decay", lambda v: optim.scale_by_rms(v), None),
+    ("scale_by_schedule", "schedule", lambda v: optim.scale_by_schedule(v), None),
+    ("add_decayed_weights", "weight_decay", lambda v: optim.add_decayed_weights(v), None),
+    ("constant", "value", lambda v: optim.constant(v), "schedule"),
+    ("cosine_decay", "alpha", lambda v: optim.cosine_decay(0.1, 10, alpha=v), "schedule"),
     ("adam", "learning_rate", lambda v: optim.adam(v), None),
     ("adam", "b1", lambda v: optim.adam(0.1, b1=v), None),
     ("adam", "eps", lambda v: optim.adam(0.1, eps=v), None),
@@ -92,6 +102,11 @@ CASES = [
     ("affine", "rotate", lambda v: data.augment.affine(v, 0.1, 5.0), "augment"),
     ("affine", "scale", lambda v: data.augment.affine(10.0, v, 5.0), "augment"),
     ("cutout", "size", lambda v: data.augment.cutout(v), "augment"),
+    ("augment.chain", "argument", lambda v: data.augment.chain(data.augment.translate(1), v), "augment"),
+    ("train_step", "model", lambda v: fn.train_step(v, fn.softmax_cross_entropy, optim.sgd(0.1)), None),
+    ("train_step", "loss", lambda v: fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), v, optim.sgd(0.1)), None),
+    ("jit", "step", lambda v: fn.jit(v), None),
+    ("predict", "model", lambda v: fn.predict(v, {}, np.ones((2, 2, 2), np.float32)), None),
     ("train_step", "rows_per_shard",
      lambda v: fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), fn.softmax_cross_entropy, optim.sgd(0.1),
                              rows_per_shard=v), "step"),
@@ -260,3 +275,20 @@ def test_pipeline_flags_are_taken_or_refused_naming_the_flag(flag, text):
         assert exc.code == 2 and flag in err.getvalue(), err.getvalue()
     except fn.FnnetError as err:
         assert flag in str(err) or "augmentation flags" in str(err), str(err)
+
+
+@given(spec=st.one_of(st.text(max_size=12), st.builds(lambda n, v: f"{n}={v}", st.sampled_from(
+    ["lr", "batch-size", "model", "seed", "shift", "x"]), st.text(max_size=8))))
+def test_sweep_specs_are_parsed_or_refused_naming_the_flag(spec):
+    import sys as _sys
+
+    _sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "pipelines"))
+    try:
+        import sweep
+    finally:
+        _sys.path.pop(0)
+    for flag, parse in (("--grid", sweep.parse_grid), ("--sample", sweep.parse_sample)):
+        try:
+            parse(spec)
+        except sweep.SweepError as err:
+            assert flag in str(err) or "sweep" in str(err), str(err)

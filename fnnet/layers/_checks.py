@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DTypeError, InvalidValueError, ShapeError, TreeMismatchError
+from .._errors import DTypeError, InvalidTypeError, InvalidValueError, ShapeError, TreeMismatchError
 from ..random import Key
 from ..tree import EMPTY, FrozenDict
 from ..typing import Params, Shape
@@ -107,6 +107,17 @@ def positive_int(v: Any, what: str, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise InvalidValueError(f"{name}: {what} must be a positive int, got {v!r}")
     return int(v)
+
+
+def initializers_of(name: str, w_init: Any, b_init: Any, default_w: Callable, default_b: Callable) -> tuple:
+    """``(w_init, b_init)``: each a callable, or None for the default; else an error naming it."""
+    out = []
+    for what, given, default in (("w_init", w_init, default_w), ("b_init", b_init, default_b)):
+        if given is not None and not callable(given):
+            raise InvalidTypeError(f"{name}: {what} must be an initializer (a callable: fnnet.init...) or None, "
+                                   f"got {given!r}")
+        out.append(default if given is None else given)
+    return tuple(out)
 
 
 def pair(v: Any, what: str, name: str, minimum: int = 1) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from .. import kernels, random
 from .._errors import InvalidValueError, ShapeError
 from ..random import Key
 from ..typing import Array, Params, Shape
-from ._checks import check_ndim, check_params, fmt_shape, pair, positive_int, seal
+from ._checks import check_ndim, check_params, fmt_shape, initializers_of, pair, positive_int, seal
 from ._geometry import out_size, same_pad
 from ._layer import Fusion, Layer, Sig, with_bias
 
@@ -67,7 +67,7 @@ def conv2d(
             raise InvalidValueError(f"{name}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
     else:
         ph, pw = pair(padding, "padding", name, minimum=0)
-    w_init = w_init or initializers.he_normal()
+    w_init, b_init = initializers_of(name, w_init, b_init, initializers.he_normal(), initializers.zeros)
     window = (kh, kw, sh, sw, dil_h, dil_w)  # the kernels' geometry arguments, before the padding
 
     def geometry(input_shape: Shape) -> tuple[tuple[int, int, int, int], Shape]:

@@ -11,7 +11,7 @@ from .. import random
 from .._errors import ShapeError
 from ..random import Key
 from ..typing import Array, Params, Shape
-from ._checks import check_ndim, check_params, fmt_shape, positive_int, seal
+from ._checks import check_ndim, check_params, fmt_shape, initializers_of, positive_int, seal
 from ._layer import Fusion, Layer, Sig, with_bias
 
 
@@ -38,7 +38,7 @@ def dense(
     """
     name = "dense"
     features = positive_int(features, "features", name)
-    w_init = w_init or initializers.he_normal()
+    w_init, b_init = initializers_of(name, w_init, b_init, initializers.he_normal(), initializers.zeros)
 
     def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         check_ndim(name, input_shape, 1, "a flat")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._errors import InvalidValueError, check_int
+from .._errors import InvalidTypeError, InvalidValueError, check_int
 from ..layers import Layer
 from ..layers._checks import as_batch
 from ..layers._layer import prepare_checked, run
@@ -42,6 +42,8 @@ def predict(
     thread (the tutorial's network ran 0.7-0.97x on two). Returns a new array
     (N, *output_shape).
     """
+    if not isinstance(model, Layer):
+        raise InvalidTypeError(f"predict: model must be a fnnet Layer, got {type(model).__name__}")
     x = as_batch(x, "predict")
     check_int("predict", "batch_size", batch_size, 1)
     auto, threads = threads is None, thread_count("predict", threads)
