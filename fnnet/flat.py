@@ -18,7 +18,7 @@ import numpy as np
 from ._errors import TreeMismatchError
 from .tree import FrozenDict, TreeDef, _path_str, tree_leaves, tree_leaves_with_path, tree_structure
 
-__all__ = ["Layout", "check_written", "flat_of", "mark_unwritten"]
+__all__ = ["Layout", "check_written", "flat_of", "marker_views", "unwritten"]
 
 # Fresh gradient buffers hold this quiet-NaN bit pattern until backward writes them:
 # arithmetic never produces it, so a leaf that still holds it was never written.
@@ -116,12 +116,17 @@ class Layout:
                 )
 
 
-def mark_unwritten(tree: Any) -> None:
-    """Fill every leaf of a gradient tree (views of a flat gradient) with the marker that
-    :meth:`Layout.check_written` looks for: what a backward does not write stays marked."""
-    for leaf in tree_leaves(tree):
-        marker = _UNWRITTEN[leaf.dtype]
-        leaf.view(marker.dtype).fill(marker)
+def marker_views(tree: Any) -> tuple:
+    """``((bits, marker), ...)`` per leaf of a gradient tree: each leaf seen as unsigned
+    ints, and the marker that :meth:`Layout.check_written` looks for. Made once (with a
+    plan); a step fills ``bits`` with ``marker`` before a backward pass, and what the pass
+    does not write stays marked (:func:`unwritten`)."""
+    return tuple((leaf.view(_UNWRITTEN[leaf.dtype].dtype), _UNWRITTEN[leaf.dtype]) for leaf in tree_leaves(tree))
+
+
+def unwritten(views: tuple) -> bool:
+    """Whether a leaf of ``views`` (:func:`marker_views`) still holds its marker."""
+    return any((bits == marker).any() for bits, marker in views)
 
 
 def check_written(tree: Any, where: str, prefix: str = "") -> None:

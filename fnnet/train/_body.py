@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import random
 from .._errors import DivergenceError, InvalidValueError, TreeMismatchError
-from ..flat import Layout, check_written, flat_of, mark_unwritten
+from ..flat import Layout, check_written, flat_of, unwritten
 from ..layers import Layer
 from ..layers._group import ShardGroup
 from ..layers._layer import Site, run, run_backward
@@ -53,7 +53,7 @@ class Shard(NamedTuple):
     weight: float
     site: Site
     grads: np.ndarray
-    watch: tuple = ()  # ((path, grads), ...) of the layers whose backward is not fnnet's (Sig.watch)
+    watch: tuple = ()  # ((path, grads, marker views), ...) of the layers whose backward is not fnnet's (Sig.watch)
 
 
 @attrs.define
@@ -137,8 +137,9 @@ def _body(
     key = None if plan.key is None else random.fold_in(plan.key, state.step)
     shards = plan.shards
     for s in shards:  # a layer of the user's: what its backward leaves unwritten must not be a stale value
-        for _, tree in s.watch:
-            mark_unwritten(tree)
+        for _, _, views in s.watch:
+            for bits, marker in views:
+                bits.fill(marker)
     first = shards[0]  # the shards' gradients are summed into its own: its site and grads are the batch's
     if len(shards) == 1:  # (every small batch: no list, no sums)
         loss, acc, model_state = _pass(plan, first, state, x, labels, key)
@@ -159,8 +160,9 @@ def _body(
             plan.layout.check_written(s.grads, plan.model.name)
         plan.checked = True
     for s in shards:  # (and on every step, the gradients of the user's layers)
-        for path, tree in s.watch:
-            check_written(tree, plan.model.name, path)
+        for path, tree, views in s.watch:
+            if unwritten(views):
+                check_written(tree, plan.model.name, path)
     for s in shards[1:]:  # in shard order, whatever ran them
         np.add(first.grads, s.grads, out=first.grads)
     metrics = {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}

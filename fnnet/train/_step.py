@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import random
 from .._errors import InvalidTypeError, InvalidValueError, ShapeError, instance_of, is_callable
+from ..flat import marker_views
 from ..layers import Layer
 from ..layers._checks import as_batch
 from ..layers._group import ShardGroup
@@ -91,7 +92,7 @@ class Step:
                 self.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False, group=group,
                 shard=i, watch=watch)
             shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads,
-                                tuple(watch)))
+                                tuple((path, tree, marker_views(tree)) for path, tree in watch)))
             start += n
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
                     layout, tuple(shards), group)
