@@ -104,7 +104,7 @@ class Sig:
       or None. A hook that makes its arrays with :meth:`empty` (the built-in layers do)
       so tells :func:`fnnet.train.least_shard_rows` what a row of a batch costs; arrays made
       otherwise are not counted (they only make the shards thicker).
-    * ``watch``: a list that :func:`prepare` appends ``(path, grads)`` to for each layer
+    * ``watch``: a list that the runner's ``prepare`` appends ``(path, grads)`` to for each layer
       whose backward is not fnnet's own, or None. A training step marks those gradients
       before every backward pass and checks them after it (fnnet's layers are tested to
       write every gradient; a layer of yours whose backward skips a leaf on some step gets
