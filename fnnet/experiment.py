@@ -470,5 +470,7 @@ def _fail(ranks: Ranks, status: int, message: str | None) -> int:
         print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
     if ranks.size > 1:
         sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(0.5)  # (mpiexec forwards output on its own time; an abort can beat the message to it)
         ranks.comm.Abort(status)  # MPI_Abort ends every rank (python -m mpi4py does it too; srun may not)
     return status
