@@ -79,6 +79,7 @@ class Plan:
     shards: tuple[Shard, ...]
     group: ShardGroup | None = None
     checked: bool = False
+    watched: bool = False  # whether a shard watches a layer of the user's (Shard.watch)
 
 
 def run_step(
@@ -136,7 +137,8 @@ def _body(
 ) -> tuple[TrainState, dict[str, float]]:
     key = None if plan.key is None else random.fold_in(plan.key, state.step)
     shards = plan.shards
-    for s in shards:  # a layer of the user's: what its backward leaves unwritten must not be a stale value
+    watched = plan.watched  # a layer of the user's: what its backward leaves unwritten must not be a stale value
+    for s in shards if watched else ():
         for _, _, views in s.watch:
             for bits, marker in views:
                 bits.fill(marker)
@@ -159,7 +161,7 @@ def _body(
         for s in shards:
             plan.layout.check_written(s.grads, plan.model.name)
         plan.checked = True
-    for s in shards:  # (and on every step, the gradients of the user's layers)
+    for s in shards if watched else ():  # (and on every step, the gradients of the user's layers)
         for path, tree, views in s.watch:
             if unwritten(views):
                 check_written(tree, plan.model.name, path)

@@ -95,7 +95,7 @@ class Step:
                                 tuple((path, tree, marker_views(tree)) for path, tree in watch)))
             start += n
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
-                    layout, tuple(shards), group)
+                    layout, tuple(shards), group, watched=any(s.watch for s in shards))
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
