@@ -94,10 +94,9 @@ def _on_vectors(rule: Rule, ctx: Any, updates: PyTree, trees: list, n_slots: int
     found = flat_of(updates)  # (a step's gradients, or what a transform of this kind returned)
     if found is None:
         packed = _layout(updates)
-        vector = None if packed is None else packed.flat(updates)
-        if packed is None or vector is None:
+        if packed is None:
             return None
-        found = (vector, packed)
+        found = (packed.pack(updates), packed)
     u, layout = found
     vectors = [u]
     for tree in trees:

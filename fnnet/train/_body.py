@@ -53,7 +53,6 @@ class Shard(NamedTuple):
     weight: float
     site: Site
     grads: np.ndarray
-    watch: tuple = ()  # ((path, grads, marker views), ...) of the layers whose backward is not fnnet's (Sig.watch)
 
 
 @attrs.define
@@ -79,7 +78,8 @@ class Plan:
     shards: tuple[Shard, ...]
     group: ShardGroup | None = None
     checked: bool = False
-    watched: bool = False  # whether a shard watches a layer of the user's (Shard.watch)
+    # ((path, grads, marker views), ...) of every shard's layers whose backward is not fnnet's (Sig.watch)
+    watch: tuple = ()
 
 
 def run_step(
@@ -137,11 +137,9 @@ def _body(
 ) -> tuple[TrainState, dict[str, float]]:
     key = None if plan.key is None else random.fold_in(plan.key, state.step)
     shards = plan.shards
-    watched = plan.watched  # a layer of the user's: what its backward leaves unwritten must not be a stale value
-    for s in shards if watched else ():
-        for _, _, views in s.watch:
-            for bits, marker in views:
-                bits.fill(marker)
+    for _, _, views in plan.watch:  # a layer of the user's: what its backward leaves unwritten must not be stale
+        for bits, marker in views:
+            bits.fill(marker)
     first = shards[0]  # the shards' gradients are summed into its own: its site and grads are the batch's
     if len(shards) == 1:  # (every small batch: no list, no sums)
         loss, acc, model_state = _pass(plan, first, state, x, labels, key)
@@ -161,10 +159,9 @@ def _body(
         for s in shards:
             plan.layout.check_written(s.grads, plan.model.name)
         plan.checked = True
-    for s in shards if watched else ():  # (and on every step, the gradients of the user's layers)
-        for path, tree, views in s.watch:
-            if unwritten(views):
-                check_written(tree, plan.model.name, path)
+    for path, tree, views in plan.watch:  # (and on every step, the gradients of the user's layers)
+        if unwritten(views):
+            check_written(tree, plan.model.name, path)
     for s in shards[1:]:  # in shard order, whatever ran them
         np.add(first.grads, s.grads, out=first.grads)
     metrics = {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}

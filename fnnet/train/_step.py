@@ -85,17 +85,16 @@ class Step:
         then prepare the model in train mode for each shard, without the input's gradient
         (a model with state: in a group whose ``threads`` shards compute at once)."""
         shards, start, sizes = [], 0, self.cut(state.params, x.shape, x.dtype)
+        watch: list = []  # (the layers of the user's, in every shard: Sig.watch)
         group = ShardGroup(len(sizes), threads) if len(sizes) > 1 and self.model.stateful else None
         for i, n in enumerate(sizes):
-            watch: list = []
             site, layout, grads = prepare_checked(
                 self.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False, group=group,
                 shard=i, watch=watch)
-            shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads,
-                                tuple((path, tree, marker_views(tree)) for path, tree in watch)))
+            shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads))
             start += n
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
-                    layout, tuple(shards), group, watched=any(s.watch for s in shards))
+                    layout, tuple(shards), group, watch=tuple((path, tree, marker_views(tree)) for path, tree in watch))
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
