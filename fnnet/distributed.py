@@ -52,7 +52,9 @@ from .typing import OptState, PyTree
 __all__ = ["broadcast", "check_replicated", "data_parallel", "mean_gradient", "rank_rows"]
 
 
-def _check_comm(name: str, comm: Any) -> Any:
+def check_comm(name: str, comm: Any) -> Any:
+    """``comm``, or an InvalidTypeError from ``name`` unless it has the mpi4py
+    communicator methods fnnet calls."""
     methods = ("Get_rank", "Get_size", "Allreduce", "Allgather", "bcast", "allgather")
     missing = [m for m in methods if not callable(getattr(comm, m, None))]
     if missing:
@@ -103,7 +105,7 @@ def data_parallel(
         raise InvalidTypeError(
             f"data_parallel: optimizer must be a GradientTransformation, got {type(optimizer).__name__}"
         )
-    comm = _check_comm("data_parallel", comm)
+    comm = check_comm("data_parallel", comm)
     if not isinstance(deterministic, bool):
         raise InvalidTypeError(f"data_parallel: deterministic must be a bool, got {deterministic!r}")
 
@@ -121,7 +123,7 @@ def rank_rows(batch_size: int, comm: Any) -> slice:
     ``size`` equal consecutive slices. ``batch_size`` must be divisible by the number
     of ranks (unequal slices would weight the rows of the smaller ones more). (Not the
     shards a step cuts a batch into, which each rank's step cuts its own rows into.)"""
-    comm = _check_comm("rank_rows", comm)
+    comm = check_comm("rank_rows", comm)
     batch_size = check_int("rank_rows", "batch_size", batch_size, 1)
     n, rank = comm.Get_size(), comm.Get_rank()
     if batch_size % n:
@@ -136,14 +138,14 @@ def rank_rows(batch_size: int, comm: Any) -> slice:
 def broadcast(tree: PyTree, comm: Any, root: int = 0) -> PyTree:
     """Rank ``root``'s ``tree`` on every rank (read-only leaves); the other ranks'
     ``tree`` arguments are ignored (pass None). Collective."""
-    comm = _check_comm("broadcast", comm)
+    comm = check_comm("broadcast", comm)
     return freeze(comm.bcast(tree if comm.Get_rank() == root else None, root=root))
 
 
 def check_replicated(tree: PyTree, comm: Any, what: str = "params") -> None:
     """InvalidValueError on every rank unless ``tree`` has the same structure and bits on
     every rank of ``comm`` (one ``allgather`` of a sha256 each). Collective."""
-    comm = _check_comm("check_replicated", comm)
+    comm = check_comm("check_replicated", comm)
     digests = comm.allgather(digest(tree))
     differ = [r for r, d in enumerate(digests) if d != digests[0]]
     if differ:

@@ -24,11 +24,13 @@ import json
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -39,12 +41,12 @@ from ._errors import DataError, DivergenceError, FnnetError, InvalidValueError
 from .data import Split
 from .losses import softmax_cross_entropy
 from .threads import blas_share
-from .train import TrainState, predict
+from .train import CHUNK_ROWS, TrainState, predict, rank_shards
 from .tree import check_like
 from .typing import Params
 
-__all__ = ["Divergence", "FlagError", "Ranks", "RunFolder", "evaluate", "exit_status", "follow_metrics", "number",
-           "read_metrics", "save_plots", "write_atomic"]
+__all__ = ["Divergence", "FlagError", "Interrupts", "Ranks", "RunFolder", "evaluate", "exit_status", "follow_metrics",
+           "number", "read_metrics", "save_plots", "write_atomic"]
 
 
 class FlagError(InvalidValueError):
@@ -135,7 +137,10 @@ class RunFolder:
         belongs to another config or ``meta`` (the data-order key...) differs."""
         ckpt = self.checkpoint
         tree, found = checkpoint.load(ckpt)
-        if found.get("config") != self.config:  # before the tree: another preset has other params
+        old = found.get("config")
+        if isinstance(old, dict):  # (a field added since, whose None keeps the old behaviour)
+            old = {**{k: None for k, v in self.config.items() if v is None}, **old}
+        if old != self.config:  # before the tree: another preset has other params
             raise FlagError(f"--resume: {ckpt} was written with another config:\n"
                             f"{_config_diff(found.get('config'), self.config)}\n"
                             "pass the flags of that run, or another --out")
@@ -228,28 +233,32 @@ class _Alone:
 @attrs.frozen
 class Ranks:
     """How a run uses the machine: the processes of a data-parallel run (an mpi4py
-    communicator, with ``deterministic`` the reduction of the gradients that sums in rank
-    order: :func:`fnnet.distributed.data_parallel`) and each one's ``threads`` (None:
-    every core alone, one thread a rank under MPI). Not part of a config: a run may
-    resume on another number of ranks or threads."""
+    communicator; each runs whole shards of every global batch:
+    :func:`fnnet.train_step` with ``comm``) and each one's ``threads`` (None: every core
+    alone, one thread a rank under MPI). Not part of a config: a run may resume on another
+    number of ranks or threads, and gets the same bits."""
 
     comm: Any = attrs.field(factory=_Alone)
-    deterministic: bool = False
     threads: int | None = None
 
     @classmethod
-    def mpi_world(cls, deterministic: bool, threads: int | None) -> Ranks:
+    def mpi_world(cls, threads: int | None) -> Ranks:
         """MPI_COMM_WORLD's ranks (--distributed), or a FlagError saying what to install."""
         try:
             from mpi4py import MPI
         except ImportError as exc:
             raise FlagError(f"--distributed needs mpi4py and an MPI ({exc}): pip install 'fnnet[distributed]' mpich, "
                             "or mpi4py built against the site's MPI") from None
-        return cls(MPI.COMM_WORLD, deterministic, threads)
+        return cls(MPI.COMM_WORLD, threads)
 
     @property
     def mpi(self) -> bool:
         return not isinstance(self.comm, _Alone)
+
+    @property
+    def step_comm(self) -> Any:
+        """The communicator of the training step (None: one process)."""
+        return self.comm if self.mpi else None
 
     @property
     def step_threads(self) -> int | None:
@@ -284,22 +293,25 @@ class Ranks:
             raise result
         return result
 
-    def mean(self, values: list[float]) -> list[float]:
-        """The mean over the ranks of each of ``values`` (one collective)."""
-        return (self.comm.allreduce(np.array(values)) / self.size).tolist()
+    def check_shards(self, step: Any, params: Params, batch_sizes: Iterable[int], input_shape: tuple,
+                     dtype: np.dtype) -> int:
+        """The shards a batch of ``batch_sizes[0]`` rows is cut into, or a FlagError unless
+        every batch size the run will see (the full batch, the last of an epoch) is cut into
+        whole shards these ranks share (:func:`fnnet.train.rank_shards`): before any work."""
+        counts = []
+        for n in batch_sizes:
+            sizes = step.cut(params, (n, *input_shape), dtype)
+            try:
+                rank_shards(sizes, self.size, 0)
+            except InvalidValueError as exc:
+                raise FlagError(f"--distributed on {self.size} ranks: {exc}".replace("rows_per_shard=", "--shard-rows ")
+                                ) from None
+            counts.append(len(sizes))
+        return counts[0]
 
-    def check_split(self, batch_size: int, n_train: int, epochs: bool) -> None:
-        """FlagError unless every global batch of ``batch_size`` (with ``epochs``, the last
-        of an epoch over ``n_train`` images too) splits into equal slices, one per rank."""
-        ranks = self.size
-        if batch_size % ranks:
-            raise FlagError(f"--distributed on {ranks} ranks: --batch-size {batch_size} does not split into {ranks} "
-                            f"equal slices; use a batch size divisible by {ranks}")
-        last = n_train % batch_size if epochs else 0
-        if last % ranks:
-            raise FlagError(f"--distributed on {ranks} ranks: the last batch of each epoch has {last} images "
-                            f"({n_train} % {batch_size}), which do not split into {ranks} equal slices; choose "
-                            "--train-size or --batch-size so that they do")
+    def interrupts(self) -> Interrupts:
+        """Ctrl-C that every rank agrees on (see :class:`Interrupts`); close it after the loop."""
+        return Interrupts(self)
 
     @contextlib.contextmanager
     def blas_budget(self) -> Iterator[None]:
@@ -320,27 +332,63 @@ class Ranks:
             yield
 
 
+class Interrupts:
+    """Ctrl-C under MPI, stopping every rank after the same step.
+
+    ``stop()``, called by every rank after every step (one ``allreduce``), is True on
+    every rank once any rank was interrupted: every rank then stops after that step, and
+    rank 0 saves a state that every rank holds. A second Ctrl-C interrupts at once
+    (KeyboardInterrupt, ``agreed`` False: the run should say which checkpoint is the last
+    whole one). In one process Ctrl-C is KeyboardInterrupt as always (a step never leaves
+    the state half made: ``agreed`` is True) and ``stop()`` is False."""
+
+    def __init__(self, ranks: Ranks) -> None:
+        self._comm, self._hit, self._stopped = ranks.comm, 0, False
+        self._before: Any = None
+        self.mpi = ranks.mpi and threading.current_thread() is threading.main_thread()
+        if self.mpi:
+            self._before = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._hit:
+            raise KeyboardInterrupt
+        self._hit = 1
+
+    def __call__(self) -> bool:
+        self._stopped = self.mpi and bool(self._comm.allreduce(self._hit))
+        return self._stopped
+
+    @property
+    def agreed(self) -> bool:
+        """Whether the interrupt was agreed on by every rank (always, in one process)."""
+        return self._stopped or not self.mpi
+
+    def close(self) -> None:
+        """Ctrl-C as it was before."""
+        if self.mpi:
+            signal.signal(signal.SIGINT, self._before)
+            self.mpi = False
+
+
 def evaluate(model: Any, params: Params, split: Split, dtype: np.dtype, step: int, ranks: Ranks | None = None,
              model_state: Any = None) -> dict:
     """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split;
-    on several ranks each predicts its share of the images and every rank gets the whole."""
+    on several ranks each predicts its share of the images, in whole chunks of one
+    process's (a row's outputs depend on its chunk), and every rank gathers every output
+    and computes the loss over the whole split: the same bits on any number of ranks."""
     ranks = ranks or Ranks()
     comm = ranks.comm
     n, size, rank = len(split), comm.Get_size(), comm.Get_rank()
-    mine = slice(rank * n // size, (rank + 1) * n // size)
-    finite, loss, pred = True, 0.0, np.empty(0, np.int64)
-    if mine.stop > mine.start:  # (fewer images than ranks leave some ranks none)
-        kw = {} if model_state is None else {"model_state": model_state}
-        logits = predict(model, params, split.x[mine].astype(dtype, copy=False), threads=ranks.step_threads, **kw)
-        finite = bool(np.isfinite(logits).all())  # (the loss refuses NaN and inf)
-        loss = float(softmax_cross_entropy(logits, split.y[mine])[0]) if finite else math.nan
-        pred = logits.argmax(axis=1)
-    if size > 1:  # each rank's mean loss weighted by its rows; every prediction
-        parts = comm.allgather((finite, loss * len(pred), pred))
-        finite = all(p[0] for p in parts)
-        loss, pred = sum(p[1] for p in parts) / n, np.concatenate([p[2] for p in parts])
-    if not finite:  # finite params whose outputs overflow: diverged
+    bounds = [r * n // size // CHUNK_ROWS * CHUNK_ROWS for r in range(size)] + [n]
+    mine = slice(bounds[rank], bounds[rank + 1])
+    kw = {} if model_state is None else {"model_state": model_state}
+    logits = predict(model, params, split.x[mine].astype(dtype, copy=False), threads=ranks.step_threads, **kw)
+    if size > 1:  # (fewer images than ranks leave some ranks none)
+        logits = np.concatenate(comm.allgather(logits))
+    if not np.isfinite(logits).all():  # finite params whose outputs overflow: diverged (the loss refuses them)
         raise DivergenceError(f"step {step}: the model's outputs on evaluation images are NaN or inf")
+    pred = logits.argmax(axis=1)
+    loss = float(softmax_cross_entropy(logits, split.y)[0])
     return {"loss": loss, "accuracy": float(np.mean(pred == split.y)), "pred": pred}
 
 

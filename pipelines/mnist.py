@@ -20,14 +20,17 @@ build (summary.json records both: "runtime"); --resume continues from the checkp
 and ends with the same params as an uninterrupted run.
 
 Data-parallel over MPI: ``mpiexec -n N python -m mpi4py pipelines/mnist.py --distributed
-...`` trains the same run on N processes, each on its slice of every global batch (rank 0
-writes --out; docs/scaling.md).
+...`` trains the same run on N processes, each on whole shards of every global batch, and
+gives the bits of one process (rank 0 writes --out; docs/scaling.md). --shard-rows cuts
+the batches finer, so that more ranks share them.
 
 Every flag is checked before any work starts. --out never overwrites a run by surprise:
 a folder that holds one needs --resume (to continue it) or --overwrite (to replace it).
 Exit status: 0 done, 2 bad flags or files, 3 training diverged (a non-finite update was
 refused, the last checkpoint, if one was written, is intact; or the loss ended far above
-chance level), 130 interrupted (checkpoint saved).
+chance level), 130 interrupted (Ctrl-C: every rank stops after the same step and the
+checkpoint is saved; a second Ctrl-C stops at once and says which checkpoint --resume
+continues from).
 """
 
 from __future__ import annotations
@@ -53,26 +56,26 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
         overwrite: bool = False, ranks: Ranks | None = None) -> dict:
     """Train ``cfg`` on ``ds`` into ``out``; the run's summary. Raises DivergenceError
     if a step would make the params non-finite (the last checkpoint stays as it was).
-    ``ranks``: the MPI processes that train together (``--distributed``): each takes its
-    slice of every global batch and the gradients are averaged; rank 0 alone writes."""
+    ``ranks``: the MPI processes that train together (``--distributed``): each runs whole
+    shards of every global batch, with the bits of one process; rank 0 alone writes."""
     t_start = time.perf_counter()
     ranks = ranks or Ranks()
     folder = RunFolder(out, OUTPUTS, attrs.asdict(cfg))
     train = ds.train if cfg.train_size is None else data.Split(ds.train.x[: cfg.train_size],
                                                                  ds.train.y[: cfg.train_size])
-    ranks.check_split(cfg.batch_size, len(train), cfg.sampling == "epoch")
     ranks.on_root(lambda: folder.check(resume, overwrite))
 
     # the model, the optimizer and the step: one key each for init, data order, evaluation samples, augmentation
     dtype = np.dtype(cfg.dtype)
     model, opt, augment = build_model(cfg), build_optimizer(cfg), build_augment(cfg)
-    if ranks.mpi:
-        opt = fn.distributed.data_parallel(opt, ranks.comm, deterministic=ranks.deterministic)
     k_init, k_data, k_eval, k_aug = random.split(random.key(cfg.seed), 4)
     params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
     state = fn.TrainState.create(params, opt)
     loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
-    step_fn = fn.jit(fn.train_step(model, loss_fn, opt), threads=ranks.step_threads)
+    step = fn.train_step(model, loss_fn, opt, rows_per_shard=cfg.shard_rows or "auto", comm=ranks.step_comm)
+    last = len(train) % cfg.batch_size if cfg.sampling == "epoch" else 0  # (an epoch's last batch, if short)
+    shards = ranks.check_shards(step, params, [cfg.batch_size, *([last] if last else [])], (1, 28, 28), dtype)
+    step_fn = fn.jit(step, threads=ranks.step_threads)
 
     # a fresh run, or the checkpoint's state (rank 0 reads; every rank gets it)
     data_key = {"data_key": [k_data.entropy, list(k_data.path)]}
@@ -88,9 +91,12 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
     if ranks.root:
         folder.write_metrics(rows)
 
+    saved = [state.step if resume else None]  # (the step of the last checkpoint written)
+
     def save() -> None:  # (rank 0)
         folder.save(state, {**data_key, "elapsed": elapsed_before + time.perf_counter() - t_start,
                             "ranks": ranks.size})
+        saved[0] = state.step
 
     per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
     sample = data.sample_batches if cfg.sampling == "replacement" else data.epoch_batches
@@ -109,17 +115,16 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
     acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
     t_loop, t_eval = time.perf_counter(), 0.0  # this process's training loop, and its evaluations and checkpoints
     say(f"{cfg.preset} preset on {cfg.dataset} ({ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
-        f"{cfg.batch_size}, {cfg.dtype}, kernels {fn.kernels.backend()}"
-        + (f", {ranks.size} ranks (MPI, {_reduction(ranks)} of the gradients)" if ranks.mpi else ""))
+        f"{cfg.batch_size} ({shards} shard{'s' if shards > 1 else ''}), {cfg.dtype}, kernels {fn.kernels.backend()}"
+        + (f", {ranks.size} ranks (MPI: each runs whole shards)" if ranks.mpi else ""))
+    stop = ranks.interrupts()  # (Ctrl-C under MPI: every rank stops after the same step)
     try:
-        while state.step < end:  # the training loop
+        while state.step < end:  # the training loop: every rank passes the global batch
             idx = next(batches)
-            mine = fn.distributed.rank_rows(len(idx), ranks.comm) if ranks.mpi else slice(None)
-            if augment is not None:  # batch t's augmentation: a pure function of (seed, t), then this rank's rows
-                x = augment(random.fold_in(k_aug, state.step), train.x[idx])[mine]
-            else:
-                x = train.x[idx[mine]]
-            state, m = step_fn(state, (x.astype(dtype, copy=False), train.y[idx[mine]]))
+            x = train.x[idx] if augment is None else augment(random.fold_in(k_aug, state.step), train.x[idx])
+            state, m = step_fn(state, (x.astype(dtype, copy=False), train.y[idx]))
+            if stop():
+                raise KeyboardInterrupt
             acc_loss, acc_acc, n_acc = acc_loss + m["loss"], acc_acc + m["accuracy"], n_acc + 1
             progress.set_postfix_str(f"loss {m['loss']:.4f}", refresh=False)
             progress.update()
@@ -128,8 +133,7 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
             t_eval -= time.perf_counter()  # an evaluation
             val = evaluate(model, eval_params(cfg, state), _validation(cfg, ds, k_eval, state.step), dtype,
                            state.step, ranks)
-            if ranks.mpi:  # the global batches' means; and a check that the ranks agree
-                acc_loss, acc_acc = ranks.mean([acc_loss, acc_acc])
+            if ranks.mpi:  # (a check that the ranks agree)
                 fn.distributed.check_replicated(state.params, ranks.comm)
             row = {
                 "step": state.step, "epoch": round(state.step / per_epoch, 4),
@@ -152,12 +156,19 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
                 say(f"warning: {w}")
             t_eval += time.perf_counter()
     except KeyboardInterrupt:
-        if ranks.root:
-            save()
-        say(f"interrupted at step {state.step}; checkpoint saved, continue with --resume")
+        if stop.agreed:  # (every rank holds this state)
+            if ranks.root:
+                save()
+            say(f"interrupted at step {state.step}; checkpoint saved to {folder.checkpoint}, continue with --resume")
+        else:  # (a second Ctrl-C, at once: the ranks may be at different steps)
+            say("interrupted again: nothing more is saved; --resume continues from the last checkpoint, "
+                + (f"{folder.checkpoint} at step {saved[0]}" if saved[0] is not None else "none: none was written"))
+        if stop.agreed and ranks.mpi:  # (no rank ends the others before the save)
+            ranks.comm.Barrier()
         raise SystemExit(130) from None
     finally:
         progress.close()
+        stop.close()
     if ranks.root:
         save()
     if state.step < cfg.steps:
@@ -165,12 +176,12 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
         return {"step": state.step, "params_sha256": fn.checkpoint.digest(state.params)}
 
     t_train = time.perf_counter() - t_loop - t_eval
-    return outputs(cfg, ds, folder, model, state, ranks, rows, dtype,
+    return outputs(cfg, ds, folder, model, state, ranks, rows, dtype, shards,
                    {"start": t_start, "before": elapsed_before, "train": t_train, "eval": t_eval})
 
 
 def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, state: fn.TrainState, ranks: Ranks,
-            rows: list[dict], dtype: np.dtype, seconds: dict) -> dict:
+            rows: list[dict], dtype: np.dtype, shards: int, seconds: dict) -> dict:
     """The run's outputs: the test split read once, the summary (rank 0 writes it, and the plots)."""
     t_end = time.perf_counter()
     test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks)
@@ -180,7 +191,7 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
     summary = {
         "config": attrs.asdict(cfg), "seed": cfg.seed, "dataset": cfg.dataset, "data_source": ds.source,
         "runtime": fn.runtime.info(), "kernels_backend": fn.kernels.backend(),
-        "distributed": None if not ranks.mpi else {"ranks": ranks.size, "reduction": _reduction(ranks)},
+        "distributed": None if not ranks.mpi else {"ranks": ranks.size}, "shards_per_batch": shards,
         "steps": state.step, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
         "val_accuracy": val["accuracy"], "val_loss": val["loss"],
         "confusion_matrix_test": fn.metrics.confusion_matrix(ds.test.y, test["pred"], len(ds.classes)).tolist(),
@@ -200,10 +211,6 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
         print(f"warning: {final[0]}")
         print(f"warning: the run ended diverged (exit status 3): {final[0]}", file=sys.stderr)
     return summary
-
-
-def _reduction(ranks: Ranks) -> str:
-    return "deterministic" if ranks.deterministic else "allreduce"
 
 
 def _validation(cfg: Config, ds: data.Dataset, k_eval: random.Key, step: int) -> data.Split:
@@ -228,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         if args.distributed:
-            ranks[0] = Ranks.mpi_world(args.deterministic_reduction, args.threads)
+            ranks[0] = Ranks.mpi_world(args.threads)
         if args.data_dir is not None and not pathlib.Path(args.data_dir).expanduser().is_dir():
             raise FlagError(f"--data-dir {args.data_dir}: no such folder")
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)

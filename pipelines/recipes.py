@@ -9,6 +9,7 @@ it is written): the checkpoint records it, and ``--resume`` refuses another.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,6 +102,7 @@ class Config:
     eval_samples: int = attrs.field(validator=attrs.validators.ge(0))
     train_size: int | None = attrs.field(default=None, validator=_positive)
     regularization: Regularization = Regularization()
+    shard_rows: int | None = attrs.field(default=None, validator=_positive)  # (None: "auto", by the model)
 
 
 def build_model(cfg: Config) -> fn.Layer:
@@ -192,18 +194,20 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                     help="stop after this step, leaving a checkpoint (to resume later)")
     mpi = ap.add_argument_group("data-parallel training over MPI (pip install 'fnnet[distributed]' mpich)")
     mpi.add_argument("--distributed", action="store_true",
-                     help="train on every rank of MPI_COMM_WORLD: each takes its slice of every global batch and the "
-                     "gradients are averaged; rank 0 writes --out. Launch with mpiexec -n N python -m mpi4py "
-                     "pipelines/mnist.py --distributed ...")
+                     help="train on every rank of MPI_COMM_WORLD: each runs whole shards of every global batch, and "
+                     "the shards' gradients are summed in shard order on every rank (the bits of one process); rank 0 "
+                     "writes --out. Launch with mpiexec -n N python -m mpi4py pipelines/mnist.py --distributed ...")
     ap.add_argument("--threads", type=number(int, 1),
                     help="threads that train on the shards of each batch (default: every core; 1 a process with "
                     "--distributed); the result is the same for any number")
-    mpi.add_argument("--deterministic-reduction", action="store_true",
-                     help="average the gradients by Allgather and a sum in rank order (bits independent of the MPI "
-                     "implementation) instead of Allreduce")
+    ap.add_argument("--shard-rows", type=number(int, 1),
+                    help="cut each batch into shards of at most N rows (default: by the model's buffers, 2 or more "
+                    "shards of 16 MiB); the cut is part of the result, and N ranks need a shard count N divides")
+    mpi.add_argument("--deterministic-reduction", action="store_true", help=argparse.SUPPRESS)  # (0.2.0's; now a no-op)
     args = ap.parse_args(argv)
-    if args.deterministic_reduction and not args.distributed:
-        ap.error("--deterministic-reduction needs --distributed")
+    if args.deterministic_reduction:
+        print("note: --deterministic-reduction does nothing now: the gradients are always summed in shard order, "
+              "the same on any number of ranks (the flag will go)", file=sys.stderr)
     if args.out is None:
         args.out = f"runs/{args.preset}-{args.dataset}-seed{args.seed}"
     return args
@@ -241,7 +245,7 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
         dtype=preset.dtype,
         batch_size=batch_size, sampling=preset.sampling, steps=steps, optimizer=preset.optimizer,
         lr=pick(args.lr, preset.lr), eval_every=min(pick(args.eval_every, preset.eval_every) or per_epoch, steps),
-        eval_samples=eval_samples, train_size=args.train_size,
+        eval_samples=eval_samples, train_size=args.train_size, shard_rows=args.shard_rows,
         regularization=attrs.evolve(preset.regularization, **{
             f.name: getattr(args, f.name) for f in attrs.fields(Regularization) if getattr(args, f.name) is not None
         }),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import threading
 import time
 
@@ -102,28 +103,57 @@ def test_divergence_judges_enough_examples_and_the_final_state():
     assert d.final(float("inf"), 3)
 
 
-def test_ranks_alone_and_their_split():
+class Two:
+    """Rank 1 of 2, enough of a communicator for Ranks; ``hit``: what the other rank's
+    allreduce adds (it was interrupted)."""
+
+    def __init__(self, hit: int = 0) -> None:
+        self.hit = hit
+
+    def Get_size(self):  # noqa: N802
+        return 2
+
+    def Get_rank(self):  # noqa: N802
+        return 1
+
+    def allreduce(self, value):
+        return value + self.hit
+
+
+def test_ranks_alone_and_on_two_check_the_shard_cut_of_every_batch():
     ranks = Ranks(threads=3)
-    assert (ranks.mpi, ranks.size, ranks.root, ranks.step_threads) == (False, 1, True, 3)
+    assert (ranks.mpi, ranks.size, ranks.root, ranks.step_threads, ranks.step_comm) == (False, 1, True, 3, None)
     assert ranks.on_root(lambda: 7) == 7
     with pytest.warns(DeprecationWarning, match="Ranks.cores is Ranks.step_threads"):
         assert ranks.cores == 3
-
-    class Two:
-        def Get_size(self):  # noqa: N802
-            return 2
-
-        def Get_rank(self):  # noqa: N802
-            return 1
-
     two = Ranks(Two())
-    assert two.mpi and two.step_threads == 1 and not two.root
-    two.check_split(64, 1000, epochs=True)
-    with pytest.raises(FlagError, match="--batch-size 63 does not split into 2 equal slices"):
-        two.check_split(63, 1000, epochs=True)
-    with pytest.raises(FlagError, match=r"the last batch of each epoch has 39 images \(999 % 64\)"):
-        two.check_split(64, 999, epochs=True)
-    two.check_split(64, 999, epochs=False)
+    assert two.mpi and two.step_threads == 1 and not two.root and two.step_comm is two.comm
+    model = fn.serial(fn.flatten(), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), (4,))
+    step = fn.train_step(model, fn.softmax_cross_entropy, fn.optim.sgd(0.1), rows_per_shard=8)
+    assert two.check_shards(step, params, [64, 16], (4,), np.float32) == 8  # (8 shards; 2, and 1 for a short batch)
+    assert ranks.check_shards(step, params, [24], (4,), np.float32) == 3
+    with pytest.raises(FlagError, match=r"--distributed on 2 ranks: a batch of 24 rows is cut into 3 shards, which 2 "
+                                        r"ranks cannot share .* run on 1 or 3 ranks, or cut it so that they can: "
+                                        r"--shard-rows 12 gives 2 shards"):
+        two.check_shards(step, params, [64, 24], (4,), np.float32)  # (an epoch's last batch)
+
+
+def test_interrupts_stop_every_rank_after_the_same_step():
+    alone = Ranks().interrupts()
+    assert not alone() and alone.agreed  # (one process: KeyboardInterrupt, as always)
+    quiet, hit = Ranks(Two()).interrupts(), Ranks(Two(hit=1)).interrupts()
+    try:
+        assert signal.getsignal(signal.SIGINT) == hit._handler
+        assert not quiet() and not quiet.agreed
+        assert hit() and hit.agreed  # the other rank was interrupted: this one stops too
+        hit._handler(signal.SIGINT, None)  # a first Ctrl-C here: noted...
+        with pytest.raises(KeyboardInterrupt):  # ...a second one: at once
+            hit._handler(signal.SIGINT, None)
+    finally:
+        hit.close()
+        quiet.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize("error, status", [(fn.DivergenceError("x"), 3), (FlagError("y"), 2),

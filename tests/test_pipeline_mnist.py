@@ -159,7 +159,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_params(tmp_path):
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "checkpoint saved, continue with --resume" in out
+    assert f"checkpoint saved to {cut / 'checkpoint.npz'}, continue with --resume" in out
     resumed = run(cut, *args, "--resume")
     assert "resumed from" in resumed.stdout
     assert summary(cut)["params_sha256"] == summary(whole)["params_sha256"]

@@ -7,6 +7,10 @@ shards', and continues with their combination. :class:`ShardGroup` is that meeti
 point. The combination is made once, from the parts in shard order, so its bits do not
 depend on which thread ran which shard, nor on the order they arrived in.
 
+Under MPI (a step with ``comm``) each rank runs whole shards of the batch: the last of a
+rank's shards to arrive gathers every rank's parts (one ``allgather``, ranks in order, so
+the parts are in global shard order) and combines them, the same on every rank.
+
 Every shard runs on a carrier thread of its own (a shard waiting for the others must
 not hold up the ones it waits for), and a semaphore lets at most ``threads`` of them
 compute at once: one for the plain step, the jit's thread count otherwise. A shard
@@ -30,10 +34,12 @@ class _Aborted(Exception):
 
 
 class ShardGroup:
-    """The meeting point of ``count`` shards of one step, ``threads`` of which compute at once."""
+    """The meeting point of ``count`` shards of one step, ``threads`` of which compute at
+    once; with ``comm`` (an mpi4py communicator), of every rank's ``count`` shards."""
 
-    def __init__(self, count: int, threads: int) -> None:
+    def __init__(self, count: int, threads: int, comm: Any = None) -> None:
         self.count = count
+        self.comm = comm
         self.threads = max(1, min(threads, count))
         self._slots = threading.Semaphore(self.threads)
         self._cond = threading.Condition()
@@ -78,7 +84,10 @@ class ShardGroup:
                 parts = self._parts.setdefault(tag, [None] * self.count)
                 parts[shard] = (part,)  # (a 1-tuple: a part may be None)
                 if all(p is not None for p in parts):
-                    self._done[tag] = fn([p[0] for p in parts])
+                    ordered = [p[0] for p in parts]
+                    if self.comm is not None:  # every rank's shards, in rank order: global shard order
+                        ordered = [q for theirs in self.comm.allgather(ordered) for q in theirs]
+                    self._done[tag] = fn(ordered)
                     self._cond.notify_all()
                 else:
                     self._cond.wait_for(lambda: tag in self._done or self._failed)

@@ -379,16 +379,22 @@ def prepare_checked(
     ``backward``, its gradients go to a fresh flat vector, returned with its layout
     (else both are None). A batch of no rows is refused here, where every path passes
     (batch norm's statistics of no rows do not exist; a layer's buffers need a row)."""
-    layer.output_shape(params, x_shape[1:], dtype)
-    if x_shape[0] == 0:
-        raise ShapeError(f"{layer.name}: the batch is empty (inputs of shape {tuple(x_shape)}): a pass needs at "
-                         "least one row")
+    check_batch(layer, params, x_shape, dtype)
     if not backward:
         return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, fuse=fuse, ledger=ledger)), None, None
     layout = Layout.of(params)
     flat, grads = layout.fresh_grads()
     sig = Sig(x_shape, dtype, train, need_dx, grads, "", group, shard, fuse, ledger, watch)
     return prepare(layer, params, sig), layout, flat
+
+
+def check_batch(layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype) -> None:
+    """The checks of :func:`prepare_checked` alone: ``params`` against ``layer`` and inputs
+    of ``x_shape`` and ``dtype`` (errors name the layer), and a batch of at least one row."""
+    layer.output_shape(params, x_shape[1:], dtype)
+    if x_shape[0] == 0:
+        raise ShapeError(f"{layer.name}: the batch is empty (inputs of shape {tuple(x_shape)}): a pass needs at "
+                         "least one row")
 
 
 def run(site: Site, params: Any, x: np.ndarray, key: Any = None, state: Any = EMPTY) -> tuple[np.ndarray, Any, Any]:

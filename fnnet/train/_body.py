@@ -2,12 +2,13 @@
 
 The flow of ``step(state, batch) -> (state, metrics)``::
 
-    for each shard of the batch (rows, decided by the input signature):
+    for each shard of the batch this process runs (rows, decided by the input signature):
         forward (layer 1..n) -> loss -> backward (layer n..1, into the shard's flat gradient)
+    [over MPI: every rank's shards' gradients gathered, every rank's metrics]
     -> the shards' gradients summed in shard order (each weighted by its share of the rows)
     -> optimizer.update -> params + updates -> TrainState(params', opt_state', step + 1)
 
-The gradients are views of the first shard's flat vector: an elementwise optimizer
+The gradients are views of one flat vector: an elementwise optimizer
 (:func:`fnnet.optim.elementwise`) runs once over it, and returns params and state as
 views of flat vectors too, so the next step runs on vectors without packing anything.
 
@@ -15,8 +16,9 @@ views of flat vectors too, so the next step runs on vectors without packing anyt
 one input signature: a set of buffers and a flat gradient per shard). The plain step
 makes a fresh plan for every call and runs the shards one after the other;
 :func:`fnnet.jit` keeps one plan per signature and may run the shards on several
-threads. All run this body and add the shards' gradients in the same order, so they
-give the same bits by construction, whatever the number of threads.
+threads; a step with ``comm`` runs this rank's whole shards of the global batch. All run
+this body and add the shards' gradients in global shard order, so they give the same
+bits by construction, whatever the number of threads or ranks.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from __future__ import annotations
 import functools
 import math
 from concurrent.futures import Executor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
 
 from .. import random
-from .._errors import DivergenceError, InvalidValueError, TreeMismatchError
+from .._errors import DivergenceError, FnnetError, InvalidValueError, TreeMismatchError
 from ..flat import Layout, check_written, flat_of, unwritten
 from ..layers import Layer
 from ..layers._group import ShardGroup
@@ -47,26 +49,41 @@ __all__ = ["Plan", "Shard", "check_state", "run_step"]
 
 class Shard(NamedTuple):
     """One shard of a plan: its rows of the batch, its share of them (the weight of its
-    gradient), and the model prepared for them, with its own flat gradient."""
+    gradient), the model prepared for them, with its own flat gradient, and its position
+    in the batch's cut (its random layers' key: ``fold_in(step key, index)``)."""
 
     rows: slice
     weight: float
     site: Site
     grads: np.ndarray
+    position: int = 0
+
+
+class _Part(NamedTuple):
+    """What one shard's pass gives: its weighted loss and accuracy (None: not a
+    classifier's), the model state, and the error its loss raised (None)."""
+
+    loss: float
+    acc: float | None
+    model_state: PyTree
+    error: Exception | None
 
 
 @attrs.define
 class Plan:
     """The model prepared for one input signature: what a step needs besides its inputs.
 
-    ``model``, ``loss``, ``optimizer`` and ``key`` are the step's. ``shards``: one
-    :class:`Shard` per part of the batch (see :func:`fnnet.train.cut`), each with the
-    buffers the layers' hooks made and gradient views into its flat gradient. The
-    shards' gradients are summed into the first's, which then holds the batch's. ``checked
-    turns True once a backward pass has been seen to write every gradient. ``group``:
-    for a cut batch of a model with state (batch norm), the
+    ``model``, ``loss``, ``optimizer`` and ``key`` are the step's. ``count``: the shards
+    the batch is cut into (see :func:`fnnet.train.cut`); ``shards``: the :class:`Shard`
+    of each that this process runs (all of them, or under MPI this rank's), each with the
+    buffers the layers' hooks made and gradient views into its flat gradient. ``checked``
+    turns True once a backward pass has been seen to write every gradient. ``group``: for
+    a cut batch of a model with state (batch norm), the
     :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
-    through (None otherwise). Made by :meth:`fnnet.train.Step.plan`.
+    through (None otherwise). ``comm``: the ranks that share the batch (an mpi4py
+    communicator), with ``gathered``, the (count, P) buffer every shard's gradient is
+    gathered into, and ``summed``, the gradient tree that views its first row. Made by
+    :meth:`fnnet.train.Step.plan`.
     """
 
     signature: tuple
@@ -76,10 +93,14 @@ class Plan:
     key: random.Key | None
     layout: Layout
     shards: tuple[Shard, ...]
+    count: int = 1
     group: ShardGroup | None = None
     checked: bool = False
     # ((path, grads, marker views), ...) of every shard's layers whose backward is not fnnet's (Sig.watch)
     watch: tuple = ()
+    comm: Any = None
+    gathered: np.ndarray | None = None
+    summed: PyTree = None
 
 
 def run_step(
@@ -106,30 +127,31 @@ def run_step(
 
 def _pass(
     plan: Plan, shard: Shard, state: TrainState, x: np.ndarray, labels: np.ndarray, key: random.Key | None
-) -> tuple[float, float | None, PyTree]:
+) -> _Part:
     """Forward, loss and backward of one shard (its gradient, weighted by its share of
-    the rows, lands in ``shard.grads``): ``(weighted loss, weighted accuracy or None,
-    model state)``."""
+    the rows, lands in ``shard.grads``). An error of the loss's (bad labels, non-finite
+    outputs) is returned, not raised, after a backward pass of zeros: every shard, on
+    every rank, then reaches the meeting points of its group and the step's collectives,
+    and the step raises the first shard's error on every rank."""
     weight = shard.weight
     if weight != 1.0:  # (a shard of a cut batch; one shard is the whole batch)
         x, labels = x[shard.rows], labels[shard.rows]
     logits, cache, model_state = run(shard.site, state.params, x, key, state.model_state)
+    error, acc = None, None
     try:  # the built-in losses refuse NaN and inf logits; any loss may return a non-finite value
         loss, dlogits = plan.loss(logits, labels)
         loss = float(loss)
         if not math.isfinite(loss):
             raise DivergenceError(f"step {state.step}: the loss is {loss}; the state passed in is unchanged")
-    except InvalidValueError:  # (DivergenceError is one): outputs that are NaN or inf say why
-        if not finite(logits):
-            raise nonfinite_outputs(state.step, x) from None
-        raise
-    acc = None
-    if logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
+    except FnnetError as exc:  # (DivergenceError is one): outputs that are NaN or inf say why
+        error = nonfinite_outputs(state.step, x) if isinstance(exc, InvalidValueError) and not finite(logits) else exc
+        loss, dlogits = math.nan, np.zeros_like(logits)
+    if error is None and logits.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
         acc = accuracy(logits, labels) * weight
     if weight != 1.0:  # the batch's mean loss: each shard's mean weighted by its rows
         dlogits = np.multiply(dlogits, weight, dtype=dlogits.dtype)
     run_backward(shard.site, cache, dlogits)
-    return loss * weight, acc, model_state
+    return _Part(loss * weight, acc, model_state, error)
 
 
 def _body(
@@ -140,21 +162,15 @@ def _body(
     for _, _, views in plan.watch:  # a layer of the user's: what its backward leaves unwritten must not be stale
         for bits, marker in views:
             bits.fill(marker)
-    first = shards[0]  # the shards' gradients are summed into its own: its site and grads are the batch's
-    if len(shards) == 1:  # (every small batch: no list, no sums)
-        loss, acc, model_state = _pass(plan, first, state, x, labels, key)
+    # a shard's key: the step's for a whole batch, else folded with the shard's index in the cut
+    keys = [None if key is None or plan.count == 1 else random.fold_in(key, s.position) for s in shards]
+    keys = [key] * len(shards) if plan.count == 1 else keys
+    if plan.group is not None:  # shards that meet (batch norm): each on a carrier of the group's
+        parts = plan.group.run([functools.partial(_pass, plan, s, state, x, labels, k) for s, k in zip(shards, keys)])
+    elif pool is None or len(shards) == 1:
+        parts = [_pass(plan, s, state, x, labels, k) for s, k in zip(shards, keys)]
     else:
-        keys = [None if key is None else random.fold_in(key, i) for i in range(len(shards))]
-        if plan.group is not None:  # shards that meet (batch norm): each on a carrier of the group's
-            parts = plan.group.run([functools.partial(_pass, plan, s, state, x, labels, k)
-                                    for s, k in zip(shards, keys)])
-        elif pool is None:
-            parts = [_pass(plan, s, state, x, labels, k) for s, k in zip(shards, keys)]
-        else:
-            parts = list(pool.map(lambda s, k: _pass(plan, s, state, x, labels, k), shards, keys))
-        loss = math.fsum(p[0] for p in parts)
-        acc = None if parts[0][1] is None else math.fsum(p[1] for p in parts)  # type: ignore[misc]
-        model_state = parts[0][2]  # (every shard's is the whole batch's)
+        parts = list(pool.map(lambda s, k: _pass(plan, s, state, x, labels, k), shards, keys))
     if not plan.checked:  # (before the sum: an unwritten leaf holds a marker a sum would lose)
         for s in shards:
             plan.layout.check_written(s.grads, plan.model.name)
@@ -162,17 +178,51 @@ def _body(
     for path, tree, views in plan.watch:  # (and on every step, the gradients of the user's layers)
         if unwritten(views):
             check_written(tree, plan.model.name, path)
-    for s in shards[1:]:  # in shard order, whatever ran them
-        np.add(first.grads, s.grads, out=first.grads)
+    parts, grads, model_state = (_sum if plan.comm is None else _gather)(plan, parts)
+    for part in parts:  # (the first shard's error, on every rank)
+        if part.error is not None:
+            raise part.error
+    loss = parts[0].loss if len(parts) == 1 else math.fsum(p.loss for p in parts)
+    acc = parts[0].acc if len(parts) == 1 or parts[0].acc is None else math.fsum(p.acc for p in parts)  # type: ignore[misc]
     metrics = {"loss": loss} if acc is None else {"loss": loss, "accuracy": acc}
-    grads = first.site.grads  # (views of first.grads: an elementwise optimizer runs on that one vector)
     updates, opt_state = plan.optimizer.update(grads, state.opt_state, state.params)
     params = apply_updates(state.params, updates)
     found = flat_of(params)  # (finite, on the one vector the params view when they do)
     if not (finite(found[0]) if found is not None else all(map(finite, tree_leaves(params)))):
         raise diverged(state.step, params, grads, opt_state)
-    model_state = model_state if model_state is EMPTY else freeze(model_state)
+    model_state = EMPTY if not model_state else freeze(model_state)
     return TrainState(params, freeze(opt_state), state.step + 1, model_state), metrics
+
+
+def _sum(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree]:
+    """One process's shards: their gradients summed into the first's, in shard order;
+    ``(parts, gradients, model state)``."""
+    first = plan.shards[0]
+    if not any(p.error for p in parts):
+        for s in plan.shards[1:]:  # in shard order, whatever ran them
+            np.add(first.grads, s.grads, out=first.grads)
+    # (views of first.grads: an elementwise optimizer runs on that one vector; every shard's state is the batch's)
+    return parts, first.site.grads, parts[0].model_state
+
+
+def _gather(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree]:
+    """Every rank's shards: the metrics and errors of each (one ``allgather``), then their
+    gradients (one ``Allgather`` into the (count, P) buffer, or for a batch of one shard
+    rank 0's ``Bcast``), summed in global shard order, as :func:`_sum` does on one process."""
+    comm, gathered = plan.comm, plan.gathered
+    assert gathered is not None
+    parts = [p for theirs in comm.allgather(parts) for p in theirs]  # (small: floats, batch norm's statistics)
+    if any(p.error for p in parts):
+        return parts, None, None
+    if plan.count == 1:  # (too small to cut: rank 0's)
+        if plan.shards:
+            gathered[0] = plan.shards[0].grads
+        comm.Bcast(gathered[0], root=0)
+    else:
+        comm.Allgather(np.stack([s.grads for s in plan.shards]), gathered)
+        for row in gathered[1:]:  # ((g0 + g1) + g2) + ...: shard order, on every rank
+            np.add(gathered[0], row, out=gathered[0])
+    return parts, plan.summed, parts[0].model_state  # (global shard 0's: a rank may run none)
 
 
 def check_state(model: Layer, optimizer: GradientTransformation, state: TrainState) -> None:

@@ -17,8 +17,12 @@ from ..tree import EMPTY
 from ..typing import Params, PyTree
 from ._shards import row_bytes
 
-__all__ = ["CHUNK_BYTES", "chunk_threads", "predict"]
+__all__ = ["CHUNK_BYTES", "CHUNK_ROWS", "chunk_threads", "predict"]
 
+CHUNK_ROWS = 64
+"""The rows of :func:`predict`'s chunks by default. A row's outputs are a function of the
+chunk it runs in (a product over more rows may add in another order): outputs of the same
+chunks are the same bits (``fnnet.experiment.evaluate`` gives ranks whole chunks)."""
 CHUNK_BYTES = 4 << 20
 """The working set of an inference chunk (the buffers of an eval-mode pass,
 :func:`fnnet.train.row_bytes` with ``train=False``) above which :func:`predict` shares
@@ -27,7 +31,7 @@ network, whose 64-row chunks are lighter, ran 0.7-0.97x on two threads)."""
 
 
 def predict(
-    model: Layer, params: Params, x: ArrayLike, batch_size: int = 64, model_state: PyTree = EMPTY,
+    model: Layer, params: Params, x: ArrayLike, batch_size: int = CHUNK_ROWS, model_state: PyTree = EMPTY,
     threads: int | None = None,
 ) -> np.ndarray:
     """Model outputs for ``x`` (N, *input_shape) in eval mode, in chunks of ``batch_size``.

@@ -17,11 +17,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._errors import InvalidValueError
 from ..layers import Layer
 from ..layers._layer import prepare_checked
 from ..typing import Params
 
-__all__ = ["MAX_SHARDS", "MIN_SHARD_ROWS", "SHARD_BYTES", "cut", "least_shard_rows", "row_bytes"]
+__all__ = ["MAX_SHARDS", "MIN_SHARD_ROWS", "SHARD_BYTES", "cut", "least_shard_rows", "rank_shards", "row_bytes"]
 
 SHARD_BYTES = 16 << 20
 """The least working set of a shard of a training batch: 16 MiB of buffers (LeNet: 64
@@ -100,3 +101,31 @@ def cut(n: int, rows_per_shard: Setting, least_rows: int = MIN_SHARD_ROWS, *old:
         count = max(1, -(-n // int(rows_per_shard)))  # (an empty batch: one empty shard)
     return tuple(n // count + (i < n % count) for i in range(count))
 
+
+
+def rank_shards(sizes: tuple[int, ...], ranks: int, rank: int) -> range:
+    """The shards of a batch cut into ``sizes`` that rank ``rank`` of ``ranks`` runs: the
+    ``rank``-th of ``ranks`` equal runs of consecutive whole shards, so that each shard,
+    and the order the shards' gradients are summed in, is the same on any number of ranks.
+    A batch of one shard (too small to cut) runs on rank 0 alone. Any other shard count
+    that ``ranks`` does not divide is an InvalidValueError naming the shard count, the rank
+    counts that divide it, and a finer cut (``rows_per_shard``) that ``ranks`` would share."""
+    count = len(sizes)
+    if count == 1:
+        return range(1) if rank == 0 else range(0)
+    if count % ranks:
+        n = sum(sizes)
+        fits = [r for r in range(1, count + 1) if count % r == 0]
+        finer = next((r for r in range(-(-n // ranks), 0, -1) if -(-n // r) % ranks == 0), None)
+        raise InvalidValueError(
+            f"a batch of {n} rows is cut into {count} shards, which {ranks} ranks cannot share as whole shards "
+            f"(the bits would then depend on the ranks): run on {_either(fits)} ranks"
+            + ("" if finer is None else f", or cut it so that they can: rows_per_shard={finer} gives "
+               f"{-(-n // finer)} shards")
+        )
+    per = count // ranks
+    return range(rank * per, (rank + 1) * per)
+
+
+def _either(counts: list[int]) -> str:
+    return str(counts[0]) if len(counts) == 1 else ", ".join(map(str, counts[:-1])) + f" or {counts[-1]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any
 
@@ -10,15 +11,16 @@ import numpy as np
 
 from .. import random
 from .._errors import InvalidTypeError, InvalidValueError, ShapeError, instance_of, is_callable
-from ..flat import marker_views
+from ..distributed import check_comm
+from ..flat import Layout, marker_views
 from ..layers import Layer
 from ..layers._checks import as_batch
 from ..layers._group import ShardGroup
-from ..layers._layer import prepare_checked
+from ..layers._layer import check_batch, prepare_checked
 from ..optim import GradientTransformation
 from ..typing import Batch, LossFn
 from ._body import Plan, Shard, run_step
-from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows
+from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows, rank_shards
 from ._state import TrainState
 
 __all__ = ["Step", "check_inputs", "train_step"]
@@ -30,7 +32,9 @@ class Step:
 
     ``batch`` is ``(x, labels)`` with ``x`` (N, *input_shape). ``metrics`` has ``"loss"``
     and, for integer labels, ``"accuracy"`` on this batch (before the update). The model
-    runs in train mode; random layers get the key ``fold_in(key, state.step)``.
+    runs in train mode; random layers get the key ``fold_in(key, state.step)``. With
+    ``comm``, every rank passes the same global batch and runs its whole shards of it
+    (see :func:`train_step`).
     """
 
     model: Layer = attrs.field(validator=instance_of(Layer))
@@ -38,6 +42,12 @@ class Step:
     optimizer: GradientTransformation = attrs.field(validator=instance_of(GradientTransformation))
     key: random.Key | None = attrs.field(default=None)
     rows_per_shard: Setting = attrs.field(default="auto")
+    comm: Any = attrs.field(default=None, eq=False)
+
+    @comm.validator
+    def _check_comm(self, attribute: Any, value: Any) -> None:
+        if value is not None:
+            check_comm("train_step", value)
 
     @rows_per_shard.validator
     def _check_rows(self, attribute: Any, value: Any) -> None:
@@ -82,19 +92,29 @@ class Step:
 
     def plan(self, state: TrainState, x: np.ndarray, labels: np.ndarray, threads: int = 1) -> Plan:
         """Check the params against the model and the input (errors name the layer),
-        then prepare the model in train mode for each shard, without the input's gradient
-        (a model with state: in a group whose ``threads`` shards compute at once)."""
-        shards, start, sizes = [], 0, self.cut(state.params, x.shape, x.dtype)
-        watch: list = []  # (the layers of the user's, in every shard: Sig.watch)
-        group = ShardGroup(len(sizes), threads) if len(sizes) > 1 and self.model.stateful else None
-        for i, n in enumerate(sizes):
+        then prepare the model in train mode for each shard this process runs (all, or
+        this rank's: :func:`~fnnet.train.rank_shards`), without the input's gradient (a
+        model with state: in a group whose ``threads`` shards compute at once)."""
+        sizes = self.cut(state.params, x.shape, x.dtype)
+        comm = self.comm
+        mine = range(len(sizes)) if comm is None else rank_shards(sizes, comm.Get_size(), comm.Get_rank())
+        if comm is not None:
+            _check_same_batch(comm, x, labels)
+        check_batch(self.model, state.params, x.shape, x.dtype)  # (every rank: one with no shard too)
+        layout, shards = Layout.of(state.params), []
+        watch: list = []  # (the layers of the user's, in every shard)
+        group = ShardGroup(len(mine), threads, comm) if len(sizes) > 1 and self.model.stateful else None
+        starts = np.cumsum((0, *sizes)).tolist()
+        for j, i in enumerate(mine):
             site, layout, grads = prepare_checked(
-                self.model, state.params, (n, *x.shape[1:]), x.dtype, train=True, need_dx=False, group=group,
-                shard=i, watch=watch)
-            shards.append(Shard(slice(start, start + n), n / x.shape[0] if len(sizes) > 1 else 1.0, site, grads))
-            start += n
+                self.model, state.params, (sizes[i], *x.shape[1:]), x.dtype, train=True, need_dx=False, group=group,
+                shard=j, watch=watch)
+            weight = sizes[i] / x.shape[0] if len(sizes) > 1 else 1.0
+            shards.append(Shard(slice(starts[i], starts[i + 1]), weight, site, grads, i))
+        gathered = None if comm is None else np.empty((len(sizes), layout.size), layout.dtype)
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
-                    layout, tuple(shards), group, watch=tuple((path, tree, marker_views(tree)) for path, tree in watch))
+                    layout, tuple(shards), len(sizes), group, watch=tuple((p, t, marker_views(t)) for p, t in watch),
+                    comm=comm, gathered=gathered, summed=None if gathered is None else layout.views(gathered[0]))
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
@@ -106,7 +126,7 @@ _UNSET: Any = object()
 
 def train_step(
     model: Layer, loss: LossFn, optimizer: GradientTransformation, *, key: random.Key | None = None,
-    rows_per_shard: Setting = "auto", shards: Setting = _UNSET,
+    rows_per_shard: Setting = "auto", comm: Any = None, shards: Setting = _UNSET,
 ) -> Step:
     """Fold a model, a loss ``(outputs, labels) -> (value, d_outputs)`` and an optimizer
     into one pure step; wrap it in :func:`fnnet.jit` for speed. ``key`` drives random
@@ -122,12 +142,23 @@ def train_step(
     does); an int ``r`` cuts it into ``ceil(n / r)`` shards of at most ``r`` rows; None
     never cuts (one pass over the batch, the bits of fnnet before shards). Shards differ
     in size by one row at most. The cut depends on the model, the input shape and the
-    batch size alone, never on the number of threads. (``shards=`` is its old name.)"""
+    batch size alone, never on the number of threads or ranks. (``shards=`` is its old name.)
+
+    ``comm``: an mpi4py communicator whose ranks train together (data parallel). Every
+    rank calls the step with the same state and the same *global* batch; the batch is cut
+    as on one process, each rank runs its equal run of whole shards
+    (:func:`~fnnet.train.rank_shards`: a batch of one shard runs on rank 0), and every
+    rank gathers every shard's gradient and sums them in shard order, as one process
+    does. So the params, the metrics and batch norm's statistics are bit for bit those of
+    one process, on any number of threads and of ranks that divides the shard count; any
+    other number is refused, naming the counts that work. Each call is collective: every
+    rank must make it (launch with ``python -m mpi4py`` so that an error on one aborts
+    all); an error of the loss's on one rank is raised on every rank."""
     if shards is not _UNSET:
         warnings.warn("train_step(shards=) is train_step(rows_per_shard=): an int there is rows, not shards",
                       DeprecationWarning, stacklevel=2)
         rows_per_shard = shards
-    return Step(model, loss, optimizer, key, rows_per_shard)
+    return Step(model, loss, optimizer, key, rows_per_shard, comm)
 
 
 def check_inputs(step: Step, state: TrainState, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -147,3 +178,20 @@ def check_inputs(step: Step, state: TrainState, batch: Batch) -> tuple[np.ndarra
     if labels.ndim < 1 or labels.shape[0] != x.shape[0]:
         raise ShapeError(f"step: {x.shape[0]} inputs but labels of shape {labels.shape}")
     return x, labels
+
+
+def _check_same_batch(comm: Any, x: np.ndarray, labels: np.ndarray) -> None:
+    """InvalidValueError on every rank unless every rank passed the same batch (one
+    ``allgather`` of a digest, once per plan): a rank that passed its own slice, as with
+    ``fnnet.distributed.rank_rows``, would train on a part of the batch without a word."""
+    h = hashlib.blake2b(repr((x.shape, x.dtype.str, labels.shape, labels.dtype.str)).encode(), digest_size=16)
+    h.update(np.ascontiguousarray(x).data)
+    h.update(np.ascontiguousarray(labels).data)
+    digests = comm.allgather(h.hexdigest())
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise InvalidValueError(
+            f"step: the ranks passed different batches (rank 0 and rank{'s' if len(differ) > 1 else ''} "
+            f"{', '.join(map(str, differ))}): with comm, every rank passes the whole global batch and the step "
+            f"runs its own shards' rows"
+        )
