@@ -63,7 +63,8 @@ SCRIPTS = ("mnist.py", "recipes.py")  # what a trial runs: the pipeline, shipped
 
 
 class SweepError(fn.InvalidValueError):
-    """A bad sweep flag: an unknown hyper-parameter, a malformed value or distribution."""
+    """A bad sweep flag (an unknown hyper-parameter, a malformed value or distribution), or a
+    node that would not run a trial as its command runs (another fnnet or other kernels)."""
 
 
 def _name(text: str, flag: str) -> str:
@@ -157,15 +158,35 @@ def _end_with_parent() -> None:
         pass
 
 
+def node() -> dict[str, str]:
+    """What a trial's bits depend on besides its flags: the fnnet it imports and its kernels."""
+    return {"fnnet": fn.__version__, "kernels": fn.kernels.backend()}
+
+
+def check_node(expect: dict[str, str], trial: str) -> None:
+    """SweepError unless this process imports the fnnet and the kernels of the sweep's
+    driver (``expect``, its :func:`node`): a trial on the numpy twins, or on another
+    release, would not give the bits of its printed command run where the sweep started."""
+    here = node()
+    if here != expect:
+        raise SweepError(
+            f"{trial}: this node runs fnnet {here['fnnet']} with {here['kernels']} kernels, the sweep's driver fnnet "
+            f"{expect['fnnet']} with {expect['kernels']} kernels: install the same fnnet, with its compiled kernels, "
+            f"on every node (pip install fnnet builds them)"
+        )
+
+
 def trainable(config: dict[str, Any], *, fixed: list[str], out: str, sources: dict[str, str], workdir: str,
-              pts: list[dict]) -> None:
+              pts: list[dict], expect: dict[str, str]) -> None:
     """One trial, in a Ray worker: the command of its row (pipelines/mnist.py, written
     from ``sources``) in its own process, each evaluation reported to Tune as it lands
     in metrics.jsonl, then the final test accuracy and params sha256. It runs in the
-    sweep's ``workdir`` (where a relative --data-dir means what it meant to the sweep)."""
+    sweep's ``workdir`` (where a relative --data-dir means what it meant to the sweep),
+    and only where fnnet and its kernels are the driver's (``expect``: :func:`check_node`)."""
     from ray import tune
 
     folder = pathlib.Path(out) / "trials" / trial_name(config["index"], config["seed"])
+    check_node(expect, folder.name)
     argv = trial_argv(fixed, pts[config["index"]], config["seed"], folder)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fnnet-trial-") as code, open(folder / "log.txt", "w") as log:
@@ -262,7 +283,7 @@ def sweep(
     space = {"index": tune.grid_search(list(range(len(pts)))), "seed": tune.grid_search(args.seeds)}
     sources = {name: (HERE / name).read_text() for name in SCRIPTS}  # (by value: a node may lack this checkout)
     run = tune.with_parameters(tune.with_resources(trainable, {"cpu": 1}), fixed=fixed, out=str(out), sources=sources,
-                               workdir=os.getcwd(), pts=pts)
+                               workdir=os.getcwd(), pts=pts, expect=node())
     tuner = tune.Tuner(
         run,
         param_space=space,
@@ -274,6 +295,8 @@ def sweep(
     for result in (results[i] for i in range(len(results))):
         cfg, m = result.config or {}, result.metrics or {}
         folder = out / "trials" / trial_name(cfg["index"], cfg["seed"])
+        if result.error:  # (its last line: what went wrong, e.g. a node with other kernels)
+            print(f"error: {folder.name}: {str(result.error).strip().splitlines()[-1]}", file=sys.stderr)
         rows.append({
             "trial": folder.name, "seed": cfg["seed"], **pts[cfg["index"]],
             "status": ("done" if m.get("finished") else "failed" if result.error

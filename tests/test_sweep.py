@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -93,6 +94,18 @@ def test_every_trial_is_checked_before_ray_starts(own, fixed, message):
 
 
 @REAL
+def test_a_node_with_another_fnnet_or_other_kernels_refuses_its_trial():
+    here = sweep.node()
+    assert here == {"fnnet": fn.__version__, "kernels": fn.kernels.backend()}
+    sweep.check_node(here, "p000-seed0")
+    with pytest.raises(sweep.SweepError, match=rf"p000-seed0: this node runs fnnet {re.escape(here['fnnet'])} with "
+                                               rf"{here['kernels']} kernels, the sweep's driver fnnet 0.1.0 with "
+                                               rf"{here['kernels']} kernels: install the same fnnet"):
+        sweep.check_node({**here, "fnnet": "0.1.0"}, "p000-seed0")
+    with pytest.raises(sweep.SweepError, match="the sweep's driver fnnet .* with twin kernels"):
+        sweep.check_node({**here, "kernels": "twin"}, "p001-seed2")
+
+
 def test_main_refuses_an_out_that_holds_a_sweep(tmp_path, capsys):
     (tmp_path / "results.csv").write_text("x")
     assert sweep.main(["--seeds", "0", "1", "--out", str(tmp_path)]) == 2

@@ -464,6 +464,76 @@ def test_the_cut_is_a_function_of_the_signature():
         assert sizes == fn.train.cut(n, "auto", rows)  # the cut takes values: rows, setting, least rows
 
 
+@pytest.mark.parametrize("sizes, ranks, runs", [
+    ((10,), 1, [[0]]), ((10,), 3, [[0], [], []]),  # one shard: rank 0's, the others wait
+    ((3, 3, 2, 2), 1, [[0, 1, 2, 3]]), ((3, 3, 2, 2), 2, [[0, 1], [2, 3]]), ((3, 3, 2, 2), 4, [[0], [1], [2], [3]]),
+    ((2,) * 6, 3, [[0, 1], [2, 3], [4, 5]]),
+])
+def test_each_rank_runs_an_equal_run_of_whole_shards(sizes, ranks, runs):
+    assert [list(fn.train.rank_shards(sizes, ranks, r)) for r in range(ranks)] == runs
+
+
+@pytest.mark.parametrize("sizes, ranks, message", [
+    ((32, 32), 4, r"a batch of 64 rows is cut into 2 shards, which 4 ranks cannot share as whole shards \(the bits "
+     r"would then depend on the ranks\): run on 1 or 2 ranks, or cut it so that they can: rows_per_shard=16 gives 4"),
+    ((4, 4, 4), 2, "12 rows is cut into 3 shards, which 2 ranks cannot share .* run on 1 or 3 ranks, or cut it so "
+     "that they can: rows_per_shard=6 gives 2 shards"),
+    ((1, 1), 3, "2 rows is cut into 2 shards, which 3 ranks cannot share .* run on 1 or 2 ranks$"),  # (no finer cut)
+])
+def test_a_cut_the_ranks_cannot_share_whole_is_refused_with_what_works(sizes, ranks, message):
+    with pytest.raises(fn.InvalidValueError, match=message):
+        fn.train.rank_shards(sizes, ranks, 0)
+
+
+class OneRank:
+    """mpi4py's COMM_SELF, as far as a step uses it: a step on it is a one-process step."""
+
+    def Get_rank(self):  # noqa: N802
+        return 0
+
+    def Get_size(self):  # noqa: N802
+        return 1
+
+    def Allgather(self, send, recv):  # noqa: N802
+        recv[...] = send
+
+    def Allreduce(self, send, recv):  # noqa: N802
+        recv[...] = send
+
+    def Bcast(self, buf, root=0):  # noqa: N802
+        pass
+
+    def allgather(self, obj):
+        return [obj]
+
+    def bcast(self, obj, root=0):
+        return obj
+
+
+@pytest.mark.parametrize("rows", [None, 3])  # one shard (Bcast), and cut (Allgather)
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_step_on_one_rank_gives_the_bits_of_a_step_without_comm(rows, jit):
+    model = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dropout(0.2), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), (1, 6, 6))
+    state, got = fn.TrainState.create(params, optim.adam(1e-2), model), []
+    x, y = np.random.default_rng(1).standard_normal((10, 1, 6, 6)).astype(np.float32), np.arange(10) % 3
+    for comm in (None, OneRank()):
+        step = fn.train_step(model, fn.softmax_cross_entropy, optim.adam(1e-2), key=fn.random.key(1),
+                             rows_per_shard=rows, comm=comm)
+        step, s = (fn.jit(step) if jit else step), state
+        for _ in range(3):
+            s, m = step(s, (x, y))
+        got.append((fn.checkpoint.digest(s.params), fn.checkpoint.digest(s.model_state), m))
+    assert got[0] == got[1]
+
+
+def test_a_comm_must_be_a_communicator():
+    model = fn.serial(fn.flatten(), fn.dense(3))
+    with pytest.raises(fn.InvalidTypeError, match="train_step: comm must be an mpi4py communicator .* got object "
+                                                  "without Get_rank"):
+        fn.train_step(model, fn.softmax_cross_entropy, optim.sgd(0.1), comm=object())
+
+
 def _allocated(model, params, x_shape, dtype=np.float32, train=True):
     """The bytes of the distinct arrays a pass on ``x_shape`` reaches from its buffers
     (found by walking them, as a check of the ledger the layers' hooks keep)."""
