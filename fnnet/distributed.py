@@ -1,15 +1,21 @@
-"""Data-parallel training over MPI: the gradient all-reduce as an optimizer wrapper.
+"""Data-parallel training over MPI: helpers, and the gradient all-reduce as an optimizer wrapper.
 
-The Horovod pattern: every process (rank) holds the same params, takes its own slice of
-each global batch, computes the gradient of its slice, and :func:`data_parallel` averages
-the gradients over all ranks before the wrapped optimizer's update, so every rank applies
-the same update and the params stay identical::
+The step itself spreads a batch over ranks with the bits of one process:
+``fn.train_step(model, loss, optimizer, comm=comm)`` (every rank passes the global batch,
+runs its whole shards, and sums every shard's gradient in shard order: see
+:func:`fnnet.train_step` and docs/scaling.md). This module holds what goes around it
+(:func:`broadcast`, :func:`check_replicated`) and, for loops whose gradients do not come
+from ``train_step``, the Horovod pattern: every rank takes its own slice of each global
+batch (:func:`rank_rows`), and :func:`data_parallel` averages the gradients over all
+ranks before the wrapped optimizer's update, so every rank applies the same update::
 
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    step = fn.jit(fn.train_step(model, loss, fn.distributed.data_parallel(fn.optim.adam(1e-3), comm)))
+    opt = fn.distributed.data_parallel(fn.optim.adam(1e-3), comm)
     rows = fn.distributed.rank_rows(batch_size, comm)  # this rank's rows of every global batch
-    state, metrics = step(state, (x[rows], labels[rows]))
+    updates, opt_state = opt.update(my_gradients_of(x[rows]), opt_state, params)
+
+Its bits depend on the number of ranks (each rank's partial sum, then the ranks').
 
 Launch with ``mpiexec -n N python -m mpi4py script.py`` (``-m mpi4py`` turns an
 uncaught exception on one rank into ``MPI_Abort``, which ends every rank).

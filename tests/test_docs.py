@@ -65,3 +65,23 @@ def test_the_import_graph_check_finds_circles_and_upward_imports(tmp_path):
     assert upward == ["pkg.sub.c takes g from pkg.sub/__init__.py"]
     _, circle = graph.levels(edges)
     assert {"pkg.a", "pkg.b", "pkg.sub", "pkg.sub.c"} <= set(circle)
+
+
+def _promise(text: str) -> list[str]:
+    """The rows of the table of what is bit-identical to what."""
+    start = text.index("| run | the same bits as one process on one thread? | test |")
+    return text[start:].split("\n\n")[0].splitlines()
+
+
+def test_the_promise_is_one_table_and_every_row_names_tests_that_exist():
+    rows = _promise((ROOT / "docs" / "scaling.md").read_text())
+    assert rows == _promise((ROOT / "README.md").read_text())
+    assert len(rows) >= 10
+    for row in rows[2:]:
+        named = re.findall(r"`(test_\w+)\.py::(test_\w+)`", row)
+        bare = re.findall(r"`(test_\w+)` \(", row) + re.findall(r"the same two tests|the same test", row)
+        assert named or bare, row
+        for module, name in named:
+            assert f"\ndef {name}(" in (ROOT / "tests" / f"{module}.py").read_text(), (module, name)
+        for name in re.findall(r"`(test_\w+)` \(", row):
+            assert any(f"\ndef {name}(" in f.read_text() for f in (ROOT / "tests").glob("test_*.py")), name

@@ -82,7 +82,8 @@ class Plan:
     :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
     through (None otherwise). ``comm``: the ranks that share the batch (an mpi4py
     communicator), with ``gathered``, the (count, P) buffer every shard's gradient is
-    gathered into, and ``summed``, the gradient tree that views its first row. Made by
+    gathered into, ``summed``, the gradient tree that views its first row, and ``sending``,
+    the (shards, P) buffer this rank's shards' gradients are sent from. Made by
     :meth:`fnnet.train.Step.plan`.
     """
 
@@ -101,6 +102,7 @@ class Plan:
     comm: Any = None
     gathered: np.ndarray | None = None
     summed: PyTree = None
+    sending: np.ndarray | None = None
 
 
 def run_step(
@@ -219,7 +221,7 @@ def _gather(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree
             gathered[0] = plan.shards[0].grads
         comm.Bcast(gathered[0], root=0)
     else:
-        comm.Allgather(np.stack([s.grads for s in plan.shards]), gathered)
+        comm.Allgather(np.stack([s.grads for s in plan.shards], out=plan.sending), gathered)
         for row in gathered[1:]:  # ((g0 + g1) + g2) + ...: shard order, on every rank
             np.add(gathered[0], row, out=gathered[0])
     return parts, plan.summed, parts[0].model_state  # (global shard 0's: a rank may run none)

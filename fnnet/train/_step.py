@@ -114,7 +114,8 @@ class Step:
         gathered = None if comm is None else np.empty((len(sizes), layout.size), layout.dtype)
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
                     layout, tuple(shards), len(sizes), group, watch=tuple((p, t, marker_views(t)) for p, t in watch),
-                    comm=comm, gathered=gathered, summed=None if gathered is None else layout.views(gathered[0]))
+                    comm=comm, gathered=gathered, summed=None if gathered is None else layout.views(gathered[0]),
+                    sending=None if comm is None else np.empty((len(shards), layout.size), layout.dtype))
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
