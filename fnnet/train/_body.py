@@ -44,7 +44,7 @@ from ..typing import LossFn, PyTree
 from ._diverge import diverged, finite, nonfinite_outputs
 from ._state import TrainState
 
-__all__ = ["Plan", "Shard", "check_state", "run_step"]
+__all__ = ["TAIL_BYTES", "Plan", "Shard", "check_state", "run_step"]
 
 
 class Shard(NamedTuple):
@@ -81,9 +81,9 @@ class Plan:
     a cut batch of a model with state (batch norm), the
     :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
     through (None otherwise). ``comm``: the ranks that share the batch (an mpi4py
-    communicator), with ``gathered``, the (count, P) buffer every shard's gradient is
-    gathered into, ``summed``, the gradient tree that views its first row, and ``sending``,
-    the (shards, P) buffer this rank's shards' gradients are sent from. Made by
+    communicator), with ``gathered``, the (count, P + tail) buffer every shard's gradient
+    and metrics are gathered into (:data:`TAIL_BYTES`), ``summed``, the gradient tree that
+    views its first row, and ``sending``, the rows of this rank's shards. Made by
     :meth:`fnnet.train.Step.plan`.
     """
 
@@ -207,24 +207,43 @@ def _sum(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree]:
     return parts, first.site.grads, parts[0].model_state
 
 
+TAIL_BYTES = 16
+"""What a gathered row carries after a shard's gradient: its weighted loss and accuracy, as
+two float64 (NaN: an error, and no accuracy), so that one collective a step moves both."""
+
+
 def _gather(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree]:
-    """Every rank's shards: the metrics and errors of each (one ``allgather``), then their
-    gradients (one ``Allgather`` into the (count, P) buffer, or for a batch of one shard
-    rank 0's ``Bcast``), summed in global shard order, as :func:`_sum` does on one process."""
-    comm, gathered = plan.comm, plan.gathered
-    assert gathered is not None
-    parts = [p for theirs in comm.allgather(parts) for p in theirs]  # (small: floats, batch norm's statistics)
-    if any(p.error for p in parts):
-        return parts, None, None
+    """Every rank's shards: each shard's gradient and metrics in one row of the (count, P +
+    tail) buffer, gathered by one ``Allgather`` (a batch of one shard: rank 0's ``Bcast``),
+    the gradients summed in global shard order, as :func:`_sum` does on one process. Only an
+    error (a NaN loss) or the state of a one-shard batch of a stateful model (rank 0's) takes
+    a second collective."""
+    comm, gathered, sending = plan.comm, plan.gathered, plan.sending
+    assert gathered is not None and sending is not None
+    size = plan.layout.size
+    for j, (shard, part) in enumerate(zip(plan.shards, parts)):
+        sending[j, :size] = shard.grads
+        sending[j, size:].view(np.float64)[:] = (part.loss, math.nan if part.acc is None else part.acc)
     if plan.count == 1:  # (too small to cut: rank 0's)
-        if plan.shards:
-            gathered[0] = plan.shards[0].grads
+        if parts:
+            gathered[0] = sending[0]
         comm.Bcast(gathered[0], root=0)
     else:
-        comm.Allgather(np.stack([s.grads for s in plan.shards], out=plan.sending), gathered)
+        comm.Allgather(sending, gathered)
+    metrics = [row[size:].view(np.float64) for row in gathered]
+    errors: list = [None] * len(metrics)
+    if any(math.isnan(m[0]) for m in metrics):  # (every rank sees it: every rank asks which)
+        errors = [e for theirs in comm.allgather([p.error for p in parts]) for e in theirs]
+    model_state = parts[0].model_state if parts else EMPTY
+    if plan.count == 1 and plan.model.stateful:  # (a cut batch's state is every shard's already)
+        model_state = comm.bcast(model_state, root=0)
+    parts = [_Part(float(m[0]), None if math.isnan(m[1]) else float(m[1]), model_state, e)
+             for m, e in zip(metrics, errors)]
+    if not any(errors):
+        total = gathered[0, :size]
         for row in gathered[1:]:  # ((g0 + g1) + g2) + ...: shard order, on every rank
-            np.add(gathered[0], row, out=gathered[0])
-    return parts, plan.summed, parts[0].model_state  # (global shard 0's: a rank may run none)
+            np.add(total, row[:size], out=total)
+    return parts, plan.summed, model_state
 
 
 def check_state(model: Layer, optimizer: GradientTransformation, state: TrainState) -> None:

@@ -19,7 +19,7 @@ from ..layers._group import ShardGroup
 from ..layers._layer import check_batch, prepare_checked
 from ..optim import GradientTransformation
 from ..typing import Batch, LossFn
-from ._body import Plan, Shard, run_step
+from ._body import TAIL_BYTES, Plan, Shard, run_step
 from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows, rank_shards
 from ._state import TrainState
 
@@ -111,11 +111,15 @@ class Step:
                 shard=j, watch=watch)
             weight = sizes[i] / x.shape[0] if len(sizes) > 1 else 1.0
             shards.append(Shard(slice(starts[i], starts[i + 1]), weight, site, grads, i))
-        gathered = None if comm is None else np.empty((len(sizes), layout.size), layout.dtype)
+        gathered = sending = summed = None
+        if comm is not None:  # (a row: a shard's gradient, then its loss and accuracy)
+            width = layout.size + TAIL_BYTES // layout.dtype.itemsize
+            gathered = np.empty((len(sizes), width), layout.dtype)
+            sending = np.empty((len(shards), width), layout.dtype)
+            summed = layout.views(gathered[0, :layout.size])
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
                     layout, tuple(shards), len(sizes), group, watch=tuple((p, t, marker_views(t)) for p, t in watch),
-                    comm=comm, gathered=gathered, summed=None if gathered is None else layout.views(gathered[0]),
-                    sending=None if comm is None else np.empty((len(shards), layout.size), layout.dtype))
+                    comm=comm, gathered=gathered, summed=summed, sending=sending)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
