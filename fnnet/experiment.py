@@ -42,7 +42,7 @@ from .data import Split
 from .losses import softmax_cross_entropy
 from .threads import blas_share
 from .train import CHUNK_ROWS, TrainState, predict, rank_shards
-from .tree import check_like
+from .tree import EMPTY, check_like
 from .typing import Params
 
 __all__ = ["Divergence", "FlagError", "Interrupts", "Ranks", "RunFolder", "evaluate", "exit_status", "follow_metrics",
@@ -137,9 +137,7 @@ class RunFolder:
         belongs to another config or ``meta`` (the data-order key...) differs."""
         ckpt = self.checkpoint
         tree, found = checkpoint.load(ckpt)
-        old = found.get("config")
-        if isinstance(old, dict):  # (a field added since, whose None keeps the old behaviour)
-            old = {**{k: None for k, v in self.config.items() if v is None}, **old}
+        old = _with_new_fields(found.get("config"), self.config)
         if old != self.config:  # before the tree: another preset has other params
             raise FlagError(f"--resume: {ckpt} was written with another config:\n"
                             f"{_config_diff(found.get('config'), self.config)}\n"
@@ -147,15 +145,14 @@ class RunFolder:
         for key, value in meta.items():
             if found.get(key) != value:
                 raise FlagError(f"--resume: {ckpt} has another {_NAMES.get(key, key)}")
-        check_like(tree, {"params": like.params, "opt_state": like.opt_state},
-                   f"--resume: {ckpt} does not hold this config's model and optimizer state")
-        state = TrainState(tree["params"], tree["opt_state"], int(found["step"]))
+        check_like(tree, _saved(like), f"--resume: {ckpt} does not hold this config's model and optimizer state")
+        state = TrainState(tree["params"], tree["opt_state"], int(found["step"]), tree.get("model_state", EMPTY))
         return state, found, [r for r in self.read_metrics() if r["step"] <= state.step]
 
     def save(self, state: TrainState, meta: dict) -> None:
-        """The checkpoint: params, optimizer state, step, the config and ``meta``."""
-        checkpoint.save(self.checkpoint, {"params": state.params, "opt_state": state.opt_state},
-                        {"step": state.step, "config": self.config, **meta})
+        """The checkpoint: params, optimizer state, model state (batch norm's running
+        statistics, if the model has any), step, the config and ``meta``."""
+        checkpoint.save(self.checkpoint, _saved(state), {"step": state.step, "config": self.config, **meta})
 
     def read_metrics(self) -> list[dict]:
         """The rows of ``metrics.jsonl``. A torn last line (a kill during a write) is
@@ -172,6 +169,22 @@ class RunFolder:
 
     def write_json(self, name: str, value: Any) -> None:
         write_atomic(self.path / name, json.dumps(value, indent=2) + "\n")
+
+
+def _with_new_fields(old: Any, new: dict) -> Any:
+    """``old`` (a checkpoint's config) with the fields it lacks and ``new`` has turned off
+    (None, 0, False: a field added since, whose off keeps the old behaviour), nested."""
+    if not isinstance(old, dict):
+        return old
+    filled = {k: v for k, v in new.items() if k not in old and not isinstance(v, dict) and not v}
+    return {**filled, **{k: _with_new_fields(v, new[k]) if isinstance(new.get(k), dict) else v
+                         for k, v in old.items()}}
+
+
+def _saved(state: TrainState) -> dict:
+    """What a checkpoint holds of ``state`` (a model without state: no model state)."""
+    tree = {"params": state.params, "opt_state": state.opt_state}
+    return {**tree, "model_state": state.model_state} if state.model_state else tree
 
 
 def read_metrics(path: pathlib.Path) -> list[dict]:

@@ -70,7 +70,7 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
     model, opt, augment = build_model(cfg), build_optimizer(cfg), build_augment(cfg)
     k_init, k_data, k_eval, k_aug = random.split(random.key(cfg.seed), 4)
     params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
-    state = fn.TrainState.create(params, opt)
+    state = fn.TrainState.create(params, opt, model)
     loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
     step = fn.train_step(model, loss_fn, opt, rows_per_shard=cfg.shard_rows or "auto", comm=ranks.step_comm)
     last = len(train) % cfg.batch_size if cfg.sampling == "epoch" else 0  # (an epoch's last batch, if short)
@@ -81,7 +81,8 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
     data_key = {"data_key": [k_data.entropy, list(k_data.path)]}
     if resume:
         resumed, meta, rows = ranks.on_root(lambda: _resume(folder, state, data_key, ranks.size))
-        state = fn.TrainState(fn.freeze(resumed.params), fn.freeze(resumed.opt_state), resumed.step)
+        state = fn.TrainState(fn.freeze(resumed.params), fn.freeze(resumed.opt_state), resumed.step,
+                              fn.freeze(resumed.model_state))
     else:
         meta, rows = {}, []
         ranks.on_root(folder.start)
@@ -132,7 +133,7 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
                 continue
             t_eval -= time.perf_counter()  # an evaluation
             val = evaluate(model, eval_params(cfg, state), _validation(cfg, ds, k_eval, state.step), dtype,
-                           state.step, ranks)
+                           state.step, ranks, state.model_state)
             if ranks.mpi:  # (a check that the ranks agree)
                 fn.distributed.check_replicated(state.params, ranks.comm)
             row = {
@@ -184,8 +185,8 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
             rows: list[dict], dtype: np.dtype, shards: int, seconds: dict) -> dict:
     """The run's outputs: the test split read once, the summary (rank 0 writes it, and the plots)."""
     t_end = time.perf_counter()
-    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks)
-    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks)
+    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks, state.model_state)
+    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks, state.model_state)
     final = Divergence(len(ds.classes)).final(val["loss"], state.step)  # (the run is judged on its final state)
     warnings = [w for r in rows for w in r.get("warnings", [])] + final
     summary = {

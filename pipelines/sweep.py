@@ -163,11 +163,15 @@ def node() -> dict[str, str]:
     return {"fnnet": fn.__version__, "kernels": fn.kernels.backend()}
 
 
-def check_node(expect: dict[str, str], trial: str) -> None:
-    """SweepError unless this process imports the fnnet and the kernels of the sweep's
-    driver (``expect``, its :func:`node`): a trial on the numpy twins, or on another
-    release, would not give the bits of its printed command run where the sweep started."""
-    here = node()
+PROBE = "import json, fnnet; print(json.dumps({'fnnet': fnnet.__version__, 'kernels': fnnet.kernels.backend()}))\n"
+"""A script run beside a trial's ``mnist.py``, as it will run: :func:`node` of the fnnet the trial imports."""
+
+
+def check_node(expect: dict[str, str], here: dict[str, str], trial: str) -> None:
+    """SweepError unless a trial imports the fnnet and the kernels of the sweep's driver
+    (``expect``: the driver's :func:`node`; ``here``: the trial's, from :data:`PROBE`): a
+    trial on the numpy twins, or on another release, would not give the bits of its printed
+    command run where the sweep started."""
     if here != expect:
         raise SweepError(
             f"{trial}: this node runs fnnet {here['fnnet']} with {here['kernels']} kernels, the sweep's driver fnnet "
@@ -182,20 +186,24 @@ def trainable(config: dict[str, Any], *, fixed: list[str], out: str, sources: di
     from ``sources``) in its own process, each evaluation reported to Tune as it lands
     in metrics.jsonl, then the final test accuracy and params sha256. It runs in the
     sweep's ``workdir`` (where a relative --data-dir means what it meant to the sweep),
-    and only where fnnet and its kernels are the driver's (``expect``: :func:`check_node`)."""
+    and only where the fnnet and kernels it imports are the driver's (``expect``:
+    :func:`check_node`, on what :data:`PROBE` finds beside it)."""
     from ray import tune
 
     folder = pathlib.Path(out) / "trials" / trial_name(config["index"], config["seed"])
-    check_node(expect, folder.name)
     argv = trial_argv(fixed, pts[config["index"]], config["seed"], folder)
     folder.mkdir(parents=True, exist_ok=True)
+    cwd = workdir if os.path.isdir(workdir) else None
     with tempfile.TemporaryDirectory(prefix="fnnet-trial-") as code, open(folder / "log.txt", "w") as log:
-        for name, text in sources.items():
+        for name, text in {**sources, "probe.py": PROBE}.items():
             (pathlib.Path(code) / name).write_text(text)
+        # (the worker's own fnnet may be another: Ray puts the driver's folder on its path)
+        probe = subprocess.run([sys.executable, str(pathlib.Path(code) / "probe.py")], capture_output=True, text=True,
+                               cwd=cwd, check=True)
+        check_node(expect, json.loads(probe.stdout.splitlines()[-1]), folder.name)
         (folder / "metrics.jsonl").unlink(missing_ok=True)  # (--overwrite: rows of an earlier trial are not this one's)
         proc = subprocess.Popen([sys.executable, str(pathlib.Path(code) / "mnist.py"), *argv, "--overwrite"],
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent,
-                                cwd=workdir if os.path.isdir(workdir) else None)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent, cwd=cwd)
         try:
             for row in follow_metrics(folder / "metrics.jsonl", lambda: proc.poll() is None):
                 tune.report({k: row[k] for k in ("step", "epoch", "loss", "train_accuracy", "val_loss",

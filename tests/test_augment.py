@@ -13,6 +13,7 @@ AUGMENTS = {
     "translate": A.translate(2),
     "affine": A.affine(rotate=15, scale=0.1, shear=10),
     "cutout": A.cutout(4),
+    "hflip": A.hflip(0.5),
     "chain": A.chain(A.affine(rotate=10), A.translate(1), A.cutout(3)),
 }
 
@@ -85,6 +86,18 @@ def test_cutout_zeroes_one_square_per_image_and_keeps_the_rest():
         np.testing.assert_array_equal(yi[:, ~zero], xi[:, ~zero])
 
 
+def test_hflip_mirrors_the_images_its_key_draws_and_keeps_the_others():
+    x, key = batch(n=40), random.key(4)
+    y = A.hflip(0.5)(key, x)
+    flipped = random.generator(key).random(40) < 0.5  # the draw hflip makes from its key
+    assert 10 < flipped.sum() < 30
+    for xi, yi, f in zip(x, y, flipped):
+        np.testing.assert_array_equal(yi, xi[:, :, ::-1] if f else xi)
+    np.testing.assert_array_equal(A.hflip(1.0)(key, x), x[..., ::-1])
+    np.testing.assert_array_equal(A.hflip(0.0)(key, x), x)
+    np.testing.assert_array_equal(A.hflip(1.0)(key, A.hflip(1.0)(key, x)), x)  # twice: the image
+
+
 def test_chain_applies_in_order_with_split_keys():
     x, key = batch(), random.key(9)
     a, b = A.affine(rotate=20), A.translate(1)
@@ -103,6 +116,8 @@ def test_chain_applies_in_order_with_split_keys():
         (lambda: A.affine(rotate=200), fn.InvalidValueError, ["affine", "rotate", "200"]),
         (lambda: A.affine(scale=float("nan")), fn.InvalidValueError, ["scale", "nan"]),
         (lambda: A.cutout(0), fn.InvalidValueError, ["cutout", "size", "0"]),
+        (lambda: A.hflip(1.5), fn.InvalidValueError, ["hflip", "p (the probability of a flip)", "1.5"]),
+        (lambda: A.hflip(0.5)(random.key(0), np.zeros((2, 1, 9, 9), np.int64)), fn.DTypeError, ["hflip", "int64"]),
         (lambda: A.chain(A.cutout(2), 3), fn.InvalidTypeError, ["chain", "argument 1"]),
         (lambda: A.translate(1)(random.key(0), np.zeros((2, 9, 9))), fn.ShapeError, ["translate", "(N, C, H, W)"]),
         (lambda: A.cutout(2)(random.key(0), np.zeros((2, 1, 9, 9), np.uint8)), fn.DTypeError, ["cutout", "uint8"]),

@@ -58,6 +58,30 @@ def test_a_checkpoint_resumes_only_its_own_config_and_key(tmp_path):
         RunFolder(tmp_path, OUTPUTS, {"lr": 2.0}).resume(state, {})
 
 
+def test_a_checkpoint_from_before_a_new_field_resumes_while_the_field_is_off(tmp_path):
+    state = _state()
+    RunFolder(tmp_path, OUTPUTS, {"lr": 1.0, "reg": {"shift": 2}}).save(state, {})
+    for off in ({"shard_rows": None}, {"reg": {"shift": 2, "flip": 0.0}}):  # (fields added since, off)
+        config = {"lr": 1.0, "reg": {"shift": 2}}
+        config.update(off)
+        RunFolder(tmp_path, OUTPUTS, config).resume(state, {})
+    with pytest.raises(FlagError, match="another config"):  # (a new field that is on is another run)
+        RunFolder(tmp_path, OUTPUTS, {"lr": 1.0, "reg": {"shift": 2, "flip": 0.5}}).resume(state, {})
+
+
+def test_a_model_with_state_has_it_saved_and_resumed(tmp_path):
+    model = fn.serial(fn.flatten(), fn.dense(3), fn.batch_norm())
+    params, _ = model.init(fn.random.key(0), (4,))
+    state = fn.TrainState.create(params, optim.sgd(0.1), model)
+    state = fn.train_step(model, fn.softmax_cross_entropy, optim.sgd(0.1))(
+        state, (np.arange(24, dtype=np.float32).reshape(6, 4), np.arange(6) % 3))[0]
+    folder = RunFolder(tmp_path, OUTPUTS, {})
+    folder.save(state, {})
+    got = folder.resume(state, {})[0]
+    assert fn.checkpoint.digest(got.model_state) == fn.checkpoint.digest(state.model_state)
+    assert got.model_state["batch_norm_2"]["mean"].any()  # (the running statistics, not the initial zeros)
+
+
 def test_metrics_drop_a_torn_last_line_and_name_a_bad_one(tmp_path, capsys):
     folder = RunFolder(tmp_path, OUTPUTS, {})
     folder.metrics.write_text('{"step": 1}\n{"step": 2')

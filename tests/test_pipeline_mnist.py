@@ -17,6 +17,10 @@ REAL = pytest.mark.skipif(
     not (DATA_DIR and (pathlib.Path(DATA_DIR) / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file()),
     reason="real MNIST not in FNNET_DATA_DIR (the nox sessions point it at ../shared/data)",
 )
+REAL_FASHION = pytest.mark.skipif(
+    not (DATA_DIR and (pathlib.Path(DATA_DIR) / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").is_file()),
+    reason="real Fashion-MNIST not in FNNET_DATA_DIR (the nox sessions point it at ../shared/data)",
+)
 
 SMALL = ["--train-size", "2000", "--batch-size", "16", "--eval-samples", "300", "--steps", "40", "--eval-every", "10"]
 
@@ -115,10 +119,31 @@ def test_tutorial_preset_is_float64_with_replacement_sampling(tmp_path):
     assert "step    100" in proc.stdout
 
 
+@REAL_FASHION
 @pytest.mark.slow
-def test_default_preset_runs_unchanged_on_fashion_mnist_files(tmp_path):
-    """Fashion-MNIST is not available offline: the same preset on IDX files of its layout
-    (random pixels, written here), with checksums off since they are not the published files."""
+def test_default_preset_learns_real_fashion_mnist_from_5000_images_in_one_epoch(tmp_path):
+    run(tmp_path, "--preset", "default", "--dataset", "fashion-mnist", "--train-size", "5000", "--epochs", "1")
+    s = summary(tmp_path)
+    assert s["dataset"] == "fashion-mnist" and s["data_source"].endswith("fashion-mnist")
+    assert s["test_accuracy"] > 0.7 and s["val_accuracy"] > 0.7  # (10 classes of clothing: chance is 0.1)
+    assert sum(map(sum, s["confusion_matrix_test"])) == 10_000
+
+
+@REAL_FASHION
+@pytest.mark.slow
+def test_best_preset_flips_clothing_and_not_digits(tmp_path):
+    short = ["--train-size", "2000", "--steps", "30", "--eval-every", "30"]
+    run(tmp_path / "f", "--preset", "best", "--dataset", "fashion-mnist", *short)
+    assert summary(tmp_path / "f")["config"]["regularization"]["flip"] == 0.5
+    assert summary(tmp_path / "f")["test_accuracy"] > 0.3
+    run(tmp_path / "m", "--preset", "best", *short)
+    assert summary(tmp_path / "m")["config"]["regularization"]["flip"] == 0.0
+
+
+@pytest.mark.slow
+def test_default_preset_runs_on_idx_files_of_fashion_mnists_layout(tmp_path):
+    """The same preset on IDX files of Fashion-MNIST's layout (random pixels, written here),
+    with checksums off since they are not the published files; without --no-verify, an error."""
     from test_data import write_set
 
     write_set(tmp_path / "data" / "fashion-mnist", n_train=10_200, n_test=50)
@@ -233,3 +258,19 @@ def test_an_augmented_run_is_reproducible_and_resumes_to_the_same_bits(tmp_path)
     plain[plain.index("--steps") + 1] = "12"
     run(tmp_path / "e", *plain)
     assert summary(tmp_path / "e")["params_sha256"] != sha[0]  # the augmentation changed what was learnt
+
+
+def test_best_differs_by_dataset_only_as_its_table_says():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import recipes
+    finally:
+        sys.path.pop(0)
+    assert recipes.preset_for("best", "mnist") == recipes.PRESETS["best"]  # (digits: the preset as written)
+    fashion = recipes.preset_for("best", "fashion-mnist")
+    for field, value in recipes.BEST_BY_DATASET["fashion-mnist"].items():
+        where = fashion.regularization if hasattr(fashion.regularization, field) else fashion
+        assert getattr(where, field) == value, field
+    assert recipes.BEST_BY_DATASET["fashion-mnist"]["flip"] > 0 and "flip" not in recipes.BEST_BY_DATASET["mnist"]
+    for name in ("tutorial", "default"):  # (the other presets are the same on every dataset)
+        assert recipes.preset_for(name, "fashion-mnist") == recipes.PRESETS[name]

@@ -102,6 +102,7 @@ CASES = [
     ("affine", "rotate", lambda v: data.augment.affine(v, 0.1, 5.0), "augment"),
     ("affine", "scale", lambda v: data.augment.affine(10.0, v, 5.0), "augment"),
     ("cutout", "size", lambda v: data.augment.cutout(v), "augment"),
+    ("hflip", "p", lambda v: data.augment.hflip(v), "augment"),
     ("augment.chain", "argument", lambda v: data.augment.chain(data.augment.translate(1), v), "augment"),
     ("train_step", "model", lambda v: fn.train_step(v, fn.softmax_cross_entropy, optim.sgd(0.1)), None),
     ("train_step", "loss", lambda v: fn.train_step(fn.serial(fn.flatten(), fn.dense(3)), v, optim.sgd(0.1)), None),
@@ -285,7 +286,8 @@ def test_params_trees_train_or_are_refused_naming_the_path(tree):
 # -- the pipeline's flags ------------------------------------------------------------------
 
 FLAGS = ["--seed", "--steps", "--epochs", "--batch-size", "--lr", "--eval-every", "--eval-samples", "--train-size",
-         "--shift", "--rotate", "--scale", "--shear", "--cutout", "--label-smoothing", "--ema", "--threads",
+         "--shift", "--rotate", "--scale", "--shear", "--cutout", "--flip", "--label-smoothing", "--ema", "--threads",
+         "--shard-rows",
          "--stop-after", "--model", "--preset", "--dataset"]
 TEXT = st.one_of(st.sampled_from(["0", "-1", "1e400", "nan", "inf", "-inf", "1.5", "2", "", "x", "1e-300", "64",
                                   "10000000000", "cnn", "tutorial"]), st.text(max_size=4))

@@ -94,16 +94,20 @@ def test_every_trial_is_checked_before_ray_starts(own, fixed, message):
 
 
 @REAL
-def test_a_node_with_another_fnnet_or_other_kernels_refuses_its_trial():
+def test_a_node_with_another_fnnet_or_other_kernels_refuses_its_trial(tmp_path):
     here = sweep.node()
     assert here == {"fnnet": fn.__version__, "kernels": fn.kernels.backend()}
-    sweep.check_node(here, "p000-seed0")
+    (tmp_path / "probe.py").write_text(sweep.PROBE)  # (what a trial's process imports, as it runs)
+    probe = subprocess.run([sys.executable, str(tmp_path / "probe.py")], capture_output=True, text=True, check=True)
+    assert json.loads(probe.stdout.splitlines()[-1]) == here
+    sweep.check_node(here, here, "p000-seed0")
     with pytest.raises(sweep.SweepError, match=rf"p000-seed0: this node runs fnnet {re.escape(here['fnnet'])} with "
                                                rf"{here['kernels']} kernels, the sweep's driver fnnet 0.1.0 with "
                                                rf"{here['kernels']} kernels: install the same fnnet"):
-        sweep.check_node({**here, "fnnet": "0.1.0"}, "p000-seed0")
-    with pytest.raises(sweep.SweepError, match="the sweep's driver fnnet .* with twin kernels"):
-        sweep.check_node({**here, "kernels": "twin"}, "p001-seed2")
+        sweep.check_node({**here, "fnnet": "0.1.0"}, here, "p000-seed0")
+    with pytest.raises(sweep.SweepError, match="this node runs fnnet .* with numpy kernels, the sweep's driver fnnet "
+                                               ".* with pythran kernels"):
+        sweep.check_node({**here, "kernels": "pythran"}, {**here, "kernels": "numpy"}, "p001-seed2")
 
 
 def test_main_refuses_an_out_that_holds_a_sweep(tmp_path, capsys):

@@ -10,6 +10,7 @@ and resumes exactly.
 * :func:`translate`: shift by whole pixels (pad with zeros, crop);
 * :func:`affine`: rotation, scaling and shear about the centre, bilinear sampling;
 * :func:`cutout`: a zeroed square at a random place;
+* :func:`hflip`: a mirror image, left to right, with a probability (clothing, not digits);
 * :func:`chain`: several in order, each with its own key.
 """
 
@@ -23,7 +24,7 @@ from .. import kernels, random
 from .._errors import DTypeError, InvalidTypeError, ShapeError, check_int, check_real
 from ..random import Key
 
-__all__ = ["Augment", "affine", "chain", "cutout", "translate"]
+__all__ = ["Augment", "affine", "chain", "cutout", "hflip", "translate"]
 
 Augment = Callable[[Key, np.ndarray], np.ndarray]
 """``augment(key, images) -> images``: a pure function of a key and an NCHW batch."""
@@ -99,6 +100,19 @@ def cutout(size: int) -> Augment:
         cols = np.arange(w)[None, :] - left[:, None]
         keep = ~(((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :])
         return x * keep[:, None, :, :].astype(x.dtype)
+
+    return apply
+
+
+def hflip(p: float = 0.5) -> Augment:
+    """Mirror each image left to right (its last axis) with probability ``p``: for classes
+    that a mirror keeps (a shirt, a shoe), not for digits (a mirrored 2 is no digit)."""
+    p = check_real("hflip", "p (the probability of a flip)", p, 0.0, 1.0)
+
+    def apply(key: Key, images: np.ndarray) -> np.ndarray:
+        x = _images("hflip", images)
+        flip = random.generator(key).random(x.shape[0]) < p
+        return np.where(flip[:, None, None, None], x[..., ::-1], x)  # (a new array)
 
     return apply
 
