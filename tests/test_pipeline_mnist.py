@@ -274,3 +274,43 @@ def test_best_differs_by_dataset_only_as_its_table_says():
     assert recipes.BEST_BY_DATASET["fashion-mnist"]["flip"] > 0 and "flip" not in recipes.BEST_BY_DATASET["mnist"]
     for name in ("tutorial", "default"):  # (the other presets are the same on every dataset)
         assert recipes.preset_for(name, "fashion-mnist") == recipes.PRESETS[name]
+
+
+@pytest.mark.parametrize("name", ["tutorial", "cnn", "cnn_wide", "cnn_same", "cnn_wide_same", "cnn_wide_bn"])
+def test_every_model_of_the_recipes_maps_images_to_ten_logits(name):
+    import numpy as np
+
+    import fnnet as fn
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import recipes
+    finally:
+        sys.path.pop(0)
+    assert name in recipes.MODELS
+    split = fn.data.Split(np.zeros((64, 1, 28, 28), np.float32), np.arange(64) % 10)
+    ds = fn.data.Dataset("fashion-mnist", split, split, split, tuple("0123456789"), "fake")
+    model = recipes.build_model(recipes.make_config(recipes.parse_args(["--model", name, "--steps", "1"]), ds))
+    params, shape = model.init(fn.random.key(0), (1, 28, 28))
+    assert shape == (10,) and model.stateful == name.endswith("_bn")
+    state = fn.TrainState.create(params, fn.optim.sgd(0.1), model)
+    logits = fn.predict(model, params, split.x[:3], model_state=state.model_state)
+    assert logits.shape == (3, 10)
+    convs = [k for k in params if k.startswith("conv2d")]
+    widths = [params[k]["w"].shape[0] for k in convs]
+    assert widths == ([1] if name == "tutorial" else [32, 64] if "wide" in name else [16, 32])
+
+
+@REAL
+@pytest.mark.slow
+def test_a_batch_norm_model_resumes_to_the_params_and_statistics_of_an_unstopped_run(tmp_path):
+    short = ["--model", "cnn_wide_bn", "--train-size", "1000", "--steps", "20", "--eval-every", "10"]
+    run(tmp_path / "full", *short)
+    run(tmp_path / "cut", *short, "--stop-after", "10")
+    run(tmp_path / "cut", *short, "--resume")
+    import fnnet as fn
+
+    full, cut = (fn.checkpoint.load(tmp_path / d / "checkpoint.npz")[0] for d in ("full", "cut"))
+    assert fn.checkpoint.digest(full["model_state"]) == fn.checkpoint.digest(cut["model_state"])
+    assert summary(tmp_path / "cut")["params_sha256"] == summary(tmp_path / "full")["params_sha256"]
+    assert summary(tmp_path / "cut")["val_accuracy"] == summary(tmp_path / "full")["val_accuracy"]
