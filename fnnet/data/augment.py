@@ -111,7 +111,7 @@ def hflip(p: float = 0.5) -> Augment:
 
     def apply(key: Key, images: np.ndarray) -> np.ndarray:
         x = _images("hflip", images)
-        flip = random.generator(key).random(x.shape[0]) < p
+        flip = np.less(random.generator(key).random(x.shape[0]), p)
         return np.where(flip[:, None, None, None], x[..., ::-1], x)  # (a new array)
 
     return apply
