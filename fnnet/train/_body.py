@@ -165,8 +165,7 @@ def _body(
         for bits, marker in views:
             bits.fill(marker)
     # a shard's key: the step's for a whole batch, else folded with the shard's index in the cut
-    keys = [None if key is None or plan.count == 1 else random.fold_in(key, s.position) for s in shards]
-    keys = [key] * len(shards) if plan.count == 1 else keys
+    keys = [key if key is None or plan.count == 1 else random.fold_in(key, s.position) for s in shards]
     if plan.group is not None:  # shards that meet (batch norm): each on a carrier of the group's
         parts = plan.group.run([functools.partial(_pass, plan, s, state, x, labels, k) for s, k in zip(shards, keys)])
     elif pool is None or len(shards) == 1:
