@@ -1,4 +1,4 @@
-"""nox sessions: tests (compiled kernels), tests_numpy, build, lint, docs, distributed, sweep, mnist, bench.
+"""nox sessions: tests (compiled kernels), tests_numpy, build, lint, docs, distributed, sweep, interop, mnist, bench.
 
 Every session builds fnnet into a fresh virtualenv the way a user would (`pip install .`),
 so the compiled kernels are the ones under test.
@@ -121,6 +121,20 @@ def sweep(session: nox.Session) -> None:
     session.install(".[test,tune]")
     env = _env(FNNET_REQUIRE_RAY="1", RAY_USAGE_STATS_ENABLED="0")
     session.run("pytest", *(session.posargs or ["-q", "-rs", "tests/test_sweep.py"]), env=env)
+
+
+INTEROP = ["safetensors==0.8.0", "torch==2.13.0"]  # the peers the interop tests check fnnet's files against
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """Models out and weights in: onnx and onnxruntime (the extra fnnet[onnx]), safetensors
+    and torch (CPU) in this session only, then the tests of the ONNX export, of safetensors
+    files in safetensors.numpy and .torch, of PyTorch state dicts, and docs/interop.md's
+    examples, every one required to run (none may skip)."""
+    session.install(".[test,onnx]", *INTEROP)
+    env = _env(FNNET_REQUIRE_INTEROP="1")
+    session.run("pytest", *(session.posargs or ["-q", "-rs", "-m", "interop"]), env=env)
 
 
 @nox.session

@@ -2,7 +2,8 @@
 
 Params are immutable pytrees; every layer is a pair of pure functions; ``serial``
 composes layers; ``train_step`` folds model, loss and optimizer into one pure step,
-and ``jit`` specialises it.
+and ``jit`` specialises it. Models leave as ONNX (``export``), weights move as
+safetensors (``checkpoint``) and PyTorch state dicts (``pytorch``).
 """
 
 from . import (
@@ -10,12 +11,14 @@ from . import (
     data,
     distributed,
     experiment,
+    export,
     init,
     kernels,
     layers,
     losses,
     metrics,
     optim,
+    pytorch,
     random,
     runtime,
     threads,
@@ -81,6 +84,7 @@ __all__ = [
     "dense",
     "distributed",
     "experiment",
+    "export",
     "dropout",
     "flatten",
     "freeze",
@@ -99,6 +103,7 @@ __all__ = [
     "optim",
     "param_count",
     "predict",
+    "pytorch",
     "random",
     "relu",
     "reshape",

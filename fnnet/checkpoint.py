@@ -1,9 +1,14 @@
-"""Safe checkpoints of any pytree of arrays: ``.npz`` plus JSON structure, no pickle.
+"""Safe checkpoints of any pytree of arrays, ``.npz`` or ``.safetensors``, no pickle.
 
-The file is a numpy ``.npz`` holding one entry per leaf (``leaf_0``, ``leaf_1``, ...) and
-a ``__header__`` entry: UTF-8 JSON with the tree structure, user metadata, the sha256
-of the structure and every leaf's dtype, shape and bytes (:func:`digest`), and a sha256
-of the header itself, so that the metadata (a step count, a config) is covered too.
+A ``.npz`` holds one entry per leaf (``leaf_0``, ``leaf_1``, ...) and a ``__header__``
+entry: UTF-8 JSON with the tree structure, user metadata, the sha256 of the structure
+and every leaf's dtype, shape and bytes (:func:`digest`), and a sha256 of the header
+itself, so that the metadata (a step count, a config) is covered too. A
+``.safetensors`` file (the path's suffix decides) holds the same: one tensor per leaf,
+named by its path (``conv2d_0.w``), and the same header's fields as its string
+metadata; it loads in ``safetensors.numpy`` and ``safetensors.torch`` too.
+:func:`read_tensors` and :func:`write_tensors` read and write any safetensors file as
+a flat ``name -> array`` mapping (a PyTorch state dict: :mod:`fnnet.pytorch`).
 :func:`save` writes to a temporary file in the same folder, flushes it to disk and
 renames it over the target, so a crash or a full disk never destroys the previous
 checkpoint; temporary files that a killed save left behind are removed by the next
@@ -21,15 +26,17 @@ import pathlib
 import re
 import secrets
 import zipfile
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from . import _safetensors
 from ._errors import DataError, InvalidTypeError, InvalidValueError
 from .tree import TreeDef, check_like, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 from .typing import PyTree
 
-__all__ = ["save", "load", "digest"]
+__all__ = ["atomic_write", "digest", "load", "read_tensors", "save", "write_tensors"]
 
 FORMAT = "fnnet-checkpoint-2"  # 1: the header's own sha256 did not exist (metadata not covered)
 _KINDS = ("dict", "tuple", "list")
@@ -130,7 +137,9 @@ def _remove_stale_tmp(path: pathlib.Path) -> list[pathlib.Path]:
 
 def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) -> str:
     """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically; returns the
-    sha256 of the tree (:func:`digest`)."""
+    sha256 of the tree (:func:`digest`). A path ending in ``.safetensors`` is written as
+    safetensors (tensors named by their paths, ``conv2d_0.w``; the structure, metadata
+    and digests in its header's metadata), any other as ``.npz``."""
     path = pathlib.Path(path)
     leaves = _leaves(tree)
     structure = json.dumps(_treedef_to_json(tree_structure(tree)))
@@ -140,16 +149,82 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) ->
         header["header_sha256"] = _header_sha256(header)
     except (TypeError, ValueError) as exc:
         raise InvalidTypeError(f"checkpoint: metadata must be JSON-able ({exc})") from None
+    if _is_safetensors(path):
+        tensors = dict(zip(_names(tree_structure(tree), path), leaves))
+        strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in header.items()}
+        write_tensors(path, tensors, strings)
+        return sha
     arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # (the stub fears allow_pickle)
+    return sha
+
+
+def _is_safetensors(path: pathlib.Path) -> bool:
+    return path.suffix.lower() == ".safetensors"
+
+
+def _names(treedef: TreeDef, path: pathlib.Path) -> list[str]:
+    """The leaves' tensor names in a safetensors file: their paths joined by dots."""
+    names = [".".join(map(str, p)) or "<root>"
+             for p, _ in tree_leaves_with_path(tree_unflatten(treedef, [0] * treedef.num_leaves))]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise InvalidValueError(f"{path}: two leaves would both be named {twice!r} in safetensors (keys with dots?): "
+                                "save this tree as .npz")
+    return names
+
+
+def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+                  ) -> None:
+    """Write named arrays (a flat ``name -> array`` mapping, such as a PyTorch state dict
+    from :func:`fnnet.pytorch.to_state_dict`) and string ``metadata`` as the safetensors
+    file ``path``, atomically."""
+    path = pathlib.Path(path)
+    arrays = {}
+    for name, a in tensors.items():
+        if not isinstance(name, str):
+            raise InvalidTypeError(f"{path}: tensor names must be strings, got {name!r}")
+        arrays[name] = np.asarray(a)
+    meta = dict(metadata or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise InvalidTypeError(f"{path}: safetensors metadata maps strings to strings")
+
+    def write(f: BinaryIO) -> None:
+        try:
+            _safetensors.encode(f, arrays, meta)
+        except ValueError as exc:
+            raise InvalidTypeError(f"{path}: {exc}") from None
+
+    atomic_write(path, write)
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``(tensors, metadata)`` of any safetensors file (fnnet's, PyTorch's, ...): its named
+    arrays (read-only) and its header's string metadata. A missing, truncated or
+    malformed file is a :class:`~fnnet.DataError` naming it."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return _safetensors.decode(path.read_bytes())
+    except (OSError, ValueError, TypeError, RecursionError, MemoryError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: truncated, malformed or corrupt safetensors file ({exc})") from None
+
+
+def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(f)`` to a temporary file beside ``path``, flushed to disk, then renamed over
+    ``path``: a crash or a full disk never leaves a half-written ``path``, and the old file
+    stays whole until the rename. Temporary files of earlier writes whose process died are
+    removed afterwards."""
     if path.is_dir():
-        raise InvalidValueError(f"{path}: is a folder, not a checkpoint file")
+        raise InvalidValueError(f"{path}: is a folder, not a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     # the pid in the name lets a later save tell a dead save's leftovers from a running one's
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "xb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # (the stub fears a key named allow_pickle)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -157,7 +232,6 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) ->
         if os.path.exists(tmp):
             os.unlink(tmp)
     _remove_stale_tmp(path)
-    return sha
 
 
 def _read_leaf(z: zipfile.ZipFile, name: str, path: pathlib.Path, budget: int) -> np.ndarray:
@@ -186,46 +260,82 @@ def _read_leaf(z: zipfile.ZipFile, name: str, path: pathlib.Path, budget: int) -
 
 
 def load(path: str | os.PathLike, like: PyTree = None) -> tuple[PyTree, dict]:
-    """``(tree, metadata)`` from a checkpoint written by :func:`save`.
+    """``(tree, metadata)`` from a checkpoint written by :func:`save` (``.npz`` or
+    ``.safetensors``, by the suffix).
 
     The tree is frozen (FrozenDict/tuple containers, read-only leaves). Raises
     :class:`DataError` naming the file for a missing, truncated, malformed or tampered
     file (leaves or metadata), and :class:`~fnnet.TreeMismatchError` if ``like`` is given and
-    the structure, a shape or a dtype differs (the message names the path).
+    the structure, a shape or a dtype differs (the message names the path). Nothing is
+    returned unless all of it checks.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        with zipfile.ZipFile(path) as z:
-            budget = path.stat().st_size
-            header = json.loads(bytes(_read_leaf(z, "__header__", path, budget)).decode())
-            if not isinstance(header, dict):
-                raise InvalidValueError("the header is not a JSON object")
-            if header.get("format") == "fnnet-checkpoint-1":
-                raise DataError(
-                    f"{path}: written by an earlier fnnet (format fnnet-checkpoint-1, whose digest does not cover its "
-                    "metadata): it cannot be loaded; start that run again"
-                )
-            if header.get("format") != FORMAT:
-                raise DataError(f"{path}: not an fnnet checkpoint of format {FORMAT} (format {header.get('format')!r})")
-            if not (isinstance(header.get("structure"), str) and isinstance(header.get("metadata"), dict)
-                    and isinstance(header.get("sha256"), str) and isinstance(header.get("header_sha256"), str)):
-                raise InvalidValueError("the header lacks structure, metadata or digests")
-            if _header_sha256(header) != header["header_sha256"]:
-                raise DataError(f"{path}: sha256 mismatch in the header, its metadata was modified or damaged")
-            treedef = _treedef_from_json(json.loads(header["structure"]))
-            leaves = [_read_leaf(z, f"leaf_{i}", path, budget) for i in range(treedef.num_leaves)]
-            if len(z.namelist()) != treedef.num_leaves + 1:
-                raise InvalidValueError(f"{len(z.namelist())} entries for {treedef.num_leaves} leaves")
-    except DataError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError, EOFError, RecursionError, MemoryError, UnicodeDecodeError,
-            zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    treedef, header, leaves = (_load_safetensors if _is_safetensors(path) else _load_npz)(path)
     if _digest(header["structure"], leaves) != header["sha256"]:
         raise DataError(f"{path}: sha256 mismatch, the checkpoint was modified or damaged")
     tree = tree_unflatten(treedef, leaves)
     if like is not None:
         check_like(tree, like, f"{path}: the checkpoint does not match the expected tree")
     return freeze(tree), header["metadata"]
+
+
+_MALFORMED = (OSError, ValueError, TypeError, KeyError, EOFError, RecursionError, MemoryError, UnicodeDecodeError,
+              zipfile.BadZipFile)
+
+
+def _checked_header(header: Any, path: pathlib.Path) -> TreeDef:
+    """The tree structure of a checkpoint's header, after checking its format and digest."""
+    if not isinstance(header, dict):
+        raise InvalidValueError("the header is not a JSON object")
+    if header.get("format") == "fnnet-checkpoint-1":
+        raise DataError(
+            f"{path}: written by an earlier fnnet (format fnnet-checkpoint-1, whose digest does not cover its "
+            "metadata): it cannot be loaded; start that run again"
+        )
+    if header.get("format") != FORMAT:
+        raise DataError(f"{path}: not an fnnet checkpoint of format {FORMAT} (format {header.get('format')!r})")
+    if not (isinstance(header.get("structure"), str) and isinstance(header.get("metadata"), dict)
+            and isinstance(header.get("sha256"), str) and isinstance(header.get("header_sha256"), str)):
+        raise InvalidValueError("the header lacks structure, metadata or digests")
+    if _header_sha256(header) != header["header_sha256"]:
+        raise DataError(f"{path}: sha256 mismatch in the header, its metadata was modified or damaged")
+    return _treedef_from_json(json.loads(header["structure"]))
+
+
+def _load_npz(path: pathlib.Path) -> tuple[TreeDef, dict, list[np.ndarray]]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            budget = path.stat().st_size
+            header = json.loads(bytes(_read_leaf(z, "__header__", path, budget)).decode())
+            treedef = _checked_header(header, path)
+            leaves = [_read_leaf(z, f"leaf_{i}", path, budget) for i in range(treedef.num_leaves)]
+            if len(z.namelist()) != treedef.num_leaves + 1:
+                raise InvalidValueError(f"{len(z.namelist())} entries for {treedef.num_leaves} leaves")
+    except DataError:
+        raise
+    except _MALFORMED as exc:
+        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    return treedef, header, leaves
+
+
+def _load_safetensors(path: pathlib.Path) -> tuple[TreeDef, dict, list[np.ndarray]]:
+    tensors, strings = read_tensors(path)
+    if "format" not in strings:
+        raise DataError(f"{path}: a safetensors file without fnnet's structure (not written by fnnet.checkpoint."
+                        "save): read its tensors with fnnet.checkpoint.read_tensors")
+    try:
+        header: dict[str, Any] = dict(strings)
+        header["metadata"] = json.loads(strings.get("metadata", "null"))
+        treedef = _checked_header(header, path)
+        names = _names(treedef, path)
+        if set(names) != set(tensors):
+            extra, missing = sorted(set(tensors) - set(names)), sorted(set(names) - set(tensors))
+            raise InvalidValueError(f"its tensors {extra} are not in its structure, {missing} are missing")
+        leaves = [tensors[n] for n in names]
+    except DataError:
+        raise
+    except _MALFORMED as exc:
+        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    return treedef, header, leaves

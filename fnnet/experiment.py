@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import pathlib
 import signal
 import sys
@@ -73,11 +72,9 @@ def number(kind: type[int] | type[float], low: float, low_open: bool = False) ->
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename: a kill leaves the old or the new file
-    (and a temporary file of a fixed name, which the next write reuses)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``text`` in one rename (:func:`fnnet.checkpoint.atomic_write`):
+    a kill leaves the old or the new file."""
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _config_diff(old: object, new: dict) -> str:

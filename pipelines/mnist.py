@@ -50,13 +50,14 @@ import fnnet as fn
 from fnnet import data, optim, random
 from fnnet.experiment import Divergence, FlagError, Ranks, RunFolder, evaluate, exit_status, save_plots
 
-OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json", "learning_curves.png", "predictions.png")
+OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json", "learning_curves.png", "predictions.png", "model.onnx")
 
 
 def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, stop_after: int | None = None,
-        overwrite: bool = False, ranks: Ranks | None = None) -> dict:
+        overwrite: bool = False, ranks: Ranks | None = None, export: str | None = None) -> dict:
     """Train ``cfg`` on ``ds`` into ``out``; the run's summary. Raises DivergenceError
     if a step would make the params non-finite (the last checkpoint stays as it was).
+    ``export="onnx"`` also writes the trained model as ``model.onnx``.
     ``ranks``: the MPI processes that train together (``--distributed``): each runs whole
     shards of every global batch, with the bits of one process; rank 0 alone writes."""
     t_start = time.perf_counter()
@@ -179,12 +180,13 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
 
     t_train = time.perf_counter() - t_loop - t_eval
     return outputs(cfg, ds, folder, model, state, ranks, rows, dtype, shards,
-                   {"start": t_start, "before": elapsed_before, "train": t_train, "eval": t_eval})
+                   {"start": t_start, "before": elapsed_before, "train": t_train, "eval": t_eval}, export)
 
 
 def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, state: fn.TrainState, ranks: Ranks,
-            rows: list[dict], dtype: np.dtype, shards: int, seconds: dict) -> dict:
-    """The run's outputs: the test split read once, the summary (rank 0 writes it, and the plots)."""
+            rows: list[dict], dtype: np.dtype, shards: int, seconds: dict, export: str | None = None) -> dict:
+    """The run's outputs: the test split read once, the summary (rank 0 writes it, the plots and,
+    with ``export="onnx"``, the model as ``model.onnx``)."""
     t_end = time.perf_counter()
     test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks, state.model_state)
     val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks, state.model_state)
@@ -206,6 +208,10 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
     if not ranks.root:
         return summary
     summary["plots"] = save_plots(folder.path, rows, ds.test.x, ds.test.y, test["pred"], ds.classes)
+    if export == "onnx":  # what evaluations use, in float32 (onnxruntime has no float64 Conv)
+        fn.export.to_onnx(model, eval_params(cfg, state), (1, 28, 28), folder.path / "model.onnx",
+                          model_state=state.model_state, dtype=np.float32)
+        summary["onnx"] = "model.onnx"
     folder.write_json("summary.json", summary)
     print(f"test accuracy {test['accuracy']:.4f}  validation accuracy {val['accuracy']:.4f}  "
           f"params sha256 {summary['params_sha256'][:16]}...  {summary['wall_seconds']:.1f}s  -> {folder.path}")
@@ -243,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)
         cfg = make_config(args, ds)
         with ranks[0].blas_budget():
-            summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite, ranks=ranks[0])
+            summary = run(cfg, out, ds, args.resume, args.stop_after, overwrite=args.overwrite, ranks=ranks[0],
+                          export=args.export)
         return 3 if summary.get("diverged") else 0
 
     return exit_status(go, lambda: ranks[0], out / OUTPUTS[0])

@@ -9,6 +9,7 @@ it is written): the checkpoint records it, and ``--resume`` refuses another.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -100,8 +101,9 @@ def preset_for(name: str, dataset: str) -> Preset:
 
 
 # cnn: conv 16 => conv 32 => dense 128 (valid convs); cnn_wide: conv 32 => conv 64; ..._same: same padding;
-# ..._bn: batch norm after each conv
-MODELS = ("tutorial", "cnn", "cnn_wide", "cnn_same", "cnn_wide_same", "cnn_wide_bn")
+# ..._same1: same padding on the first conv only (the one that sees the frame's edges); ..._bn: batch norm
+# after each conv
+MODELS = ("tutorial", "cnn", "cnn_wide", "cnn_same", "cnn_wide_same", "cnn_wide_same1", "cnn_wide_bn")
 
 
 def _positive(inst: Any, attr: Any, value: Any) -> None:
@@ -138,11 +140,12 @@ def build_model(cfg: Config) -> fn.Layer:
             fn.dense(64, w_init=w, b_init=b), fn.relu(), fn.dense(10, w_init=w, b_init=b),
         )
     c1, c2 = (32, 64) if cfg.model.startswith("cnn_wide") else (16, 32)
-    pad = "same" if cfg.model.endswith("_same") else "valid"
+    pad1 = "same" if cfg.model.endswith(("_same", "_same1")) else "valid"
+    pad2 = "same" if cfg.model.endswith("_same") else "valid"
     norm = [fn.batch_norm()] if cfg.model.endswith("_bn") else []
     return fn.serial(
-        fn.conv2d(c1, 3, padding=pad), *norm, fn.relu(), fn.max_pool2d(2),
-        fn.conv2d(c2, 3, padding=pad), *norm, fn.relu(), fn.max_pool2d(2),
+        fn.conv2d(c1, 3, padding=pad1), *norm, fn.relu(), fn.max_pool2d(2),
+        fn.conv2d(c2, 3, padding=pad2), *norm, fn.relu(), fn.max_pool2d(2),
         fn.flatten(), fn.dense(128), fn.relu(), fn.dense(10),
     )
 
@@ -222,6 +225,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     again.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are deleted)")
     ap.add_argument("--stop-after", type=number(int, 1),
                     help="stop after this step, leaving a checkpoint (to resume later)")
+    ap.add_argument("--export", choices=("onnx",),
+                    help="also write the trained model as model.onnx in --out, in float32 (pip install 'fnnet[onnx]')")
     mpi = ap.add_argument_group("data-parallel training over MPI (pip install 'fnnet[distributed]' mpich)")
     mpi.add_argument("--distributed", action="store_true",
                      help="train on every rank of MPI_COMM_WORLD: each runs whole shards of every global batch, and "
@@ -238,6 +243,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     if args.deterministic_reduction:
         print("note: --deterministic-reduction does nothing now: the gradients are always summed in shard order, "
               "the same on any number of ranks (the flag will go)", file=sys.stderr)
+    if args.export == "onnx" and importlib.util.find_spec("onnx") is None:  # (before any training)
+        ap.error("--export onnx: needs onnx, which is not installed (pip install 'fnnet[onnx]')")
     if args.out is None:
         args.out = f"runs/{args.preset}-{args.dataset}-seed{args.seed}"
     return args

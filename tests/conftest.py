@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -51,3 +55,34 @@ def max_rel_err(a: np.ndarray, b: np.ndarray, floor: float = 1e-2) -> float:
 
 def expected_backend() -> str | None:
     return os.environ.get("FNNET_EXPECT_BACKEND")
+
+
+
+INTEROP = {"onnx": "fnnet[onnx]", "onnxruntime": "fnnet[onnx]", "safetensors": "safetensors", "torch": "torch"}
+
+
+def pytest_runtest_setup(item):
+    """A test marked ``interop`` needs onnx, onnxruntime, safetensors and torch: skipped, naming
+    what is missing and its extra, where they are not installed; a failure under
+    ``FNNET_REQUIRE_INTEROP=1`` (nox -s interop, where none may skip)."""
+    if item.get_closest_marker("interop") is None:
+        return
+    missing = [m for m in INTEROP if importlib.util.find_spec(m) is None]
+    if missing:
+        why = (f"needs {', '.join(missing)} (pip install {' '.join(sorted({repr(INTEROP[m]) for m in missing}))}; "
+               "nox -s interop runs these)")
+        if os.environ.get("FNNET_REQUIRE_INTEROP") == "1":
+            pytest.fail(f"FNNET_REQUIRE_INTEROP=1 but the test {why}")
+        pytest.skip(why)
+
+PIPELINES = pathlib.Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def pipeline_module(name: str):
+    """``pipelines/<name>.py`` imported as ``python pipelines/mnist.py`` has it: with its
+    folder on the path, where its ``recipes`` live (the path is restored afterwards)."""
+    sys.path.insert(0, str(PIPELINES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(PIPELINES))

@@ -1,7 +1,9 @@
-"""Checkpoints: bit-exact round trips, atomic writes, and clear errors for damaged files."""
+"""Checkpoints, .npz and .safetensors: bit-exact round trips, atomic writes, and clear errors
+for damaged files; safetensors files as the safetensors package reads them (nox -s interop)."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -13,15 +15,21 @@ from fnnet import checkpoint
 DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_, np.complex128]
 
 
-def sample_tree(rng):
-    leaves = {np.dtype(d).name: (rng.standard_normal((3, 2)) * 100).astype(d) for d in DTYPES}
-    return {"leaves": leaves, "scalar": np.array(7, np.int64), "empty": np.zeros((0, 4)), "nest": ({}, None)}
+FORMATS = ["npz", "safetensors"]
 
 
-def test_round_trip_is_bit_exact_for_every_dtype(tmp_path, rng):
-    tree = fn.freeze(sample_tree(rng))
-    sha = checkpoint.save(tmp_path / "c.npz", tree, {"step": 3, "note": "hi"})
-    back, meta = checkpoint.load(tmp_path / "c.npz", like=tree)
+def sample_tree(rng, fmt="npz"):
+    dtypes = [d for d in DTYPES if fmt == "npz" or d is not np.complex128]  # (safetensors has no complex)
+    leaves = {np.dtype(d).name: (rng.standard_normal((3, 2)) * 100).astype(d) for d in dtypes}
+    return {"leaves": leaves, "scalar": np.array(7, np.int64), "empty": np.zeros((0, 4)), "nest": ({}, None),
+            "list": [np.ones(2, np.float32), (np.arange(3),)]}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_is_bit_exact_for_every_dtype(tmp_path, rng, fmt):
+    tree = fn.freeze(sample_tree(rng, fmt))
+    sha = checkpoint.save(tmp_path / f"c.{fmt}", tree, {"step": 3, "note": "hi"})
+    back, meta = checkpoint.load(tmp_path / f"c.{fmt}", like=tree)
     assert meta == {"step": 3, "note": "hi"}
     assert fn.tree_structure(back) == fn.tree_structure(tree)
     for a, b in zip(fn.tree_leaves(back), fn.tree_leaves(tree)):
@@ -47,11 +55,13 @@ def test_the_file_holds_no_pickle(tmp_path, rng):
         assert all(z[k].dtype != object for k in z.files)
 
 
-def test_truncated_file_is_a_clear_error(tmp_path, rng):
-    p = tmp_path / "c.npz"
-    checkpoint.save(p, sample_tree(rng))
-    p.write_bytes(p.read_bytes()[:-100])
-    with pytest.raises(fn.DataError, match=r"c.npz: truncated, malformed or corrupt checkpoint"):
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("cut", [100, 1], ids=["100-bytes", "1-byte"])
+def test_truncated_file_is_a_clear_error(tmp_path, rng, fmt, cut):
+    p = tmp_path / f"c.{fmt}"
+    checkpoint.save(p, sample_tree(rng, fmt))
+    p.write_bytes(p.read_bytes()[:-cut])
+    with pytest.raises(fn.DataError, match=rf"c.{fmt}: truncated, malformed or corrupt"):
         checkpoint.load(p)
 
 
@@ -66,8 +76,9 @@ def test_tampered_leaf_fails_the_sha256(tmp_path):
         checkpoint.load(p)
 
 
-def test_structure_shape_and_dtype_mismatch_name_the_path(tmp_path):
-    p = tmp_path / "c.npz"
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_structure_shape_and_dtype_mismatch_name_the_path(tmp_path, fmt):
+    p = tmp_path / f"c.{fmt}"
     checkpoint.save(p, {"a": {"w": np.zeros(3)}, "b": np.zeros(2)})
     want = r"does not match the expected tree: at a expected a mapping with keys \[.v.\], got a mapping with keys"
     with pytest.raises(fn.TreeMismatchError, match=want):
@@ -109,3 +120,119 @@ def test_other_files_and_bad_leaves(tmp_path):
         checkpoint.save(tmp_path / "bad.npz", {"a": ("text",)})
     with pytest.raises(TypeError, match="mapping keys must be strings"):
         checkpoint.save(tmp_path / "bad.npz", {1: np.zeros(1)})
+
+
+# -- safetensors -----------------------------------------------------------------------------
+
+
+def _model_tree():
+    model = fn.serial(fn.conv2d(3, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(2))
+    params, _ = model.init(fn.random.key(0), (1, 5, 5))
+    return {"params": params, "model_state": model.init_state(params)}
+
+
+def _header(p):
+    n = int.from_bytes(p.read_bytes()[:8], "little")
+    return json.loads(p.read_bytes()[8:8 + n])
+
+
+def test_safetensors_names_tensors_by_their_paths_and_keeps_the_structure_in_its_metadata(tmp_path):
+    p = tmp_path / "m.safetensors"
+    sha = checkpoint.save(p, _model_tree(), {"step": 7})
+    header = _header(p)
+    meta = header.pop("__metadata__")
+    assert sorted(header) == ["model_state.batch_norm_1.mean", "model_state.batch_norm_1.var",
+                              "params.batch_norm_1.scale", "params.batch_norm_1.shift", "params.conv2d_0.b",
+                              "params.conv2d_0.w", "params.dense_4.b", "params.dense_4.w"]
+    assert header["params.conv2d_0.w"]["shape"] == [3, 1, 3, 3] and header["params.conv2d_0.w"]["dtype"] == "F32"
+    assert meta["sha256"] == sha and json.loads(meta["metadata"]) == {"step": 7}
+    assert json.loads(meta["structure"]) and meta["format"] == checkpoint.FORMAT
+    tensors, strings = checkpoint.read_tensors(p)
+    assert strings == meta and tensors["params.dense_4.w"].shape == (27, 2)
+
+
+@pytest.mark.parametrize("where", ["data", "metadata", "header"])
+def test_a_flipped_byte_in_a_safetensors_file_is_refused(tmp_path, where):
+    p = tmp_path / "m.safetensors"
+    checkpoint.save(p, _model_tree(), {"step": 7})
+    raw = bytearray(p.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    text = raw[8:8 + n].decode()
+    at = {"data": len(raw) - 5, "metadata": 8 + text.index('\\"step\\": 7') + 9,
+          "header": 8 + text.index("[3,1,3,3]") + 1}[where]
+    raw[at] ^= 0x04  # (a digit 7 -> 3, a 3 -> 7: still well-formed JSON)
+    p.write_bytes(bytes(raw))
+    with pytest.raises(fn.DataError, match=r"m.safetensors: .*(sha256 mismatch|does not fit|malformed)"):
+        checkpoint.load(p)
+
+
+def test_a_safetensors_file_of_another_structure_or_writer_is_refused(tmp_path):
+    p = tmp_path / "m.safetensors"
+    tree = _model_tree()
+    checkpoint.save(p, tree)
+    other = {"params": tree["params"], "model_state": {}}
+    with pytest.raises(fn.TreeMismatchError, match="m.safetensors: the checkpoint does not match"):
+        checkpoint.load(p, like=other)
+    checkpoint.write_tensors(tmp_path / "plain.safetensors", {"w": np.zeros(2, np.float32)})
+    with pytest.raises(fn.DataError, match="without fnnet's structure.*read_tensors"):
+        checkpoint.load(tmp_path / "plain.safetensors")
+    with pytest.raises(fn.DataError, match="no such file"):
+        checkpoint.read_tensors(tmp_path / "missing.safetensors")
+
+
+def test_what_safetensors_cannot_hold_is_refused_before_a_file_is_written(tmp_path):
+    p = tmp_path / "m.safetensors"
+    checkpoint.save(p, {"w": np.ones(2)})
+    before = p.read_bytes()
+    with pytest.raises(fn.InvalidTypeError, match=r"m.safetensors: tensor 'z' is complex128"):
+        checkpoint.save(p, {"w": np.ones(2), "z": np.ones(2, np.complex128)})
+    with pytest.raises(fn.InvalidValueError, match=r"two leaves would both be named 'a.b'"):
+        checkpoint.save(p, {"a": {"b": np.ones(1)}, "a.b": np.ones(1)})
+    with pytest.raises(fn.InvalidTypeError, match="metadata maps strings to strings"):
+        checkpoint.write_tensors(p, {"w": np.ones(1)}, {"step": 3})
+    assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_crafted_safetensors_headers_are_errors_not_allocations(tmp_path):
+    p = tmp_path / "m.safetensors"
+
+    def craft(header: dict, data: bytes = b"") -> None:
+        raw = json.dumps(header).encode()
+        p.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+    cases = [
+        ({"w": {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 8]}}, b"\0" * 8, "does not fit"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+          "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "a gap or an overlap"),
+        ({"w": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "a bad entry"),
+        ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9, "5 bytes after the last tensor"),
+    ]
+    for header, data, match in cases:
+        craft(header, data)
+        with pytest.raises(fn.DataError, match=match):
+            checkpoint.read_tensors(p)
+    p.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(fn.DataError, match="a header of 1099511627776 bytes"):
+        checkpoint.read_tensors(p)
+
+
+@pytest.mark.interop
+def test_a_safetensors_file_fnnet_writes_loads_in_safetensors_numpy_and_torch(tmp_path, rng):
+    import safetensors.numpy as st_numpy
+    import safetensors.torch as st_torch
+
+    tree = fn.freeze(sample_tree(rng, "safetensors"))
+    p = tmp_path / "c.safetensors"
+    checkpoint.save(p, tree, {"step": 3})
+    leaves = {".".join(map(str, path)) or "<root>": leaf for path, leaf in fn.tree.tree_leaves_with_path(tree)}
+    numpy_side, torch_side = st_numpy.load_file(p), st_torch.load_file(p)
+    assert sorted(numpy_side) == sorted(torch_side) == sorted(leaves)
+    for name, leaf in leaves.items():
+        assert numpy_side[name].dtype == leaf.dtype and numpy_side[name].tobytes() == leaf.tobytes(), name
+        if leaf.dtype != np.uint64 or leaf.size == 0:  # (torch reads U64; its .numpy() may not)
+            t = torch_side[name].numpy()
+            assert t.shape == leaf.shape and t.tobytes() == leaf.tobytes(), name
+    st_numpy.save_file({"a": np.arange(6, dtype=np.float32).reshape(2, 3)}, tmp_path / "theirs.safetensors",
+                       metadata={"by": "them"})
+    tensors, meta = checkpoint.read_tensors(tmp_path / "theirs.safetensors")
+    assert meta == {"by": "them"} and tensors["a"].tolist() == [[0, 1, 2], [3, 4, 5]]

@@ -23,6 +23,7 @@ import time
 import mpi_worker as w
 import numpy as np
 import pytest
+from conftest import pipeline_module
 from test_pipeline_mnist import REAL, SCRIPT
 
 import fnnet as fn
@@ -157,11 +158,7 @@ def test_bad_arguments_are_named(call, message):
 
 
 def test_pipeline_distributed_without_mpi4py_says_what_to_install(monkeypatch, tmp_path, capsys):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import mnist
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    mnist = pipeline_module("mnist")
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
     assert mnist.main(["--distributed", "--out", str(tmp_path / "o")]) == 2
     assert "--distributed needs mpi4py and an MPI" in capsys.readouterr().err

@@ -12,10 +12,10 @@ import sys
 import pytest
 
 import fnnet
-from fnnet import checkpoint, data, init, kernels, losses, optim, random, tree
+from fnnet import checkpoint, data, export, init, kernels, losses, optim, pytorch, random, tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODULES = [fnnet, checkpoint, data, init, kernels, losses, optim, random, tree]
+MODULES = [fnnet, checkpoint, data, export, init, kernels, losses, optim, pytorch, random, tree]
 
 
 def _public():
@@ -85,3 +85,17 @@ def test_the_promise_is_one_table_and_every_row_names_tests_that_exist():
             assert f"\ndef {name}(" in (ROOT / "tests" / f"{module}.py").read_text(), (module, name)
         for name in re.findall(r"`(test_\w+)` \(", row):
             assert any(f"\ndef {name}(" in f.read_text() for f in (ROOT / "tests").glob("test_*.py")), name
+
+
+@pytest.mark.interop
+def test_the_interop_page_runs_as_written(tmp_path, monkeypatch):
+    """docs/interop.md's Python blocks, in order, in one namespace (a fresh folder)."""
+    monkeypatch.chdir(tmp_path)
+    page = (ROOT / "docs" / "interop.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) == 5
+    namespace: dict = {"__name__": "__docs__"}
+    for block in blocks:
+        exec(compile(block, "docs/interop.md", "exec"), namespace)
+    assert {p.name for p in tmp_path.iterdir()} == {"model.onnx", "torch_weights.safetensors",
+                                                     "fnnet_weights.safetensors", "run.safetensors"}

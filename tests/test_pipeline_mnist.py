@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import pipeline_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "pipelines" / "mnist.py"
@@ -261,11 +262,7 @@ def test_an_augmented_run_is_reproducible_and_resumes_to_the_same_bits(tmp_path)
 
 
 def test_best_differs_by_dataset_only_as_its_table_says():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import recipes
-    finally:
-        sys.path.pop(0)
+    recipes = pipeline_module("recipes")
     assert recipes.preset_for("best", "mnist") == recipes.PRESETS["best"]  # (digits: the preset as written)
     fashion = recipes.preset_for("best", "fashion-mnist")
     for field, value in recipes.BEST_BY_DATASET["fashion-mnist"].items():
@@ -276,18 +273,13 @@ def test_best_differs_by_dataset_only_as_its_table_says():
         assert recipes.preset_for(name, "fashion-mnist") == recipes.PRESETS[name]
 
 
-@pytest.mark.parametrize("name", ["tutorial", "cnn", "cnn_wide", "cnn_same", "cnn_wide_same", "cnn_wide_bn"])
+@pytest.mark.parametrize("name", pipeline_module("recipes").MODELS)
 def test_every_model_of_the_recipes_maps_images_to_ten_logits(name):
     import numpy as np
 
     import fnnet as fn
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import recipes
-    finally:
-        sys.path.pop(0)
-    assert name in recipes.MODELS
+    recipes = pipeline_module("recipes")
     split = fn.data.Split(np.zeros((64, 1, 28, 28), np.float32), np.arange(64) % 10)
     ds = fn.data.Dataset("fashion-mnist", split, split, split, tuple("0123456789"), "fake")
     model = recipes.build_model(recipes.make_config(recipes.parse_args(["--model", name, "--steps", "1"]), ds))
@@ -314,3 +306,42 @@ def test_a_batch_norm_model_resumes_to_the_params_and_statistics_of_an_unstopped
     assert fn.checkpoint.digest(full["model_state"]) == fn.checkpoint.digest(cut["model_state"])
     assert summary(tmp_path / "cut")["params_sha256"] == summary(tmp_path / "full")["params_sha256"]
     assert summary(tmp_path / "cut")["val_accuracy"] == summary(tmp_path / "full")["val_accuracy"]
+
+
+@REAL
+@pytest.mark.interop
+def test_export_onnx_writes_the_trained_model_that_onnxruntime_runs_as_fnnet_does(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    import fnnet as fn
+
+    run(tmp_path, *SMALL, "--export", "onnx")
+    s = summary(tmp_path)
+    assert s["onnx"] == "model.onnx"
+    saved, _ = fn.checkpoint.load(tmp_path / "checkpoint.npz")
+    recipes = pipeline_module("recipes")
+    model = recipes.build_model(recipes.Config(**{**s["config"], "regularization": recipes.Regularization(
+        **s["config"]["regularization"])}))
+    x = fn.data.load("mnist").test.x[:200]
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x})[0]
+    assert np.max(np.abs(got - fn.predict(model, saved["params"], x))) <= 1e-5
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert meta["params_sha256"] == s["params_sha256"]
+    again = run(tmp_path, *SMALL, "--export", "onnx", check=False)  # (a second run keeps the first's files)
+    assert again.returncode == 2 and "holds a run" in again.stderr
+
+
+def test_export_onnx_without_onnx_says_what_to_install_before_any_work(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    recipes = pipeline_module("recipes")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        recipes.parse_args(["--export", "onnx", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert "--export onnx: needs onnx, which is not installed (pip install 'fnnet[onnx]')" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

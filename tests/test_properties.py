@@ -17,6 +17,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import pipeline_module
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -297,13 +298,7 @@ TEXT = st.one_of(st.sampled_from(["0", "-1", "1e400", "nan", "inf", "-inf", "1.5
 def test_pipeline_flags_are_taken_or_refused_naming_the_flag(flag, text):
     """What a flag is given: a config, or exit status 2 / a FlagError naming the flag
     (before any data is read or any file written: parsing and the config alone)."""
-    import sys as _sys
-
-    _sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "pipelines"))
-    try:
-        import recipes
-    finally:
-        _sys.path.pop(0)
+    recipes = pipeline_module("recipes")
     rng = np.random.default_rng(0)
     split = data.Split(rng.random((256, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 256))
     ds = data.Dataset("mnist", split, split, split, tuple("0123456789"), "fake")

@@ -6,11 +6,26 @@ runner (``prepare``, ``run``, ``run_backward``) live in ``_layer.py``; the combi
 sub-layers through that runner. For writing layers: ``elementwise`` makes a layer without params from two
 array functions, and ``check_params`` is the params check the built-in layers use.
 ``Fusion`` tags, ``with_bias`` and ``normalized`` are how the built-in layers take part in fusion
-(``_fuse.py``, whose ``RULES`` pick the fused runs of ``serial``).
+(``_fuse.py``, whose ``RULES`` pick the fused runs of ``serial``). ``OnnxFn`` is the
+optional ONNX mapping a layer carries (``fnnet.export``), ``onnx_op`` the mapping of a
+layer that is one ONNX operator.
 """
 
 from ._checks import check_params
-from ._layer import BackwardFn, BuffersFn, CheckFn, ForwardFn, Fusion, InitFn, Layer, Sig, normalized, with_bias
+from ._layer import (
+    BackwardFn,
+    BuffersFn,
+    CheckFn,
+    ForwardFn,
+    Fusion,
+    InitFn,
+    Layer,
+    OnnxFn,
+    Sig,
+    normalized,
+    onnx_op,
+    with_bias,
+)
 from .activations import elementwise, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from .combinators import residual, serial, summary
 from .conv import conv2d
@@ -28,6 +43,7 @@ __all__ = [
     "Fusion",
     "InitFn",
     "Layer",
+    "OnnxFn",
     "Sig",
     "avg_pool2d",
     "batch_norm",
@@ -43,6 +59,7 @@ __all__ = [
     "log_softmax",
     "max_pool2d",
     "normalized",
+    "onnx_op",
     "relu",
     "reshape",
     "residual",

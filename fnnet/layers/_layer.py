@@ -10,6 +10,11 @@ A layer author writes four functions and, for speed, one optional hook:
   write into, made once per input signature ``sig`` (a :class:`Sig`). Without it,
   ``forward`` gets ``sig`` itself as ``buf``.
 
+and, to leave fnnet as an ONNX model (:func:`fnnet.export.to_onnx`), one optional mapping:
+
+* ``onnx(graph, params, state, x, input_shape) -> y``: the ONNX nodes of its eval-mode
+  forward pass (an :class:`OnnxFn`).
+
 The built-in ``conv2d``, ``dense``, ``batch_norm``, ``relu`` and ``max_pool2d`` also
 carry a :class:`Fusion` tag, which lets ``serial`` run ``conv2d|dense|batch_norm ->
 relu [-> max_pool2d]`` as one fused pass (the rules: ``fnnet/layers/_fuse.py``); a
@@ -46,9 +51,9 @@ from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path,
 from ..typing import Array, DTypeLike, Params, PyTree, Shape
 from ._checks import as_batch, check_init_dtype
 
-__all__ = ["BackwardFn", "BuffersFn", "Chain", "CheckFn", "ForwardFn", "Fusion", "InitFn", "Layer", "Sig", "Site",
-           "normalized", "prepare", "prepare_checked", "run", "run_backward", "run_chain", "run_chain_backward",
-           "with_bias"]
+__all__ = ["BackwardFn", "BuffersFn", "Chain", "CheckFn", "ForwardFn", "Fusion", "InitFn", "Layer", "OnnxFn", "Sig",
+           "Site", "normalized", "onnx_op", "prepare", "prepare_checked", "run", "run_backward", "run_chain",
+           "run_chain_backward", "with_bias"]
 
 
 class InitFn(Protocol):
@@ -79,6 +84,26 @@ class BuffersFn(Protocol):
     """The optional hook: the arrays ``forward`` and ``backward`` write into for ``sig``."""
 
     def __call__(self, params: Params, sig: Sig, /) -> Any: ...
+
+
+class OnnxFn(Protocol):
+    """A layer's ONNX mapping: the nodes that compute its eval-mode output (dropout off,
+    batch norm on its running statistics) from the value named ``x``, whose per-sample
+    shape is ``input_shape``. It adds them to ``graph`` (a :class:`fnnet.export.Graph`:
+    ``graph.op(op_type, *inputs, **attributes)`` adds a node and returns its output's
+    name, ``graph.param(name, array)`` adds the layer's params and state as named
+    initializers) and returns the name of its output."""
+
+    def __call__(self, graph: Any, params: Params, state: PyTree, x: str, input_shape: Shape, /) -> str: ...
+
+
+def onnx_op(op_type: str, **attributes: Any) -> OnnxFn:
+    """The mapping of a layer that is one ONNX operator on its input (``Relu``...)."""
+
+    def mapping(graph: Any, params: Params, state: PyTree, x: str, input_shape: Shape) -> str:
+        return graph.op(op_type, x, **attributes)
+
+    return mapping
 
 
 @attrs.frozen
@@ -219,7 +244,9 @@ class Layer:
     ``state=`` and returns ``(y, cache, new_state)``; a random layer (dropout) sets
     ``stochastic=True``, and its ``forward`` takes ``key=`` (None in eval mode).
     Combinators list their sub-layers as ``children`` (``((key, layer), ...)``); the
-    built-in layers that fusion knows carry a :class:`Fusion` as ``fusion``. A
+    built-in layers that fusion knows carry a :class:`Fusion` as ``fusion``; a layer
+    that can leave as ONNX (every built-in one) carries its mapping as ``onnx`` (an
+    :class:`OnnxFn`; :func:`fnnet.export.to_onnx` names a layer without one). A
     layer with state whose statistics are the batch's sets ``shard_sums=True`` when its
     passes combine the shards' partial sums through ``sig.group`` (batch norm; a
     combinator, when all its layers are :attr:`cuttable`): a batch is cut into shards
@@ -249,6 +276,7 @@ class Layer:
     shard_sums: bool = False
     fusion: Fusion | None = attrs.field(default=None, validator=attrs.validators.optional(instance_of(Fusion)),
                                         repr=False)
+    onnx: OnnxFn | None = attrs.field(default=None, validator=attrs.validators.optional(is_callable), repr=False)
     stateful: bool = attrs.field(init=False)  # whether forward takes and returns ``state`` (derived)
 
     def __attrs_post_init__(self) -> None:

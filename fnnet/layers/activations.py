@@ -13,7 +13,7 @@ from .._errors import InvalidValueError, as_float
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import without_params
-from ._layer import Fusion, Layer, Sig
+from ._layer import Fusion, Layer, OnnxFn, Sig, onnx_op
 
 
 def elementwise(
@@ -22,12 +22,15 @@ def elementwise(
     bwd: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     *,
     grad_from_input: bool = False,
+    onnx: OnnxFn | None = None,
 ) -> Layer:
     """A layer without params that keeps the shape of its input, as stax's ``elementwise``.
 
     ``fwd(x, out) -> y`` and ``bwd(y, dy, out) -> dx``, or ``bwd(x, dy, out)`` with
     ``grad_from_input=True``: ``out`` is a buffer of the input's shape and dtype that the
-    function may write into and return (jit reuses it from step to step).
+    function may write into and return (jit reuses it from step to step). ``onnx``: its
+    ONNX mapping, if it is to leave fnnet (:class:`~fnnet.layers.OnnxFn`; one operator:
+    ``onnx_op("Elu", alpha=1.0)``).
     """
 
     init, check = without_params(name)
@@ -43,12 +46,13 @@ def elementwise(
         saved, dx = cache
         return EMPTY, None if dx is None else bwd(saved, dy, dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers)
+    return Layer(name, init, forward, backward, check, buffers=buffers, onnx=onnx)
 
 
 def relu() -> Layer:
     """max(x, 0); the gradient at 0 is 0."""
-    return attrs.evolve(elementwise("relu", kernels.relu_forward, kernels.relu_backward), fusion=Fusion("relu"))
+    return attrs.evolve(elementwise("relu", kernels.relu_forward, kernels.relu_backward, onnx=onnx_op("Relu")),
+                        fusion=Fusion("relu"))
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
@@ -58,7 +62,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
         raise InvalidValueError(f"leaky_relu: negative_slope must be finite, got {negative_slope!r}")
     return elementwise(
         "leaky_relu", lambda x, out: np.where(x > 0, x, a * x), lambda x, dy, out: np.where(x > 0, dy, a * dy),
-        grad_from_input=True,
+        grad_from_input=True, onnx=onnx_op("LeakyRelu", alpha=a),
     )
 
 
@@ -70,7 +74,7 @@ def tanh() -> Layer:
         np.subtract(1, out, out=out)
         return np.multiply(dy, out, out=out)
 
-    return elementwise("tanh", lambda x, out: np.tanh(x, out=out), bwd)
+    return elementwise("tanh", lambda x, out: np.tanh(x, out=out), bwd, onnx=onnx_op("Tanh"))
 
 
 def sigmoid() -> Layer:
@@ -80,7 +84,8 @@ def sigmoid() -> Layer:
         e = np.exp(-np.abs(x))
         return np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
 
-    return elementwise("sigmoid", fwd, lambda y, dy, out: np.multiply(dy, y * (1 - y), out=out))
+    return elementwise("sigmoid", fwd, lambda y, dy, out: np.multiply(dy, y * (1 - y), out=out),
+                       onnx=onnx_op("Sigmoid"))
 
 
 def softmax() -> Layer:
@@ -93,7 +98,7 @@ def softmax() -> Layer:
     def bwd(y: Array, dy: Array, out: Array) -> Array:
         return np.multiply(y, dy - np.sum(dy * y, axis=-1, keepdims=True), out=out)
 
-    return elementwise("softmax", fwd, bwd)
+    return elementwise("softmax", fwd, bwd, onnx=onnx_op("Softmax", axis=-1))
 
 
 def log_softmax() -> Layer:
@@ -106,4 +111,4 @@ def log_softmax() -> Layer:
     def bwd(y: Array, dy: Array, out: Array) -> Array:
         return np.subtract(dy, np.exp(y) * np.sum(dy, axis=-1, keepdims=True), out=out)
 
-    return elementwise("log_softmax", fwd, bwd)
+    return elementwise("log_softmax", fwd, bwd, onnx=onnx_op("LogSoftmax", axis=-1))

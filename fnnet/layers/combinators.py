@@ -87,8 +87,14 @@ def serial(*layers: Layer) -> Layer:
         caches, (chain, grads) = cache
         return grads, run_chain_backward(chain, caches, dy)
 
+    def onnx(g: Any, params: Params, state: PyTree, x: str, input_shape: Shape) -> str:
+        shape = input_shape
+        for k, layer in children:
+            x, shape = g.layer(k, layer, params[k], state[k] if layer.stateful else EMPTY, x, shape)
+        return x
+
     return Layer(
-        "serial", init, forward, backward, check, buffers=buffers,
+        "serial", init, forward, backward, check, buffers=buffers, onnx=onnx,
         init_state=init_state if any(stateful) else None,
         stochastic=any(layer.stochastic for layer in layers), children=children,
         shard_sums=all(layer.cuttable for layer in layers),
@@ -160,8 +166,13 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         dxb, dxs = (run_backward(site, c, dy) for site, c in zip(buf.sites, caches))
         return buf.grads, None if buf.dx is None else np.add(cast(Array, dxb), cast(Array, dxs), out=buf.dx)
 
+    def onnx(g: Any, params: Params, state: PyTree, x: str, input_shape: Shape) -> str:
+        yb, ys = (g.layer(k, layer, params[k], state[k] if layer.stateful else EMPTY, x, input_shape)[0]
+                  for k, layer in parts)
+        return g.op("Add", yb, ys)
+
     return Layer(
-        "residual", init, forward, backward, check, buffers=buffers,
+        "residual", init, forward, backward, check, buffers=buffers, onnx=onnx,
         init_state=init_state if any(stateful) else None, stochastic=block.stochastic or shortcut.stochastic,
         shard_sums=block.cuttable and shortcut.cuttable,
     )

@@ -141,5 +141,10 @@ def conv2d(
             np.matmul(w.reshape(K, -1).T, dy3, out=dcols3)
         return grads, kernels.col2im(dcols, *args, dx)
 
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
+        (pt, pb, pl, pr), _ = geometry(input_shape)
+        return g.op("Conv", x, g.param("w", params["w"]), g.param("b", params["b"]), kernel_shape=[kh, kw],
+                    strides=[sh, sw], dilations=[dil_h, dil_w], pads=[pt, pl, pb, pr])
+
     return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
-                 fusion=Fusion("affine", head=linear))
+                 fusion=Fusion("affine", head=linear), onnx=onnx)

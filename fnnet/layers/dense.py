@@ -70,5 +70,8 @@ def dense(
         np.add.reduce(dy, axis=0, out=db)
         return grads, None if dx is None else np.matmul(dy, w.T, out=dx)
 
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
+        return g.op("Gemm", x, g.param("w", params["w"]), g.param("b", params["b"]))
+
     return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
-                 fusion=Fusion("affine", head=linear))
+                 fusion=Fusion("affine", head=linear), onnx=onnx)

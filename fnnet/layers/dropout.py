@@ -13,7 +13,7 @@ from ..random import Key
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import without_params
-from ._layer import Layer, Sig
+from ._layer import Layer, Sig, onnx_op
 
 
 def dropout(rate: float) -> Layer:
@@ -49,4 +49,5 @@ def dropout(rate: float) -> Layer:
             return EMPTY, dy
         return EMPTY, None if buf.dx is None else np.multiply(dy, buf.scale, out=buf.dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers, stochastic=rate > 0)
+    return Layer(name, init, forward, backward, check, buffers=buffers, stochastic=rate > 0,
+                 onnx=onnx_op("Identity"))  # (its eval form)

@@ -98,8 +98,12 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
             k[1:] = 0
         return grads, kernels.bn_backward(dy, buf.xhat, k, buf.dx)
 
+    def onnx(g: Any, params: Params, state: PyTree, x: str, input_shape: Shape) -> str:  # (eval mode)
+        return g.op("BatchNormalization", x, g.param("scale", params["scale"]), g.param("shift", params["shift"]),
+                    g.param("mean", state["mean"]), g.param("var", state["var"]), epsilon=eps)
+
     return Layer(name, init, normalized(head), backward, check, init_state=init_state, buffers=buffers,
-                 shard_sums=True, fusion=Fusion("normalize", head=head))
+                 shard_sums=True, fusion=Fusion("normalize", head=head), onnx=onnx)
 
 
 def _pooled_moments(parts: list) -> tuple[int, np.ndarray, np.ndarray]:

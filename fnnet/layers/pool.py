@@ -17,7 +17,7 @@ from ..tree import EMPTY
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, fmt_shape, pair, without_params
 from ._geometry import out_size
-from ._layer import Fusion, Layer, Sig
+from ._layer import Fusion, Layer, Sig, onnx_op
 
 
 def _windowed(name: str, window: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple:
@@ -61,7 +61,8 @@ def max_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
             kernels.max_pool_forward(x, kh, kw, sh, sw, np.empty(dy.shape, x.dtype), idx)
         return EMPTY, kernels.max_pool_backward(dy, idx, buf.dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers, fusion=Fusion("max_pool", (kh, kw, sh, sw)))
+    return Layer(name, init, forward, backward, check, buffers=buffers, fusion=Fusion("max_pool", (kh, kw, sh, sw)),
+                 onnx=onnx_op("MaxPool", kernel_shape=[kh, kw], strides=[sh, sw]))
 
 
 def avg_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None) -> Layer:
@@ -78,7 +79,8 @@ def avg_pool2d(window: int | tuple[int, int] = 2, stride: int | tuple[int, int] 
     def backward(buf: Any, dy: Array) -> tuple[Params, Array | None]:
         return EMPTY, None if buf.dx is None else kernels.avg_pool_backward(dy, kh, kw, sh, sw, buf.dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers)
+    return Layer(name, init, forward, backward, check, buffers=buffers,
+                 onnx=onnx_op("AveragePool", kernel_shape=[kh, kw], strides=[sh, sw]))
 
 
 def global_avg_pool2d() -> Layer:
@@ -103,4 +105,7 @@ def global_avg_pool2d() -> Layer:
         h, w = buf.dx.shape[2:]
         return EMPTY, np.multiply(dy[:, :, None, None], 1.0 / (h * w), out=buf.dx)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers)
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
+        return g.op("Flatten", g.op("GlobalAveragePool", x), axis=1)  # (N, C, 1, 1) -> (N, C)
+
+    return Layer(name, init, forward, backward, check, buffers=buffers, onnx=onnx)

@@ -16,7 +16,8 @@ from ._layer import Layer, Sig
 
 
 def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
-    """A layer without params whose output is ``x`` viewed with per-sample ``out_shape``."""
+    """A layer without params whose output is ``x`` viewed with per-sample ``out_shape``
+    (in ONNX: a Reshape to it, the batch axis kept)."""
 
     init, check = without_params(name, out_shape)
 
@@ -32,7 +33,10 @@ def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:
     def backward(x_shape: Shape, dy: Array) -> tuple[Params, Array]:
         return EMPTY, dy.reshape(x_shape)
 
-    return Layer(name, init, forward, backward, check, buffers=buffers)
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
+        return g.op("Reshape", x, g.const(np.array([-1, *out_shape(input_shape)], np.int64)))
+
+    return Layer(name, init, forward, backward, check, buffers=buffers, onnx=onnx)
 
 
 def flatten() -> Layer:

@@ -1,0 +1,81 @@
+"""The safetensors format (huggingface/safetensors), read and written with numpy alone.
+
+A file is an 8-byte little-endian header size ``n``, ``n`` bytes of UTF-8 JSON (each
+tensor's dtype, shape and ``data_offsets`` into the data, and an optional
+``"__metadata__"`` of strings), then the data: every tensor's little-endian bytes, one
+after another, without gaps. :func:`decode` checks all of that before it returns an
+array, so a damaged file is an error, never a wrong or a huge array.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, BinaryIO
+
+import numpy as np
+
+__all__ = ["decode", "encode"]
+
+DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+          "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+_CODES = {np.dtype(v): k for k, v in DTYPES.items()}
+MAX_HEADER = 100 * 2**20  # (the reference implementation's limit)
+
+
+def encode(f: BinaryIO, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (name -> array) and ``metadata`` (str -> str) to ``f``. Raises
+    ValueError naming a tensor whose dtype the format has no code for."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, a in tensors.items():
+        code = _CODES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
+        if code is None:
+            raise ValueError(f"tensor {name!r} is {a.dtype}, which safetensors cannot hold")
+        header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for a in tensors.values():
+        f.write(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes())
+
+
+def decode(buf: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``(tensors, metadata)`` of a whole file's bytes; the arrays are read-only views
+    of ``buf``. Raises ValueError saying what is wrong (truncated, malformed, overlapping
+    or missing data, an unknown dtype)."""
+    if len(buf) < 8:
+        raise ValueError(f"{len(buf)} bytes: shorter than the header size")
+    n = int.from_bytes(buf[:8], "little")
+    if n > min(MAX_HEADER, len(buf) - 8):
+        raise ValueError(f"a header of {n} bytes in a file of {len(buf)}")
+    header = json.loads(buf[8:8 + n].decode())
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise ValueError("__metadata__ is not a mapping of strings")
+    data, spans, tensors = memoryview(buf)[8 + n:], [], {}
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and entry.get("dtype") in DTYPES and isinstance(entry.get("shape"), list)
+                and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+                and all(isinstance(o, int) for o in entry["data_offsets"])):
+            raise ValueError(f"tensor {name!r}: a bad entry {json.dumps(entry)[:80]}")
+        dtype, (begin, end) = np.dtype(DTYPES[entry["dtype"]]), entry["data_offsets"]
+        if end - begin != math.prod(entry["shape"]) * dtype.itemsize or not 0 <= begin <= end <= len(data):
+            raise ValueError(f"tensor {name!r}: {entry['dtype']}{entry['shape']} does not fit bytes {begin}-{end} "
+                             f"of {len(data)}")
+        spans.append((begin, end, name))
+        tensors[name] = np.frombuffer(data[begin:end], dtype).reshape(entry["shape"])
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise ValueError(f"tensor {name!r} starts at byte {begin} of the data, not {position} "
+                             "(a gap or an overlap)")
+        position = end
+    if position != len(data):
+        raise ValueError(f"{len(data) - position} bytes after the last tensor")
+    return tensors, metadata

@@ -1,0 +1,170 @@
+"""Models leave fnnet as ONNX: :func:`to_onnx` writes what :func:`fnnet.predict` computes.
+
+Every built-in layer and combinator carries its ONNX mapping (``Layer.onnx``, an
+:class:`~fnnet.layers.OnnxFn`); a layer of yours declares its own the same way
+(docs/interop.md). The nodes are collected by a :class:`Graph`, which needs no onnx;
+:func:`to_onnx` alone imports onnx (the extra ``fnnet[onnx]``), checks the model with
+``onnx.checker.check_model(full_check=True)`` and writes it atomically.
+
+The file: opset :data:`OPSET`, IR version :data:`IR_VERSION` (what onnxruntime reads:
+onnx's own default is newer), one input ``x`` (batch, *input_shape) and one output
+``y`` (batch, *output_shape) with a dynamic batch axis, the params and running
+statistics as initializers named by their paths (``conv2d_0.w``), and metadata:
+fnnet's version, the params' sha256 (:func:`fnnet.checkpoint.digest`), the model
+state's, the input shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import InvalidTypeError, InvalidValueError
+from ._version import __version__
+from .checkpoint import atomic_write, digest
+from .layers._checks import check_init_dtype
+from .layers._layer import Layer
+from .tree import EMPTY, tree_leaves, tree_map
+from .typing import DTypeLike, Params, PyTree, Shape
+
+__all__ = ["Graph", "IR_VERSION", "OPSET", "to_onnx"]
+
+OPSET = 17
+"""The ONNX opset of the files :func:`to_onnx` writes."""
+
+IR_VERSION = 8
+"""Their IR version: the one that came with opset 17, read by every onnxruntime since 1.11."""
+
+BATCH = "batch"  # the name of the dynamic batch axis
+
+
+class Graph:
+    """The nodes and initializers of a model on its way to ONNX, collected by the layers'
+    mappings (no onnx needed). ``dtype``: the dtype of the input, params and outputs."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self.nodes: list[tuple[str, tuple[str, ...], str, str, dict]] = []  # (op, inputs, output, name, attributes)
+        self.initializers: dict[str, np.ndarray] = {}
+        self.paths: dict[str, tuple[str, ...]] = {}  # an initializer from param(): its path in the params or state
+        self._path: tuple[str, ...] = ()
+
+    def op(self, op_type: str, *inputs: str, **attributes: Any) -> str:
+        """Add the node ``op_type`` on ``inputs`` (names of values) with ``attributes``;
+        returns the name of its one output."""
+        name = "/".join((*self._path, f"{op_type}_{len(self.nodes)}"))
+        self.nodes.append((op_type, inputs, name, name, attributes))
+        return name
+
+    def param(self, name: str, array: Any) -> str:
+        """Add ``array`` (a param or a state leaf of the current layer, called ``name`` in its
+        tree) as an initializer named by its path (``conv2d_0.w``); returns that name."""
+        full = ".".join((*self._path, name))
+        if full in self.initializers:
+            raise InvalidValueError(f"{'/'.join(self._path) or '<model>'}: its ONNX mapping adds {name!r} twice")
+        self.initializers[full] = np.asarray(array)
+        self.paths[full] = (*self._path, name)
+        return full
+
+    def const(self, array: Any) -> str:
+        """Add a constant (a shape, an axis list) as an initializer; returns its name."""
+        full = "/".join((*self._path, f"const_{len(self.initializers)}"))
+        self.initializers[full] = np.asarray(array)
+        return full
+
+    def layer(self, key: str, layer: Layer, params: Params, state: PyTree, x: str, input_shape: Shape
+              ) -> tuple[str, Shape]:
+        """Add the sub-layer ``key`` of a combinator on ``x`` (per-sample ``input_shape``):
+        ``(output name, per-sample output shape)``. A combinator's mapping calls this for
+        each of its layers; names and errors then carry the path (``residual_2/block``)."""
+        self._path = (*self._path, key) if key else self._path
+        try:
+            where = "/".join(self._path) or layer.name
+            if layer.onnx is None:
+                raise InvalidTypeError(
+                    f"to_onnx: {where} (a {layer.name!r} layer) has no ONNX mapping: give it one as "
+                    "Layer(..., onnx=...) or elementwise(..., onnx=...) (docs/interop.md)")
+            y = layer.onnx(self, params, state, x, tuple(input_shape))
+            if not isinstance(y, str):
+                raise InvalidTypeError(f"to_onnx: the ONNX mapping of {where} returned a {type(y).__name__}, "
+                                       "not the name of its output")
+            return y, layer.output_shape(params, input_shape, self.dtype)
+        finally:
+            self._path = self._path[:-1] if key else self._path
+
+
+def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str | os.PathLike, *,
+            model_state: PyTree = EMPTY, dtype: DTypeLike | None = None) -> Any:
+    """Write ``model`` with ``params`` (and ``model_state``, batch norm's running
+    statistics) as the ONNX file ``path``: what :func:`fnnet.predict` computes for inputs
+    (N, *input_shape), N any. Returns the ``onnx.ModelProto`` written.
+
+    ``dtype`` is the file's, for the input, the weights and the outputs: by default the
+    params' (float32 for a model without any). onnxruntime runs every mapping in float32;
+    its CPU provider has no float64 ``Conv`` or ``MaxPool``, so a float64 model meant for
+    it is written with ``dtype=np.float32`` (the params are cast; the metadata's digests
+    are the trained ones').
+
+    Nothing is written unless the whole model maps and passes
+    ``onnx.checker.check_model(full_check=True)``: a layer without a mapping is an
+    :class:`~fnnet.InvalidTypeError` naming it, params that do not fit the model name the
+    layer; the file is replaced atomically (an existing one stays whole until then).
+    Needs the extra ``fnnet[onnx]`` (``pip install 'fnnet[onnx]'``).
+    """
+    if not isinstance(model, Layer):
+        raise InvalidTypeError(f"to_onnx: model must be a fnnet Layer, got {type(model).__name__}")
+    leaves = tree_leaves(params)
+    own = leaves[0].dtype if leaves else np.dtype(np.float32)
+    dtype = check_init_dtype("to_onnx", own if dtype is None else dtype)
+    input_shape = tuple(input_shape)
+    out_shape = model.output_shape(params, input_shape, own)  # checks params and shape, naming the layer
+    if model.stateful and not model_state:
+        raise InvalidValueError(f"to_onnx: the {model.name} model has state (batch norm): pass "
+                                "model_state=state.model_state, the running statistics predict uses")
+    metadata = {"fnnet_version": __version__, "params_sha256": digest(params),
+                "model_state_sha256": digest(model_state), "input_shape": json.dumps(list(input_shape)),
+                "dtype": dtype.name}  # (the digests of what was trained, before any cast)
+    if dtype != own:
+        params, model_state = (tree_map(lambda a: a.astype(dtype), t) for t in (params, model_state))
+    graph = Graph(dtype)
+    y, _ = graph.layer("", model, params, model_state, "x", input_shape)  # (names an unmapped layer)
+    onnx = require_onnx("to_onnx")
+    proto = _proto(onnx, graph, y, input_shape, out_shape, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    path = pathlib.Path(path)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()))
+    return proto
+
+
+def require_onnx(what: str) -> Any:
+    """The onnx module, or an error saying which extra brings it."""
+    try:
+        import onnx
+    except ImportError:
+        raise InvalidTypeError(f"{what} needs onnx: pip install 'fnnet[onnx]'") from None
+    return onnx
+
+
+def _proto(onnx: Any, graph: Graph, y: str, input_shape: Shape, out_shape: Shape, metadata: dict) -> Any:
+    """The ModelProto of ``graph``, with input ``"x"`` and the value ``y`` as its output ``"y"``."""
+    h, elem = onnx.helper, onnx.helper.np_dtype_to_tensor_dtype(graph.dtype)
+
+    def named(value: str) -> str:
+        return "y" if value == y else value
+
+    nodes = [h.make_node(op, [named(v) for v in inputs], [named(out)], name=name, **attrs)
+             for op, inputs, out, name, attrs in graph.nodes]
+    if y not in {node[2] for node in graph.nodes}:  # a mapping that returned its input or an initializer
+        nodes.append(h.make_node("Identity", [y], ["y"], name="output"))
+    inits = [onnx.numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in graph.initializers.items()]
+    g = h.make_graph(nodes, "fnnet", [h.make_tensor_value_info("x", elem, [BATCH, *input_shape])],
+                     [h.make_tensor_value_info("y", elem, [BATCH, *out_shape])], inits)
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", OPSET)], producer_name="fnnet",
+                         producer_version=__version__, ir_version=IR_VERSION)
+    h.set_model_props(model, metadata)
+    return model
