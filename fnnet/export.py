@@ -52,6 +52,7 @@ class Graph:
         self.nodes: list[tuple[str, tuple[str, ...], str, str, dict]] = []  # (op, inputs, output, name, attributes)
         self.initializers: dict[str, np.ndarray] = {}
         self.paths: dict[str, tuple[str, ...]] = {}  # an initializer from param(): its path in the params or state
+        self.layers: dict[tuple[str, ...], Layer] = {}  # the layer at each path the graph went through
         self._path: tuple[str, ...] = ()
 
     def op(self, op_type: str, *inputs: str, **attributes: Any) -> str:
@@ -85,6 +86,7 @@ class Graph:
         self._path = (*self._path, key) if key else self._path
         try:
             where = "/".join(self._path) or layer.name
+            self.layers[self._path] = layer
             if layer.onnx is None:
                 raise InvalidTypeError(
                     f"to_onnx: {where} (a {layer.name!r} layer) has no ONNX mapping: give it one as "

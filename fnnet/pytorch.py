@@ -6,13 +6,13 @@ fnnet model; :func:`to_state_dict` gives fnnet's as a state dict that
 (:func:`fnnet.checkpoint.write_tensors`; ``safetensors.torch.save_file`` on torch's), so
 torch itself is never needed here.
 
-What a layer's weights are to PyTorch follows from its ONNX mapping
-(:class:`fnnet.export.Graph`), whose operators are PyTorch's modules: ``Conv`` is
-``Conv2d`` (weight OIHW, as fnnet's), ``Gemm`` is ``Linear`` (weight (out, in): fnnet's
-transposed) and ``BatchNormalization`` is ``BatchNorm1d``/``BatchNorm2d`` (weight, bias,
+:data:`MODULES` says what each built-in layer with weights is to PyTorch: ``conv2d`` is
+``Conv2d`` (weight OIHW, as fnnet's), ``dense`` is ``Linear`` (weight (out, in): fnnet's
+transposed), ``batch_norm`` is ``BatchNorm1d``/``BatchNorm2d`` (weight, bias,
 running_mean, running_var; ``num_batches_tracked`` is written as 0 and ignored when
 read). Layers without weights (activations, pooling, flatten) have no entries, in
-either library. The modules are matched in order: fnnet's layers with weights in the
+either library. The layers are found as the ONNX export finds them (:class:`fnnet.export.Graph`,
+through every combinator), and matched in order: fnnet's layers with weights in the
 order of the forward pass, torch's modules in the state dict's order.
 """
 
@@ -34,14 +34,17 @@ from .layers._layer import Layer
 from .tree import EMPTY, freeze, tree_leaves, tree_leaves_with_path, tree_structure, tree_unflatten
 from .typing import DTypeLike, Params, PyTree, Shape
 
-__all__ = ["from_state_dict", "to_state_dict"]
+__all__ = ["MODULES", "from_state_dict", "to_state_dict"]
 
-# ONNX operator -> its inputs after x, as PyTorch names them, and whether the weight is transposed
-MODULES = {
-    "Conv": (("weight", "bias"), False),
-    "Gemm": (("weight", "bias"), True),
-    "BatchNormalization": (("weight", "bias", "running_mean", "running_var"), False),
+MODULES: dict[str, dict[str, tuple[str, bool]]] = {
+    # fnnet layer -> {its param or state leaf: (PyTorch's name, transposed)}, in PyTorch's order
+    "conv2d": {"w": ("weight", False), "b": ("bias", False)},
+    "dense": {"w": ("weight", True), "b": ("bias", False)},
+    "batch_norm": {"scale": ("weight", False), "shift": ("bias", False), "mean": ("running_mean", False),
+                   "var": ("running_var", False)},
 }
+"""What each built-in layer with weights is to PyTorch: ``{layer name: {leaf: (PyTorch's
+name, transposed)}}``."""
 UNUSED = ("num_batches_tracked",)  # (BatchNorm's step counter: only its momentum=None mode reads it)
 
 
@@ -51,21 +54,20 @@ def _modules(model: Layer, params: Params, state: PyTree, input_shape: Shape) ->
     leaves = tree_leaves(params)
     graph = Graph(leaves[0].dtype if leaves else np.dtype(np.float32))
     graph.layer("", model, params, state, "x", input_shape)
+    owned: dict[tuple, list[tuple]] = {}  # layer path -> its leaves' paths, in the order the mapping added them
+    for path in graph.paths.values():
+        owned.setdefault(path[:-1], []).append(path)
     out = []
-    for op, inputs, _, _, _ in graph.nodes:
-        weights = [graph.paths[i] for i in inputs if i in graph.paths]
-        if not weights:
-            continue
-        if op not in MODULES:
-            where = "/".join(weights[0][:-1]) or model.name
-            raise InvalidTypeError(f"{where}: its weights are an ONNX {op} node, which has no PyTorch module here "
-                                   f"(only {', '.join(MODULES)})")
-        names, transposed = MODULES[op]
-        layer = weights[0][:-1]
+    for layer_path, paths in owned.items():
+        layer, where = graph.layers[layer_path], "/".join(layer_path) or model.name
+        names = MODULES.get(layer.name)
+        if names is None or {p[-1] for p in paths} != set(names):
+            raise InvalidTypeError(f"{where}: a {layer.name!r} layer has no PyTorch module here (the layers with "
+                                   f"weights that map: {', '.join(MODULES)})")
         # "conv2d_0" is serial's 0-th module, as nn.Sequential names it; other keys ("block") stay
-        module = ".".join(m[1] if (m := re.fullmatch(r"[A-Za-z0-9_]+_(\d+)", k)) else k for k in layer)
-        out.append(("/".join(layer) or model.name, module,
-                    [(name, path, transposed and name == "weight") for name, path in zip(names, weights)]))
+        module = ".".join(m[1] if (m := re.fullmatch(r"[A-Za-z0-9_]+_(\d+)", k)) else k for k in layer_path)
+        out.append((where, module, [(torch, (*layer_path, leaf), transposed)
+                                    for leaf, (torch, transposed) in names.items()]))
     return out
 
 
@@ -86,7 +88,7 @@ def to_state_dict(model: Layer, params: Params, input_shape: Sequence[int], *, m
         for name, path, transposed in entries:
             a = values[path]
             out[prefix + name] = np.array(a.T if transposed else a, order="C")  # (a copy: torch wants writeable)
-        if len(entries) == 4:  # BatchNorm: torch's state dict also holds its step counter
+        if "running_mean" in {name for name, _, _ in entries}:  # BatchNorm's state dict also holds its step counter
             out[prefix + UNUSED[0]] = np.zeros((), np.int64)
     return out
 

@@ -121,8 +121,8 @@ def test_layers_without_a_pytorch_module_are_named():
 
     model = fn.serial(fn.conv2d(3, 3), _readme_layer("channel_scale")())
     params, _ = model.init(fn.random.key(0), (1, 5, 5))
-    with pytest.raises(fn.InvalidTypeError, match=r"channel_scale_1: its weights are an ONNX Mul node, which has "
-                                                  r"no PyTorch module"):
+    with pytest.raises(fn.InvalidTypeError, match=r"channel_scale_1: a 'channel_scale' layer has no PyTorch module "
+                                                  r"here \(the layers with weights that map: conv2d, dense"):
         to_state_dict(model, params, (1, 5, 5))
     swish = fn.layers.elementwise("swish", lambda x, out: x, lambda x, dy, out: dy)
     with pytest.raises(fn.InvalidTypeError, match=r"swish_1 \(a 'swish' layer\) has no ONNX mapping"):
