@@ -78,10 +78,11 @@ class Graph:
         self.initializers[full] = np.asarray(array)
         return full
 
-    def layer(self, key: str, layer: Layer, params: Params, state: PyTree, x: str, input_shape: Shape
-              ) -> tuple[str, Shape]:
+    def layer(self, key: str, layer: Layer, params: Params, state: PyTree, x: Any, input_shape: Any
+              ) -> tuple[Any, Any]:
         """Add the sub-layer ``key`` of a combinator on ``x`` (per-sample ``input_shape``):
-        ``(output name, per-sample output shape)``. A combinator's mapping calls this for
+        ``(output name, per-sample output shape)`` (between ``fan_out`` and a fan-in, names
+        and shapes are tuples of them). A combinator's mapping calls this for
         each of its layers; names and errors then carry the path (``residual_2/block``)."""
         self._path = (*self._path, key) if key else self._path
         try:
@@ -92,9 +93,9 @@ class Graph:
                     f"to_onnx: {where} (a {layer.name!r} layer) has no ONNX mapping: give it one as "
                     "Layer(..., onnx=...) or elementwise(..., onnx=...) (docs/interop.md)")
             y = layer.onnx(self, params, state, x, tuple(input_shape))
-            if not isinstance(y, str):
+            if not (isinstance(y, str) or isinstance(y, tuple) and y and all(isinstance(v, str) for v in y)):
                 raise InvalidTypeError(f"to_onnx: the ONNX mapping of {where} returned a {type(y).__name__}, "
-                                       "not the name of its output")
+                                       "not the name of its output (or a tuple of names, between fan_out and fan-in)")
             return y, layer.output_shape(params, input_shape, self.dtype)
         finally:
             self._path = self._path[:-1] if key else self._path

@@ -42,6 +42,9 @@ MODULES: dict[str, dict[str, tuple[str, bool]]] = {
     "dense": {"w": ("weight", True), "b": ("bias", False)},
     "batch_norm": {"scale": ("weight", False), "shift": ("bias", False), "mean": ("running_mean", False),
                    "var": ("running_var", False)},
+    "conv_transpose2d": {"w": ("weight", False), "b": ("bias", False)},
+    "layer_norm": {"scale": ("weight", False), "shift": ("bias", False)},
+    "group_norm": {"scale": ("weight", False), "shift": ("bias", False)},
 }
 """What each built-in layer with weights is to PyTorch: ``{layer name: {leaf: (PyTorch's
 name, transposed)}}``."""

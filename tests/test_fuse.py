@@ -19,8 +19,9 @@ IMPLS = {"dispatch": kernels, "twins": kernels.twins, "compiled": kernels.compil
 
 def unfused(layer: fn.Layer) -> fn.Layer:
     """``layer`` without fusion tags, as a custom layer: the reference the rules must match."""
-    if layer.children:  # serial: rebuild it from its untagged layers
-        return fn.serial(*(unfused(child) for _, child in layer.children))
+    if layer.children:  # a combinator: rebuild it from its untagged layers
+        return {"serial": fn.serial, "parallel": fn.parallel, "residual": fn.residual}[layer.name](
+            *(unfused(child) for _, child in layer.children))
     return attrs.evolve(layer, fusion=None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -277,6 +278,25 @@ def test_relu_kernels_match_twin_bit_for_bit(compiled, dtype, rng):
             outs.append((y.tobytes(), dx.tobytes()))
         assert outs[0] == outs[1]
     assert kernels.relu_forward(x, np.empty_like(x)).tobytes() == np.maximum(x, 0).tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_kernels_match_twin(compiled, dtype, rng):
+    for n in (1, 8, 10_001):
+        x = (rng.standard_normal(n) * 4).astype(dtype)
+        x[: min(n, 4)] = np.array([0.0, -0.0, 9.0, -40.0], dtype)[: min(n, 4)]
+        dy = rng.standard_normal(n).astype(dtype)
+        outs = []
+        for impl in (compiled, kernels.twins):
+            y, dx = np.full(n, 7.0, dtype), np.full(n, 7.0, dtype)
+            impl.gelu_forward(x, y)
+            impl.gelu_backward(x, dy, dx)
+            outs.append((y, dx))
+        assert outs[0][0].tobytes() == outs[1][0].tobytes()  # erf from the same libm, in float64
+        eps = np.finfo(dtype).eps  # (the twin's exp is numpy's, not libm's: a few ulps where Phi + x phi cancels)
+        np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=4 * eps, atol=4 * eps * np.abs(dy).max())
+    exact = np.array([0.5 * v * (1 + math.erf(v * math.sqrt(0.5))) for v in x.astype(np.float64)]).astype(dtype)
+    assert kernels.gelu_forward(x, np.empty_like(x)).tobytes() == exact.tobytes()
 
 
 def test_relu_wrappers_take_any_shape_and_views(rng):

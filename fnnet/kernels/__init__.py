@@ -43,6 +43,8 @@ __all__ = [
     "bn_normalize",
     "col2im",
     "compiled",
+    "gelu_backward",
+    "gelu_forward",
     "im2col",
     "max_pool_backward",
     "max_pool_forward",
@@ -201,6 +203,19 @@ def relu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def relu_backward(y: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
     """``dx = dy * (y > 0)`` elementwise, ``y`` the forward output; returns dx."""
     _impl.relu_backward(_c(y).reshape(-1), _c(dy).reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def gelu_forward(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y = x * Phi(x)`` elementwise (GELU's exact form; Phi the standard normal CDF,
+    computed in float64 with erf); returns y."""
+    _impl.gelu_forward(_c(x).reshape(-1), y.reshape(-1))
+    return y
+
+
+def gelu_backward(x: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``dx = dy * (Phi(x) + x phi(x))`` elementwise, ``x`` the forward input; returns dx."""
+    _impl.gelu_backward(_c(x).reshape(-1), _c(dy).reshape(-1), dx.reshape(-1))
     return dx
 
 

@@ -13,7 +13,7 @@ FAMILIES = {
     "pool": ("max_pool_forward", "max_pool_2x2_forward", "max_pool_values", "max_pool_2x2_values",
              "max_pool_backward", "avg_pool_forward", "avg_pool_backward"),
     "loss": ("softmax_xent",),
-    "act": ("relu_forward", "relu_backward"),
+    "act": ("relu_forward", "relu_backward", "gelu_forward", "gelu_backward"),
     "warp": ("affine_warp",),
     "norm": ("bn_moments", "bn_normalize", "bn_grad_sums", "bn_backward"),
     "fused": ("standardize", "scale_shift_relu", "scale_shift_relu_max_pool", "scale_shift_relu_max_pool_2x2",

@@ -26,14 +26,15 @@ from ._layer import (
     onnx_op,
     with_bias,
 )
-from .activations import elementwise, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
-from .combinators import residual, serial, summary
-from .conv import conv2d
+from .activations import elementwise, elu, gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax, softplus, tanh
+from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial, summary
+from .conv import conv2d, conv_transpose2d
 from .dense import dense
 from .dropout import dropout
-from .norm import batch_norm
+from .norm import batch_norm, group_norm, layer_norm
 from .pool import avg_pool2d, global_avg_pool2d, max_pool2d
 from .reshape import flatten, identity, reshape
+from .upsample import upsample2d
 
 __all__ = [
     "BackwardFn",
@@ -49,24 +50,36 @@ __all__ = [
     "batch_norm",
     "check_params",
     "conv2d",
+    "conv_transpose2d",
     "dense",
     "dropout",
     "elementwise",
+    "elu",
+    "fan_in_concat",
+    "fan_in_sum",
+    "fan_out",
     "flatten",
+    "gelu",
     "global_avg_pool2d",
+    "group_norm",
     "identity",
+    "layer_norm",
     "leaky_relu",
     "log_softmax",
     "max_pool2d",
     "normalized",
     "onnx_op",
+    "parallel",
     "relu",
     "reshape",
     "residual",
     "serial",
     "sigmoid",
+    "silu",
     "softmax",
+    "softplus",
     "summary",
     "tanh",
+    "upsample2d",
     "with_bias",
 ]

@@ -30,8 +30,34 @@ def as_batch(x: Any, name: str) -> np.ndarray:
 
 
 def fmt_shape(shape: tuple) -> str:
-    """``(N, 1, 28, 28)``-style text for a per-sample shape."""
+    """``(N, 1, 28, 28)``-style text for a per-sample shape (``((N, 3), (N, 4))`` for a tuple of them)."""
+    if is_multi(shape):
+        return "(" + ", ".join(map(fmt_shape, shape)) + ("," if len(shape) == 1 else "") + ")"
     return "(" + ", ".join(["N", *map(str, shape)]) + ")"
+
+
+# Between fan_out and fan_in, a layer's input or output is a tuple of arrays, and its shape a
+# tuple of shapes: ``((C, H, W), (C, H, W))`` per sample, ``((N, C, H, W), (N, C, H, W))`` batched.
+
+
+def is_multi(shape: tuple) -> bool:
+    """Whether ``shape`` is a tuple of shapes (of a tuple of arrays), not one shape."""
+    return len(shape) > 0 and isinstance(shape[0], tuple)
+
+
+def with_batch(n: int, shape: tuple) -> tuple:
+    """The batched shape(s) of per-sample ``shape``, ``n`` rows."""
+    return tuple(with_batch(n, s) for s in shape) if is_multi(shape) else (n, *shape)
+
+
+def without_batch(shape: tuple) -> tuple:
+    """The per-sample shape(s) of batched ``shape``."""
+    return tuple(without_batch(s) for s in shape) if is_multi(shape) else tuple(shape[1:])
+
+
+def batch_of(shape: tuple) -> int:
+    """The rows of batched ``shape``."""
+    return batch_of(shape[0]) if is_multi(shape) else shape[0]
 
 
 def check_init_dtype(name: str, dtype: Any) -> np.dtype:

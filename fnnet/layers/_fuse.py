@@ -31,6 +31,7 @@ import numpy as np
 from .. import kernels
 from ..tree import EMPTY
 from ..typing import Array, Params
+from ._checks import batch_of, with_batch, without_batch
 from ._layer import Chain, Fusion, Layer, Sig, Site, prepare
 
 
@@ -159,7 +160,7 @@ def prepare_chain(children: Sequence[tuple[str, Layer]], params: Params, sig: Si
         run = len(rule[0]) if rule else 1
         shapes = []
         for k, sub in children[i:i + run]:
-            shape = (shape[0], *sub.output_shape(params[k], shape[1:], sig.dtype))
+            shape = with_batch(batch_of(shape), sub.output_shape(params[k], without_batch(shape), sig.dtype))
             shapes.append(shape)
         if rule:
             site = rule[1](site, layers[i:i + run], site.sig, shapes)

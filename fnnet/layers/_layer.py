@@ -48,7 +48,7 @@ from .._errors import (
 from ..flat import Layout
 from ..random import Key
 from ..tree import EMPTY, _path_str, freeze, tree_leaves, tree_leaves_with_path, tree_zip
-from ..typing import Array, DTypeLike, Params, PyTree, Shape
+from ..typing import DTypeLike, Params, PyTree, Shape
 from ._checks import as_batch, check_init_dtype
 
 __all__ = ["BackwardFn", "BuffersFn", "Chain", "CheckFn", "ForwardFn", "Fusion", "InitFn", "Layer", "OnnxFn", "Sig",
@@ -75,9 +75,10 @@ takes ``state=`` and returns ``(y, cache, state)``, a random layer also takes ``
 
 class BackwardFn(Protocol):
     """A layer author's ``backward``: ``(dparams, dx)``; ``dx`` may be None when the
-    signature said ``need_dx=False``."""
+    signature said ``need_dx=False``. (Between ``fan_out`` and a fan-in, ``dy`` and ``dx``
+    are tuples of arrays.)"""
 
-    def __call__(self, cache: Any, dy: Array, /) -> tuple[Params, Array | None]: ...
+    def __call__(self, cache: Any, dy: Any, /) -> tuple[Params, Any]: ...
 
 
 class BuffersFn(Protocol):
@@ -94,7 +95,7 @@ class OnnxFn(Protocol):
     name, ``graph.param(name, array)`` adds the layer's params and state as named
     initializers) and returns the name of its output."""
 
-    def __call__(self, graph: Any, params: Params, state: PyTree, x: str, input_shape: Shape, /) -> str: ...
+    def __call__(self, graph: Any, params: Params, state: PyTree, x: Any, input_shape: Any, /) -> Any: ...
 
 
 def onnx_op(op_type: str, **attributes: Any) -> OnnxFn:

@@ -1,4 +1,8 @@
-"""Activations: (N, ...) -> (N, ...), no params; elementwise except the softmaxes (last axis)."""
+"""Activations: (N, ...) -> (N, ...), no params; elementwise except the softmaxes (last axis).
+
+Each is PyTorch's function of the same name, with its defaults (``torch.nn.GELU``,
+``SiLU``, ``ELU``, ``Softplus``...): tests/test_torch_parity.py checks outputs and
+gradients against torch in float64."""
 
 from __future__ import annotations
 
@@ -79,12 +83,7 @@ def tanh() -> Layer:
 
 def sigmoid() -> Layer:
     """1 / (1 + exp(-x)), computed without overflow for any x."""
-
-    def fwd(x: Array, out: Array) -> Array:
-        e = np.exp(-np.abs(x))
-        return np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
-
-    return elementwise("sigmoid", fwd, lambda y, dy, out: np.multiply(dy, y * (1 - y), out=out),
+    return elementwise("sigmoid", _sigmoid, lambda y, dy, out: np.multiply(dy, y * (1 - y), out=out),
                        onnx=onnx_op("Sigmoid"))
 
 
@@ -112,3 +111,104 @@ def log_softmax() -> Layer:
         return np.subtract(dy, np.exp(y) * np.sum(dy, axis=-1, keepdims=True), out=out)
 
     return elementwise("log_softmax", fwd, bwd, onnx=onnx_op("LogSoftmax", axis=-1))
+
+
+def gelu(approximate: str = "none") -> Layer:
+    """GELU, ``x * Phi(x)`` with Phi the standard normal CDF (``approximate="none"``,
+    computed with erf by :func:`fnnet.kernels.gelu_forward`), or its tanh form
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (``"tanh"``), as ``torch.nn.GELU``."""
+    if approximate == "none":
+        return elementwise("gelu", kernels.gelu_forward, kernels.gelu_backward, grad_from_input=True,
+                           onnx=_onnx_gelu)
+    if approximate != "tanh":
+        raise InvalidValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    k, c = np.sqrt(2 / np.pi), 0.044715
+
+    def fwd(x: Array, out: Array) -> Array:
+        return np.multiply(0.5 * x, 1 + np.tanh(k * (x + c * x**3)), out=out)
+
+    def bwd(x: Array, dy: Array, out: Array) -> Array:
+        t = np.tanh(k * (x + c * x**3))
+        return np.multiply(dy, 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x), out=out)
+
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Any) -> str:
+        def const(v: float) -> str:
+            return g.const(np.asarray(v, g.dtype))
+
+        inner = g.op("Mul", g.op("Add", x, g.op("Mul", const(c), g.op("Mul", x, g.op("Mul", x, x)))), const(k))
+        return g.op("Mul", g.op("Mul", const(0.5), x), g.op("Add", const(1.0), g.op("Tanh", inner)))
+
+    return elementwise("gelu", fwd, bwd, grad_from_input=True, onnx=onnx)
+
+
+def _onnx_gelu(g: Any, params: Params, state: Any, x: str, input_shape: Any) -> str:
+    """Exact GELU in opset 17 (which has no Gelu): ``0.5 x (1 + erf(x / sqrt 2))``."""
+    def const(v: float) -> str:
+        return g.const(np.asarray(v, g.dtype))
+
+    erf = g.op("Erf", g.op("Mul", x, const(np.sqrt(0.5))))
+    return g.op("Mul", g.op("Mul", const(0.5), x), g.op("Add", const(1.0), erf))
+
+
+def _sigmoid(x: Array, out: Array | None = None) -> Array:
+    """1 / (1 + exp(-x)) without overflow for any x (into ``out``, if given)."""
+    e = np.exp(-np.abs(x))
+    return np.divide(np.where(x >= 0, 1, e), 1 + e, out=out)
+
+
+def silu() -> Layer:
+    """SiLU (swish), ``x * sigmoid(x)``, as ``torch.nn.SiLU``."""
+
+    def fwd(x: Array, out: Array) -> Array:
+        return np.multiply(x, _sigmoid(x), out=out)
+
+    def bwd(x: Array, dy: Array, out: Array) -> Array:
+        s = _sigmoid(x)
+        return np.multiply(dy, s * (1 + x * (1 - s)), out=out)
+
+    return elementwise("silu", fwd, bwd, grad_from_input=True,
+                       onnx=lambda g, params, state, x, shape: g.op("Mul", x, g.op("Sigmoid", x)))
+
+
+def elu(alpha: float = 1.0) -> Layer:
+    """ELU, ``x`` for x > 0 and ``alpha * (exp(x) - 1)`` otherwise, as ``torch.nn.ELU``."""
+    a = as_float(alpha)
+    if not np.isfinite(a):
+        raise InvalidValueError(f"elu: alpha must be finite, got {alpha!r}")
+
+    def fwd(x: Array, out: Array) -> Array:
+        np.copyto(out, np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))))
+        return out
+
+    def bwd(x: Array, dy: Array, out: Array) -> Array:
+        return np.multiply(dy, np.where(x > 0, 1, a * np.exp(np.minimum(x, 0))), out=out)
+
+    return elementwise("elu", fwd, bwd, grad_from_input=True, onnx=onnx_op("Elu", alpha=a))
+
+
+def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
+    """Softplus, ``log(1 + exp(beta x)) / beta``, and ``x`` itself where ``beta x >
+    threshold`` (as ``torch.nn.Softplus``, for numerical stability)."""
+    b, t = as_float(beta), as_float(threshold)
+    if not (np.isfinite(b) and b > 0):
+        raise InvalidValueError(f"softplus: beta must be finite and > 0, got {beta!r}")
+    if not np.isfinite(t):
+        raise InvalidValueError(f"softplus: threshold must be finite, got {threshold!r}")
+
+    def fwd(x: Array, out: Array) -> Array:
+        z = b * x
+        np.copyto(out, np.where(z > t, x, np.logaddexp(0, z) / b))
+        return out
+
+    def bwd(x: Array, dy: Array, out: Array) -> Array:
+        z = b * x
+        return np.multiply(dy, np.where(z > t, 1, _sigmoid(z)), out=out)
+
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Any) -> str:
+        def const(v: float) -> str:
+            return g.const(np.asarray(v, g.dtype))
+
+        z = g.op("Mul", x, const(b))
+        return g.op("Where", g.op("Greater", z, const(t)), x, g.op("Div", g.op("Softplus", z), const(b)))
+
+    return elementwise("softplus", fwd, bwd, grad_from_input=True, onnx=onnx)

@@ -1,4 +1,5 @@
-"""2-D convolution (cross-correlation, as in PyTorch), NCHW, weights (K, C, kh, kw).
+"""2-D convolution (cross-correlation, as in PyTorch), NCHW, weights (K, C/groups, kh, kw),
+and the transposed convolution, weights (C, K, kh, kw).
 
 Forward: the compiled im2col kernel lays the receptive fields out as a matrix
 (N, C*kh*kw, Ho*Wo) and BLAS contracts it with the weights. Backward reuses those
@@ -7,6 +8,7 @@ columns for the weight gradient; dx is a BLAS product followed by the col2im ker
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,15 +30,15 @@ class _Buffers(NamedTuple):
     # the kernels' kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr
     args: tuple[int, int, int, int, int, int, int, int, int, int]
     cols: np.ndarray  # (N, C*kh*kw, Ho, Wo): im2col's layout
-    cols3: np.ndarray  # the same memory as (N, C*kh*kw, Ho*Wo), for BLAS
-    y: np.ndarray  # (N, K, Ho*Wo)
+    cols4: np.ndarray  # the same memory as (N, G, C/G*kh*kw, Ho*Wo), a group's rows together, for BLAS
+    y: np.ndarray  # (N, G, K/G, Ho*Wo)
     y_shape: tuple  # (N, K, Ho, Wo)
-    dw_n: np.ndarray | None  # (N, K, C*kh*kw): the weight gradient of each sample (None: no backward)
-    dw: Any  # grads["w"] seen as (K, C*kh*kw) (a view: grads are C-contiguous), or None
+    dw_n: np.ndarray | None  # (N, G, K/G, C/G*kh*kw): each sample's weight gradient (None: no backward)
+    dw: Any  # grads["w"] seen as (G, K/G, C/G*kh*kw) (a view: grads are C-contiguous), or None
     db: Any  # grads["b"], or None
     grads: Any
-    dcols: Any  # like cols, and dcols3 like cols3, when dx is needed; else None
-    dcols3: Any
+    dcols: Any  # like cols, and dcols4 like cols4, when dx is needed; else None
+    dcols4: Any
     dx: Any
 
 
@@ -46,6 +48,7 @@ def conv2d(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] | str = "valid",
     dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
     *,
     w_init: initializers.Initializer | None = None,
     b_init: initializers.Initializer = initializers.zeros,
@@ -54,11 +57,17 @@ def conv2d(
 
     Input (N, C, H, W), output (N, K, Ho, Wo). ``padding`` is an int, a pair (ph, pw)
     of zero padding on both sides, ``"valid"`` (none) or ``"same"`` (output
-    ceil(H/stride), TensorFlow's split). Params ``{"w": (K, C, kh, kw), "b": (K,)}``;
-    defaults: ``w`` he_normal (fan_in C*kh*kw), ``b`` zeros.
+    ceil(H/stride), TensorFlow's split: the odd pixel at the bottom and right). ``groups``
+    G splits the channels into G groups, each convolved with its own K/G filters (as
+    PyTorch's ``groups``; ``groups=C`` with K a multiple of C is depthwise). Params
+    ``{"w": (K, C/G, kh, kw), "b": (K,)}``; defaults: ``w`` he_normal (fan_in
+    C/G*kh*kw), ``b`` zeros.
     """
     name = "conv2d"
     K = positive_int(out_channels, "out_channels", name)
+    G = positive_int(groups, "groups", name)
+    if K % G:
+        raise InvalidValueError(f"{name}: out_channels {K} is not a multiple of groups {G}")
     kh, kw = pair(kernel_size, "kernel_size", name)
     sh, sw = pair(stride, "stride", name)
     dil_h, dil_w = pair(dilation, "dilation", name)
@@ -87,20 +96,25 @@ def conv2d(
             )
         return pads, (K, ho, wo)
 
+    def groups_of(c: int) -> int:  # the channels of a group, or an error
+        if c % G:
+            raise ShapeError(f"{name}: {c} input channel(s) cannot be split into {G} groups")
+        return c // G
+
     def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         check_ndim(name, input_shape, 3, "a (C, H, W)")
         _, out_shape = geometry(input_shape)
-        c = input_shape[0]
-        fan_in, fan_out = c * kh * kw, K * kh * kw
+        cg = groups_of(input_shape[0])
+        fan_in, fan_out = cg * kh * kw, K // G * kh * kw
         k_w, k_b = random.split(key)
-        w = np.asarray(w_init(k_w, (K, c, kh, kw), dtype, fan_in, fan_out), dtype)
+        w = np.asarray(w_init(k_w, (K, cg, kh, kw), dtype, fan_in, fan_out), dtype)
         b = np.asarray(b_init(k_b, (K,), dtype, fan_in, fan_out), dtype)
         return seal(w=w, b=b), out_shape
 
     def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
         check_params(name, params, dtype, w=(K, None, kh, kw), b=(K,))
         check_ndim(name, input_shape, 3, "a (C, H, W)")
-        c = params["w"].shape[1]
+        c = params["w"].shape[1] * G
         if input_shape[0] != c:
             raise ShapeError(
                 f"{name}: expected input of shape {fmt_shape((c, 'H', 'W'))} ({c} channel(s)), "
@@ -114,37 +128,137 @@ def conv2d(
         cols = sig.empty((n, c * kh * kw, ho, wo))
         dcols = sig.empty(cols.shape) if sig.need_dx else None
         grads = sig.grads or {}
+        per_group = (n, G, c // G * kh * kw, ho * wo)
         return _Buffers(
-            (*window, *pads), cols, cols.reshape(n, -1, ho * wo), sig.empty((n, K, ho * wo)), (n, K, ho, wo),
-            sig.empty((n, K, c * kh * kw)) if grads else None,  # no backward in eval mode (predict)
-            grads["w"].reshape(K, -1) if grads else None, grads.get("b"), sig.grads,
-            dcols, None if dcols is None else dcols.reshape(n, -1, ho * wo), sig.dx_buffer(),
+            (*window, *pads), cols, cols.reshape(per_group), sig.empty((n, G, K // G, ho * wo)), (n, K, ho, wo),
+            sig.empty((n, G, K // G, c // G * kh * kw)) if grads else None,  # no backward in eval mode (predict)
+            grads["w"].reshape(G, K // G, -1) if grads else None, grads.get("b"), sig.grads,
+            dcols, None if dcols is None else dcols.reshape(per_group), sig.dx_buffer(),
         )
 
     def linear(params: Params, x: Array, buf: _Buffers) -> tuple[Array, Any]:  # the forward pass before the bias
         w = params["w"]
         kernels.im2col(x, *buf.args, buf.cols)
-        return np.matmul(w.reshape(K, -1), buf.cols3, out=buf.y).reshape(buf.y_shape), (w, buf)
+        return np.matmul(w.reshape(G, K // G, -1), buf.cols4, out=buf.y).reshape(buf.y_shape), (w, buf)
 
     def backward(cache: tuple[Array, _Buffers], dy: Array) -> tuple[Params, Array | None]:
-        w, (args, _, cols3, y, _, dw_n, dw, db, grads, dcols, dcols3, dx) = cache
+        w, (args, _, cols4, y, _, dw_n, dw, db, grads, dcols, dcols4, dx) = cache
         assert dw_n is not None  # made wherever a backward can run (sig.grads given)
-        dy3 = np.ascontiguousarray(dy).reshape(y.shape)
-        np.add.reduce(dy3, axis=(0, 2), out=db)
-        np.matmul(dy3, cols3.transpose(0, 2, 1), out=dw_n)
+        dy4 = np.ascontiguousarray(dy).reshape(y.shape)
+        np.add.reduce(dy4, axis=(0, 3), out=db.reshape(G, K // G))
+        np.matmul(dy4, cols4.transpose(0, 1, 3, 2), out=dw_n)
         np.add.reduce(dw_n, axis=0, out=dw)
         if dx is None:
             return grads, None
-        if K == 1:  # an outer product per sample: a broadcast multiply beats matmul's k=1 path
-            np.multiply(w.reshape(1, -1, 1), dy3, out=dcols3)
+        wt = w.reshape(G, K // G, -1).transpose(0, 2, 1)  # (G, C/G*kh*kw, K/G)
+        if K == G:  # an outer product per sample and group: a broadcast multiply beats matmul's k=1 path
+            np.multiply(wt, dy4, out=dcols4)
         else:
-            np.matmul(w.reshape(K, -1).T, dy3, out=dcols3)
+            np.matmul(wt, dy4, out=dcols4)
         return grads, kernels.col2im(dcols, *args, dx)
 
     def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
         (pt, pb, pl, pr), _ = geometry(input_shape)
         return g.op("Conv", x, g.param("w", params["w"]), g.param("b", params["b"]), kernel_shape=[kh, kw],
-                    strides=[sh, sw], dilations=[dil_h, dil_w], pads=[pt, pl, pb, pr])
+                    strides=[sh, sw], dilations=[dil_h, dil_w], pads=[pt, pl, pb, pr], group=G)
 
     return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
                  fusion=Fusion("affine", head=linear), onnx=onnx)
+
+
+def conv_transpose2d(
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    output_padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    *,
+    w_init: initializers.Initializer | None = None,
+    b_init: initializers.Initializer = initializers.zeros,
+) -> Layer:
+    """The transposed convolution (the gradient of ``conv2d`` with respect to its input),
+    as PyTorch's ``ConvTranspose2d``.
+
+    Input (N, C, H, W), output (N, K, Ho, Wo) with ``Ho = (H - 1) * stride - 2 * padding +
+    dilation * (kh - 1) + output_padding + 1`` (and so for W): ``padding`` removes rows and
+    columns on both sides, ``output_padding`` (smaller than ``stride``) adds them at the
+    bottom and right. Params ``{"w": (C, K, kh, kw), "b": (K,)}`` (PyTorch's layout);
+    defaults: ``w`` he_normal (fan_in C*kh*kw), ``b`` zeros. Forward is a BLAS product
+    and the col2im kernel; backward the im2col kernel and BLAS products.
+    """
+    name = "conv_transpose2d"
+    K = positive_int(out_channels, "out_channels", name)
+    kh, kw = pair(kernel_size, "kernel_size", name)
+    sh, sw = pair(stride, "stride", name)
+    ph, pw = pair(padding, "padding", name, minimum=0)
+    oph, opw = pair(output_padding, "output_padding", name, minimum=0)
+    dil_h, dil_w = pair(dilation, "dilation", name)
+    if oph >= sh or opw >= sw:
+        raise InvalidValueError(f"{name}: output_padding {(oph, opw)} must be smaller than the stride {(sh, sw)}")
+    w_init, b_init = initializers_of(name, w_init, b_init, initializers.he_normal(), initializers.zeros)
+    args = (kh, kw, sh, sw, dil_h, dil_w, ph, ph, pw, pw)  # the geometry of the conv this one transposes
+
+    def out_shape(input_shape: Shape) -> Shape:
+        check_ndim(name, input_shape, 3, "a (C, H, W)")
+        _, h, w = input_shape
+        ho = (h - 1) * sh - 2 * ph + dil_h * (kh - 1) + oph + 1
+        wo = (w - 1) * sw - 2 * pw + dil_w * (kw - 1) + opw + 1
+        if ho < 1 or wo < 1:
+            raise ShapeError(f"{name}: input {fmt_shape(input_shape)} gives no output with padding {(ph, pw)}")
+        return (K, ho, wo)
+
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
+        shape = out_shape(input_shape)
+        c = input_shape[0]
+        k_w, k_b = random.split(key)
+        w = np.asarray(w_init(k_w, (c, K, kh, kw), dtype, c * kh * kw, K * kh * kw), dtype)
+        b = np.asarray(b_init(k_b, (K,), dtype, c * kh * kw, K * kh * kw), dtype)
+        return seal(w=w, b=b), shape
+
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
+        check_params(name, params, dtype, w=(None, K, kh, kw), b=(K,))
+        check_ndim(name, input_shape, 3, "a (C, H, W)")
+        c = params["w"].shape[0]
+        if input_shape[0] != c:
+            raise ShapeError(f"{name}: expected input of shape {fmt_shape((c, 'H', 'W'))} ({c} channel(s)), "
+                             f"got {fmt_shape(input_shape)}")
+        return out_shape(tuple(input_shape))
+
+    def buffers(params: Params, sig: Sig) -> Any:
+        n, c, h, w = sig.x_shape
+        y_shape = (n, *out_shape(sig.x_shape[1:]))
+        cols = sig.empty((n, K * kh * kw, h, w))
+        grads = sig.grads or {}
+        return SimpleNamespace(
+            cols=cols, cols3=cols.reshape(n, -1, h * w), y=sig.empty(y_shape), dx=sig.dx_buffer(), grads=sig.grads,
+            dw_n=sig.empty((n, c, K * kh * kw)) if grads else None, dw=grads["w"].reshape(c, -1) if grads else None,
+            db=grads.get("b"),
+        )
+
+    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
+        w = params["w"]
+        n, c = x.shape[:2]
+        x3 = np.ascontiguousarray(x).reshape(n, c, -1)
+        np.matmul(w.reshape(c, -1).T, x3, out=buf.cols3)
+        y = kernels.col2im(buf.cols, *args, buf.y)
+        y += params["b"].reshape(-1, 1, 1)
+        return y, (w, x3, buf)
+
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
+        w, x3, buf = cache
+        n, c = x3.shape[:2]
+        kernels.im2col(np.ascontiguousarray(dy), *args, buf.cols)  # (the forward's cols are no longer needed)
+        np.add.reduce(dy, axis=(0, 2, 3), out=buf.db)
+        np.matmul(x3, buf.cols3.transpose(0, 2, 1), out=buf.dw_n)
+        np.add.reduce(buf.dw_n, axis=0, out=buf.dw)
+        if buf.dx is None:
+            return buf.grads, None
+        np.matmul(w.reshape(c, -1), buf.cols3, out=buf.dx.reshape(n, c, -1))
+        return buf.grads, buf.dx
+
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
+        return g.op("ConvTranspose", x, g.param("w", params["w"]), g.param("b", params["b"]), kernel_shape=[kh, kw],
+                    strides=[sh, sw], dilations=[dil_h, dil_w], pads=[ph, pw, ph, pw], output_padding=[oph, opw])
+
+    return Layer(name, init, forward, backward, check, buffers=buffers, onnx=onnx)

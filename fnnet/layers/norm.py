@@ -1,4 +1,5 @@
-"""Batch normalisation with its running statistics as explicit state."""
+"""Normalisation: batch norm, with its running statistics as explicit state; layer norm
+and group norm, which normalise each sample alone and have no state."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .._errors import ShapeError, check_real
 from ..random import Key
 from ..tree import FrozenDict
 from ..typing import Array, Params, PyTree, Shape
-from ._checks import check_params, fmt_shape, seal
+from ._checks import check_params, fmt_shape, positive_int, seal
 from ._layer import Fusion, Layer, Sig, normalized
 
 
@@ -141,3 +142,121 @@ class _Buffers(NamedTuple):
     group: Any  # the step's ShardGroup (train mode, a cut batch), else None
     shard: int
     path: str  # (names this layer's meeting points in the group)
+
+
+def _normalized(x: Array, axes: tuple, eps: float) -> tuple[Array, Array]:
+    """``(xhat, inv_std)``: ``x`` standardised over ``axes`` (the biased variance, as PyTorch's)."""
+    mean = x.mean(axis=axes, keepdims=True)
+    centred = x - mean
+    inv_std = 1.0 / np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + eps)
+    return centred * inv_std, inv_std
+
+
+def _normalized_grad(dxhat: Array, xhat: Array, inv_std: Array, axes: tuple) -> Array:
+    """The gradient through ``_normalized``: ``inv_std (dxhat - mean dxhat - xhat mean(dxhat xhat))``."""
+    return inv_std * (dxhat - dxhat.mean(axis=axes, keepdims=True)
+                      - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
+
+
+def layer_norm(normalized_ndim: int | None = None, eps: float = 1e-5) -> Layer:
+    """Layer norm: each sample standardised over its last ``normalized_ndim`` axes (default:
+    all of them, (C, H, W) for images), then scaled and shifted per element of those axes,
+    as PyTorch's ``LayerNorm(normalized_shape=input_shape[-normalized_ndim:])``.
+
+    Params ``{"scale": S, "shift": S}`` with S the normalised axes' shape (ones, zeros);
+    no state: train and eval mode are the same (unlike batch norm, no statistics cross
+    the batch, so shards need nothing)."""
+    name = "layer_norm"
+    if normalized_ndim is not None:
+        normalized_ndim = positive_int(normalized_ndim, "normalized_ndim", name)
+    eps = check_real(name, "eps", eps, 0.0, low_open=True)
+
+    def normalized_shape(input_shape: Shape) -> Shape:
+        d = len(input_shape) if normalized_ndim is None else normalized_ndim
+        if not 1 <= d <= len(input_shape):
+            raise ShapeError(f"{name}: cannot normalise the last {d} axes of inputs {fmt_shape(input_shape)}")
+        return tuple(input_shape[len(input_shape) - d:])
+
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
+        s = normalized_shape(input_shape)
+        return seal(scale=np.ones(s, dtype), shift=np.zeros(s, dtype)), tuple(input_shape)
+
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
+        s = normalized_shape(tuple(input_shape))
+        check_params(name, params, dtype, scale=s, shift=s)
+        return tuple(input_shape)
+
+    def forward(params: Params, x: Array, sig: Sig) -> tuple[Array, Any]:
+        axes = tuple(range(x.ndim - params["scale"].ndim, x.ndim))
+        xhat, inv_std = _normalized(x, axes, eps)
+        return xhat * params["scale"] + params["shift"], (xhat, inv_std, params["scale"], axes)
+
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array]:
+        xhat, inv_std, scale, axes = cache
+        lead = tuple(range(xhat.ndim - scale.ndim))
+        grads = {"scale": (dy * xhat).sum(axis=lead), "shift": dy.sum(axis=lead)}
+        return grads, _normalized_grad(dy * scale, xhat, inv_std, axes)
+
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
+        return g.op("LayerNormalization", x, g.param("scale", params["scale"]), g.param("shift", params["shift"]),
+                    axis=-params["scale"].ndim, epsilon=eps)
+
+    return Layer(name, init, forward, backward, check, onnx=onnx)
+
+
+def group_norm(groups: int, eps: float = 1e-5) -> Layer:
+    """Group norm: the C channels of each sample cut into ``groups`` groups, each
+    standardised over its channels and all positions, then scaled and shifted per
+    channel, as PyTorch's ``GroupNorm(groups, C)``. Inputs (N, C, ...), C a multiple of
+    ``groups`` (``groups=1``: every channel together; ``groups=C``: instance norm).
+
+    Params ``{"scale": (C,), "shift": (C,)}`` (ones, zeros); no state, the same in train
+    and eval mode."""
+    name = "group_norm"
+    G = positive_int(groups, "groups", name)
+    eps = check_real(name, "eps", eps, 0.0, low_open=True)
+
+    def channels(input_shape: Shape) -> int:
+        if len(input_shape) < 1 or input_shape[0] % G:
+            raise ShapeError(f"{name}: inputs {fmt_shape(input_shape)} do not have a channel count that "
+                             f"{G} groups divide")
+        return input_shape[0]
+
+    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
+        c = channels(input_shape)
+        return seal(scale=np.ones(c, dtype), shift=np.zeros(c, dtype)), tuple(input_shape)
+
+    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
+        c = channels(tuple(input_shape))
+        check_params(name, params, dtype, scale=(c,), shift=(c,))
+        return tuple(input_shape)
+
+    def per_channel(a: Array, ndim: int) -> Array:  # (C,) against (N, C, ...)
+        return a.reshape(a.shape + (1,) * (ndim - 2))
+
+    def forward(params: Params, x: Array, sig: Sig) -> tuple[Array, Any]:
+        xhat, inv_std = _normalized(x.reshape(x.shape[0], G, -1), (2,), eps)
+        xhat = xhat.reshape(x.shape)
+        scale = per_channel(params["scale"], x.ndim)
+        return xhat * scale + per_channel(params["shift"], x.ndim), (xhat, inv_std, scale)
+
+    def backward(cache: Any, dy: Array) -> tuple[Params, Array]:
+        xhat, inv_std, scale = cache
+        axes = (0, *range(2, dy.ndim))
+        grads = {"scale": (dy * xhat).sum(axis=axes), "shift": dy.sum(axis=axes)}
+        n = dy.shape[0]
+        dx = _normalized_grad((dy * scale).reshape(n, G, -1), xhat.reshape(n, G, -1), inv_std, (2,))
+        return grads, dx.reshape(dy.shape)
+
+    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:  # (opset 17 has no GroupNorm)
+        def const(a: Any) -> str:
+            return g.const(np.asarray(a, g.dtype))
+
+        grouped = g.op("Reshape", x, g.const(np.array([0, G, -1], np.int64)))
+        normed = g.op("InstanceNormalization", grouped, const(np.ones(G)), const(np.zeros(G)), epsilon=eps)
+        back = g.op("Reshape", normed, g.const(np.array([-1, *input_shape], np.int64)))
+        ones = (1,) * (len(input_shape) - 1)
+        scaled = g.op("Mul", back, g.param("scale", params["scale"].reshape(-1, *ones)))
+        return g.op("Add", scaled, g.param("shift", params["shift"].reshape(-1, *ones)))
+
+    return Layer(name, init, forward, backward, check, onnx=onnx)
