@@ -128,3 +128,87 @@ def test_a_training_step_skips_only_the_first_layers_dx(first):
     assert run_backward(site, c, dy) is None and want_dx is not None
     for a, b in zip(fn.tree_leaves(grads), fn.tree_leaves(want)):
         assert a.tobytes() == b.tobytes()
+
+
+# -- branches: parallel, fan_out, fan_in_sum, fan_in_concat ---------------------------------
+
+
+def _branchy():
+    return fn.serial(
+        fn.conv2d(3, 3, padding=1), fn.fan_out(2),
+        fn.parallel(fn.serial(fn.conv2d(4, 3, padding=1), fn.batch_norm(), fn.relu()),
+                    fn.serial(fn.dropout(0.25), fn.conv2d(2, 1))),
+        fn.fan_in_concat(), fn.global_avg_pool2d(), fn.dense(5),
+    )
+
+
+def test_residual_is_fan_out_parallel_fan_in_sum():
+    block, shortcut = fn.serial(fn.conv2d(3, 3, padding=1), fn.tanh()), fn.conv2d(3, 1)
+    ours = fn.residual(block, shortcut)
+    graph = fn.serial(fn.fan_out(2), fn.parallel(block, shortcut), fn.fan_in_sum())
+    p, _ = ours.init(fn.random.key(0), (2, 5, 5), dtype=np.float64)
+    q = {"fan_out_0": {}, "parallel_1": {"serial_0": p["block"], "conv2d_1": p["shortcut"]}, "fan_in_sum_2": {}}
+    x = np.random.default_rng(0).standard_normal((4, 2, 5, 5))
+    (y1, c1), (y2, c2) = ours.forward(p, x), graph.forward(q, x)
+    assert y1.tobytes() == y2.tobytes()
+    dy = np.random.default_rng(1).standard_normal(y1.shape)
+    (g1, dx1), (g2, dx2) = ours.backward(c1, dy), graph.backward(c2, dy)
+    assert dx1.tobytes() == dx2.tobytes()
+    assert fn.checkpoint.digest((g1["block"], g1["shortcut"])) == fn.checkpoint.digest(
+        (g2["parallel_1"]["serial_0"], g2["parallel_1"]["conv2d_1"]))
+
+
+def test_summary_prints_every_branch_under_its_path():
+    rows = fn.summary(_branchy(), (1, 6, 6), print_fn=lambda s: None).splitlines()
+    names = [r.split()[0] for r in rows[2:-2]]
+    assert names == ["conv2d_0", "fan_out_1", "parallel_2/serial_0/conv2d_0", "parallel_2/serial_0/batch_norm_1",
+                     "parallel_2/serial_0/relu_2", "parallel_2/serial_1/dropout_0", "parallel_2/serial_1/conv2d_1",
+                     "fan_in_concat_3", "global_avg_pool2d_4", "dense_5"]
+    assert "((N, 3, 6, 6), (N, 3, 6, 6))" in rows[3] and "(N, 6, 6, 6)" in rows[9]
+    res = fn.summary(fn.residual(fn.conv2d(2, 3, padding=1), fn.conv2d(2, 1)), (2, 4, 4), print_fn=lambda s: None)
+    assert "residual/block" not in res and "block" in res and "shortcut" in res
+
+
+def test_a_branchy_model_with_batch_norm_and_dropout_gives_one_set_of_bits_on_any_cut_and_threads():
+    model = _branchy()
+    params, _ = model.init(fn.random.key(0), (1, 6, 6))
+    opt = fn.optim.adam(1e-2)
+    x = np.random.default_rng(0).random((8, 1, 6, 6), dtype=np.float32)
+    y = np.arange(8) % 5
+    digests = set()
+    for rows, threads in ((2, 1), (2, 3), (4, 2)):
+        step = fn.train_step(model, fn.softmax_cross_entropy, opt, key=fn.random.key(1), rows_per_shard=rows)
+        state = fn.TrainState.create(params, opt, model)
+        for _ in range(3):
+            state, _ = fn.jit(step, threads=threads)(state, (x, y))
+        plain = fn.TrainState.create(params, opt, model)
+        for _ in range(3):
+            plain, _ = step(plain, (x, y))
+        assert fn.checkpoint.digest((state.params, state.model_state)) == fn.checkpoint.digest(
+            (plain.params, plain.model_state))
+        digests.add((rows, fn.checkpoint.digest(state.params)))
+    assert len({d for r, d in digests if r == 2}) == 1  # (threads change no bit; another cut, other bits)
+    logits = fn.predict(model, state.params, x, model_state=state.model_state)
+    assert logits.shape == (8, 5) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("make,shape,match", [
+    (lambda: fn.parallel(fn.dense(2), fn.dense(2)), (3,), r"parallel: takes a tuple of 2 inputs \(from fan_out"),
+    (lambda: fn.serial(fn.fan_out(3), fn.parallel(fn.dense(2), fn.dense(2))), (3,),
+     r"parallel_1: parallel: takes a tuple of 2 inputs .*got \(\(N, 3\), \(N, 3\), \(N, 3\)\)"),
+    (lambda: fn.serial(fn.fan_out(2), fn.parallel(fn.dense(2), fn.dense(3)), fn.fan_in_sum()), (3,),
+     r"fan_in_sum_2: fan_in_sum: the inputs must have one shape, got \(\(N, 2\), \(N, 3\)\)"),
+    (lambda: fn.serial(fn.fan_out(2), fn.parallel(fn.conv2d(2, 1), fn.conv2d(2, 3)), fn.fan_in_concat()), (1, 5, 5),
+     r"fan_in_concat_2: fan_in_concat: the inputs must agree on every axis but 1"),
+    (lambda: fn.serial(fn.fan_out(2), fn.fan_in_concat(4)), (3,), r"fan_in_concat: axis 4 is out of range"),
+    (lambda: fn.serial(fn.fan_out(2), fn.dense(2)), (3,), r"dense_1: dense: expected a flat input"),
+    (lambda: fn.serial(fn.fan_out(2), fn.fan_out(2)), (3,), r"fan_out_1: fan_out: takes one input, got a tuple"),
+])
+def test_branch_errors_name_the_layer_and_the_shapes(make, shape, match):
+    with pytest.raises(fn.ShapeError, match=match):
+        make().init(fn.random.key(0), shape)
+
+
+def test_parallel_takes_layers():
+    with pytest.raises(fn.InvalidTypeError, match=r"parallel: argument 1 is a function, not a Layer \(did you forget"):
+        fn.parallel(fn.dense(2), fn.relu)

@@ -338,6 +338,11 @@ def test_dtype_mismatch_is_an_error(name, factory, shape):
         (fn.conv2d(2, 3), (1, 8, 8), (8, 8), r"conv2d: expected a \(C, H, W\) input 3-D"),
         (fn.conv2d(2, 5), (1, 8, 8), (1, 4, 4), r"conv2d: input \(N, 1, 4, 4\) is smaller than the 5x5 kernel"),
         (fn.max_pool2d(3), (1, 8, 8), (1, 2, 8), r"max_pool2d: input \(N, 1, 2, 8\) is smaller than the 3x3 window"),
+        (fn.conv2d(4, 3, groups=2), (4, 6, 6), (3, 6, 6), r"conv2d: expected input of shape \(N, 4, H, W\)"),
+        (fn.conv_transpose2d(2, 3), (3, 4, 4), (2, 4, 4), r"conv_transpose2d: expected input of shape \(N, 3, H, W\)"),
+        (fn.layer_norm(), (3, 4), (3, 5), r"layer_norm: params 'scale' has shape \(3, 4\), expected \(3, 5\)"),
+        (fn.group_norm(2), (4, 3), (3, 3), r"group_norm: inputs \(N, 3, 3\) do not have a channel count that 2 groups"),
+        (fn.upsample2d(2), (1, 2, 2), (4,), r"upsample2d: expected a \(C, H, W\) input 3-D"),
     ],
 )
 def test_bad_shapes_name_layer_expected_and_received(layer, shape, bad, match):
@@ -365,6 +370,20 @@ def test_serial_errors_name_the_sub_layer():
         (lambda: fn.conv2d(2, 3, padding=-1), "padding must be an int >= 0"),
         (lambda: fn.max_pool2d(0), "window must be"),
         (lambda: fn.leaky_relu(float("nan")), "negative_slope must be finite"),
+        (lambda: fn.conv2d(3, 3, groups=2), "conv2d: out_channels 3 is not a multiple of groups 2"),
+        (lambda: fn.conv2d(4, 3, groups=0), "conv2d: groups must be a positive int"),
+        (lambda: fn.conv_transpose2d(2, 3, stride=2, output_padding=2), r"conv_transpose2d: output_padding \(2, 2\) "
+                                                                         r"must be smaller than the stride"),
+        (lambda: fn.conv_transpose2d(2, 3, padding=-1), "conv_transpose2d: padding must be an int >= 0"),
+        (lambda: fn.layer_norm(0), "layer_norm: normalized_ndim must be a positive int"),
+        (lambda: fn.group_norm(2, eps=0), "group_norm: eps"),
+        (lambda: fn.gelu("fast"), "gelu: approximate must be 'none' or 'tanh'"),
+        (lambda: fn.elu(float("inf")), "elu: alpha must be finite"),
+        (lambda: fn.softplus(0), "softplus: beta must be finite and > 0"),
+        (lambda: fn.upsample2d(0), "upsample2d: factor must be an int >= 1"),
+        (lambda: fn.fan_out(0), "fan_out: n must be a positive int"),
+        (lambda: fn.fan_in_concat(0), r"fan_in_concat: axis must be a nonzero int \(0 is the batch axis\)"),
+        (lambda: fn.parallel(), "parallel: needs at least one layer"),
     ],
 )
 def test_bad_constructor_arguments(make, match):
