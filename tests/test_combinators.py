@@ -190,6 +190,19 @@ def test_a_branchy_model_with_batch_norm_and_dropout_gives_one_set_of_bits_on_an
     assert len({d for r, d in digests if r == 2}) == 1  # (threads change no bit; another cut, other bits)
     logits = fn.predict(model, state.params, x, model_state=state.model_state)
     assert logits.shape == (8, 5) and np.isfinite(logits).all()
+    auto = fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt, key=fn.random.key(1)))  # (the cut by buffers)
+    assert np.isfinite(auto(fn.TrainState.create(params, opt, model), (x, y))[1]["loss"])
+
+
+def test_branch_params_go_through_checkpoints(tmp_path):
+    model = _branchy()
+    params, _ = model.init(fn.random.key(0), (1, 6, 6))
+    tree = {"params": params, "model_state": model.init_state(params)}
+    for suffix in ("npz", "safetensors"):
+        fn.checkpoint.save(tmp_path / f"b.{suffix}", tree)
+        back, _ = fn.checkpoint.load(tmp_path / f"b.{suffix}", like=tree)
+        assert fn.checkpoint.digest(back) == fn.checkpoint.digest(tree)
+    assert "parallel_2" in back["params"] and "serial_0" in back["model_state"]["parallel_2"]
 
 
 @pytest.mark.parametrize("make,shape,match", [
