@@ -74,7 +74,9 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
     params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
     state = fn.TrainState.create(params, opt, model)
     loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
-    step = fn.train_step(model, loss_fn, opt, rows_per_shard=cfg.shard_rows or "auto", comm=ranks.step_comm)
+    k_drop = random.fold_in(random.key(cfg.seed), 4) if model.stochastic else None  # (the key's fifth child)
+    step = fn.train_step(model, loss_fn, opt, rows_per_shard=cfg.shard_rows or "auto", comm=ranks.step_comm,
+                         key=k_drop)
     last = len(train) % cfg.batch_size if cfg.sampling == "epoch" else 0  # (an epoch's last batch, if short)
     shards = ranks.check_shards(step, params, [cfg.batch_size, *([last] if last else [])], (1, 28, 28), dtype)
     step_fn = fn.jit(step, threads=ranks.step_threads)

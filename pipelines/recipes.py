@@ -42,8 +42,7 @@ class Regularization:
 @attrs.frozen
 class Preset:
     """A preset's defaults; flags override them. ``steps`` or ``epochs`` sets the length;
-    ``eval_every`` None means once per epoch; ``shard_rows`` None cuts batches by the
-    model's buffers (``train_step``'s "auto")."""
+    ``eval_every`` None means once per epoch."""
 
     model: str
     dtype: str
@@ -56,7 +55,6 @@ class Preset:
     eval_every: int | None
     eval_samples: int
     regularization: Regularization = Regularization()
-    shard_rows: int | None = None
 
 
 PRESETS = {
@@ -75,9 +73,6 @@ PRESETS = {
         optimizer="adam_cosine", lr=2e-3, eval_every=None, eval_samples=0,
         # (a moving average of the params measured +0.00: not used)
         regularization=Regularization(shift=2, rotate=12.0, scale=0.12, shear=8.0, label_smoothing=0.1),
-        # 2 shards of 32 rows: MNIST's model is cut so anyway (the same bits); Fashion-MNIST's same-padding
-        # model, which "auto" cuts in 4 of 16 for its larger buffers, takes 0.90x the time a step so
-        shard_rows=32,
     ),
 }
 
@@ -107,8 +102,9 @@ def preset_for(name: str, dataset: str) -> Preset:
 
 # cnn: conv 16 => conv 32 => dense 128 (valid convs); cnn_wide: conv 32 => conv 64; ..._same: same padding;
 # ..._same1: same padding on the first conv only (the one that sees the frame's edges); ..._bn: batch norm
-# after each conv
-MODELS = ("tutorial", "cnn", "cnn_wide", "cnn_same", "cnn_wide_same", "cnn_wide_same1", "cnn_wide_bn")
+# after each conv; ..._drop: dropout 0.5 after the dense 128 (its 400k weights are most of the params)
+MODELS = ("tutorial", "cnn", "cnn_wide", "cnn_same", "cnn_wide_same", "cnn_wide_same1", "cnn_wide_same_drop",
+          "cnn_wide_bn")
 
 
 def _positive(inst: Any, attr: Any, value: Any) -> None:
@@ -145,13 +141,15 @@ def build_model(cfg: Config) -> fn.Layer:
             fn.dense(64, w_init=w, b_init=b), fn.relu(), fn.dense(10, w_init=w, b_init=b),
         )
     c1, c2 = (32, 64) if cfg.model.startswith("cnn_wide") else (16, 32)
-    pad1 = "same" if cfg.model.endswith(("_same", "_same1")) else "valid"
-    pad2 = "same" if cfg.model.endswith("_same") else "valid"
-    norm = [fn.batch_norm()] if cfg.model.endswith("_bn") else []
+    name = cfg.model.removesuffix("_drop")
+    pad1 = "same" if name.endswith(("_same", "_same1")) else "valid"
+    pad2 = "same" if name.endswith("_same") else "valid"
+    norm = [fn.batch_norm()] if name.endswith("_bn") else []
+    drop = [fn.dropout(0.5)] if cfg.model.endswith("_drop") else []
     return fn.serial(
         fn.conv2d(c1, 3, padding=pad1), *norm, fn.relu(), fn.max_pool2d(2),
         fn.conv2d(c2, 3, padding=pad2), *norm, fn.relu(), fn.max_pool2d(2),
-        fn.flatten(), fn.dense(128), fn.relu(), fn.dense(10),
+        fn.flatten(), fn.dense(128), fn.relu(), *drop, fn.dense(10),
     )
 
 
@@ -241,9 +239,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
                     help="threads that train on the shards of each batch (default: every core; 1 a process with "
                     "--distributed); the result is the same for any number")
     ap.add_argument("--shard-rows", type=number(int, 1),
-                    help="cut each batch into shards of at most N rows (default: the preset's, best 32, else by the "
-                    "model's buffers, 2 or more shards of 16 MiB); the cut is part of the result, and N ranks need a "
-                    "shard count N divides")
+                    help="cut each batch into shards of at most N rows (default: by the model's buffers, 2 or more "
+                    "shards of 16 MiB); the cut is part of the result, and N ranks need a shard count N divides")
     mpi.add_argument("--deterministic-reduction", action="store_true", help=argparse.SUPPRESS)  # (0.2.0's; now a no-op)
     args = ap.parse_args(argv)
     if args.deterministic_reduction:
@@ -288,7 +285,7 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
         dtype=preset.dtype,
         batch_size=batch_size, sampling=preset.sampling, steps=steps, optimizer=preset.optimizer,
         lr=pick(args.lr, preset.lr), eval_every=min(pick(args.eval_every, preset.eval_every) or per_epoch, steps),
-        eval_samples=eval_samples, train_size=args.train_size, shard_rows=pick(args.shard_rows, preset.shard_rows),
+        eval_samples=eval_samples, train_size=args.train_size, shard_rows=args.shard_rows,
         regularization=attrs.evolve(preset.regularization, **{
             f.name: getattr(args, f.name) for f in attrs.fields(Regularization) if getattr(args, f.name) is not None
         }),

@@ -345,3 +345,13 @@ def test_export_onnx_without_onnx_says_what_to_install_before_any_work(tmp_path,
     assert exit_.value.code == 2
     assert "--export onnx: needs onnx, which is not installed (pip install 'fnnet[onnx]')" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@REAL
+def test_a_model_with_dropout_trains_with_a_key_of_its_seed_and_reproduces(tmp_path):
+    args = [*SMALL, "--model", "cnn_wide_same_drop", "--steps", "12", "--eval-every", "6"]
+    run(tmp_path / "a", *args)
+    run(tmp_path / "b", *args)
+    run(tmp_path / "c", *args, "--seed", "1")
+    assert summary(tmp_path / "a")["params_sha256"] == summary(tmp_path / "b")["params_sha256"]
+    assert summary(tmp_path / "a")["params_sha256"] != summary(tmp_path / "c")["params_sha256"]
