@@ -29,11 +29,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _pytest(session: nox.Session, backend: str) -> None:
+def _pytest(session: nox.Session, backend: str, *args: str) -> None:
     """Install fnnet with its compiled kernels and run the suite on ``backend``'s kernels."""
     session.install(".[test]")
     env = _env(FNNET_KERNELS=backend, FNNET_EXPECT_BACKEND=backend, FNNET_REQUIRE_COMPILED="1")
-    session.run("pytest", *(session.posargs or ["-q"]), env=env)
+    session.run("pytest", *(session.posargs or ["-q", *args]), env=env)
 
 
 @nox.session
@@ -44,8 +44,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def tests_numpy(session: nox.Session) -> None:
-    """The same suite with the numpy twins forced (FNNET_KERNELS=numpy)."""
-    _pytest(session, "numpy")
+    """The same suite with the numpy twins forced (FNNET_KERNELS=numpy), but for the
+    end-to-end pipeline runs marked slow: they run in ``tests`` (4.5 of this session's 9
+    minutes on a 2-core machine); the pipeline's short runs still run here."""
+    _pytest(session, "numpy", "-m", "not slow")
 
 
 @nox.session
