@@ -272,7 +272,12 @@ def load(path: str | os.PathLike, like: PyTree = None) -> tuple[PyTree, dict]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint" + (" (it is a folder)" if path.is_dir() else ""))
-    treedef, header, leaves = (_load_safetensors if _is_safetensors(path) else _load_npz)(path)
+    try:
+        treedef, header, leaves = (_load_safetensors if _is_safetensors(path) else _load_npz)(path)
+    except DataError:
+        raise
+    except _MALFORMED as exc:
+        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
     if _digest(header["structure"], leaves) != header["sha256"]:
         raise DataError(f"{path}: sha256 mismatch, the checkpoint was modified or damaged")
     tree = tree_unflatten(treedef, leaves)
@@ -305,37 +310,29 @@ def _checked_header(header: Any, path: pathlib.Path) -> TreeDef:
 
 
 def _load_npz(path: pathlib.Path) -> tuple[TreeDef, dict, list[np.ndarray]]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            budget = path.stat().st_size
-            header = json.loads(bytes(_read_leaf(z, "__header__", path, budget)).decode())
-            treedef = _checked_header(header, path)
-            leaves = [_read_leaf(z, f"leaf_{i}", path, budget) for i in range(treedef.num_leaves)]
-            if len(z.namelist()) != treedef.num_leaves + 1:
-                raise InvalidValueError(f"{len(z.namelist())} entries for {treedef.num_leaves} leaves")
-    except DataError:
-        raise
-    except _MALFORMED as exc:
-        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    """``(structure, header, leaves)`` of a ``.npz`` checkpoint (what :func:`load` checks
+    next); raises DataError or one of ``_MALFORMED``."""
+    with zipfile.ZipFile(path) as z:
+        budget = path.stat().st_size
+        header = json.loads(bytes(_read_leaf(z, "__header__", path, budget)).decode())
+        treedef = _checked_header(header, path)
+        leaves = [_read_leaf(z, f"leaf_{i}", path, budget) for i in range(treedef.num_leaves)]
+        if len(z.namelist()) != treedef.num_leaves + 1:
+            raise InvalidValueError(f"{len(z.namelist())} entries for {treedef.num_leaves} leaves")
     return treedef, header, leaves
 
 
 def _load_safetensors(path: pathlib.Path) -> tuple[TreeDef, dict, list[np.ndarray]]:
+    """As :func:`_load_npz`, of a ``.safetensors`` checkpoint."""
     tensors, strings = read_tensors(path)
     if "format" not in strings:
         raise DataError(f"{path}: a safetensors file without fnnet's structure (not written by fnnet.checkpoint."
                         "save): read its tensors with fnnet.checkpoint.read_tensors")
-    try:
-        header: dict[str, Any] = dict(strings)
-        header["metadata"] = json.loads(strings.get("metadata", "null"))
-        treedef = _checked_header(header, path)
-        names = _names(treedef, path)
-        if set(names) != set(tensors):
-            extra, missing = sorted(set(tensors) - set(names)), sorted(set(names) - set(tensors))
-            raise InvalidValueError(f"its tensors {extra} are not in its structure, {missing} are missing")
-        leaves = [tensors[n] for n in names]
-    except DataError:
-        raise
-    except _MALFORMED as exc:
-        raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
-    return treedef, header, leaves
+    header: dict[str, Any] = dict(strings)
+    header["metadata"] = json.loads(strings.get("metadata", "null"))
+    treedef = _checked_header(header, path)
+    names = _names(treedef, path)
+    if set(names) != set(tensors):
+        extra, missing = sorted(set(tensors) - set(names)), sorted(set(names) - set(tensors))
+        raise InvalidValueError(f"its tensors {extra} are not in its structure, {missing} are missing")
+    return treedef, header, [tensors[n] for n in names]

@@ -49,7 +49,7 @@ class Graph:
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
-        self.nodes: list[tuple[str, tuple[str, ...], str, str, dict]] = []  # (op, inputs, output, name, attributes)
+        self.nodes: list[tuple[str, tuple[str, ...], str, dict]] = []  # (op, inputs, name (= its output's), attributes)
         self.initializers: dict[str, np.ndarray] = {}
         self.paths: dict[str, tuple[str, ...]] = {}  # an initializer from param(): its path in the params or state
         self.layers: dict[tuple[str, ...], Layer] = {}  # the layer at each path the graph went through
@@ -59,7 +59,7 @@ class Graph:
         """Add the node ``op_type`` on ``inputs`` (names of values) with ``attributes``;
         returns the name of its one output."""
         name = "/".join((*self._path, f"{op_type}_{len(self.nodes)}"))
-        self.nodes.append((op_type, inputs, name, name, attributes))
+        self.nodes.append((op_type, inputs, name, attributes))
         return name
 
     def param(self, name: str, array: Any) -> str:
@@ -77,6 +77,11 @@ class Graph:
         full = "/".join((*self._path, f"const_{len(self.initializers)}"))
         self.initializers[full] = np.asarray(array)
         return full
+
+    def floats(self, values: Any) -> str:
+        """Add numbers (a scalar or an array) as a constant of the graph's dtype, the one a
+        mapping's arithmetic with its input needs; returns its name."""
+        return self.const(np.asarray(values, self.dtype))
 
     def layer(self, key: str, layer: Layer, params: Params, state: PyTree, x: Any, input_shape: Any
               ) -> tuple[Any, Any]:
@@ -121,8 +126,7 @@ def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str 
     """
     if not isinstance(model, Layer):
         raise InvalidTypeError(f"to_onnx: model must be a fnnet Layer, got {type(model).__name__}")
-    leaves = tree_leaves(params)
-    own = leaves[0].dtype if leaves else np.dtype(np.float32)
+    own = params_dtype(params)
     dtype = check_init_dtype("to_onnx", own if dtype is None else dtype)
     input_shape = tuple(input_shape)
     out_shape = model.output_shape(params, input_shape, own)  # checks params and shape, naming the layer
@@ -144,6 +148,12 @@ def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str 
     return proto
 
 
+def params_dtype(params: Params) -> np.dtype:
+    """The dtype of ``params`` (its first leaf's; float32 for a model without params)."""
+    leaves = tree_leaves(params)
+    return leaves[0].dtype if leaves else np.dtype(np.float32)
+
+
 def require_onnx(what: str) -> Any:
     """The onnx module, or an error saying which extra brings it."""
     try:
@@ -160,8 +170,8 @@ def _proto(onnx: Any, graph: Graph, y: str, input_shape: Shape, out_shape: Shape
     def named(value: str) -> str:
         return "y" if value == y else value
 
-    nodes = [h.make_node(op, [named(v) for v in inputs], [named(out)], name=name, **attrs)
-             for op, inputs, out, name, attrs in graph.nodes]
+    nodes = [h.make_node(op, [named(v) for v in inputs], [named(name)], name=name, **attrs)
+             for op, inputs, name, attrs in graph.nodes]
     if y not in {node[2] for node in graph.nodes}:  # a mapping that returned its input or an initializer
         nodes.append(h.make_node("Identity", [y], ["y"], name="output"))
     inits = [onnx.numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in graph.initializers.items()]

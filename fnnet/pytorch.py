@@ -28,10 +28,10 @@ import numpy as np
 from . import random
 from ._errors import InvalidTypeError, ShapeError
 from .checkpoint import read_tensors
-from .export import Graph
+from .export import Graph, params_dtype
 from .layers._checks import check_init_dtype
 from .layers._layer import Layer
-from .tree import EMPTY, freeze, tree_leaves, tree_leaves_with_path, tree_structure, tree_unflatten
+from .tree import EMPTY, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 from .typing import DTypeLike, Params, PyTree, Shape
 
 __all__ = ["MODULES", "from_state_dict", "to_state_dict"]
@@ -54,8 +54,7 @@ UNUSED = ("num_batches_tracked",)  # (BatchNorm's step counter: only its momentu
 def _modules(model: Layer, params: Params, state: PyTree, input_shape: Shape) -> list[tuple[str, str, list]]:
     """``(fnnet layer path, torch module name, [(torch name, tree path, transposed), ...])``
     for each layer with weights, in the order of the forward pass."""
-    leaves = tree_leaves(params)
-    graph = Graph(leaves[0].dtype if leaves else np.dtype(np.float32))
+    graph = Graph(params_dtype(params))
     graph.layer("", model, params, state, "x", input_shape)
     owned: dict[tuple, list[tuple]] = {}  # layer path -> its leaves' paths, in the order the mapping added them
     for path in graph.paths.values():
@@ -82,8 +81,7 @@ def to_state_dict(model: Layer, params: Params, input_shape: Sequence[int], *, m
     :func:`fnnet.checkpoint.write_tensors` and load it in torch with
     ``model.load_state_dict(safetensors.torch.load_file(path))``."""
     input_shape = tuple(input_shape)
-    leaves = tree_leaves(params)
-    model.output_shape(params, input_shape, leaves[0].dtype if leaves else np.float32)
+    model.output_shape(params, input_shape, params_dtype(params))
     values = dict(tree_leaves_with_path(params)) | dict(tree_leaves_with_path(model_state))
     out = {}
     for _, module, entries in _modules(model, params, model_state, input_shape):

@@ -132,22 +132,16 @@ def gelu(approximate: str = "none") -> Layer:
         return np.multiply(dy, 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x), out=out)
 
     def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Any) -> str:
-        def const(v: float) -> str:
-            return g.const(np.asarray(v, g.dtype))
-
-        inner = g.op("Mul", g.op("Add", x, g.op("Mul", const(c), g.op("Mul", x, g.op("Mul", x, x)))), const(k))
-        return g.op("Mul", g.op("Mul", const(0.5), x), g.op("Add", const(1.0), g.op("Tanh", inner)))
+        inner = g.op("Mul", g.op("Add", x, g.op("Mul", g.floats(c), g.op("Mul", x, g.op("Mul", x, x)))), g.floats(k))
+        return g.op("Mul", g.op("Mul", g.floats(0.5), x), g.op("Add", g.floats(1.0), g.op("Tanh", inner)))
 
     return elementwise("gelu", fwd, bwd, grad_from_input=True, onnx=onnx)
 
 
 def _onnx_gelu(g: Any, params: Params, state: Any, x: str, input_shape: Any) -> str:
     """Exact GELU in opset 17 (which has no Gelu): ``0.5 x (1 + erf(x / sqrt 2))``."""
-    def const(v: float) -> str:
-        return g.const(np.asarray(v, g.dtype))
-
-    erf = g.op("Erf", g.op("Mul", x, const(np.sqrt(0.5))))
-    return g.op("Mul", g.op("Mul", const(0.5), x), g.op("Add", const(1.0), erf))
+    erf = g.op("Erf", g.op("Mul", x, g.floats(np.sqrt(0.5))))
+    return g.op("Mul", g.op("Mul", g.floats(0.5), x), g.op("Add", g.floats(1.0), erf))
 
 
 def _sigmoid(x: Array, out: Array | None = None) -> Array:
@@ -205,10 +199,7 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> Layer:
         return np.multiply(dy, np.where(z > t, 1, _sigmoid(z)), out=out)
 
     def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Any) -> str:
-        def const(v: float) -> str:
-            return g.const(np.asarray(v, g.dtype))
-
-        z = g.op("Mul", x, const(b))
-        return g.op("Where", g.op("Greater", z, const(t)), x, g.op("Div", g.op("Softplus", z), const(b)))
+        z = g.op("Mul", x, g.floats(b))
+        return g.op("Where", g.op("Greater", z, g.floats(t)), x, g.op("Div", g.op("Softplus", z), g.floats(b)))
 
     return elementwise("softplus", fwd, bwd, grad_from_input=True, onnx=onnx)

@@ -35,6 +35,34 @@ def _reraise(err: FnnetError, key: str) -> FnnetError:
     return new
 
 
+def _layers(name: str, layers: tuple) -> tuple[tuple[str, Layer], ...]:
+    """``(("<layer name>_<i>", layer), ...)``, or an error naming the argument that is no Layer."""
+    if not layers:
+        raise InvalidValueError(f"{name}: needs at least one layer")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise InvalidTypeError(
+                f"{name}: argument {i} is a {type(layer).__name__}, not a Layer (did you forget the ()?)"
+            )
+    return tuple((f"{layer.name}_{i}", layer) for i, layer in enumerate(layers))
+
+
+def _run_parts(parts: tuple, sites: tuple, params: Params, xs: Any, key: Key | None, state: PyTree
+               ) -> tuple[list, list, dict]:
+    """The forward pass of each ``(key, layer)`` of ``parts`` on its input of ``xs``, a key
+    each (``split(key, len(parts))``) and its state: ``(outputs, caches, new_state)``
+    (``parallel``'s branches, and ``residual``'s block and shortcut)."""
+    keys = random.split(key, len(parts)) if key is not None else (None,) * len(parts)
+    ys, caches, new_state = [], [], {}
+    for (k, layer), site, xi, sub in zip(parts, sites, xs, keys):
+        y, cache, s = run(site, params[k], xi, sub, state[k] if layer.stateful else EMPTY)
+        ys.append(y)
+        caches.append(cache)
+        if layer.stateful:
+            new_state[k] = s
+    return ys, caches, new_state
+
+
 def serial(*layers: Layer) -> Layer:
     """Layers applied in sequence.
 
@@ -45,15 +73,8 @@ def serial(*layers: Layer) -> Layer:
     [-> max_pool2d]`` run fused, with the bits of the layers run one by one
     (``fnnet/layers/_fuse.py``).
     """
-    if not layers:
-        raise InvalidValueError("serial: needs at least one layer")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise InvalidTypeError(
-                f"serial: argument {i} is a {type(layer).__name__}, not a Layer (did you forget the ()?)"
-            )
-    names = tuple(f"{layer.name}_{i}" for i, layer in enumerate(layers))
-    children = tuple(zip(names, layers))
+    children = _layers("serial", layers)
+    names = tuple(k for k, _ in children)
     stateful = tuple(layer.stateful for layer in layers)
 
     def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
@@ -105,18 +126,6 @@ def serial(*layers: Layer) -> Layer:
     )
 
 
-def _layers(name: str, layers: tuple) -> tuple[tuple[str, Layer], ...]:
-    """``(("<layer name>_<i>", layer), ...)``, or an error naming the argument that is no Layer."""
-    if not layers:
-        raise InvalidValueError(f"{name}: needs at least one layer")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise InvalidTypeError(
-                f"{name}: argument {i} is a {type(layer).__name__}, not a Layer (did you forget the ()?)"
-            )
-    return tuple((f"{layer.name}_{i}", layer) for i, layer in enumerate(layers))
-
-
 def _branches(name: str, input_shape: Any, n: int | None = None) -> Any:
     """``input_shape`` as the shapes of a tuple of inputs (of ``n``), or a ShapeError."""
     if not is_multi(input_shape) or (n is not None and len(input_shape) != n):
@@ -166,16 +175,8 @@ def parallel(*layers: Layer) -> Layer:
         return sites, sig.grads
 
     def forward(params: Params, x: tuple, buf: Any, key: Key | None = None, state: PyTree = EMPTY) -> tuple:
-        sites = buf[0]
-        keys = random.split(key, len(children)) if key is not None else (None,) * len(children)
-        ys, caches, new_state = [], [], {}
-        for (k, layer), site, xi, sub in zip(children, sites, x, keys):
-            y, cache, s = run(site, params[k], xi, sub, state[k] if layer.stateful else EMPTY)
-            ys.append(y)
-            caches.append(cache)
-            if layer.stateful:
-                new_state[k] = s
-        if any(stateful):
+        ys, caches, new_state = _run_parts(children, buf[0], params, x, key, state)
+        if new_state:
             return tuple(ys), (caches, buf), FrozenDict(new_state)
         return tuple(ys), (caches, buf)
 
@@ -358,14 +359,7 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         return SimpleNamespace(sites=sites, y=sig.empty(y_shape), dx=sig.dx_buffer(), grads=sig.grads)
 
     def forward(params: Params, x: Array, buf: Any, key: Key | None = None, state: PyTree = EMPTY) -> tuple[Any, ...]:
-        subkeys = random.split(key) if key is not None else (None, None)
-        outs, caches, new_state = [], [], {}
-        for (k, _), site, sub, has_state in zip(parts, buf.sites, subkeys, stateful):
-            y, cache, s = run(site, params[k], x, sub, state[k] if has_state else EMPTY)
-            outs.append(y)
-            caches.append(cache)
-            if has_state:
-                new_state[k] = s
+        outs, caches, new_state = _run_parts(parts, buf.sites, params, (x, x), key, state)
         y = np.add(outs[0], outs[1], out=buf.y)
         if new_state:
             return y, (caches, buf), FrozenDict(new_state)

@@ -249,11 +249,8 @@ def group_norm(groups: int, eps: float = 1e-5) -> Layer:
         return grads, dx.reshape(dy.shape)
 
     def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:  # (opset 17 has no GroupNorm)
-        def const(a: Any) -> str:
-            return g.const(np.asarray(a, g.dtype))
-
         grouped = g.op("Reshape", x, g.const(np.array([0, G, -1], np.int64)))
-        normed = g.op("InstanceNormalization", grouped, const(np.ones(G)), const(np.zeros(G)), epsilon=eps)
+        normed = g.op("InstanceNormalization", grouped, g.floats(np.ones(G)), g.floats(np.zeros(G)), epsilon=eps)
         back = g.op("Reshape", normed, g.const(np.array([-1, *input_shape], np.int64)))
         ones = (1,) * (len(input_shape) - 1)
         scaled = g.op("Mul", back, g.param("scale", params["scale"].reshape(-1, *ones)))
