@@ -379,3 +379,41 @@ def test_batch_norm_wrappers_take_4d_and_2d_inputs_and_refuse_strided_outputs(rn
     x = rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):
         kernels.bn_normalize(x, coef, np.empty_like(x), np.empty((4, 3, 5, 12), np.float32)[..., ::2])
+
+
+def _adam_expression(g, m, v, b1, b2, eps, c0, c1):
+    """Adam's rule as numpy writes it (scale_by_adam's before the kernel): the bits to give."""
+    mu = b1 * m + (1 - b1) * g
+    nu = b2 * v + (1 - b2) * (g * g)
+    return (mu / c0) / (np.sqrt(nu / c1) + eps), mu, nu
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_kernel_gives_the_bits_of_numpys_expression(compiled, dtype, rng):
+    b1, b2, eps, t = 0.9, 0.999, 1e-8, 7
+    c0, c1 = 1 - b1**t, 1 - b2**t
+    scalars = [dtype(s) for s in (b1, 1 - b1, b2, 1 - b2, c0, c1, eps)]
+    for n in (1, 7, 1023, 1024, 1025, 10_001):  # (blocks of 1024: a short last one, and none)
+        g = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 2, n)).astype(dtype)
+        g[: min(n, 2)] = [0.0, -0.0][: min(n, 2)]
+        m, v = (rng.standard_normal(n) * 0.1).astype(dtype), (rng.random(n) * 0.01).astype(dtype)
+        want = _adam_expression(g, m, v, b1, b2, eps, c0, c1)
+        for impl in (compiled, kernels.twins):
+            got = [np.full(n, 7.0, dtype) for _ in range(3)]
+            impl.adam_update(g, m, v, *scalars, got[1], got[2], got[0], np.empty((2, 1024), dtype))
+            assert [a.tobytes() for a in got] == [a.tobytes() for a in want]
+        got = kernels.adam_update(g.reshape(1, -1), m.reshape(1, -1), v.reshape(1, -1), b1, b2, eps, c0, c1)
+        assert [a.shape for a in got] == [(1, n)] * 3
+        assert [a.tobytes() for a in got] == [a.tobytes() for a in want]
+
+
+def test_adam_update_takes_any_array_numpy_takes_and_refuses_shapes_that_differ(rng):
+    g = rng.standard_normal((3, 5))
+    for a in (g.astype(np.float16), g.T.copy().T, np.arange(15).reshape(3, 5)):  # half, strided, integer
+        m, v = np.zeros_like(a, dtype=np.result_type(a, 1.0)), np.ones_like(a, dtype=np.result_type(a, 1.0))
+        want = _adam_expression(a, m, v, 0.9, 0.999, 1e-8, 0.1, 0.001)
+        got = kernels.adam_update(a, m, v, 0.9, 0.999, 1e-8, 0.1, 0.001)
+        assert [(x.dtype, x.shape, x.tobytes()) for x in got] == [(x.dtype, x.shape, x.tobytes()) for x in want]
+    shapes = r"got \(3, 5\), \(3, 5\), \(5,\)"
+    with pytest.raises(ValueError, match=r"adam_update: g, m and v must have one shape, " + shapes):
+        kernels.adam_update(g, g, g[0], 0.9, 0.999, 1e-8, 0.1, 0.001)

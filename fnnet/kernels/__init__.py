@@ -33,6 +33,7 @@ KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
 __all__ = [
     "FAMILIES",
     "KERNEL_NAMES",
+    "adam_update",
     "affine_warp",
     "avg_pool_backward",
     "avg_pool_forward",
@@ -306,3 +307,26 @@ def relu_max_pool_backward(
     n, c, h, w = dz.shape
     _impl.relu_max_pool_backward(_c(dy), _c(idx), _c(y), int(sh < kh or sw < kw), dz.reshape(n, c, h * w))
     return dz
+
+
+_ADAM_BLOCK = 1024  # (elements a block of the compiled pass: its scratch rows stay in L1)
+
+
+def adam_update(
+    g: np.ndarray, m: np.ndarray, v: np.ndarray, b1: float, b2: float, eps: float, c0: float, c1: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Adam's step, ``(u, mu, nu)`` as new arrays of ``g``'s shape: ``mu = b1*m + (1-b1)*g``,
+    ``nu = b2*v + (1-b2)*(g*g)``, ``u = (mu/c0) / (sqrt(nu/c1) + eps)``, with the scalars cast
+    to the arrays' dtype and each operation rounded to it: the bits of that numpy
+    expression. ``g``, ``m``, ``v`` must have one shape (ValueError otherwise)."""
+    if not g.shape == m.shape == v.shape:
+        raise ValueError(f"adam_update: g, m and v must have one shape, got {g.shape}, {m.shape}, {v.shape}")
+    dtype = np.result_type(g, m, v, 1.0)  # (integer gradients: float64, as numpy's expression)
+    impl = _impl if dtype in (np.float32, np.float64) else twins  # (float16, complex: the twin)
+    shape = g.shape
+    g, m, v = (_c(np.asarray(a, dtype)).reshape(-1) for a in (g, m, v))
+    mu, nu, u = np.empty_like(g), np.empty_like(g), np.empty_like(g)
+    t = dtype.type
+    impl.adam_update(g, m, v, t(b1), t(1 - b1), t(b2), t(1 - b2), t(c0), t(c1), t(eps), mu, nu, u,
+                     np.empty((2, _ADAM_BLOCK), dtype))
+    return u.reshape(shape), mu.reshape(shape), nu.reshape(shape)

@@ -18,6 +18,7 @@ FAMILIES = {
     "norm": ("bn_moments", "bn_normalize", "bn_grad_sums", "bn_backward"),
     "fused": ("standardize", "scale_shift_relu", "scale_shift_relu_max_pool", "scale_shift_relu_max_pool_2x2",
               "scale_shift_relu_max_pool_values", "relu_max_pool_backward"),
+    "optim": ("adam_update",),
 }
 """Family -> the kernels it exports (one twin module and one Pythran source per family)."""
 

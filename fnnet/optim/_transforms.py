@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from .._errors import InvalidTypeError, check_real
 from ..tree import FrozenDict, tree_flatten, tree_leaves, tree_map, tree_unflatten
 from ..typing import OptState, PyTree, Schedule
@@ -85,9 +86,8 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         return (1.0 - b1**t, 1.0 - b2**t), {"count": count(t)}
 
     def rule(c: tuple[float, float], g: np.ndarray, m: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:
-        mu = b1 * m + (1 - b1) * g
-        nu = b2 * v + (1 - b2) * (g * g)
-        return (mu / c[0]) / (np.sqrt(nu / c[1]) + eps), (mu, nu)
+        u, mu, nu = kernels.adam_update(g, m, v, b1, b2, eps, *c)  # (one compiled pass; numpy's bits)
+        return u, (mu, nu)
 
     return elementwise(rule, {"mu": np.zeros_like, "nu": np.zeros_like}, scalars=_counter, advance=advance)
 
