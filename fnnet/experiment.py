@@ -44,8 +44,8 @@ from .train import CHUNK_ROWS, TrainState, predict, rank_shards
 from .tree import EMPTY, check_like
 from .typing import Params
 
-__all__ = ["Divergence", "FlagError", "Interrupts", "Ranks", "RunFolder", "evaluate", "exit_status", "follow_metrics",
-           "number", "read_metrics", "save_plots", "write_atomic"]
+__all__ = ["TTA", "Divergence", "FlagError", "Interrupts", "Ranks", "RunFolder", "evaluate", "exit_status",
+           "follow_metrics", "number", "read_metrics", "save_plots", "write_atomic"]
 
 
 class FlagError(InvalidValueError):
@@ -380,19 +380,32 @@ class Interrupts:
             self.mpi = False
 
 
+TTA = ("flip",)
+"""The test-time augmentations :func:`evaluate` knows: ``"flip"`` averages the logits of
+each image and of its mirror image (for classes a mirror keeps, as ``augment.hflip``)."""
+
+
 def evaluate(model: Any, params: Params, split: Split, dtype: np.dtype, step: int, ranks: Ranks | None = None,
-             model_state: Any = None) -> dict:
+             model_state: Any = None, tta: str | None = None) -> dict:
     """Loss, accuracy and predictions of ``params`` (after ``step``) on a whole split;
     on several ranks each predicts its share of the images, in whole chunks of one
     process's (a row's outputs depend on its chunk), and every rank gathers every output
-    and computes the loss over the whole split: the same bits on any number of ranks."""
+    and computes the loss over the whole split: the same bits on any number of ranks.
+    ``tta="flip"``: the outputs are the mean of the logits of each image and of its
+    mirror image (:data:`TTA`); None: of the image alone."""
+    if tta is not None and tta not in TTA:
+        raise InvalidValueError(f"evaluate: tta must be None or one of {TTA}, got {tta!r}")
     ranks = ranks or Ranks()
     comm = ranks.comm
     n, size, rank = len(split), comm.Get_size(), comm.Get_rank()
     bounds = [r * n // size // CHUNK_ROWS * CHUNK_ROWS for r in range(size)] + [n]
     mine = slice(bounds[rank], bounds[rank + 1])
     kw = {} if model_state is None else {"model_state": model_state}
-    logits = predict(model, params, split.x[mine].astype(dtype, copy=False), threads=ranks.step_threads, **kw)
+    x = split.x[mine].astype(dtype, copy=False)
+    logits = predict(model, params, x, threads=ranks.step_threads, **kw)
+    if tta == "flip":
+        mirrored = predict(model, params, np.ascontiguousarray(x[..., ::-1]), threads=ranks.step_threads, **kw)
+        logits = (logits + mirrored) * logits.dtype.type(0.5)
     if size > 1:  # (fewer images than ranks leave some ranks none)
         logits = np.concatenate(comm.allgather(logits))
     if not np.isfinite(logits).all():  # finite params whose outputs overflow: diverged (the loss refuses them)

@@ -137,7 +137,7 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
                 continue
             t_eval -= time.perf_counter()  # an evaluation
             val = evaluate(model, eval_params(cfg, state), _validation(cfg, ds, k_eval, state.step), dtype,
-                           state.step, ranks, state.model_state)
+                           state.step, ranks, state.model_state, cfg.tta)
             if ranks.mpi:  # (a check that the ranks agree)
                 fn.distributed.check_replicated(state.params, ranks.comm)
             row = {
@@ -190,8 +190,8 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
     """The run's outputs: the test split read once, the summary (rank 0 writes it, the plots and,
     with ``export="onnx"``, the model as ``model.onnx``)."""
     t_end = time.perf_counter()
-    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks, state.model_state)
-    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks, state.model_state)
+    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks, state.model_state, cfg.tta)
+    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks, state.model_state, cfg.tta)
     final = Divergence(len(ds.classes)).final(val["loss"], state.step)  # (the run is judged on its final state)
     warnings = [w for r in rows for w in r.get("warnings", [])] + final
     summary = {

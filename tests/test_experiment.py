@@ -16,7 +16,7 @@ import pytest
 
 import fnnet as fn
 from fnnet import optim
-from fnnet.experiment import Divergence, FlagError, Ranks, RunFolder, exit_status, follow_metrics, number
+from fnnet.experiment import Divergence, FlagError, Ranks, RunFolder, evaluate, exit_status, follow_metrics, number
 
 OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json")
 
@@ -206,3 +206,18 @@ def test_number_flags_name_the_range():
         number(float, 0, low_open=True)("nan")
     with pytest.raises(argparse.ArgumentTypeError, match="expected an integer, got '1.5'"):
         number(int, 1)("1.5")
+
+
+def test_flip_tta_evaluates_the_mean_of_the_logits_of_each_image_and_its_mirror(rng):
+    model = fn.serial(fn.conv2d(3, 3), fn.relu(), fn.flatten(), fn.dense(4))
+    params, _ = model.init(fn.random.key(0), (1, 6, 5), dtype=np.float32)
+    x = rng.random((9, 1, 6, 5), dtype=np.float32)
+    split = fn.data.Split(x, np.arange(9) % 4)
+    plain, flip = (evaluate(model, params, split, np.dtype(np.float32), 0, tta=t) for t in (None, "flip"))
+    mirrored = fn.predict(model, params, x[..., ::-1].copy())
+    logits = (fn.predict(model, params, x) + mirrored) * np.float32(0.5)
+    assert np.array_equal(flip["pred"], logits.argmax(1)) and flip["accuracy"] == np.mean(logits.argmax(1) == split.y)
+    assert flip["loss"] == float(fn.softmax_cross_entropy(logits, split.y)[0]) != plain["loss"]
+    assert np.array_equal(plain["pred"], fn.predict(model, params, x).argmax(1))
+    with pytest.raises(fn.InvalidValueError, match=r"evaluate: tta must be None or one of \('flip',\), got 'rot90'"):
+        evaluate(model, params, split, np.dtype(np.float32), 0, tta="rot90")

@@ -269,6 +269,7 @@ def test_best_differs_by_dataset_only_as_its_table_says():
         where = fashion.regularization if hasattr(fashion.regularization, field) else fashion
         assert getattr(where, field) == value, field
     assert recipes.BEST_BY_DATASET["fashion-mnist"]["flip"] > 0 and "flip" not in recipes.BEST_BY_DATASET["mnist"]
+    assert fashion.tta == "flip" and recipes.PRESETS["best"].tta is None  # (a mirror keeps a shirt, not a 2)
     for name in ("tutorial", "default"):  # (the other presets are the same on every dataset)
         assert recipes.preset_for(name, "fashion-mnist") == recipes.PRESETS[name]
 
@@ -355,3 +356,19 @@ def test_a_model_with_dropout_trains_with_a_key_of_its_seed_and_reproduces(tmp_p
     run(tmp_path / "c", *args, "--seed", "1")
     assert summary(tmp_path / "a")["params_sha256"] == summary(tmp_path / "b")["params_sha256"]
     assert summary(tmp_path / "a")["params_sha256"] != summary(tmp_path / "c")["params_sha256"]
+
+
+def test_tta_comes_from_the_preset_and_the_flag_overrides_it():
+    import numpy as np
+
+    import fnnet as fn
+
+    recipes = pipeline_module("recipes")
+    split = fn.data.Split(np.zeros((64, 1, 28, 28), np.float32), np.arange(64) % 10)
+    for name, want in (("mnist", {None: None, "none": None, "flip": "flip"}),
+                       ("fashion-mnist", {None: "flip", "none": None, "flip": "flip"})):
+        ds = fn.data.Dataset(name, split, split, split, tuple("0123456789"), "fake")
+        for flag, tta in want.items():
+            argv = ["--preset", "best", "--dataset", name, "--steps", "1", "--eval-samples", "0"]
+            argv += [] if flag is None else ["--tta", flag]
+            assert recipes.make_config(recipes.parse_args(argv), ds).tta == tta, (name, flag)

@@ -289,7 +289,7 @@ def test_params_trees_train_or_are_refused_naming_the_path(tree):
 FLAGS = ["--seed", "--steps", "--epochs", "--batch-size", "--lr", "--eval-every", "--eval-samples", "--train-size",
          "--shift", "--rotate", "--scale", "--shear", "--cutout", "--flip", "--label-smoothing", "--ema", "--threads",
          "--shard-rows",
-         "--stop-after", "--model", "--preset", "--dataset"]
+         "--stop-after", "--model", "--preset", "--dataset", "--tta"]
 TEXT = st.one_of(st.sampled_from(["0", "-1", "1e400", "nan", "inf", "-inf", "1.5", "2", "", "x", "1e-300", "64",
                                   "10000000000", "cnn", "tutorial"]), st.text(max_size=4))
 
