@@ -5,8 +5,9 @@ a step of 422k float32 params, 14 % of the Fashion-MNIST ``best`` step); here it
 pass in blocks that stay in cache. Each operation's result is stored in an array of the
 dtype before the next one reads it: pythran computes a float32 ``/`` in float64, and a
 chain of such operations would round once where numpy rounds at each step. The scratch
-rows are the caller's because an array this module allocates with a float32 input's
-dtype came out float64 (pythran 0.19). Numpy twins with the same signatures:
+rows are the caller's because Pythran 0.19 typed scratch rows allocated in this blocked
+loop (``np.empty_like(g[:block])``) as float64 for a float32 ``g``: they then kept the
+unrounded quotients. Numpy twins with the same signatures:
 fnnet/kernels/optim.py.
 """
 import numpy as np
