@@ -36,7 +36,7 @@ import attrs
 import numpy as np
 
 from . import checkpoint
-from ._errors import DataError, DivergenceError, FnnetError, InvalidValueError
+from ._errors import DataError, DivergenceError, FnnetError, InvalidValueError, ShapeError
 from .data import Split
 from .losses import softmax_cross_entropy
 from .threads import blas_share
@@ -395,6 +395,8 @@ def evaluate(model: Any, params: Params, split: Split, dtype: np.dtype, step: in
     mirror image (:data:`TTA`); None: of the image alone."""
     if tta is not None and tta not in TTA:
         raise InvalidValueError(f"evaluate: tta must be None or one of {TTA}, got {tta!r}")
+    if tta == "flip" and split.x.ndim != 4:
+        raise ShapeError(f"evaluate: tta='flip' mirrors images (N, C, H, W), got inputs of shape {split.x.shape}")
     ranks = ranks or Ranks()
     comm = ranks.comm
     n, size, rank = len(split), comm.Get_size(), comm.Get_rank()

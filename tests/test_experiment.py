@@ -221,3 +221,6 @@ def test_flip_tta_evaluates_the_mean_of_the_logits_of_each_image_and_its_mirror(
     assert np.array_equal(plain["pred"], fn.predict(model, params, x).argmax(1))
     with pytest.raises(fn.InvalidValueError, match=r"evaluate: tta must be None or one of \('flip',\), got 'rot90'"):
         evaluate(model, params, split, np.dtype(np.float32), 0, tta="rot90")
+    flat = fn.data.Split(x.reshape(9, -1), split.y)
+    with pytest.raises(fn.ShapeError, match=r"tta='flip' mirrors images \(N, C, H, W\), got inputs of shape \(9, 30\)"):
+        evaluate(fn.serial(fn.dense(4)), {}, flat, np.dtype(np.float32), 0, tta="flip")
