@@ -67,16 +67,16 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
                                                                  ds.train.y[: cfg.train_size])
     ranks.on_root(lambda: folder.check(resume, overwrite))
 
-    # the model, the optimizer and the step: one key each for init, data order, evaluation samples, augmentation
+    # the model, the optimizer and the step: one key each for init, data order, evaluation samples, augmentation,
+    # dropout (split's children do not depend on their count: adding the fifth moved none of the four)
     dtype = np.dtype(cfg.dtype)
     model, opt, augment = build_model(cfg), build_optimizer(cfg), build_augment(cfg)
-    k_init, k_data, k_eval, k_aug = random.split(random.key(cfg.seed), 4)
+    k_init, k_data, k_eval, k_aug, k_drop = random.split(random.key(cfg.seed), 5)
     params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
     state = fn.TrainState.create(params, opt, model)
     loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
-    k_drop = random.fold_in(random.key(cfg.seed), 4) if model.stochastic else None  # (the key's fifth child)
     step = fn.train_step(model, loss_fn, opt, rows_per_shard=cfg.shard_rows or "auto", comm=ranks.step_comm,
-                         key=k_drop)
+                         key=k_drop if model.stochastic else None)
     last = len(train) % cfg.batch_size if cfg.sampling == "epoch" else 0  # (an epoch's last batch, if short)
     shards = ranks.check_shards(step, params, [cfg.batch_size, *([last] if last else [])], (1, 28, 28), dtype)
     step_fn = fn.jit(step, threads=ranks.step_threads)
@@ -190,8 +190,8 @@ def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, s
     """The run's outputs: the test split read once, the summary (rank 0 writes it, the plots and,
     with ``export="onnx"``, the model as ``model.onnx``)."""
     t_end = time.perf_counter()
-    test = evaluate(model, eval_params(cfg, state), ds.test, dtype, state.step, ranks, state.model_state, cfg.tta)
-    val = evaluate(model, eval_params(cfg, state), ds.val, dtype, state.step, ranks, state.model_state, cfg.tta)
+    test, val = (evaluate(model, eval_params(cfg, state), split, dtype, state.step, ranks, state.model_state, cfg.tta)
+                 for split in (ds.test, ds.val))
     final = Divergence(len(ds.classes)).final(val["loss"], state.step)  # (the run is judged on its final state)
     warnings = [w for r in rows for w in r.get("warnings", [])] + final
     summary = {
