@@ -10,12 +10,18 @@ speed of the same shards with BLAS at one thread.
 So while fnnet runs ``t`` threads, each BLAS library numpy uses gets at most
 ``cores() // t`` threads (never more than it had), through threadpoolctl, and gets its
 own setting back when the last such call returns: the user's other numpy code finds BLAS
-as it left it. One thread (a batch too small to cut, ``threads=1``) leaves BLAS alone:
-its threads are then the only ones.
+as it left it. Where fnnet runs one thread (a batch too small to cut, ``threads=1``, a
+light inference chunk), BLAS keeps its own threads only for work whose largest product
+has at least :data:`BLAS_MIN_PRODUCT` multiply-adds, and runs on one thread otherwise:
+a second BLAS thread slows a small product down, and when another process holds a
+core, OpenBLAS's threads spin waiting for it (the tutorial's step took 2x as long).
 
-The bits do not depend on any of this: the shards are cut by the batch signature alone
-(:func:`fnnet.train.cut`), and BLAS splits a product's output, not its sums, among its
-threads (tested: 1 or 2 BLAS threads, 1 or 2 shard threads give the same params).
+The bits do not depend on fnnet's threads: the shards are cut by the batch signature
+alone (:func:`fnnet.train.cut`), and BLAS runs one thread for every product below
+:data:`BLAS_MIN_PRODUCT`. Larger products get BLAS threads, and there the bits are BLAS's
+to keep: numpy's OpenBLAS splits a product's output, not its sums, among its threads with
+its own kernels for the CPU (tested), but with ``OPENBLAS_CORETYPE=Haswell`` forced on an
+AVX-512 CPU, 0.3.31 gave other bits at 2 threads than at 1 (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -30,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import check_int
+from .tree import tree_leaves
 
-__all__ = ["blas_share", "cgroup_cores", "cores", "thread_count"]
+__all__ = ["BLAS_MIN_PRODUCT", "blas_share", "cgroup_cores", "cores", "largest_product", "thread_count"]
+
+BLAS_MIN_PRODUCT = 1 << 24
+"""The multiply-adds of a product below which BLAS gets one thread where fnnet runs one
+(:func:`blas_share`). Measured on 2 cores (numpy's OpenBLAS, float32, rows x in x out):
+a second thread ran a 64x169x64 product at 0.75x, 64x400x128 (3.3M) at 1.12x, 64x512x512
+(2^24) at 1.55x and 2^25 or more at 1.9x; whole steps of one shard with small products
+(the tutorial's, NET-SEED at 128 rows, LeNet at 32) at 0.86-0.96x on an idle machine and
+0.36-0.79x with another process on a core."""
 
 
 def cgroup_cores(proc_cgroup: str | Path = "/proc/self/cgroup", root: str | Path = "/sys/fs/cgroup") -> float | None:
@@ -129,17 +144,31 @@ class _Blas:
 _BLAS = _Blas()
 
 
+def largest_product(params: Any, rows: int) -> int:
+    """An estimate of the multiply-adds of the largest matrix product a pass of ``rows``
+    rows makes through a model with ``params``: ``rows`` times its largest leaf (exact for
+    a dense layer, whose product is rows x in x out; a conv layer's per-sample products
+    are its weights times its output pixels, and a batch with wide convolutions is cut
+    into shards, whose threads hold BLAS at their share anyway)."""
+    return rows * max((leaf.size for leaf in tree_leaves(params)), default=0)
+
+
 @contextmanager
-def blas_share(threads: int, cores_: int | None = None) -> Iterator[int]:
+def blas_share(threads: int, cores_: int | None = None, *, product: int | None = None) -> Iterator[int]:
     """Around code that runs ``threads`` threads of fnnet's: cap each BLAS library at
     ``cores_ // threads`` threads (``cores_`` defaults to :func:`cores`; at least 1, never
     raised above what it had), and restore what it had when the last call inside returns
-    (calls may nest and overlap across threads). Yields the cap (0 for no change: one
-    thread leaves BLAS alone)."""
-    if threads <= 1:
+    (calls may nest and overlap across threads). Work whose largest ``product`` (its
+    multiply-adds, :func:`largest_product`) is below :data:`BLAS_MIN_PRODUCT` caps BLAS at
+    one thread instead; one thread of fnnet's with larger (or unknown: None) products
+    leaves BLAS alone. Yields the cap (0 for no change)."""
+    if product is not None and product < BLAS_MIN_PRODUCT:
+        cap = 1
+    elif threads <= 1:
         yield 0
         return
-    cap = max(1, (cores() if cores_ is None else cores_) // threads)
+    else:
+        cap = max(1, (cores() if cores_ is None else cores_) // threads)
     blas = _BLAS
     with blas.lock:
         libs = blas.found()

@@ -85,8 +85,15 @@ def test_blas_share_caps_and_restores(blas_at_2):
             assert inner == 4 and blas_threads() == [1] * len(BLAS.lib_controllers)
         assert blas_threads() == [1] * len(BLAS.lib_controllers)  # the outer call is still inside
     assert blas_threads() == [2] * len(BLAS.lib_controllers)
-    with threads.blas_share(1, cores_=2) as cap:  # one thread of fnnet's: BLAS keeps its cores
+    with threads.blas_share(1, cores_=2) as cap:  # one thread of fnnet's, work of unknown size: BLAS keeps its cores
         assert cap == 0 and blas_threads() == [2] * len(BLAS.lib_controllers)
+    with threads.blas_share(1, product=threads.BLAS_MIN_PRODUCT) as cap:  # large products: BLAS keeps its cores
+        assert cap == 0 and blas_threads() == [2] * len(BLAS.lib_controllers)
+    with threads.blas_share(1, product=threads.BLAS_MIN_PRODUCT - 1) as cap:  # small ones: one BLAS thread
+        assert cap == 1 and blas_threads() == [1] * len(BLAS.lib_controllers)
+    with threads.blas_share(2, cores_=64, product=threads.BLAS_MIN_PRODUCT - 1) as cap:  # beside shards too
+        assert cap == 1 and blas_threads() == [1] * len(BLAS.lib_controllers)
+    assert blas_threads() == [2] * len(BLAS.lib_controllers)
     with threads.blas_share(4, cores_=64) as cap:  # 64 cores, 4 shards: 16 BLAS threads each, at most what it had
         assert cap == 16 and blas_threads() == [2] * len(BLAS.lib_controllers)
 
@@ -142,9 +149,9 @@ def test_jit_and_predict_give_blas_back_and_hold_it_while_their_threads_run(monk
     seen = []
     real = threads.blas_share
 
-    def recording(n, cores_=None):
+    def recording(n, cores_=None, *, product=None):
         seen.append((n, blas_threads()))
-        return real(n, cores_)
+        return real(n, cores_, product=product)
 
     import fnnet.train._jit
     import fnnet.train._predict
@@ -165,9 +172,36 @@ def test_jit_and_predict_give_blas_back_and_hold_it_while_their_threads_run(monk
     fn.predict(model, params, x, batch_size=16, threads=2)
     assert seen[-1][0] == 2 and blas_threads() == [2] * len(BLAS.lib_controllers)
     seen.clear()
-    fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt, rows_per_shard=16), threads=1)(
+    inside.clear()
+    fn.jit(fn.train_step(model, _spy_loss(inside), opt, rows_per_shard=16), threads=1)(
         fn.TrainState.create(params, opt), (x, y))
-    assert seen == []  # one thread: BLAS is left alone
+    assert [n for n, _ in seen] == [1]  # one thread, small products: BLAS held to one thread too
+    assert inside and all(n == [1] * len(BLAS.lib_controllers) for n in inside)
+    assert blas_threads() == [2] * len(BLAS.lib_controllers)
+
+
+@pytest.mark.parametrize("width, want", [(64, 1), (4096, 2)])
+@pytest.mark.parametrize("runner", ["step", "jit", "jit 1 thread", "predict"])
+def test_one_thread_gives_blas_its_threads_only_for_large_products(monkeypatch, blas_at_2, runner, width, want):
+    # one shard of 16 rows x 256 inputs x 4096 outputs: 2^24 multiply-adds, the least that keeps BLAS's threads
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    model = fn.serial(fn.flatten(), fn.dense(width), fn.relu(), fn.dense(10))
+    params, _ = model.init(fn.random.key(0), (1, 16, 16))
+    x, y = np.random.default_rng(0).random((16, 1, 16, 16), dtype=np.float32), np.arange(16) % 10
+    inside = []
+    if runner == "predict":
+        def fwd(v, out):
+            inside.append(blas_threads())
+            return v
+
+        spy = fn.serial(model, fn.layers.elementwise("spy", fwd, lambda v, dy, out: dy))
+        fn.predict(spy, {"serial_0": params, "spy_1": {}}, x, batch_size=16)
+    else:
+        step = fn.train_step(model, _spy_loss(inside), optim.sgd(0.1), rows_per_shard=None)
+        step = step if runner == "step" else fn.jit(step, threads=1 if "1 thread" in runner else None)
+        step(fn.TrainState.create(params, optim.sgd(0.1)), (x, y))
+    assert inside == [[want] * len(BLAS.lib_controllers)]
+    assert blas_threads() == [2] * len(BLAS.lib_controllers)  # given back
 
 
 def _spy_loss(record):
@@ -182,7 +216,7 @@ def _spy_loss(record):
 
 
 def _wide_net():
-    # products large enough for OpenBLAS to use a second thread (64 x 288 x 256)
+    # products large enough for OpenBLAS to use a second thread (64 x 288 x 256), which fnnet holds to one
     return fn.serial(fn.conv2d(8, 3, padding="same"), fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(256),
                      fn.relu(), fn.dense(10))
 
@@ -207,7 +241,7 @@ def test_the_bits_do_not_depend_on_cores_threads_or_blas(monkeypatch, dtype):
             runs[f"step, BLAS {blas}"] = train(step)
             for t in (1, 2, 4):
                 runs[f"jit {t} threads, BLAS {blas}"] = train(fn.jit(step, threads=t))
-            monkeypatch.setattr(threads, "cores", lambda: 64)  # a 64-core machine: BLAS gets 16 a shard
+            monkeypatch.setattr(threads, "cores", lambda: 64)  # a 64-core machine: 4 shard threads (BLAS: one each, the products are small)
             runs[f"jit on 64 cores, BLAS {blas}"] = train(fn.jit(step))
             monkeypatch.undo()
     for label, got in runs.items():

@@ -80,7 +80,9 @@ class Plan:
     turns True once a backward pass has been seen to write every gradient. ``group``: for
     a cut batch of a model with state (batch norm), the
     :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
-    through (None otherwise). ``comm``: the ranks that share the batch (an mpi4py
+    through (None otherwise). ``product``: the multiply-adds of the largest matrix product
+    of a shard's pass (:func:`fnnet.threads.largest_product`), which decides whether BLAS
+    keeps its threads where one thread runs the shards (:func:`fnnet.threads.blas_share`). ``comm``: the ranks that share the batch (an mpi4py
     communicator), with ``gathered``, the (count, P + tail) buffer every shard's gradient
     and metrics are gathered into (:data:`TAIL_BYTES`), ``summed``, the gradient tree that
     views its first row, and ``sending``, the rows of this rank's shards. Made by
@@ -96,6 +98,7 @@ class Plan:
     shards: tuple[Shard, ...]
     count: int = 1
     group: ShardGroup | None = None
+    product: int | None = None
     checked: bool = False
     # ((path, grads, marker views), ...) of every shard's layers whose backward is not fnnet's (Sig.watch)
     watch: tuple = ()

@@ -66,10 +66,9 @@ class JitStep:
         if plan is None or not ((found is not None and found[1] is plan.layout) or plan.layout.matches(state.params)):
             plan = step.plan(state, x, labels, self.threads)
             plans[plan.signature] = plan
-        if len(plan.shards) == 1 or self.threads == 1:
-            return run_step(plan, state, x, labels)
-        with blas_share(min(self.threads, len(plan.shards))):
-            return run_step(plan, state, x, labels, self._workers())
+        threads = min(self.threads, len(plan.shards))
+        with blas_share(threads, product=plan.product):
+            return run_step(plan, state, x, labels, self._workers() if threads > 1 else None)
 
 
 def jit(step: Step, threads: int | None = None) -> JitStep:
@@ -78,6 +77,7 @@ def jit(step: Step, threads: int | None = None) -> JitStep:
 
     ``threads``: how many threads run the shards of a batch the step cuts (default:
     :func:`fnnet.threads.cores`, every core this process may use; 1: none). While they
-    run, BLAS is held to the cores left to each (:func:`fnnet.threads.blas_share`). The
-    bits are the same for any number."""
+    run, BLAS is held to the cores left to each, and where one thread runs the step, BLAS
+    keeps its own threads only for large products (:func:`fnnet.threads.blas_share`).
+    The bits are the same for any number."""
     return JitStep(step, threads)

@@ -18,6 +18,7 @@ from ..layers._checks import as_batch
 from ..layers._group import ShardGroup
 from ..layers._layer import check_batch, prepare_checked
 from ..optim import GradientTransformation
+from ..threads import blas_share, largest_product
 from ..typing import Batch, LossFn
 from ._body import TAIL_BYTES, Plan, Shard, run_step
 from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows, rank_shards
@@ -118,12 +119,14 @@ class Step:
             sending = np.empty((len(shards), width), layout.dtype)
             summed = layout.views(gathered[0, :layout.size])
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
-                    layout, tuple(shards), len(sizes), group, watch=tuple((p, t, marker_views(t)) for p, t in watch),
+                    layout, tuple(shards), len(sizes), group, largest_product(state.params, max(sizes)), watch=tuple((p, t, marker_views(t)) for p, t in watch),
                     comm=comm, gathered=gathered, summed=summed, sending=sending)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
-        return run_step(self.plan(state, x, labels), state, x, labels)
+        plan = self.plan(state, x, labels)
+        with blas_share(1, product=plan.product):  # (small products: BLAS on one thread, as jit's)
+            return run_step(plan, state, x, labels)
 
 
 _UNSET: Any = object()
