@@ -241,7 +241,7 @@ def test_the_bits_do_not_depend_on_cores_threads_or_blas(monkeypatch, dtype):
             runs[f"step, BLAS {blas}"] = train(step)
             for t in (1, 2, 4):
                 runs[f"jit {t} threads, BLAS {blas}"] = train(fn.jit(step, threads=t))
-            monkeypatch.setattr(threads, "cores", lambda: 64)  # a 64-core machine: 4 shard threads (BLAS: one each, the products are small)
+            monkeypatch.setattr(threads, "cores", lambda: 64)  # 64 cores: 4 shard threads, BLAS 1 each
             runs[f"jit on 64 cores, BLAS {blas}"] = train(fn.jit(step))
             monkeypatch.undo()
     for label, got in runs.items():

@@ -65,7 +65,8 @@ def predict(
         with blas_share(1, product=product):
             _predict_chunks(model, params, x, out, starts, batch_size, model_state)
     else:
-        with blas_share(len(parts), product=product), ThreadPoolExecutor(len(parts), thread_name_prefix="fnnet-predict") as pool:
+        with blas_share(len(parts), product=product), \
+                ThreadPoolExecutor(len(parts), thread_name_prefix="fnnet-predict") as pool:
             list(pool.map(lambda part: _predict_chunks(model, params, x, out, part, batch_size, model_state), parts))
     return out
 

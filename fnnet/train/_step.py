@@ -119,7 +119,8 @@ class Step:
             sending = np.empty((len(shards), width), layout.dtype)
             summed = layout.views(gathered[0, :layout.size])
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
-                    layout, tuple(shards), len(sizes), group, largest_product(state.params, max(sizes)), watch=tuple((p, t, marker_views(t)) for p, t in watch),
+                    layout, tuple(shards), len(sizes), group, largest_product(state.params, max(sizes)),
+                    watch=tuple((p, t, marker_views(t)) for p, t in watch),
                     comm=comm, gathered=gathered, summed=summed, sending=sending)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
