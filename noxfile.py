@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import platform
 import runpy
 import zipfile
 
@@ -18,7 +19,8 @@ nox.options.default_venv_backend = "venv"
 
 ROOT = pathlib.Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-KERNEL_FAMILIES = runpy.run_path(str(ROOT / "fnnet" / "kernels" / "_families.py"))["FAMILIES"]
+_FAMILIES = runpy.run_path(str(ROOT / "fnnet" / "kernels" / "_families.py"))
+KERNEL_FAMILIES, ISA_FAMILIES, ISAS = _FAMILIES["FAMILIES"], _FAMILIES["ISA_FAMILIES"], _FAMILIES["ISAS"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -58,9 +60,12 @@ def build(session: nox.Session) -> None:
     session.run("python", "-m", "build", "--outdir", str(dist))
     wheel = next(dist.glob("fnnet-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for family in KERNEL_FAMILIES:
-        if not any(n.startswith(f"fnnet/kernels/_{family}.") and n.endswith((".so", ".pyd")) for n in names):
-            session.error(f"{wheel.name} lacks the compiled kernel module fnnet/kernels/_{family}")
+    modules = [f"_{family}" for family in KERNEL_FAMILIES]
+    if platform.machine() in ("x86_64", "AMD64"):  # the hot families' builds for newer instruction sets too
+        modules += [f"_{family}_{isa}" for family in ISA_FAMILIES for isa in ISAS]
+    for module in modules:
+        if not any(n.startswith(f"fnnet/kernels/{module}.") and n.endswith((".so", ".pyd")) for n in names):
+            session.error(f"{wheel.name} lacks the compiled kernel module fnnet/kernels/{module}")
     if "fnnet/py.typed" not in names:
         session.error(f"{wheel.name} lacks fnnet/py.typed: type checkers would ignore fnnet's annotations")
     if any(n.endswith("_pythran.py") for n in names):

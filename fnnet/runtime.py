@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .kernels import backend
+from .kernels import backend, isa
 
 __all__ = ["info"]
 
@@ -59,7 +59,8 @@ def _openblas_corename() -> str | None:
 
 def info() -> dict[str, Any]:
     """A JSON-able record of what, besides seed and config, decides a run's bits:
-    fnnet, numpy and Python versions, the kernels backend, the BLAS numpy uses (name,
+    fnnet, numpy and Python versions, the kernels backend and the instruction set its
+    compiled kernels were built for (which does not change the bits), the BLAS numpy uses (name,
     version, the kernel architecture it chose) and the CPU."""
     blas: dict[str, Any] = {}
     try:
@@ -75,6 +76,7 @@ def info() -> dict[str, Any]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "kernels_backend": backend(),
+        "kernels_isa": isa(),
         "blas": blas,
         "cpu": _cpu_model(),
         "machine": platform.machine(),

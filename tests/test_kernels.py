@@ -73,6 +73,33 @@ def test_im2col_col2im_match_twin_and_are_adjoint(compiled, dtype, rng):
         assert lhs == pytest.approx(rhs, rel=1e-4 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_im2row_row2im_match_twin_are_adjoint_and_hold_im2cols_values(compiled, dtype, groups, rng):
+    for (n, c, h, w), g in _conv_geometry(rng):
+        c *= groups
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        _, depth, ho, wo = _cols_shape((n, c, h, w), g)
+        shape = (n, ho, wo, depth)
+        xt = np.full((n, h + g[6] + g[7], w + g[8] + g[9], c), np.nan, dtype)  # (the kernel's scratch)
+        a, b = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+        compiled.im2row(x, *g, groups, xt, a)
+        kernels.twins.im2row(x, *g, groups, xt, b)
+        np.testing.assert_array_equal(a, b, err_msg=f"im2row {x.shape} {g} groups {groups}")
+        cols = np.empty((n, depth, ho, wo), dtype)
+        compiled.im2col(x, *g, cols)  # the same values, in the order (group, tap, channel of the group)
+        cg, kk = c // groups, g[0] * g[1]
+        np.testing.assert_array_equal(
+            a, cols.reshape(n, groups, cg, kk, ho, wo).transpose(0, 4, 5, 1, 3, 2).reshape(shape))
+        r = rng.standard_normal(shape).astype(dtype)
+        xa, xb = np.full(x.shape, np.nan, dtype), np.full(x.shape, np.nan, dtype)
+        compiled.row2im(r, *g, groups, xt, xa)
+        kernels.twins.row2im(r, *g, groups, xt, xb)
+        np.testing.assert_array_equal(xa, xb, err_msg=f"row2im {x.shape} {g} groups {groups}")
+        lhs, rhs = np.vdot(a.astype(np.float64), r), np.vdot(x.astype(np.float64), xa)
+        assert lhs == pytest.approx(rhs, rel=1e-4 if dtype == np.float32 else 1e-12)
+
+
 def _pool_cases(rng):
     for _ in range(10):
         kh, kw = (int(v) for v in rng.integers(1, 4, 2))
@@ -232,6 +259,52 @@ def test_forced_numpy_and_bad_values():
     code = "import sys; sys.modules['fnnet.kernels._pool'] = None; import fnnet"
     forced = _run(code, FNNET_KERNELS="pythran")
     assert forced.returncode != 0 and "FNNET_KERNELS=pythran" in forced.stderr
+
+
+# -- the instruction-set variants ------------------------------------------------------------------
+
+_TRAIN_AND_PREDICT = """
+import hashlib, numpy as np, fnnet as fn
+from fnnet import optim
+m = fn.serial(fn.conv2d(8, 3, padding=1), fn.batch_norm(), fn.relu(), fn.max_pool2d(2), fn.conv2d(16, 3),
+              fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(32), fn.gelu(), fn.dense(10))
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    p, _ = m.init(fn.random.key(0), (1, 12, 12), dtype=dtype)
+    opt = optim.adam(1e-2)
+    s = fn.TrainState.create(p, opt, m)
+    step = fn.jit(fn.train_step(m, fn.softmax_cross_entropy, opt, rows_per_shard=8), threads=2)
+    for _ in range(3):
+        s, _ = step(s, (rng.standard_normal((32, 1, 12, 12)).astype(dtype), rng.integers(0, 10, 32)))
+    out = fn.predict(m, s.params, rng.standard_normal((20, 1, 12, 12)).astype(dtype), model_state=s.model_state)
+    print(fn.kernels.isa(), hashlib.sha256(b"".join(a.tobytes() for a in [*fn.tree_leaves(s.params), out])).hexdigest())
+"""
+
+
+def test_every_instruction_set_variant_gives_the_plain_builds_bits(compiled):
+    # conv, batch norm, the fused runs, gelu, pooling, the loss and Adam, trained and evaluated in each variant
+    runs = {isa: _run(_TRAIN_AND_PREDICT, FNNET_KERNELS="pythran", FNNET_KERNELS_ISA=isa)
+            for isa in ("baseline", *kernels.cpu_isas())}
+    for run in runs.values():
+        assert run.returncode == 0, run.stderr
+    lines = {isa: run.stdout.split() for isa, run in runs.items()}
+    want = lines["baseline"][1::2]
+    for isa, words in lines.items():
+        assert words[0::2] == [isa if kernels.ISA_FAMILIES else "baseline"] * 2
+        assert words[1::2] == want, f"{isa} gives other bits than the plain build"
+
+
+def test_the_instruction_set_is_chosen_or_refused_by_name():
+    bad = _run("import fnnet", FNNET_KERNELS_ISA="sse9")
+    assert bad.returncode != 0
+    assert "FNNET_KERNELS_ISA must be 'auto', 'baseline' or one of 'avx512', 'avx2', got 'sse9'" in bad.stderr
+    lacking = [isa for isa in kernels.ISAS if isa not in kernels.cpu_isas()]
+    for isa in lacking:  # (on a CPU without it: named, with what the CPU runs)
+        run = _run("import fnnet", FNNET_KERNELS_ISA=isa)
+        assert run.returncode != 0 and f"FNNET_KERNELS_ISA={isa} but this CPU lacks its features" in run.stderr
+    info = _run("import fnnet, json; print(json.dumps(fnnet.runtime.info()))", FNNET_KERNELS_ISA="baseline")
+    assert '"kernels_isa": ' + ('"baseline"' if kernels.backend() == "pythran" else "null") in info.stdout
+    assert kernels.isa() in (None if kernels.backend() == "numpy" else "baseline", *kernels.cpu_isas())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -58,6 +58,15 @@ LAYERS = [
     ("conv_2to3_same_dil2", lambda: fn.conv2d(3, 3, padding="same", dilation=2), (2, 9, 9)),
     ("conv_1x1", lambda: fn.conv2d(2, 1), (3, 5, 5)),
     ("conv_pad_pair_s3", lambda: fn.conv2d(2, 3, stride=3, padding=(2, 0)), (2, 8, 10)),
+    # one product over the shard ("rows"), every geometry above; "auto" picks it for deep patches on small planes
+    ("conv_rows_seed_1to1_3x3", lambda: fn.conv2d(1, 3, algorithm="rows"), (1, 8, 8)),
+    ("conv_rows_3to4_s2_p1", lambda: fn.conv2d(4, 3, stride=2, padding=1, algorithm="rows"), (3, 9, 7)),
+    ("conv_rows_2to2_nonsquare_same_s21", lambda: fn.conv2d(2, (2, 3), stride=(2, 1), padding="same",
+                                                            algorithm="rows"), (2, 7, 6)),
+    ("conv_rows_2to3_same_dil2", lambda: fn.conv2d(3, 3, padding="same", dilation=2, algorithm="rows"), (2, 9, 9)),
+    ("conv_rows_1x1", lambda: fn.conv2d(2, 1, algorithm="rows"), (3, 5, 5)),
+    ("conv_rows_pad_pair_s3", lambda: fn.conv2d(2, 3, stride=3, padding=(2, 0), algorithm="rows"), (2, 8, 10)),
+    ("conv_auto_rows_8to3_4x4", lambda: fn.conv2d(3, 3, padding=1), (8, 4, 4)),  # depth 72 >= 2 x 16 pixels
     ("max_pool_2", lambda: fn.max_pool2d(2), (2, 6, 6)),
     ("max_pool_3s2_overlap_odd", lambda: fn.max_pool2d(3, 2), (3, 7, 9)),
     ("max_pool_2x3_odd", lambda: fn.max_pool2d((2, 3)), (1, 5, 7)),
@@ -372,6 +381,9 @@ def test_serial_errors_name_the_sub_layer():
         (lambda: fn.leaky_relu(float("nan")), "negative_slope must be finite"),
         (lambda: fn.conv2d(3, 3, groups=2), "conv2d: out_channels 3 is not a multiple of groups 2"),
         (lambda: fn.conv2d(4, 3, groups=0), "conv2d: groups must be a positive int"),
+        (lambda: fn.conv2d(4, 3, algorithm="fast"), "conv2d: algorithm must be one of 'auto', 'rows', 'samples', "
+                                                     "got 'fast'"),
+        (lambda: fn.conv2d(4, 3, groups=2, algorithm="rows"), r"conv2d: algorithm 'rows' runs one group \(groups=1\)"),
         (lambda: fn.conv_transpose2d(2, 3, stride=2, output_padding=2), r"conv_transpose2d: output_padding \(2, 2\) "
                                                                          r"must be smaller than the stride"),
         (lambda: fn.conv_transpose2d(2, 3, padding=-1), "conv_transpose2d: padding must be an int >= 0"),
@@ -428,3 +440,36 @@ def test_max_pool_backward_after_an_eval_forward():
     np.testing.assert_array_equal(y_eval, y_train)
     dy = np.random.default_rng(1).standard_normal(y_train.shape)
     np.testing.assert_array_equal(layer.backward(c_eval, dy)[1], layer.backward(c_train, dy)[1])
+
+
+# -- the convolution's two algorithms ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels, groups, k, plane, want", [
+    (1, 1, 3, 676, "samples"),  # the first layer of every preset: patches of 9
+    (16, 1, 3, 121, "samples"),  # the default CNN's second conv: 144 < 2 x 121
+    (32, 1, 3, 121, "rows"),  # best's (MNIST): 288 >= 242
+    (32, 1, 3, 196, "samples"),  # best's (Fashion-MNIST, same padding)
+    (64, 1, 3, 64, "rows"), (128, 1, 3, 64, "rows"),  # a CIFAR net's third block
+    (7, 1, 3, 16, "samples"),  # 63 values: under ROWS_MIN_DEPTH
+    (64, 2, 3, 4, "samples"), (64, 64, 3, 4, "samples"),  # groups: a product per group and sample
+])
+def test_conv_algorithm_follows_its_rule(channels, groups, k, plane, want):
+    assert fn.layers.conv_algorithm(channels, groups, k, k, plane) == want
+
+
+@pytest.mark.parametrize("kwargs, shape", [
+    ({}, (3, 7, 6)), ({"stride": 2, "padding": 1}, (4, 9, 8)), ({"padding": "same", "dilation": 2}, (2, 9, 9)),
+    ({"kernel_size": (2, 3), "stride": (1, 2)}, (5, 6, 7)), ({"kernel_size": 1}, (6, 3, 3)),
+])
+def test_both_conv_algorithms_give_one_result_and_the_same_bias_gradient(kwargs, shape, rng):
+    kw = {"kernel_size": 3, **kwargs}
+    rows, samples = fn.conv2d(5, algorithm="rows", **kw), fn.conv2d(5, algorithm="samples", **kw)
+    params, out = rows.init(fn.random.key(0), shape, dtype=np.float64)
+    x, dy = rng.standard_normal((4, *shape)), rng.standard_normal((4, *out))
+    (y1, c1), (y2, c2) = rows.forward(params, x), samples.forward(params, x)
+    (g1, dx1), (g2, dx2) = rows.backward(c1, dy), samples.backward(c2, dy)
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g1["w"], g2["w"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-12)
+    assert g1["b"].tobytes() == g2["b"].tobytes()  # one sum, in one order

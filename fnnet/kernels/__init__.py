@@ -9,6 +9,11 @@ the other, chosen once at import:
 * ``FNNET_KERNELS=pythran`` requires the compiled modules (ImportError otherwise);
 * unset or ``auto``: compiled if importable, else the twins with one RuntimeWarning.
 
+The families of ``ISA_FAMILIES`` are also compiled for newer x86-64 instruction sets
+(``ISAS``: ``avx512``, ``avx2``); the best one this CPU runs is chosen at import, as
+numpy chooses its own SIMD loops (``FNNET_KERNELS_ISA=baseline|avx2|avx512`` forces one).
+Every variant gives the plain build's bits; :func:`isa` says which one runs.
+
 Kernels write into preallocated output arrays (their last arguments), so callers can
 reuse buffers; output sizes come from the shapes of those arrays. Inputs must be
 C-contiguous float32/float64 (int64 for indices); the wrappers here make them so.
@@ -25,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .._errors import InvalidValueError
-from ._families import FAMILIES
+from ._families import FAMILIES, ISA_FAMILIES, ISAS
 
 KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
 """Every kernel's name, family by family."""
@@ -47,12 +52,15 @@ __all__ = [
     "gelu_backward",
     "gelu_forward",
     "im2col",
+    "im2row",
+    "isa",
     "max_pool_backward",
     "max_pool_forward",
     "max_pool_values",
     "relu_backward",
     "relu_forward",
     "relu_max_pool_backward",
+    "row2im",
     "scale_shift_relu",
     "scale_shift_relu_max_pool",
     "scale_shift_relu_max_pool_values",
@@ -62,9 +70,13 @@ __all__ = [
 ]
 
 
-def _namespace(prefix: str) -> SimpleNamespace:
-    """Every kernel from the modules ``<prefix><family>`` of this package."""
-    mods = {f: importlib.import_module(f"{__name__}.{prefix}{f}") for f in FAMILIES}
+def _namespace(prefix: str, isa: str = "baseline") -> SimpleNamespace:
+    """Every kernel from the modules ``<prefix><family>`` of this package (for the
+    families of ``ISA_FAMILIES``, ``<prefix><family>_<isa>`` unless ``isa`` is baseline)."""
+    def module(f: str) -> str:
+        return f"{__name__}.{prefix}{f}" + (f"_{isa}" if isa != "baseline" and f in ISA_FAMILIES else "")
+
+    mods = {f: importlib.import_module(module(f)) for f in FAMILIES}
     return SimpleNamespace(**{n: getattr(mods[f], n) for f, names in FAMILIES.items() for n in names})
 
 
@@ -72,20 +84,48 @@ twins = _namespace("")
 """The numpy twins of every kernel (a namespace of functions with the compiled ones' signatures)."""
 
 
-def _load_compiled() -> tuple[SimpleNamespace | None, str]:
+def cpu_isas() -> list[str]:
+    """The instruction sets of ``ISAS`` this CPU runs (best first), from numpy's table of
+    the CPU's features (``numpy._core._multiarray_umath.__cpu_features__``)."""
     try:
-        return _namespace("_"), ""
-    except ImportError as exc:
-        return None, str(exc)
+        features = importlib.import_module("numpy._core._multiarray_umath").__cpu_features__
+    except (ImportError, AttributeError):  # (another numpy layout: the plain build only)
+        return []
+    return [isa for isa, needs in ISAS.items() if all(features.get(f) for f in needs)]
 
 
-def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:
+def _isas() -> list[str]:
+    """The variants to try, best first (``FNNET_KERNELS_ISA``, else what the CPU runs), then the plain build."""
+    wanted = os.environ.get("FNNET_KERNELS_ISA", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "baseline", *ISAS):
+        raise InvalidValueError(f"FNNET_KERNELS_ISA must be 'auto', 'baseline' or one of {', '.join(map(repr, ISAS))}, "
+                                f"got {wanted!r}")
+    runs = cpu_isas() if ISA_FAMILIES else []  # (no family built for one: the plain build only)
+    if wanted in ISAS and wanted not in cpu_isas():
+        raise InvalidValueError(f"FNNET_KERNELS_ISA={wanted} but this CPU lacks its features "
+                                f"({', '.join(ISAS[wanted])}); it runs: {', '.join([*runs, 'baseline'])}")
+    return ["baseline"] if wanted == "baseline" else [wanted] if wanted in ISAS else [*runs, "baseline"]
+
+
+def _load_compiled() -> tuple[SimpleNamespace | None, str, str | None]:
+    """The compiled kernels of the best variant that imports, its name, and why none did."""
+    why = ""
+    for isa in _isas():
+        try:
+            return _namespace("_", isa), "", isa
+        except ImportError as exc:
+            why = why or str(exc)
+    return None, why, None
+
+
+def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None, str | None]:
+    """(backend, the kernels in use, the compiled kernels or None, their variant or None)."""
     mode = os.environ.get("FNNET_KERNELS", "auto").strip().lower() or "auto"
     if mode not in ("auto", "pythran", "numpy"):
         raise InvalidValueError(f"FNNET_KERNELS must be 'auto', 'pythran' or 'numpy', got {mode!r}")
-    comp, why = _load_compiled()
+    comp, why, variant = _load_compiled()
     if mode == "numpy":
-        return "numpy", twins, comp
+        return "numpy", twins, comp, variant
     if comp is None:
         if mode == "pythran":
             raise ImportError(f"FNNET_KERNELS=pythran but the compiled kernels do not import: {why}")
@@ -95,11 +135,11 @@ def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None]:
             RuntimeWarning,
             stacklevel=3,
         )
-        return "numpy", twins, None
-    return "pythran", comp, comp
+        return "numpy", twins, None, None
+    return "pythran", comp, comp, variant
 
 
-_BACKEND, _impl, _compiled = _select()
+_BACKEND, _impl, _compiled, _VARIANT = _select()
 compiled = _compiled
 """The compiled kernels (a namespace of functions), or None where they are not built."""
 
@@ -107,6 +147,13 @@ compiled = _compiled
 def backend() -> str:
     """``"pythran"`` when the compiled kernels are in use, ``"numpy"`` otherwise."""
     return _BACKEND
+
+
+def isa() -> str | None:
+    """The instruction set the compiled kernels in use were built for (``"avx512"``,
+    ``"avx2"`` or ``"baseline"``, the plain build), or None when the numpy twins run.
+    Every variant gives the same bits."""
+    return _VARIANT if _BACKEND == "pythran" else None
 
 
 def _c(a: np.ndarray) -> np.ndarray:
@@ -133,6 +180,30 @@ def col2im(
     """Adjoint of :func:`im2col`: ``cols`` (N, C*kh*kw, Ho, Wo) summed into ``x`` (N, C, H, W),
     overwritten; returns x."""
     _impl.col2im(_c(cols), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x)
+    return x
+
+
+def im2row(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, rows: np.ndarray,
+) -> np.ndarray:
+    """Patch rows of ``x`` (N, C, H, W) into ``rows`` (N, Ho, Wo, C*kh*kw); returns rows.
+
+    The geometry as :func:`im2col`'s. Column ``((g*kh + i)*kw + j)*C/G + c`` of an output
+    pixel's row holds channel c of group g (of ``groups``) under tap (i, j): the pixel's
+    patch with the channels innermost, so that the compiled kernel copies runs of C/G
+    floats from an NHWC copy of ``x``, which it makes in ``xt`` (N, H+pt+pb, W+pl+pr, C)."""
+    _impl.im2row(_c(x), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, rows)
+    return rows
+
+
+def row2im(
+    rows: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, x: np.ndarray,
+) -> np.ndarray:
+    """Adjoint of :func:`im2row`: ``rows`` (N, Ho, Wo, C*kh*kw) summed into ``x`` (N, C, H,
+    W), overwritten (``xt`` as :func:`im2row`'s); returns x."""
+    _impl.row2im(_c(rows), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, x)
     return x
 
 

@@ -1,11 +1,12 @@
 """Pythran source of the convolution data-movement kernels (compiled to fnnet.kernels._conv).
 
 Written with row slices, not scalar 4-D indexing: pythran vectorises slice
-expressions (3-8x faster, see docs/pythran-notes.md). The contractions themselves stay
-in numpy's BLAS. Without padding the input is read (or the gradient written) in place;
-with padding through one zero-padded copy. ``cols`` is (N, C*kh*kw, Ho, Wo): the output
-size is read from it, not recomputed. Numpy twins with the same signatures:
-fnnet/kernels/conv.py.
+expressions (3-8x faster, see docs/build.md). The contractions themselves stay
+in numpy's BLAS. im2col/col2im: without padding the input is read (or the gradient
+written) in place; with padding through one zero-padded copy. ``cols`` is (N, C*kh*kw,
+Ho, Wo): the output size is read from it, not recomputed. im2row/row2im go through an
+NHWC copy ``xt`` (the caller's scratch array), from which each tap of a patch is one run
+of C/G floats. Numpy twins with the same signatures: fnnet/kernels/conv.py.
 """
 import numpy as np
 
@@ -71,3 +72,51 @@ def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x):
         xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
         _col2im(cols, kh, kw, sh, sw, dh, dw, xp)
         x[:] = xp[:, :, pt:pt + h, pl:pl + w]
+
+
+def _nhwc(x, pt, pl, xt):
+    n, c, h, w = x.shape
+    for b in range(n):
+        for y in range(h):
+            for ci in range(c):
+                xt[b, y + pt, pl:pl + w, ci] = x[b, ci, y]
+
+
+# pythran export im2row(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:], float32[:,:,:,:])
+# pythran export im2row(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:], float64[:,:,:,:])
+def im2row(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, rows):
+    n, c = x.shape[0], x.shape[1]
+    ho, wo = rows.shape[1], rows.shape[2]
+    cg = c // groups
+    if pt or pb or pl or pr:
+        xt[:] = 0
+    _nhwc(x, pt, pl, xt)
+    for b in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                for g in range(groups):
+                    for i in range(kh):
+                        for j in range(kw):
+                            o = ((g * kh + i) * kw + j) * cg
+                            rows[b, oh, ow, o:o + cg] = xt[b, oh * sh + i * dh, ow * sw + j * dw, g * cg:(g + 1) * cg]
+
+
+# pythran export row2im(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:], float32[:,:,:,:])
+# pythran export row2im(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:], float64[:,:,:,:])
+def row2im(rows, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, x):
+    n, c, h, w = x.shape
+    ho, wo = rows.shape[1], rows.shape[2]
+    cg = c // groups
+    xt[:] = 0
+    for b in range(n):  # taps outermost: each pixel sums its taps in col2im's order, (i, j) ascending
+        for g in range(groups):
+            for i in range(kh):
+                for j in range(kw):
+                    o = ((g * kh + i) * kw + j) * cg
+                    for oh in range(ho):
+                        for ow in range(wo):
+                            xt[b, oh * sh + i * dh, ow * sw + j * dw, g * cg:(g + 1) * cg] += rows[b, oh, ow, o:o + cg]
+    for b in range(n):
+        for y in range(h):
+            for ci in range(c):
+                x[b, ci, y] = xt[b, y + pt, pl:pl + w, ci]

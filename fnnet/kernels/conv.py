@@ -3,8 +3,11 @@
 Same signatures as fnnet/kernels/_conv_pythran.py. Layout: ``x`` is (N, C, H, W);
 ``cols`` is (N, C*kh*kw, Ho, Wo) with row ``(c*kh + i)*kw + j`` holding the input
 pixels under filter tap (i, j) of channel c, so that ``w.reshape(K, -1) @ cols``
-(with cols seen as (N, C*kh*kw, Ho*Wo)) is the convolution. Padding (top, bottom, left,
-right) is zero padding. The output size (Ho, Wo) is read from ``cols``.
+(with cols seen as (N, C*kh*kw, Ho*Wo)) is the convolution. ``rows`` is (N, Ho, Wo,
+C*kh*kw), one row per output pixel, with column ``((g*kh + i)*kw + j)*C/G + c`` holding
+channel c of group g under tap (i, j): a shard's patches as one matrix, whose product
+with the weights in that order is the whole shard's convolution. Padding (top, bottom,
+left, right) is zero padding. The output size (Ho, Wo) is read from ``cols`` or ``rows``.
 """
 
 from __future__ import annotations
@@ -51,3 +54,33 @@ def col2im(
         for j in range(kw):
             xp[:, :, i * dh : i * dh + rows : sh, j * dw : j * dw + cols_ : sw] += c6[:, :, i, j]
     x[...] = xp[:, :, pt : pt + h, pl : pl + w]
+
+
+def _rows_as_cols(rows: np.ndarray, groups: int, kh: int, kw: int) -> np.ndarray:
+    """(N, Ho, Wo, G*kh*kw*C/G) in rows' order as (N, C*kh*kw, Ho, Wo) in cols' order."""
+    n, ho, wo, depth = rows.shape
+    cg = depth // (groups * kh * kw)
+    r7 = rows.reshape(n, ho, wo, groups, kh, kw, cg)
+    return r7.transpose(0, 3, 6, 4, 5, 1, 2).reshape(n, groups * cg * kh * kw, ho, wo)
+
+
+def im2row(
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, rows: np.ndarray,
+) -> None:
+    """Write the (N, Ho, Wo, C*kh*kw) patch rows of ``x`` into ``rows`` (``xt``, an
+    (N, H+pt+pb, W+pl+pr, C) scratch array, is the compiled kernel's; unused here)."""
+    n, c = x.shape[:2]
+    ho, wo = rows.shape[1:3]
+    cg = c // groups
+    win = _windows(_pad(x, pt, pb, pl, pr), kh, kw, sh, sw, dh, dw, ho, wo)  # (N, C, kh, kw, Ho, Wo)
+    r7 = win.reshape(n, groups, cg, kh, kw, ho, wo).transpose(0, 5, 6, 1, 3, 4, 2)
+    rows[...] = r7.reshape(rows.shape)
+
+
+def row2im(
+    rows: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, x: np.ndarray,
+) -> None:
+    """Adjoint of :func:`im2row`: scatter-add ``rows`` back into ``x`` (N, C, H, W)."""
+    col2im(np.ascontiguousarray(_rows_as_cols(rows, groups, kh, kw)), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x)
