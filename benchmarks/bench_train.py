@@ -138,8 +138,12 @@ def main() -> None:
                                          ("train-all-cores.md" if ALL else "train.md")))
     args = ap.parse_args()
     todo = cells(args.nets, args.batches)
-    if args.worker:  # one sample of every cell, as JSON on the last line
-        got = measure([args.worker], todo, 1, args.seconds, None)
+    if args.worker:  # one sample of every cell, as JSON on the last line (--threads 1: BLAS at one thread too)
+        if not ALL:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1)
+        got = measure([args.worker], todo, 1, args.seconds, None if ALL else 1)
         print(json.dumps([{"cell": list(c), "samples": v[args.worker][0]} for c, v in got.items()]))
         return
     from threadpoolctl import threadpool_limits

@@ -14,6 +14,10 @@ Networks (float32, NCHW, softmax cross-entropy, plain SGD lr 0.01):
               => conv 16->32 3x3 => relu => maxpool 2 => flatten (800) => dense 128 => relu => dense 10
   NET-BN      NET-DEFAULT with batch norm after each conv (batch statistics in training, running
               statistics, momentum 0.9, in inference)
+  NET-BEST    the MNIST `best` preset's CNN: conv 1->32 3x3 => relu => maxpool 2 => conv 32->64 3x3
+              => relu => maxpool 2 => flatten (1600) => dense 128 => relu => dense 10
+  NET-CIFAR   a CIFAR-shaped net, input 3x32x32: three blocks of conv 3x3 (same padding) => batch
+              norm => relu => maxpool 2, at 32, 64 and 128 channels => flatten (2048) => dense 10
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import itertools
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-# (kind, args): conv (out, in), pool, flatten, dense (in, out), relu
+# (kind, args): conv (out, in[, padding]), pool, flatten, dense (in, out), relu, bn (channels)
 NETS = {
     "NET-SEED": [("conv", 1, 1), ("relu",), ("pool",), ("flatten",), ("dense", 169, 64), ("relu",),
                  ("dense", 64, 10)],
@@ -34,7 +38,23 @@ NETS = {
 }
 NETS["NET-BN"] = [layer for spec in NETS["NET-DEFAULT"] for layer in ([spec, ("bn", spec[1])] if spec[0] == "conv"
                                                                       else [spec])]
-TRAIN_BATCHES = {"NET-SEED": (2, 32, 128), "NET-LENET": (2, 32, 128), "NET-DEFAULT": (64,), "NET-BN": (64,)}
+NETS["NET-BEST"] = [("conv", 32, 1), ("relu",), ("pool",), ("conv", 64, 32), ("relu",), ("pool",), ("flatten",),
+                    ("dense", 1600, 128), ("relu",), ("dense", 128, 10)]
+NETS["NET-CIFAR"] = [layer for c_in, c in ((3, 32), (32, 64), (64, 128))
+                     for layer in (("conv", c, c_in, 1), ("bn", c), ("relu",), ("pool",))] + [("flatten",),
+                                                                                              ("dense", 2048, 10)]
+TRAIN_BATCHES = {"NET-SEED": (2, 32, 128), "NET-LENET": (2, 32, 128), "NET-DEFAULT": (64,), "NET-BN": (64,),
+                 "NET-BEST": (64,), "NET-CIFAR": (128,)}
+INPUT = {"NET-CIFAR": (3, 32, 32)}
+"""Each network's input (C, H, W) where it is not MNIST's (1, 28, 28)."""
+
+
+def input_shape(net: str) -> tuple[int, int, int]:
+    return INPUT.get(net, (1, 28, 28))
+
+
+def _pad(layer: tuple) -> int:
+    return layer[3] if layer[0] == "conv" and len(layer) > 3 else 0
 BN_MOMENTUM, BN_EPS = 0.9, 1e-5
 LR = 0.01
 INFER_BATCH = 1000
@@ -43,10 +63,10 @@ INFER_BATCH = 1000
 def flops_per_sample(net: str) -> tuple[float, float]:
     """(forward, training) multiply-add FLOPs per sample of the conv and dense layers;
     training counts the forward pass and two backward products (3x)."""
-    fwd, hw = 0.0, 28
+    fwd, hw = 0.0, input_shape(net)[1]
     for layer in NETS[net]:
         if layer[0] == "conv":
-            hw -= 2
+            hw += 2 * _pad(layer) - 2
             fwd += 2 * layer[1] * layer[2] * 9 * hw * hw
         elif layer[0] == "pool":
             hw //= 2
@@ -61,15 +81,15 @@ the CPU's branch predictor learn a data-dependent kernel (a branchy max-pool loo
 5x faster on one input repeated than on fresh ones), which real training never sees."""
 
 
-def data(batch: int, seed: int = 0):
+def data(batch: int, seed: int = 0, shape: tuple = (1, 28, 28)):
     rng = np.random.default_rng(seed)
-    return rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+    return rng.random((batch, *shape), dtype=np.float32), rng.integers(0, 10, batch)
 
 
-def batches(batch: int, convert=lambda a: a):
-    """An endless cycle of ``DATA_BATCHES`` different training batches ``(x, y)``, each
-    array passed through ``convert`` (a framework's array type) once, up front."""
-    return itertools.cycle([tuple(convert(a) for a in data(batch, seed)) for seed in range(DATA_BATCHES)])
+def batches(batch: int, convert=lambda a: a, shape: tuple = (1, 28, 28)):
+    """An endless cycle of ``DATA_BATCHES`` different training batches ``(x, y)`` of inputs
+    ``shape``, each array passed through ``convert`` (a framework's array type) once, up front."""
+    return itertools.cycle([tuple(convert(a) for a in data(batch, seed, shape)) for seed in range(DATA_BATCHES)])
 
 
 def init_weights(net: str, seed: int = 0) -> list:
@@ -97,7 +117,7 @@ def _fnnet_model(net: str):
     for layer in NETS[net]:
         kind = layer[0]
         if kind == "conv":
-            layers.append(fn.conv2d(layer[1], 3))
+            layers.append(fn.conv2d(layer[1], 3, padding=_pad(layer)))
         elif kind == "dense":
             layers.append(fn.dense(layer[2]))
         elif kind == "relu":
@@ -115,13 +135,13 @@ def make_fnnet(net: str, batch: int, threads: int | None = 1, use_jit: bool = Tr
     import fnnet as fn
 
     model = _fnnet_model(net)
-    params, _ = model.init(fn.random.key(0), (1, 28, 28))
+    params, _ = model.init(fn.random.key(0), input_shape(net))
     opt = fn.optim.sgd(LR)
     step = fn.train_step(model, fn.softmax_cross_entropy, opt)
     step = fn.jit(step, threads=threads) if use_jit else step
     box = [fn.TrainState.create(params, opt, model)]
-    train_data = batches(batch)
-    xi, _ = data(INFER_BATCH)
+    train_data = batches(batch, shape=input_shape(net))
+    xi, _ = data(INFER_BATCH, shape=input_shape(net))
 
     def train_step():
         box[0], _ = step(box[0], next(train_data))
@@ -144,7 +164,9 @@ def make_fnnet_step(net: str, batch: int, threads: int | None = 1):
 # -- plain numpy ------------------------------------------------------------------------------
 
 
-def _np_conv_fwd(x, w, b):
+def _np_conv_fwd(x, w, b, pad=0):
+    if pad:
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     n, c, h, wd = x.shape
     k = w.shape[0]
     win = sliding_window_view(x, (3, 3), axis=(2, 3))  # (N, C, Ho, Wo, 3, 3)
@@ -154,19 +176,19 @@ def _np_conv_fwd(x, w, b):
     return y.reshape(n, ho, wo, k).transpose(0, 3, 1, 2), cols
 
 
-def _np_conv_bwd(dy, cols, w, x_shape):
-    n, c, h, wd = x_shape
+def _np_conv_bwd(dy, cols, w, x_shape, pad=0):
+    n, c, h, wd = x_shape[0], x_shape[1], x_shape[2] + 2 * pad, x_shape[3] + 2 * pad
     k = w.shape[0]
     ho, wo = h - 2, wd - 2
     dy2 = dy.transpose(0, 2, 3, 1).reshape(-1, k)
     dw = (dy2.T @ cols).reshape(w.shape)
     db = dy2.sum(axis=0)
     dcols = (dy2 @ w.reshape(k, -1)).reshape(n, ho, wo, c, 3, 3)
-    dx = np.zeros(x_shape, np.float32)
+    dx = np.zeros((n, c, h, wd), np.float32)
     for i in range(3):
         for j in range(3):
             dx[:, :, i : i + ho, j : j + wo] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-    return dx, dw, db
+    return dx[:, :, pad : h - pad, pad : wd - pad], dw, db
 
 
 def _np_pool_fwd(x):
@@ -193,8 +215,8 @@ def make_numpy(net: str, batch: int, threads: int | None = 1):
     # batch norm: [scale, shift, running mean, running var] per bn layer, by position in spec
     bn = {i: [np.ones(s[1], np.float32), np.zeros(s[1], np.float32), np.zeros(s[1], np.float32),
               np.ones(s[1], np.float32)] for i, s in enumerate(spec) if s[0] == "bn"}
-    train_data = batches(batch)
-    xi, _ = data(INFER_BATCH)
+    train_data = batches(batch, shape=input_shape(net))
+    xi, _ = data(INFER_BATCH, shape=input_shape(net))
 
     def forward(inp, keep):
         caches, wi = [], 0
@@ -217,8 +239,8 @@ def make_numpy(net: str, batch: int, threads: int | None = 1):
                 continue
             if kind == "conv":
                 w, b = weights[wi]
-                out, cols = _np_conv_fwd(h, w, b[None])
-                caches.append((cols, h.shape, wi))
+                out, cols = _np_conv_fwd(h, w, b[None], _pad(layer))
+                caches.append((cols, h.shape, wi, _pad(layer)))
                 h, wi = out, wi + 1
             elif kind == "dense":
                 w, b = weights[wi]
@@ -251,9 +273,9 @@ def make_numpy(net: str, batch: int, threads: int | None = 1):
                 dw, db, d = d.T @ h, d.sum(axis=0), d @ w
                 weights[wi] = (w - LR * dw, b - LR * db)
             elif kind == "conv":
-                cols, shape, wi = cache
+                cols, shape, wi, pad = cache
                 w, b = weights[wi]
-                d, dw, db = _np_conv_bwd(d, cols, w, shape)
+                d, dw, db = _np_conv_bwd(d, cols, w, shape, pad)
                 weights[wi] = (w - LR * dw, b - LR * db)
             elif kind == "relu":
                 d = d * (cache > 0)
@@ -287,7 +309,7 @@ def make_torch(net: str, batch: int, threads: int | None = 1):
     for layer in NETS[net]:
         kind = layer[0]
         if kind == "conv":
-            m = torch.nn.Conv2d(layer[2], layer[1], 3)
+            m = torch.nn.Conv2d(layer[2], layer[1], 3, padding=_pad(layer))
         elif kind == "dense":
             m = torch.nn.Linear(layer[1], layer[2])
         elif kind == "bn":  # (torch's momentum weighs the new batch: 1 - ours)
@@ -303,8 +325,8 @@ def make_torch(net: str, batch: int, threads: int | None = 1):
         mods.append(m)
     model = torch.nn.Sequential(*mods)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    train_data = batches(batch, torch.from_numpy)
-    xi = torch.from_numpy(data(INFER_BATCH)[0])
+    train_data = batches(batch, torch.from_numpy, input_shape(net))
+    xi = torch.from_numpy(data(INFER_BATCH, shape=input_shape(net))[0])
 
     def train_step():
         x, y = next(train_data)
@@ -343,7 +365,8 @@ def make_jax(net: str, batch: int, threads: int | None = 1):
             kind = layer[0]
             if kind == "conv":
                 w, b = weights[wi]
-                h = jax.lax.conv_general_dilated(h, w, (1, 1), "VALID") + b[None, :, None, None]
+                pad = _pad(layer)
+                h = jax.lax.conv_general_dilated(h, w, (1, 1), [(pad, pad), (pad, pad)]) + b[None, :, None, None]
                 wi += 1
             elif kind == "dense":
                 w, b = weights[wi]
@@ -380,8 +403,8 @@ def make_jax(net: str, batch: int, threads: int | None = 1):
         return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads), new_state
 
     infer_fn = jax.jit(lambda params, state, h: forward(params, state, h, False)[0])
-    train_data = batches(batch, jnp.asarray)
-    xi = jnp.asarray(data(INFER_BATCH)[0])
+    train_data = batches(batch, jnp.asarray, input_shape(net))
+    xi = jnp.asarray(data(INFER_BATCH, shape=input_shape(net))[0])
     box = [(params, state)]
 
     def train_step():

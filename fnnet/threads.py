@@ -30,15 +30,16 @@ import functools
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ._errors import check_int
 from .tree import tree_leaves
 
-__all__ = ["BLAS_MIN_PRODUCT", "blas_share", "cgroup_cores", "cores", "largest_product", "thread_count"]
+__all__ = ["BLAS_MIN_PRODUCT", "blas_share", "blas_share_changes", "cgroup_cores", "cores", "largest_product",
+           "thread_count"]
 
 BLAS_MIN_PRODUCT = 1 << 24
 """The multiply-adds of a product below which BLAS gets one thread where fnnet runs one
@@ -130,6 +131,7 @@ class _Blas:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.libs: list[Any] | None = None
+        self.counts: list[Callable[[], int]] = []
         self.inside = 0  # calls now inside blas_share, in any thread
         self.saved: list[tuple[Any, int]] = []
 
@@ -138,7 +140,32 @@ class _Blas:
             from threadpoolctl import ThreadpoolController
 
             self.libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+            self.counts = [_counter(lib) for lib in self.libs]
         return self.libs
+
+    def most(self) -> int:
+        """The most threads any BLAS library has now (0 with none)."""
+        if self.libs is None:
+            self.found()
+        counts = self.counts
+        if len(counts) == 1:  # (numpy's one OpenBLAS: the hot path of a small step)
+            return counts[0]()
+        return max((count() for count in counts), default=0)
+
+
+def _counter(lib: Any) -> Callable[[], int]:
+    """A function that reads ``lib``'s thread count: OpenBLAS's own C getter, found once
+    (threadpoolctl's ``num_threads`` looks the symbol up on every read: 1 us a step of a
+    small model), else threadpoolctl's property."""
+    try:
+        if getattr(lib, "internal_api", "") == "openblas" and getattr(lib, "threading_layer", "") != "openmp":
+            prefix, suffix = lib._find_affixes()
+            getter = getattr(lib.dynlib, f"{prefix}openblas_get_num_threads{suffix}")
+            if getter() == lib.num_threads:
+                return cast(Callable[[], int], getter)
+    except Exception:  # noqa: BLE001 - another threadpoolctl: its public property, slower
+        pass
+    return lambda: lib.num_threads
 
 
 _BLAS = _Blas()
@@ -151,6 +178,14 @@ def largest_product(params: Any, rows: int) -> int:
     are its weights times its output pixels, and a batch with wide convolutions is cut
     into shards, whose threads hold BLAS at their share anyway)."""
     return rows * max((leaf.size for leaf in tree_leaves(params)), default=0)
+
+
+def blas_share_changes(threads: int, product: int | None = None) -> bool:
+    """Whether :func:`blas_share` ``(threads, product=product)`` would change a BLAS
+    library's threads now: a caller on the hot path (a step of a few microseconds) skips
+    it when it would not (one thread of fnnet's, and BLAS on one thread already or the
+    products large)."""
+    return threads > 1 or (product is not None and product < BLAS_MIN_PRODUCT and _BLAS.most() > 1)
 
 
 @contextmanager
