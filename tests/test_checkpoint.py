@@ -4,13 +4,14 @@ for damaged files; safetensors files as the safetensors package reads them (nox 
 from __future__ import annotations
 
 import json
+import pathlib
 import zipfile
 
 import numpy as np
 import pytest
 
 import fnnet as fn
-from fnnet import checkpoint
+from fnnet import checkpoint, optim
 
 DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_, np.complex128]
 
@@ -236,3 +237,31 @@ def test_a_safetensors_file_fnnet_writes_loads_in_safetensors_numpy_and_torch(tm
                        metadata={"by": "them"})
     tensors, meta = checkpoint.read_tensors(tmp_path / "theirs.safetensors")
     assert meta == {"by": "them"} and tensors["a"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+# -- a checkpoint of the release before -----------------------------------------------------------
+
+DATA = pathlib.Path(__file__).parent / "data"  # written by fnnet 0.2.0 (two Adam steps, float64)
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
+@pytest.mark.parametrize("algorithm", ["auto", "samples"])
+def test_a_checkpoint_of_0_2_0_loads_and_trains(suffix, algorithm):
+    model = fn.serial(fn.conv2d(8, 3, padding=1, algorithm=algorithm), fn.relu(), fn.max_pool2d(2), fn.flatten(),
+                      fn.dense(3))
+    assert fn.layers.conv_algorithm(8, 1, 3, 3, 16) == "rows"  # "auto": this conv's sums move in 0.3.0
+    opt = optim.adam(1e-2)
+    params, _ = model.init(fn.random.key(1), (8, 4, 4), dtype=np.float64)
+    like = fn.TrainState.create(params, opt, model)
+    tree, meta = checkpoint.load(DATA / f"v0.2.0-state.{suffix}",
+                                 like={"params": like.params, "opt_state": like.opt_state, "step": np.asarray(0)})
+    assert meta == {"fnnet": "0.2.0"}
+    state = fn.TrainState(fn.tree.freeze(tree["params"]), fn.tree.freeze(tree["opt_state"]), int(tree["step"]))
+    batch = np.load(DATA / "v0.2.0-batch.npz")
+    state, _ = fn.train_step(model, fn.softmax_cross_entropy, opt)(state, (batch["x"], batch["y"]))
+    want, _ = checkpoint.load(DATA / "v0.2.0-next-params.npz", like=state.params)
+    for got, ref in zip(fn.tree_leaves(state.params), fn.tree_leaves(want)):
+        if algorithm == "samples":  # a product per sample: 0.2.0's convolution, bit for bit
+            assert got.tobytes() == ref.tobytes()
+        else:  # one product over the shard: 0.2.0's step up to the order of the sums
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)

@@ -37,6 +37,8 @@ KERNEL_NAMES = tuple(name for names in FAMILIES.values() for name in names)
 
 __all__ = [
     "FAMILIES",
+    "ISAS",
+    "ISA_FAMILIES",
     "KERNEL_NAMES",
     "adam_update",
     "affine_warp",
@@ -49,6 +51,7 @@ __all__ = [
     "bn_normalize",
     "col2im",
     "compiled",
+    "cpu_isas",
     "gelu_backward",
     "gelu_forward",
     "im2col",

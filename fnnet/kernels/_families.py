@@ -22,9 +22,10 @@ FAMILIES = {
 }
 """Family -> the kernels it exports (one twin module and one Pythran source per family)."""
 
+_V3 = ("AVX", "AVX2", "FMA3", "F16C", "BMI", "BMI2", "LZCNT", "MOVBE")  # x86-64-v3: what gcc may emit for it
 ISAS = {
-    "avx512": ("AVX512F", "AVX512CD", "AVX512VL", "AVX512BW", "AVX512DQ", "AVX2", "FMA3"),
-    "avx2": ("AVX2", "FMA3", "AVX", "F16C"),
+    "avx512": (*_V3, "AVX512F", "AVX512CD", "AVX512VL", "AVX512BW", "AVX512DQ"),  # x86-64-v4
+    "avx2": _V3,
 }
 """x86-64 instruction sets the families of :data:`ISA_FAMILIES` are also built for (best
 first), each with the CPU features (numpy's names) it needs: ``avx2`` is x86-64-v3,
