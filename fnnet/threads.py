@@ -220,5 +220,6 @@ def blas_share(threads: int, cores_: int | None = None, *, product: int | None =
             blas.inside -= 1
             if blas.inside == 0:
                 for lib, count in blas.saved:
-                    lib.set_num_threads(count)
+                    if lib.num_threads != count:  # (OpenBLAS may rebuild its buffers on a set, even to the same count)
+                        lib.set_num_threads(count)
                 blas.saved = []
