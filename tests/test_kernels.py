@@ -238,6 +238,14 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, check=False)
 
 
+def _run_installed(code: str, **env) -> subprocess.CompletedProcess:
+    """:func:`_run` from the tests' folder: the fnnet it imports is the installed one, with its
+    compiled kernels, not the source tree a checkout's root would put first on the path."""
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, check=False,
+                          cwd=os.path.dirname(__file__))
+
+
 def test_missing_compiled_module_falls_back_with_one_warning():
     code = (
         "import sys, warnings\n"
@@ -283,7 +291,7 @@ for dtype in (np.float32, np.float64):
 
 def test_every_instruction_set_variant_gives_the_plain_builds_bits(compiled):
     # conv, batch norm, the fused runs, gelu, pooling, the loss and Adam, trained and evaluated in each variant
-    runs = {isa: _run(_TRAIN_AND_PREDICT, FNNET_KERNELS="pythran", FNNET_KERNELS_ISA=isa)
+    runs = {isa: _run_installed(_TRAIN_AND_PREDICT, FNNET_KERNELS="pythran", FNNET_KERNELS_ISA=isa)
             for isa in ("baseline", *kernels.cpu_isas())}
     for run in runs.values():
         assert run.returncode == 0, run.stderr
@@ -302,7 +310,7 @@ def test_the_instruction_set_is_chosen_or_refused_by_name():
     for isa in lacking:  # (on a CPU without it: named, with what the CPU runs)
         run = _run("import fnnet", FNNET_KERNELS_ISA=isa)
         assert run.returncode != 0 and f"FNNET_KERNELS_ISA={isa} but this CPU lacks its features" in run.stderr
-    info = _run("import fnnet, json; print(json.dumps(fnnet.runtime.info()))", FNNET_KERNELS_ISA="baseline")
+    info = _run_installed("import fnnet, json; print(json.dumps(fnnet.runtime.info()))", FNNET_KERNELS_ISA="baseline")
     assert '"kernels_isa": ' + ('"baseline"' if kernels.backend() == "pythran" else "null") in info.stdout
     assert kernels.isa() in (None if kernels.backend() == "numpy" else "baseline", *kernels.cpu_isas())
 
