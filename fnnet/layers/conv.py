@@ -44,7 +44,7 @@ def conv_algorithm(channels: int, groups: int, kh: int, kw: int, plane: int) -> 
     """The algorithm ``conv2d(algorithm="auto")`` runs for ``channels`` input channels in
     ``groups`` groups, a kh x kw kernel and an output plane of ``plane`` (Ho*Wo) pixels:
     ``"rows"`` (one product over the shard) for one group whose patches hold at least
-    :data:`ROWS_MIN_DEPTH` values and at least twice the plane's pixels, else
+    ``ROWS_MIN_DEPTH`` (64) values and at least twice the plane's pixels, else
     ``"samples"`` (a product per sample: a deep patch over a small plane makes thin
     per-sample products). A function of the shape alone, so the bits are a function of
     the model and its input shape, never of a timing.
