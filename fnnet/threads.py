@@ -38,8 +38,8 @@ from typing import Any, cast
 from ._errors import check_int
 from .tree import tree_leaves
 
-__all__ = ["BLAS_MIN_PRODUCT", "blas_share", "blas_share_changes", "cgroup_cores", "cores", "largest_product",
-           "thread_count"]
+__all__ = ["BLAS_MIN_PRODUCT", "BLAS_ONE_THREAD_PRODUCT", "blas_share", "blas_share_changes", "cgroup_cores", "cores",
+           "largest_product", "thread_count"]
 
 BLAS_MIN_PRODUCT = 1 << 24
 """The multiply-adds of a product below which BLAS gets one thread where fnnet runs one
@@ -133,7 +133,7 @@ class _Blas:
         self.libs: list[Any] | None = None
         self.counts: list[Callable[[], int]] = []
         self.inside = 0  # calls now inside blas_share, in any thread
-        self.saved: list[tuple[Any, int]] = []
+        self.saved: list[tuple[Any, int, Callable[[], int]]] = []  # (library, its count, its counter)
 
     def found(self) -> list[Any]:
         if self.libs is None:
@@ -180,12 +180,22 @@ def largest_product(params: Any, rows: int) -> int:
     return rows * max((leaf.size for leaf in tree_leaves(params)), default=0)
 
 
+BLAS_ONE_THREAD_PRODUCT = 1 << 18
+"""The multiply-adds up to which OpenBLAS runs a product on one thread by itself (its
+default ``GEMM_MULTITHREAD_THRESHOLD``, 4 x 65,536): work whose largest product is no
+larger gains nothing from a cap, which one thread of fnnet's then skips."""
+
+
 def blas_share_changes(threads: int, product: int | None = None) -> bool:
-    """Whether :func:`blas_share` ``(threads, product=product)`` would change a BLAS
-    library's threads now: a caller on the hot path (a step of a few microseconds) skips
-    it when it would not (one thread of fnnet's, and BLAS on one thread already or the
-    products large)."""
-    return threads > 1 or (product is not None and product < BLAS_MIN_PRODUCT and _BLAS.most() > 1)
+    """Whether a caller that runs ``threads`` threads of fnnet's on work whose largest
+    product has ``product`` multiply-adds should enter :func:`blas_share`: always for
+    several threads; for one, only where a cap would change something (BLAS has several
+    threads and the products are between :data:`BLAS_ONE_THREAD_PRODUCT`, which OpenBLAS
+    keeps on one thread itself, and :data:`BLAS_MIN_PRODUCT`). Its cost where it skips:
+    one read of BLAS's thread count (0.17 us); a cap costs a few, a step of a small model
+    tens."""
+    return threads > 1 or (product is not None and BLAS_ONE_THREAD_PRODUCT < product < BLAS_MIN_PRODUCT
+                           and _BLAS.most() > 1)
 
 
 @contextmanager
@@ -195,9 +205,10 @@ def blas_share(threads: int, cores_: int | None = None, *, product: int | None =
     raised above what it had), and restore what it had when the last call inside returns
     (calls may nest and overlap across threads). Work whose largest ``product`` (its
     multiply-adds, :func:`largest_product`) is below :data:`BLAS_MIN_PRODUCT` caps BLAS at
-    one thread instead; one thread of fnnet's with larger (or unknown: None) products
-    leaves BLAS alone. Yields the cap (0 for no change)."""
-    if product is not None and product < BLAS_MIN_PRODUCT:
+    one thread instead; one thread of fnnet's leaves BLAS alone for larger (or unknown:
+    None) products, and for products of at most :data:`BLAS_ONE_THREAD_PRODUCT`, which
+    OpenBLAS runs on one thread itself. Yields the cap (0 for no change)."""
+    if product is not None and product < BLAS_MIN_PRODUCT and (threads > 1 or product > BLAS_ONE_THREAD_PRODUCT):
         cap = 1
     elif threads <= 1:
         yield 0
@@ -207,11 +218,12 @@ def blas_share(threads: int, cores_: int | None = None, *, product: int | None =
     blas = _BLAS
     with blas.lock:
         libs = blas.found()
+        counts = [count() for count in blas.counts]
         if blas.inside == 0:
-            blas.saved = [(lib, lib.num_threads) for lib in libs]
+            blas.saved = list(zip(libs, counts, blas.counts))
         blas.inside += 1
-        for lib in libs:
-            if lib.num_threads > cap:
+        for lib, count in zip(libs, counts):
+            if count > cap:
                 lib.set_num_threads(cap)
     try:
         yield cap
@@ -219,7 +231,7 @@ def blas_share(threads: int, cores_: int | None = None, *, product: int | None =
         with blas.lock:
             blas.inside -= 1
             if blas.inside == 0:
-                for lib, count in blas.saved:
-                    if lib.num_threads != count:  # (OpenBLAS may rebuild its buffers on a set, even to the same count)
+                for lib, count, now in blas.saved:
+                    if now() != count:  # (OpenBLAS may rebuild its buffers on a set, even to the same count)
                         lib.set_num_threads(count)
                 blas.saved = []
