@@ -135,11 +135,7 @@ def main() -> None:
             a, b = med[f"fnnet {p}"], med[f"torch {p}"]
             lines.append(f"| {net} | {n}, {c} -> {k}, {h}x{h}, {pad} | {algorithm} | {p} | {a:,.0f} | "
                          f"{pct(flops, a)} | {b:,.0f} | {pct(flops, b)} | {b / a if a else float('nan'):.2f}x |")
-    text = "\n".join(lines)
-    print("\n" + text)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    peers.report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -199,11 +199,7 @@ def main() -> None:
         tail = (f"{scale:.2f}x" if scale else "") if ALL else f"{pct:.1f} %"
         vs = f"{ratio:.2f}x ({best})" if best else "-"  # (no peer ran: --peers with fnnet alone)
         lines.append(f"| {net} | {mode} | {batch} | {name} | {m:,.0f} | {lo:,.0f} - {hi:,.0f} | {vs} | {tail} |")
-    text = "\n".join(lines)
-    print("\n" + text)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    peers.report(lines, args.out)
 
 
 if __name__ == "__main__":

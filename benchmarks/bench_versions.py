@@ -90,11 +90,7 @@ def main() -> None:
         cells = " | ".join(f"{med[p]:,.0f}" for p in args.peers)
         lines.append(f"| {net} | {mode} | {batch} | {med['fnnet']:,.0f} | {med['fnnet (other)']:,.0f} | {cells} | "
                      f"**{ratio:.2f}x** | {vs} | {pct:.1f} % |")
-    text = "\n".join(lines)
-    print("\n" + text)
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    peers.report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Networks (float32, NCHW, softmax cross-entropy, plain SGD lr 0.01):
 from __future__ import annotations
 
 import itertools
+import pathlib
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -58,6 +59,15 @@ def _pad(layer: tuple) -> int:
 BN_MOMENTUM, BN_EPS = 0.9, 1e-5
 LR = 0.01
 INFER_BATCH = 1000
+
+
+def report(lines: list[str], out: str) -> None:
+    """Print a results table (its lines) and write it to ``out``, making the folder."""
+    text = "\n".join(lines)
+    print("\n" + text)
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
 
 
 def flops_per_sample(net: str) -> tuple[float, float]:
