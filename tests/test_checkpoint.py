@@ -241,27 +241,35 @@ def test_a_safetensors_file_fnnet_writes_loads_in_safetensors_numpy_and_torch(tm
 
 # -- a checkpoint of the release before -----------------------------------------------------------
 
-DATA = pathlib.Path(__file__).parent / "data"  # written by fnnet 0.2.0 (two Adam steps, float64)
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"  # written by fnnet 0.2.0 (two Adam steps, float64)
 
 
-@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
-@pytest.mark.parametrize("algorithm", ["auto", "samples"])
-def test_a_checkpoint_of_0_2_0_loads_and_trains(suffix, algorithm):
+def _fixture_batches() -> list:
+    """The three batches the fixture was trained on (two) and stepped on (the third)."""
+    rng = np.random.default_rng(0)
+    return [(rng.standard_normal((6, 8, 4, 4)), rng.integers(0, 3, 6)) for _ in range(3)]
+
+
+def _resume_0_2_0(suffix: str, algorithm: str):
     model = fn.serial(fn.conv2d(8, 3, padding=1, algorithm=algorithm), fn.relu(), fn.max_pool2d(2), fn.flatten(),
                       fn.dense(3))
-    assert fn.layers.conv_algorithm(8, 1, 3, 3, 16) == "rows"  # "auto": this conv's sums move in 0.3.0
     opt = optim.adam(1e-2)
     params, _ = model.init(fn.random.key(1), (8, 4, 4), dtype=np.float64)
     like = fn.TrainState.create(params, opt, model)
-    tree, meta = checkpoint.load(DATA / f"v0.2.0-state.{suffix}",
+    tree, meta = checkpoint.load(FIXTURES / f"v0.2.0-state.{suffix}",
                                  like={"params": like.params, "opt_state": like.opt_state, "step": np.asarray(0)})
-    assert meta == {"fnnet": "0.2.0"}
     state = fn.TrainState(fn.tree.freeze(tree["params"]), fn.tree.freeze(tree["opt_state"]), int(tree["step"]))
-    batch = np.load(DATA / "v0.2.0-batch.npz")
-    state, _ = fn.train_step(model, fn.softmax_cross_entropy, opt)(state, (batch["x"], batch["y"]))
-    want, _ = checkpoint.load(DATA / "v0.2.0-next-params.npz", like=state.params)
-    for got, ref in zip(fn.tree_leaves(state.params), fn.tree_leaves(want)):
-        if algorithm == "samples":  # a product per sample: 0.2.0's convolution, bit for bit
-            assert got.tobytes() == ref.tobytes()
-        else:  # one product over the shard: 0.2.0's step up to the order of the sums
-            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    state, _ = fn.train_step(model, fn.softmax_cross_entropy, opt)(state, _fixture_batches()[2])
+    return state.params, meta
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
+def test_a_checkpoint_of_0_2_0_loads_and_trains(suffix):
+    assert fn.layers.conv_algorithm(8, 1, 3, 3, 16) == "rows"  # "auto": this conv's sums move in 0.3.0
+    samples, meta = _resume_0_2_0(suffix, "samples")
+    assert meta["fnnet"] == "0.2.0"
+    # a product per sample: 0.2.0's convolution, bit for bit (the digest 0.2.0 recorded of this very step)
+    assert checkpoint.digest(samples) == meta["next_params_digest"]
+    auto, _ = _resume_0_2_0(suffix, "auto")  # one product over the shard: the same step up to the order of the sums
+    for got, ref in zip(fn.tree_leaves(auto), fn.tree_leaves(samples)):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
