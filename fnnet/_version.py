@@ -1,3 +1,3 @@
 """fnnet's version: one number, which pyproject.toml, meson.build and the changelog repeat."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
