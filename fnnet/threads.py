@@ -31,15 +31,15 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
 from ._errors import check_int
 from .tree import tree_leaves
 
-__all__ = ["BLAS_MIN_PRODUCT", "BLAS_ONE_THREAD_PRODUCT", "blas_share", "blas_share_changes", "cgroup_cores", "cores",
-           "largest_product", "thread_count"]
+__all__ = ["BLAS_MIN_PRODUCT", "BLAS_ONE_THREAD_PRODUCT", "blas_share", "cgroup_cores", "cores", "largest_product",
+           "thread_count"]
 
 BLAS_MIN_PRODUCT = 1 << 24
 """The multiply-adds of a product below which BLAS gets one thread where fnnet runs one
@@ -183,23 +183,10 @@ def largest_product(params: Any, rows: int) -> int:
 BLAS_ONE_THREAD_PRODUCT = 1 << 18
 """The multiply-adds up to which OpenBLAS runs a product on one thread by itself (its
 default ``GEMM_MULTITHREAD_THRESHOLD``, 4 x 65,536): work whose largest product is no
-larger gains nothing from a cap, which one thread of fnnet's then skips."""
+larger gains nothing from a cap, which :func:`blas_share` skips where fnnet runs one thread."""
 
 
-def blas_share_changes(threads: int, product: int | None = None) -> bool:
-    """Whether a caller that runs ``threads`` threads of fnnet's on work whose largest
-    product has ``product`` multiply-adds should enter :func:`blas_share`: always for
-    several threads; for one, only where a cap would change something (BLAS has several
-    threads and the products are between :data:`BLAS_ONE_THREAD_PRODUCT`, which OpenBLAS
-    keeps on one thread itself, and :data:`BLAS_MIN_PRODUCT`). Its cost where it skips:
-    one read of BLAS's thread count (0.17 us); a cap costs a few, a step of a small model
-    tens."""
-    return threads > 1 or (product is not None and BLAS_ONE_THREAD_PRODUCT < product < BLAS_MIN_PRODUCT
-                           and _BLAS.most() > 1)
-
-
-@contextmanager
-def blas_share(threads: int, cores_: int | None = None, *, product: int | None = None) -> Iterator[int]:
+def blas_share(threads: int, cores_: int | None = None, *, product: int | None = None) -> AbstractContextManager[int]:
     """Around code that runs ``threads`` threads of fnnet's: cap each BLAS library at
     ``cores_ // threads`` threads (``cores_`` defaults to :func:`cores`; at least 1, never
     raised above what it had), and restore what it had when the last call inside returns
@@ -207,14 +194,23 @@ def blas_share(threads: int, cores_: int | None = None, *, product: int | None =
     multiply-adds, :func:`largest_product`) is below :data:`BLAS_MIN_PRODUCT` caps BLAS at
     one thread instead; one thread of fnnet's leaves BLAS alone for larger (or unknown:
     None) products, and for products of at most :data:`BLAS_ONE_THREAD_PRODUCT`, which
-    OpenBLAS runs on one thread itself. Yields the cap (0 for no change)."""
-    if product is not None and product < BLAS_MIN_PRODUCT and (threads > 1 or product > BLAS_ONE_THREAD_PRODUCT):
-        cap = 1
-    elif threads <= 1:
-        yield 0
-        return
-    else:
-        cap = max(1, (cores() if cores_ is None else cores_) // threads)
+    OpenBLAS runs on one thread itself. Yields the cap (0 for no change).
+
+    Where one thread of fnnet's would change nothing (those products, or BLAS on one
+    thread already) it is a plain ``nullcontext``: the hot path of a small step pays one
+    read of BLAS's thread count (0.2 us), where entering the cap costs a few, and a step
+    of a small model tens."""
+    if threads <= 1 and not (product is not None and BLAS_ONE_THREAD_PRODUCT < product < BLAS_MIN_PRODUCT
+                             and _BLAS.most() > 1):
+        return nullcontext(0)
+    cap = 1 if product is not None and product < BLAS_MIN_PRODUCT else max(1, (cores() if cores_ is None else cores_)
+                                                                            // threads)
+    return _capped(cap)
+
+
+@contextmanager
+def _capped(cap: int) -> Iterator[int]:
+    """Each BLAS library held to at most ``cap`` threads inside, its count given back after (:func:`blas_share`)."""
     blas = _BLAS
     with blas.lock:
         libs = blas.found()

@@ -176,8 +176,9 @@ def test_jit_and_predict_give_blas_back_and_hold_it_while_their_threads_run(monk
     inside.clear()
     fn.jit(fn.train_step(model, _spy_loss(inside), opt, rows_per_shard=16), threads=1)(
         fn.TrainState.create(params, opt), (x, y))
-    assert seen == []  # one thread, products of at most 2^18 multiply-adds: OpenBLAS keeps them on one thread itself
-    assert inside and all(n == [2] * len(BLAS.lib_controllers) for n in inside)
+    assert seen == [(1, [2] * len(BLAS.lib_controllers))]  # one thread, products of at most 2^18 multiply-adds:
+    assert inside and all(n == [2] * len(BLAS.lib_controllers) for n in inside)  # OpenBLAS keeps them on one thread
+    assert blas_threads() == [2] * len(BLAS.lib_controllers)
 
 
 @pytest.mark.parametrize("width, want", [(64, 2), (128, 1), (4095, 1), (4096, 2)])

@@ -21,7 +21,7 @@ from typing import Any
 
 from .._errors import InvalidTypeError
 from ..flat import flat_of
-from ..threads import blas_share, blas_share_changes, thread_count
+from ..threads import blas_share, thread_count
 from ._body import run_step
 from ._state import TrainState
 from ._step import Step, check_inputs
@@ -67,8 +67,6 @@ class JitStep:
             plan = step.plan(state, x, labels, self.threads)
             plans[plan.signature] = plan
         threads = min(self.threads, len(plan.shards))
-        if not blas_share_changes(threads, plan.product):  # (the hot path of a small step: one check)
-            return run_step(plan, state, x, labels)
         with blas_share(threads, product=plan.product):
             return run_step(plan, state, x, labels, self._workers() if threads > 1 else None)
 

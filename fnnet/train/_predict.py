@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from .._errors import InvalidTypeError, InvalidValueError, check_int
 from ..layers import Layer
 from ..layers._checks import as_batch
 from ..layers._layer import prepare_checked, run
-from ..threads import blas_share, blas_share_changes, largest_product, thread_count
+from ..threads import blas_share, largest_product, thread_count
 from ..tree import EMPTY
 from ..typing import Params, PyTree
 from ._shards import row_bytes
@@ -63,7 +62,7 @@ def predict(
     parts = [starts[i::threads] for i in range(min(threads, len(starts)))]
     product = largest_product(params, min(batch_size, x.shape[0]))
     if len(parts) <= 1:
-        with blas_share(1, product=product) if blas_share_changes(1, product) else nullcontext():
+        with blas_share(1, product=product):
             _predict_chunks(model, params, x, out, starts, batch_size, model_state)
     else:
         with blas_share(len(parts), product=product), \

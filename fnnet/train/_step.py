@@ -126,7 +126,7 @@ class Step:
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
         plan = self.plan(state, x, labels)
-        with blas_share(1, product=plan.product):  # (small products: BLAS on one thread, as jit's)
+        with blas_share(1, product=plan.product):  # (as jit's one thread)
             return run_step(plan, state, x, labels)
 
 
