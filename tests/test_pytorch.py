@@ -110,10 +110,103 @@ def test_a_mismatch_names_the_first_layer_and_module_that_differ():
         from_state_dict(more, sd, shape)
     with pytest.raises(fn.ShapeError, match=r"module '5' has no fnnet layer left to go to"):
         from_state_dict(fn.serial(fn.conv2d(4, 3, padding=1), fn.batch_norm(), fn.relu()), sd, shape)
-    with pytest.raises(fn.InvalidTypeError, match="state_dict must be a mapping or a path"):
+    with pytest.raises(fn.InvalidTypeError, match="state_dict must be a mapping, a path or a torch.nn.Module, got list"):
         from_state_dict(model, [1, 2], shape)
     with pytest.raises(fn.DataError, match="no such file"):
         from_state_dict(model, "missing.safetensors", shape)
+
+
+def _dense_stack(n=13, width=16):
+    model = fn.serial(*[fn.dense(width) for _ in range(n)])
+    params, _ = model.init(fn.random.key(5), (width,))
+    return model, params
+
+
+@pytest.mark.parametrize("via", ["dict", "safetensors"])
+@pytest.mark.parametrize("prefix", ["", "net."])
+def test_numbered_modules_map_in_the_order_of_their_numbers_whatever_the_keys_order(tmp_path, via, prefix):
+    # 13 modules: "10" sorts before "2" as a string, the order a safetensors file lists them in
+    model, params = _dense_stack()
+    sd = {prefix + k: v for k, v in to_state_dict(model, params, (16,)).items()}
+    sd = dict(sorted(sd.items()))
+    assert list(sd)[2].startswith(prefix + "1") and list(sd)[4] == prefix + "10.bias"
+    if via == "safetensors":
+        fn.checkpoint.write_tensors(tmp_path / "w.safetensors", sd)
+        sd = tmp_path / "w.safetensors"
+    back, _ = from_state_dict(model, sd, (16,))
+    assert fn.checkpoint.digest(back) == fn.checkpoint.digest(params)
+
+
+def _named(order, shapes=((16, 16), (16, 16))):
+    rng = np.random.default_rng(0)
+    weights = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in zip(("fc1", "fc2"), shapes)}
+    sd = {}
+    for name in order:
+        sd[f"{name}.weight"], sd[f"{name}.bias"] = weights[name], rng.standard_normal(weights[name].shape[0]).astype(
+            np.float32)
+    return sd
+
+
+def test_modules_of_the_same_shapes_under_names_without_an_order_are_refused_not_guessed():
+    model, _ = _dense_stack(2)
+    sd = _named(["fc2", "fc1"])  # registered fc2 first, run fc1 first: nothing in the dict says so
+    with pytest.raises(fn.InvalidValueError, match=r"does not say its modules' order, and 'fc2', 'fc1' have the same "
+                                                   r"shapes \(weight \(16, 16\), bias \(16,\)\).*Pass the torch module "
+                                                   r"itself.*modules=\{fnnet layer: torch module\} for the layers "
+                                                   r"dense_0, dense_1"):
+        from_state_dict(model, sd, (16,))
+    params, _ = from_state_dict(model, sd, (16,), modules={"dense_0": "fc1", "dense_1": "fc2"})
+    assert np.array_equal(params["dense_0"]["w"], sd["fc1.weight"].T)
+    assert np.array_equal(params["dense_1"]["b"], sd["fc2.bias"])
+
+
+def test_modules_that_differ_in_shape_map_by_shape_when_their_names_say_no_order():
+    model = fn.serial(fn.dense(16), fn.relu(), fn.dense(3))
+    sd = _named(["fc2", "fc1"], shapes=((16, 4), (3, 16)))  # fc1 is Linear(4, 16), fc2 Linear(16, 3)
+    params, _ = from_state_dict(model, sd, (4,))
+    assert np.array_equal(params["dense_0"]["w"], sd["fc1.weight"].T)
+    assert np.array_equal(params["dense_2"]["w"], sd["fc2.weight"].T)
+    with pytest.raises(fn.ShapeError, match=r"dense_2 takes weight \(5, 16\), bias \(5,\); no module of the state "
+                                            r"dict has those shapes"):
+        from_state_dict(fn.serial(fn.dense(16), fn.relu(), fn.dense(5)), sd, (4,))
+
+
+@pytest.mark.parametrize("modules, match", [
+    ({"dense_0": "fc1"}, r"must map every fnnet layer with weights and no other \(dense_0, dense_1\); not mapped: "
+                         r"dense_1"),
+    ({"dense_0": "fc1", "dense_1": "fc2", "dense_9": "fc2"}, r"not layers of the model: 'dense_9'"),
+    ({"dense_0": "fc1", "dense_1": "fc3"}, r"modules names 'fc3', not modules of the state dict \(its modules: "
+                                           r"'fc1', 'fc2'\)"),
+    ({"dense_0": "fc1", "dense_1": "fc1"}, r"use each module of the state dict once; used twice: 'fc1'; unused: "
+                                           r"'fc2'"),
+])
+def test_a_wrong_modules_mapping_names_what_is_wrong(modules, match):
+    model, _ = _dense_stack(2)
+    with pytest.raises(fn.InvalidValueError, match=match):
+        from_state_dict(model, _named(["fc1", "fc2"]), (16,), modules=modules)
+    with pytest.raises(fn.InvalidTypeError, match="modules must be a mapping of fnnet layer paths"):
+        from_state_dict(model, _named(["fc1", "fc2"]), (16,), modules=[("dense_0", "fc1")])
+
+
+def test_layer_paths_are_the_keys_of_modules():
+    _, params, state, shape = _setup("resnet")
+    assert fn.pytorch.layer_paths(resnet(), shape) == [
+        "conv2d_0", "residual_2/block/conv2d_0", "residual_2/block/batch_norm_1", "residual_2/block/conv2d_3",
+        "residual_2/shortcut", "dense_4"]
+
+
+@pytest.mark.parametrize("shape", [(16.5,), (0,), "16", (16, None), 16])
+def test_a_bad_input_shape_is_named(shape):
+    model, params = _dense_stack(2)
+    with pytest.raises(fn.ShapeError, match="input_shape must be one sample's shape, a sequence of positive ints"):
+        from_state_dict(model, to_state_dict(model, params, (16,)), shape)
+
+
+def test_a_state_dict_entry_that_is_not_a_number_is_named():
+    model, params = _dense_stack(2)
+    sd = to_state_dict(model, params, (16,)) | {"1.weight": np.array(["a"] * 256).reshape(16, 16)}
+    with pytest.raises(fn.DTypeError, match=r"the state dict's 1.weight is <U1, not a number type"):
+        from_state_dict(model, sd, (16,))
 
 
 def test_layers_without_a_pytorch_module_are_named():
@@ -194,3 +287,50 @@ def test_weights_trained_in_fnnet_predict_the_same_in_torch(tmp_path, name):
     with torch.no_grad():
         got = twin(torch.from_numpy(x)).numpy()
     assert np.max(np.abs(got - fn.predict(model, params, x, model_state=state))) <= 1e-5
+
+
+def _registered_out_of_order(torch):
+    class Net(torch.nn.Module):  # fc2 registered first, fc1 run first; the same shapes
+        def __init__(self):
+            super().__init__()
+            self.fc2, self.fc1 = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    return Net()
+
+
+@pytest.mark.interop
+def test_the_torch_module_itself_gives_its_forward_order(tmp_path):
+    import safetensors.torch as st_torch
+    import torch
+
+    torch.manual_seed(0)
+    net = _registered_out_of_order(torch).train()
+    model = fn.serial(fn.dense(16), fn.relu(), fn.dense(16))
+    params, _ = from_state_dict(model, net, (16,))
+    assert net.training  # (its mode is restored)
+    x = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(fn.predict(model, params, x) - want)) <= 1e-5
+    st_torch.save_file(net.state_dict(), tmp_path / "w.safetensors")  # the file alone cannot say which is first
+    with pytest.raises(fn.InvalidValueError, match="'fc1', 'fc2' have the same shapes"):
+        from_state_dict(model, tmp_path / "w.safetensors", (16,))
+
+
+@pytest.mark.interop
+def test_a_torch_module_that_runs_a_module_twice_is_refused():
+    import torch
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(self.fc(x))
+
+    with pytest.raises(fn.InvalidValueError, match=r"runs 'fc' more than once in its forward pass \(shared weights\)"):
+        from_state_dict(fn.serial(fn.dense(4), fn.dense(4)), Tied(), (4,))
