@@ -15,7 +15,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["decode", "encode"]
+from ._errors import InvalidTypeError, InvalidValueError
+
+__all__ = ["check", "decode", "encode"]
 
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
           "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
@@ -23,15 +25,30 @@ _CODES = {np.dtype(v): k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 2**20  # (the reference implementation's limit)
 
 
+def check(name: str, a: np.ndarray, where: str = "") -> None:
+    """Raise :class:`~fnnet.InvalidValueError` or :class:`~fnnet.InvalidTypeError` if the
+    format cannot hold tensor ``name``: the header's reserved key, or a dtype without a
+    code (complex, float128, strings, objects, records)."""
+    if name == "__metadata__":
+        raise InvalidValueError(f"{where}the tensor name '__metadata__' is the safetensors header's own key; rename "
+                                f"it, or save the tree as .npz")
+    if _code(a.dtype) is None:
+        raise InvalidTypeError(f"{where}tensor {name!r} is {a.dtype}, which safetensors cannot hold (it holds "
+                               f"{', '.join(sorted(DTYPES, key=list(DTYPES).index))}); save it as .npz")
+
+
+def _code(dtype: np.dtype) -> str | None:
+    return _CODES.get(dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype)
+
+
 def encode(f: BinaryIO, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` (name -> array) and ``metadata`` (str -> str) to ``f``. Raises
-    ValueError naming a tensor whose dtype the format has no code for."""
+    """Write ``tensors`` (name -> array, each passing :func:`check`) and ``metadata``
+    (str -> str) to ``f``."""
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, a in tensors.items():
-        code = _CODES.get(a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype)
-        if code is None:
-            raise ValueError(f"tensor {name!r} is {a.dtype}, which safetensors cannot hold")
+        check(name, a)
+        code = _code(a.dtype)
         header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()

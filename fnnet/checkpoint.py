@@ -136,12 +136,23 @@ def _remove_stale_tmp(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) -> str:
-    """Write ``tree`` (and JSON-able ``metadata``) to ``path`` atomically; returns the
-    sha256 of the tree (:func:`digest`). A path ending in ``.safetensors`` is written as
-    safetensors (tensors named by their paths, ``conv2d_0.w``; the structure, metadata
-    and digests in its header's metadata), any other as ``.npz``."""
+    """Write ``tree`` (and JSON-able ``metadata``, string keys) to ``path`` atomically;
+    returns the sha256 of the tree (:func:`digest`). A path ending in ``.safetensors`` is
+    written as safetensors (tensors named by their paths, ``conv2d_0.w``; the structure,
+    metadata and digests in its header's metadata), any other as ``.npz``.
+
+    Only what :func:`load` reads back replaces ``path``: the new file is read back and
+    checked before the rename, and a tree the format cannot hold is refused before
+    anything is written (an :class:`~fnnet.InvalidTypeError` or
+    :class:`~fnnet.InvalidValueError` naming the leaf). safetensors stores little-endian
+    data: a big-endian leaf is stored (and loaded) little-endian, the same values, and the
+    sha256 returned is the stored tree's."""
     path = pathlib.Path(path)
+    safetensors = _is_safetensors(path)
     leaves = _leaves(tree)
+    if safetensors:
+        leaves = [_little_endian(a) for a in leaves]
+    _check_metadata(metadata)
     structure = json.dumps(_treedef_to_json(tree_structure(tree)))
     sha = _digest(structure, leaves)
     header = {"format": FORMAT, "structure": structure, "sha256": sha, "metadata": metadata or {}}
@@ -149,15 +160,45 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) ->
         header["header_sha256"] = _header_sha256(header)
     except (TypeError, ValueError) as exc:
         raise InvalidTypeError(f"checkpoint: metadata must be JSON-able ({exc})") from None
-    if _is_safetensors(path):
-        tensors = dict(zip(_names(tree_structure(tree), path), leaves))
+
+    def reads_back(tmp: pathlib.Path) -> None:
+        try:
+            _read(tmp, safetensors)
+        except (DataError, InvalidValueError) as exc:  # (a bug of save's, never the caller's file)
+            raise InvalidValueError(f"{path}: the file written would not load ({exc}); the old file is kept") from None
+
+    if safetensors:
+        names = _names(tree_structure(tree), path)
+        for name, a in zip(names, leaves, strict=True):
+            _safetensors.check(name, a, f"{path}: ")
         strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in header.items()}
-        write_tensors(path, tensors, strings)
+        write_tensors(path, dict(zip(names, leaves, strict=True)), strings, check=reads_back)
         return sha
     arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)}
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # (the stub fears allow_pickle)
+    atomic_write(path, lambda f: np.savez(f, **arrays), check=reads_back)  # type: ignore[arg-type]
     return sha
+
+
+def _little_endian(a: np.ndarray) -> np.ndarray:
+    """``a`` with little-endian bytes (the same values): the only order safetensors holds."""
+    little = a.dtype.newbyteorder("<")
+    return a if a.dtype == little else a.astype(little)
+
+
+def _check_metadata(metadata: Any, where: str = "metadata") -> None:
+    """JSON would turn a key 1 into "1" (and two keys into one): refused, not changed."""
+    if isinstance(metadata, dict):
+        for k, v in metadata.items():
+            if not isinstance(k, str):
+                raise InvalidTypeError(f"checkpoint: {where} has the key {k!r}; its keys must be strings (JSON "
+                                       f"would turn it into {json.dumps(str(k))})")
+            _check_metadata(v, f"{where}[{k!r}]")
+    elif isinstance(metadata, (list, tuple)):
+        for i, v in enumerate(metadata):
+            _check_metadata(v, f"{where}[{i}]")
+    elif metadata is not None and where == "metadata":
+        raise InvalidTypeError(f"checkpoint: metadata must be a dict, got {type(metadata).__name__}")
 
 
 def _is_safetensors(path: pathlib.Path) -> bool:
@@ -175,28 +216,29 @@ def _names(treedef: TreeDef, path: pathlib.Path) -> list[str]:
     return names
 
 
-def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
-                  ) -> None:
+def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
+                  *, check: Callable[[pathlib.Path], Any] | None = None) -> None:
     """Write named arrays (a flat ``name -> array`` mapping, such as a PyTorch state dict
     from :func:`fnnet.pytorch.to_state_dict`) and string ``metadata`` as the safetensors
-    file ``path``, atomically."""
+    file ``path``, atomically. A name the format reserves (``__metadata__``), a dtype it
+    has no code for and a Python object that is not an array are refused, naming the
+    tensor, before ``path`` is touched; big-endian arrays are written little-endian.
+    ``check(tmp)``: run on the new file before it replaces ``path`` (:func:`atomic_write`)."""
     path = pathlib.Path(path)
+    if not isinstance(tensors, Mapping):
+        raise InvalidTypeError(f"{path}: tensors must be a mapping of names to arrays, got {type(tensors).__name__}")
     arrays = {}
     for name, a in tensors.items():
         if not isinstance(name, str):
             raise InvalidTypeError(f"{path}: tensor names must be strings, got {name!r}")
-        arrays[name] = np.asarray(a)
+        a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+        _safetensors.check(name, a, f"{path}: ")
+        arrays[name] = a
     meta = dict(metadata or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise InvalidTypeError(f"{path}: safetensors metadata maps strings to strings")
 
-    def write(f: BinaryIO) -> None:
-        try:
-            _safetensors.encode(f, arrays, meta)
-        except ValueError as exc:
-            raise InvalidTypeError(f"{path}: {exc}") from None
-
-    atomic_write(path, write)
+    atomic_write(path, lambda f: _safetensors.encode(f, arrays, meta), check=check)
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -212,14 +254,24 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
         raise DataError(f"{path}: truncated, malformed or corrupt safetensors file ({exc})") from None
 
 
-def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any]) -> None:
-    """``write(f)`` to a temporary file beside ``path``, flushed to disk, then renamed over
-    ``path``: a crash or a full disk never leaves a half-written ``path``, and the old file
-    stays whole until the rename. Temporary files of earlier writes whose process died are
-    removed afterwards."""
+def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any],
+                 check: Callable[[pathlib.Path], Any] | None = None) -> None:
+    """``write(f)`` to a temporary file beside ``path``, flushed to disk, ``check(tmp)`` if
+    given (it raises to keep the old file), then renamed over ``path``: a crash or a full
+    disk never leaves a half-written ``path``, and the old file stays whole until the
+    rename. Temporary files of earlier writes whose process died are removed afterwards.
+    A path whose folder cannot be made (a file in the way, no permission) is an
+    :class:`~fnnet.InvalidValueError` naming it."""
+    path = pathlib.Path(path)
     if path.is_dir():
         raise InvalidValueError(f"{path}: is a folder, not a file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InvalidValueError(f"{path}: cannot be written, {blocker} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidValueError(f"{path}: its folder cannot be made ({exc.strerror or exc})") from None
     # the pid in the name lets a later save tell a dead save's leftovers from a running one's
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
@@ -227,6 +279,8 @@ def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -272,18 +326,23 @@ def load(path: str | os.PathLike, like: PyTree = None) -> tuple[PyTree, dict]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint" + (" (it is a folder)" if path.is_dir() else ""))
+    tree, header = _read(path, _is_safetensors(path))
+    if like is not None:
+        check_like(tree, like, f"{path}: the checkpoint does not match the expected tree")
+    return freeze(tree), header["metadata"]
+
+
+def _read(path: pathlib.Path, safetensors: bool) -> tuple[PyTree, dict]:
+    """``(tree, header)`` of a checkpoint file, every digest checked; raises DataError."""
     try:
-        treedef, header, leaves = (_load_safetensors if _is_safetensors(path) else _load_npz)(path)
+        treedef, header, leaves = (_load_safetensors if safetensors else _load_npz)(path)
     except DataError:
         raise
     except _MALFORMED as exc:
         raise DataError(f"{path}: truncated, malformed or corrupt checkpoint ({type(exc).__name__}: {exc})") from None
     if _digest(header["structure"], leaves) != header["sha256"]:
         raise DataError(f"{path}: sha256 mismatch, the checkpoint was modified or damaged")
-    tree = tree_unflatten(treedef, leaves)
-    if like is not None:
-        check_like(tree, like, f"{path}: the checkpoint does not match the expected tree")
-    return freeze(tree), header["metadata"]
+    return tree_unflatten(treedef, leaves), header
 
 
 _MALFORMED = (OSError, ValueError, TypeError, KeyError, EOFError, RecursionError, MemoryError, UnicodeDecodeError,

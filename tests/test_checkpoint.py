@@ -194,6 +194,57 @@ def test_what_safetensors_cannot_hold_is_refused_before_a_file_is_written(tmp_pa
     assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == ["m.safetensors"]
 
 
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_a_save_that_load_could_not_read_never_replaces_the_old_file(tmp_path, fmt):
+    p = tmp_path / f"ck.{fmt}"
+    checkpoint.save(p, {"w": np.ones(2)}, {"step": 1})
+    before = p.read_bytes()
+    if fmt == "safetensors":  # the header's own key, as a tree key and as a tensor name
+        with pytest.raises(fn.InvalidValueError, match=r"ck.safetensors: the tensor name '__metadata__' is the "
+                                                       r"safetensors header's own key"):
+            checkpoint.save(p, {"__metadata__": np.ones(2)})
+        with pytest.raises(fn.InvalidValueError, match="'__metadata__' is the safetensors header's own key"):
+            checkpoint.write_tensors(p, {"__metadata__": np.ones(2)})
+    with pytest.raises(fn.InvalidTypeError, match=r"metadata has the key 1; its keys must be strings"):
+        checkpoint.save(p, {"w": np.ones(2)}, {1: "one"})
+    with pytest.raises(fn.InvalidTypeError, match=r"metadata\['a'\]\[0\] has the key 2"):
+        checkpoint.save(p, {"w": np.ones(2)}, {"a": [{2: 0}]})
+    assert p.read_bytes() == before and [q.name for q in tmp_path.iterdir()] == [p.name]
+    assert checkpoint.load(p)[1] == {"step": 1}
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_big_endian_leaves_load_back_with_the_same_values(tmp_path, fmt):
+    tree = {"w": np.arange(4, dtype=">f4"), "i": np.arange(3, dtype=">i8")}
+    sha = checkpoint.save(tmp_path / f"be.{fmt}", tree)
+    back, _ = checkpoint.load(tmp_path / f"be.{fmt}")
+    assert checkpoint.digest(back) == sha
+    for k in tree:
+        assert np.array_equal(back[k], tree[k])
+    # npz keeps the byte order; safetensors holds little-endian data only
+    assert back["w"].dtype == (np.dtype(">f4") if fmt == "npz" else np.dtype("<f4"))
+
+
+def test_a_check_that_fails_keeps_the_old_file(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"old")
+
+    def refuse(tmp):
+        assert tmp.read_bytes() == b"new" and tmp != p
+        raise fn.InvalidValueError("no")
+
+    with pytest.raises(fn.InvalidValueError, match="no"):
+        checkpoint.atomic_write(p, lambda f: f.write(b"new"), check=refuse)
+    assert p.read_bytes() == b"old" and [q.name for q in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_a_path_under_a_file_is_named(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(fn.InvalidValueError, match=r"file.txt/sub/ck.npz: cannot be written, .*file.txt is a file, "
+                                                   r"not a folder"):
+        checkpoint.save(tmp_path / "file.txt" / "sub" / "ck.npz", {"w": np.ones(1)})
+
+
 def test_crafted_safetensors_headers_are_errors_not_allocations(tmp_path):
     p = tmp_path / "m.safetensors"
 

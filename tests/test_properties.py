@@ -328,3 +328,46 @@ def test_sweep_specs_are_parsed_or_refused_naming_the_flag(spec):
             parse(spec)
         except sweep.SweepError as err:
             assert flag in str(err) or "sweep" in str(err), str(err)
+
+
+# -- checkpoint.save writes only what load reads back ---------------------------------------
+
+LEAF_DTYPES = ["<f4", ">f4", "<f8", ">f8", "<f2", ">f2", "|b1", "|i1", "|u1", ">i2", "<i4", ">i8", "<u8", ">u4",
+               "<c8", ">c16", "<U3", "|S2", "<m8[s]"]
+SAVE_KEYS = st.sampled_from(["w", "b", "__metadata__", "a.b", "", "<root>", "é", "0", "conv2d_0"])
+
+
+@st.composite
+def _leaves(draw):
+    dtype = np.dtype(draw(st.sampled_from(LEAF_DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+    values = np.random.default_rng(draw(st.integers(0, 9))).integers(0, 100, size=shape)
+    return values.astype(dtype)
+
+
+SAVE_TREES = st.recursive(_leaves(), lambda t: st.one_of(st.dictionaries(SAVE_KEYS, t, min_size=1, max_size=3),
+                                                          st.lists(t, min_size=1, max_size=2).map(tuple)),
+                          max_leaves=5)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@given(tree=SAVE_TREES, metadata=st.one_of(st.none(), st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 2)),
+                                                                       st.integers(0, 9), max_size=2)))
+def test_save_writes_what_load_reads_back_or_refuses_and_keeps_the_old_file(tmp_path_factory, suffix, tree, metadata):
+    path = tmp_path_factory.mktemp("ck") / f"ck{suffix}"
+    old = fn.checkpoint.save(path, {"old": np.arange(3.0)})
+    before = path.read_bytes()
+    try:
+        sha = fn.checkpoint.save(path, tree, metadata)
+    except fn.FnnetError as exc:
+        assert path.read_bytes() == before, "a refused save touched the old file"
+        assert str(exc)
+        assert fn.checkpoint.load(path)[1] == {} and fn.checkpoint.digest(fn.checkpoint.load(path)[0]) == old
+        return
+    back, meta = fn.checkpoint.load(path)
+    assert fn.checkpoint.digest(back) == sha
+    assert meta == (metadata or {})
+    for (p, a), (q, b) in zip(fn.tree.tree_leaves_with_path(tree), fn.tree.tree_leaves_with_path(back), strict=True):
+        assert p == q and a.shape == b.shape and np.array_equal(a, b)
+        assert b.dtype == a.dtype if suffix == ".npz" else b.dtype == a.dtype.newbyteorder("<")
+    assert sorted(q.name for q in path.parent.iterdir()) == [path.name]  # (no temporary file left)
