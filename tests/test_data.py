@@ -152,6 +152,17 @@ def test_own_files_load_without_verification(isolated):
     assert ds.train.x.dtype == np.float32 and ds.train.x.shape[1:] == (1, 28, 28)
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_the_validation_split_is_the_last_training_images_in_file_order(isolated, name):
+    paths = write_set(isolated / "mine" / name, n_train=30)
+    images, labels = data.read_idx(paths["train_images"], 3), data.read_idx(paths["train_labels"], 1)
+    ds = data.load(name, isolated / "mine", validation=8, verify=False)
+    np.testing.assert_array_equal(ds.train.y, labels[:22])
+    np.testing.assert_array_equal(ds.val.y, labels[22:])
+    np.testing.assert_array_equal(ds.val.x[:, 0], images[22:].astype(np.float32) / 256)
+    np.testing.assert_array_equal(ds.test.y, data.read_idx(paths["test_labels"], 1))
+
+
 def test_not_found_offline_says_where_it_looked(isolated):
     want = r"no data files found; looked in .*mine/mnist.*cache/fnnet/mnist"
     (isolated / "mine").mkdir()

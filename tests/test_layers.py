@@ -56,6 +56,8 @@ LAYERS = [
     ("conv_3to4_s2_p1", lambda: fn.conv2d(4, 3, stride=2, padding=1), (3, 9, 7)),
     ("conv_2to2_nonsquare_same_s21", lambda: fn.conv2d(2, (2, 3), stride=(2, 1), padding="same"), (2, 7, 6)),
     ("conv_2to3_same_dil2", lambda: fn.conv2d(3, 3, padding="same", dilation=2), (2, 9, 9)),
+    # even size, stride 2, "same": the total padding is odd and its extra goes to the bottom/right
+    ("conv_2to3_same_s2_even", lambda: fn.conv2d(3, 3, stride=2, padding="same"), (2, 8, 6)),
     ("conv_1x1", lambda: fn.conv2d(2, 1), (3, 5, 5)),
     ("conv_pad_pair_s3", lambda: fn.conv2d(2, 3, stride=3, padding=(2, 0)), (2, 8, 10)),
     # one product over the shard ("rows"), every geometry above; "auto" picks it for deep patches on small planes

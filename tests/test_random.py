@@ -44,3 +44,13 @@ def test_bad_seed(seed):
 def test_split_needs_a_key():
     with pytest.raises(TypeError, match="expected a fnnet.random.Key"):
         random.split(0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_split_gives_n_distinct_children_each_its_fold_in(n):
+    k = random.fold_in(random.key(7), 2)
+    children = random.split(k, n)
+    assert len(children) == n and len(set(children)) == n
+    assert children == tuple(random.fold_in(k, i) for i in range(n))
+    draws = {random.uniform(c, (3,)).tobytes() for c in children} | {random.uniform(k, (3,)).tobytes()}
+    assert len(draws) == n + 1  # no child draws its parent's numbers or a sibling's
