@@ -39,6 +39,7 @@ from ._errors import check_int
 from .tree import tree_leaves
 
 __all__ = ["BLAS_MIN_PRODUCT", "BLAS_ONE_THREAD_PRODUCT", "blas_share", "cgroup_cores", "cores", "largest_product",
+           "product_bound",
            "thread_count"]
 
 BLAS_MIN_PRODUCT = 1 << 24
@@ -180,28 +181,40 @@ def largest_product(params: Any, rows: int) -> int:
     return rows * max((leaf.size for leaf in tree_leaves(params)), default=0)
 
 
+def product_bound(params: Any, rows: int, plane: int = 1) -> int:
+    """An upper bound of the multiply-adds of any one matrix product a pass of ``rows``
+    rows of inputs of ``plane`` pixels a channel makes: a leaf of 3 or more axes (a conv's
+    weights) in a product over at most every output pixel of the shard, ``rows`` x
+    ``plane`` x its size; any other, ``rows`` x its size. (:func:`largest_product` is the
+    estimate that decides BLAS's threads; this bound decides where a cap can be skipped.)"""
+    return rows * max((leaf.size * (plane if leaf.ndim >= 3 else 1) for leaf in tree_leaves(params)), default=0)
+
+
 BLAS_ONE_THREAD_PRODUCT = 1 << 18
 """The multiply-adds up to which OpenBLAS runs a product on one thread by itself (its
 default ``GEMM_MULTITHREAD_THRESHOLD``, 4 x 65,536): work whose largest product is no
 larger gains nothing from a cap, which :func:`blas_share` skips where fnnet runs one thread."""
 
 
-def blas_share(threads: int, cores_: int | None = None, *, product: int | None = None) -> AbstractContextManager[int]:
+def blas_share(threads: int, cores_: int | None = None, *, product: int | None = None,
+               bound: int | None = None) -> AbstractContextManager[int]:
     """Around code that runs ``threads`` threads of fnnet's: cap each BLAS library at
     ``cores_ // threads`` threads (``cores_`` defaults to :func:`cores`; at least 1, never
     raised above what it had), and restore what it had when the last call inside returns
     (calls may nest and overlap across threads). Work whose largest ``product`` (its
     multiply-adds, :func:`largest_product`) is below :data:`BLAS_MIN_PRODUCT` caps BLAS at
     one thread instead; one thread of fnnet's leaves BLAS alone for larger (or unknown:
-    None) products, and for products of at most :data:`BLAS_ONE_THREAD_PRODUCT`, which
-    OpenBLAS runs on one thread itself. Yields the cap (0 for no change).
+    None) products, and where every product is at most :data:`BLAS_ONE_THREAD_PRODUCT`
+    (``bound``, :func:`product_bound`; ``product`` if not given), which OpenBLAS runs on
+    one thread itself. Yields the cap (0 for no change).
 
     Where one thread of fnnet's would change nothing (those products, or BLAS on one
     thread already) it is a plain ``nullcontext``: the hot path of a small step pays one
     read of BLAS's thread count (0.2 us), where entering the cap costs a few, and a step
     of a small model tens."""
-    if threads <= 1 and not (product is not None and BLAS_ONE_THREAD_PRODUCT < product < BLAS_MIN_PRODUCT
-                             and _BLAS.most() > 1):
+    bound = product if bound is None else bound
+    if threads <= 1 and not (product is not None and bound is not None and BLAS_ONE_THREAD_PRODUCT < bound
+                             and product < BLAS_MIN_PRODUCT and _BLAS.most() > 1):
         return nullcontext(0)
     cap = 1 if product is not None and product < BLAS_MIN_PRODUCT else max(1, (cores() if cores_ is None else cores_)
                                                                             // threads)

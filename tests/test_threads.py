@@ -150,9 +150,9 @@ def test_jit_and_predict_give_blas_back_and_hold_it_while_their_threads_run(monk
     seen = []
     real = threads.blas_share
 
-    def recording(n, cores_=None, *, product=None):
+    def recording(n, cores_=None, *, product=None, bound=None):
         seen.append((n, blas_threads()))
-        return real(n, cores_, product=product)
+        return real(n, cores_, product=product, bound=bound)
 
     import fnnet.train._jit
     import fnnet.train._predict
@@ -204,6 +204,33 @@ def test_one_thread_gives_blas_its_threads_only_for_large_products(monkeypatch, 
         step(fn.TrainState.create(params, optim.sgd(0.1)), (x, y))
     assert inside == [[want] * len(BLAS.lib_controllers)]
     assert blas_threads() == [2] * len(BLAS.lib_controllers)  # given back
+
+
+@pytest.mark.parametrize("runner", ["step", "jit 1 thread", "predict"])
+def test_a_conv_whose_products_over_its_pixels_pass_2_18_is_capped_on_one_thread(monkeypatch, blas_at_2, runner):
+    # 4 rows x 4,608 weights is 18,432 multiply-adds by the rows-times-leaf estimate, but the conv's product runs
+    # over every output pixel: 256 x 4,608 per sample, above OpenBLAS's one-thread size; uncapped, BLAS would run
+    # it on 2 threads here and on 1 beside jit's shard threads (bits that depend on BLAS's threads, under a
+    # BLAS whose sums do)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    model = fn.serial(fn.conv2d(32, 3, padding="same"), fn.relu(), fn.global_avg_pool2d(), fn.dense(10))
+    params, _ = model.init(fn.random.key(0), (16, 16, 16))
+    x, y = np.random.default_rng(0).random((4, 16, 16, 16), dtype=np.float32), np.arange(4)
+    assert threads.largest_product(params, 4) <= threads.BLAS_ONE_THREAD_PRODUCT < threads.product_bound(params, 4, 256)
+    inside = []
+    if runner == "predict":
+        def fwd(v, out):
+            inside.append(blas_threads())
+            return v
+
+        spy = fn.serial(model, fn.layers.elementwise("spy", fwd, lambda v, dy, out: dy))
+        fn.predict(spy, {"serial_0": params, "spy_1": {}}, x, batch_size=4)
+    else:
+        step = fn.train_step(model, _spy_loss(inside), optim.sgd(0.1), rows_per_shard=None)
+        step = step if runner == "step" else fn.jit(step, threads=1)
+        step(fn.TrainState.create(params, optim.sgd(0.1)), (x, y))
+    assert inside == [[1] * len(BLAS.lib_controllers)]
+    assert blas_threads() == [2] * len(BLAS.lib_controllers)
 
 
 def _spy_loss(record):

@@ -82,7 +82,8 @@ class Plan:
     :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
     through (None otherwise). ``product``: the multiply-adds of the largest matrix product
     of a shard's pass (:func:`fnnet.threads.largest_product`), which decides whether BLAS
-    gets threads (:func:`fnnet.threads.blas_share`). ``comm``: the ranks that share the batch (an mpi4py
+    gets threads (:func:`fnnet.threads.blas_share`); ``bound``, an upper bound of any of
+    its products (:func:`fnnet.threads.product_bound`), whether a cap may be skipped. ``comm``: the ranks that share the batch (an mpi4py
     communicator), with ``gathered``, the (count, P + tail) buffer every shard's gradient
     and metrics are gathered into (:data:`TAIL_BYTES`), ``summed``, the gradient tree that
     views its first row, and ``sending``, the rows of this rank's shards. Made by
@@ -99,6 +100,7 @@ class Plan:
     count: int = 1
     group: ShardGroup | None = None
     product: int | None = None
+    bound: int | None = None
     checked: bool = False
     # ((path, grads, marker views), ...) of every shard's layers whose backward is not fnnet's (Sig.watch)
     watch: tuple = ()

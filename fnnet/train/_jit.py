@@ -67,7 +67,7 @@ class JitStep:
             plan = step.plan(state, x, labels, self.threads)
             plans[plan.signature] = plan
         threads = min(self.threads, len(plan.shards))
-        with blas_share(threads, product=plan.product):
+        with blas_share(threads, product=plan.product, bound=plan.bound):
             return run_step(plan, state, x, labels, self._workers() if threads > 1 else None)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,7 +13,7 @@ from .._errors import InvalidTypeError, InvalidValueError, check_int
 from ..layers import Layer
 from ..layers._checks import as_batch
 from ..layers._layer import prepare_checked, run
-from ..threads import blas_share, largest_product, thread_count
+from ..threads import blas_share, largest_product, product_bound, thread_count
 from ..tree import EMPTY
 from ..typing import Params, PyTree
 from ._shards import row_bytes
@@ -60,12 +61,13 @@ def predict(
     if auto and len(starts) > 1:
         threads = chunk_threads(model, params, x.shape[1:], x.dtype, batch_size, threads)
     parts = [starts[i::threads] for i in range(min(threads, len(starts)))]
-    product = largest_product(params, min(batch_size, x.shape[0]))
+    rows = min(batch_size, x.shape[0])
+    product, bound = largest_product(params, rows), product_bound(params, rows, math.prod(x.shape[2:]))
     if len(parts) <= 1:
-        with blas_share(1, product=product):
+        with blas_share(1, product=product, bound=bound):
             _predict_chunks(model, params, x, out, starts, batch_size, model_state)
     else:
-        with blas_share(len(parts), product=product), \
+        with blas_share(len(parts), product=product, bound=bound), \
                 ThreadPoolExecutor(len(parts), thread_name_prefix="fnnet-predict") as pool:
             list(pool.map(lambda part: _predict_chunks(model, params, x, out, part, batch_size, model_state), parts))
     return out

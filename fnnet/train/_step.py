@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..layers._checks import as_batch
 from ..layers._group import ShardGroup
 from ..layers._layer import check_batch, prepare_checked
 from ..optim import GradientTransformation
-from ..threads import blas_share, largest_product
+from ..threads import blas_share, largest_product, product_bound
 from ..typing import Batch, LossFn
 from ._body import TAIL_BYTES, Plan, Shard, run_step
 from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows, rank_shards
@@ -120,13 +121,14 @@ class Step:
             summed = layout.views(gathered[0, :layout.size])
         return Plan((x.shape, x.dtype, labels.shape, labels.dtype), self.model, self.loss, self.optimizer, self.key,
                     layout, tuple(shards), len(sizes), group, largest_product(state.params, max(sizes)),
+                    product_bound(state.params, max(sizes), math.prod(x.shape[2:])),
                     watch=tuple((p, t, marker_views(t)) for p, t in watch),
                     comm=comm, gathered=gathered, summed=summed, sending=sending)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, float]]:
         x, labels = check_inputs(self, state, batch)
         plan = self.plan(state, x, labels)
-        with blas_share(1, product=plan.product):  # (as jit's one thread)
+        with blas_share(1, product=plan.product, bound=plan.bound):  # (as jit's one thread)
             return run_step(plan, state, x, labels)
 
 
