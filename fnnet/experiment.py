@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -89,6 +90,26 @@ def _config_diff(old: object, new: dict) -> str:
 _NAMES = {"data_key": "data-order key"}  # what a checkpoint's metadata entries are, for errors
 
 
+def _check_makeable(out: pathlib.Path) -> None:
+    """A FlagError unless the folder ``out`` exists or can be made (made and removed again
+    here: a refused run leaves nothing behind)."""
+    blocker = next((p for p in [*reversed(out.parents), out] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise FlagError(f"--out {out}: {blocker} is a file, not a folder")
+    made = [p for p in [*reversed(out.parents), out] if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fnnet-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise FlagError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        for p in reversed(made):
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
 @attrs.frozen
 class RunFolder:
     """A run's output folder ``path``, whose files are ``outputs`` (the checkpoint first,
@@ -112,6 +133,7 @@ class RunFolder:
         out = self.path
         if out.exists() and not out.is_dir():
             raise FlagError(f"--out {out}: is a file, not a folder")
+        _check_makeable(out)
         existing = [name for name in self.outputs if (out / name).exists()]
         if resume:
             if not self.checkpoint.is_file():

@@ -300,6 +300,13 @@ def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:
         }),
     )
     r = cfg.regularization
+    if not fn.data.DATASETS[cfg.dataset].mirror_keeps_class:  # (the preset's own flips come from the dataset)
+        why = f"a mirror changes {cfg.dataset}'s classes (a mirrored 2 is not a 2)"
+        if cfg.tta == "flip":
+            raise FlagError(f"--tta flip: {why}; it serves datasets whose mirror images keep their class "
+                            f"({', '.join(k for k, v in fn.data.DATASETS.items() if v.mirror_keeps_class)})")
+        if r.flip:
+            raise FlagError(f"--flip {r.flip:g}: {why}")
     if not r.label_smoothing < 1:
         raise FlagError(f"--label-smoothing {r.label_smoothing:g}: must be below 1")
     if not r.ema < 1:

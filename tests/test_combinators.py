@@ -225,3 +225,24 @@ def test_branch_errors_name_the_layer_and_the_shapes(make, shape, match):
 def test_parallel_takes_layers():
     with pytest.raises(fn.InvalidTypeError, match=r"parallel: argument 1 is a function, not a Layer \(did you forget"):
         fn.parallel(fn.dense(2), fn.relu)
+
+
+@pytest.mark.parametrize("combinator", [lambda m: fn.serial(m, fn.relu()), lambda m: fn.residual(m)],
+                         ids=["serial", "residual"])
+def test_nesting_runs_to_its_limit_and_is_refused_beyond_naming_the_depth(combinator):
+    from fnnet.layers._layer import MAX_DEPTH
+
+    model = fn.dense(2)
+    for _ in range(MAX_DEPTH - 1):
+        model = combinator(model)
+    assert model.depth == MAX_DEPTH
+    params, _ = model.init(fn.random.key(0), (2,))
+    opt = fn.optim.sgd(0.1)
+    x, y = np.ones((4, 2), np.float32), np.arange(4) % 2
+    state, _ = fn.jit(fn.train_step(model, fn.losses.softmax_cross_entropy, opt))(fn.TrainState.create(params, opt, model),
+                                                                               (x, y))
+    assert fn.predict(model, state.params, x).shape == (4, 2)
+    assert len(fn.pytorch.to_state_dict(model, params, (2,))) == 2
+    with pytest.raises(fn.InvalidValueError, match=rf"layers nested {MAX_DEPTH + 1} deep; fnnet runs at most "
+                                                   rf"{MAX_DEPTH} levels"):
+        combinator(model)

@@ -365,10 +365,44 @@ def test_tta_comes_from_the_preset_and_the_flag_overrides_it():
 
     recipes = pipeline_module("recipes")
     split = fn.data.Split(np.zeros((64, 1, 28, 28), np.float32), np.arange(64) % 10)
-    for name, want in (("mnist", {None: None, "none": None, "flip": "flip"}),
+    for name, want in (("mnist", {None: None, "none": None}),
                        ("fashion-mnist", {None: "flip", "none": None, "flip": "flip"})):
         ds = fn.data.Dataset(name, split, split, split, tuple("0123456789"), "fake")
         for flag, tta in want.items():
             argv = ["--preset", "best", "--dataset", name, "--steps", "1", "--eval-samples", "0"]
             argv += [] if flag is None else ["--tta", flag]
             assert recipes.make_config(recipes.parse_args(argv), ds).tta == tta, (name, flag)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--tta", "flip"], r"--tta flip: a mirror changes mnist's classes \(a mirrored 2 is not a 2\); it serves "
+                        r"datasets whose mirror images keep their class \(fashion-mnist\)"),
+    (["--flip", "0.5"], r"--flip 0.5: a mirror changes mnist's classes"),
+])
+def test_flips_are_refused_for_digits(flags, match):
+    import numpy as np
+
+    import fnnet as fn
+
+    recipes = pipeline_module("recipes")
+    split = fn.data.Split(np.zeros((64, 1, 28, 28), np.float32), np.arange(64) % 10)
+    ds = fn.data.Dataset("mnist", split, split, split, tuple("0123456789"), "fake")
+    with pytest.raises(fn.experiment.FlagError, match=match):
+        recipes.make_config(recipes.parse_args(["--steps", "1", "--eval-samples", "0", *flags]), ds)
+
+
+def test_an_unusable_out_is_a_flag_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    proc = run(tmp_path / "file.txt" / "sub", "--preset", "tutorial", "--steps", "1", check=False)
+    assert proc.returncode == 2 and "error: --out" in proc.stderr and "file.txt is a file, not a folder" in proc.stderr
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        if os.access(locked, os.W_OK):  # (root writes anywhere: a path under /proc cannot be made by anyone)
+            locked = pathlib.Path("/proc/fnnet-no-such-folder")
+        proc = run(locked / "a" / "b", "--preset", "tutorial", "--steps", "1", check=False)
+        assert proc.returncode == 2 and "cannot be written" in proc.stderr, proc.stderr
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "locked"]
+    assert not list((tmp_path / "locked").iterdir())

@@ -33,6 +33,7 @@ class _Source:
     mirrors: tuple[str, ...]
     classes: tuple[str, ...]
     pickle: FileSpec | None = None
+    mirror_keeps_class: bool = False  # whether a mirror image is of the same class (a mirrored 2 is not a 2)
 
 
 _PICKLE = FileSpec(  # the tutorial's mnist.pkl.gz
@@ -80,9 +81,11 @@ DATASETS: dict[str, _Source] = {
         ),
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"),
+        mirror_keeps_class=True,  # a mirrored shirt is a shirt
     ),
 }
-"""The datasets ``load`` knows, by name: their files, checksums, mirrors and class names."""
+"""The datasets ``load`` knows, by name: their files, checksums, mirrors, class names, and
+whether a mirror image keeps its class (``mirror_keeps_class``: what flips may be used for)."""
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

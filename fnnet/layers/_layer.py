@@ -235,6 +235,11 @@ def normalized(head: Callable) -> ForwardFn:
     return forward
 
 
+MAX_DEPTH = 100
+"""How deep combinators may nest (each pass recurses once a level; Python's stack held
+about 300 levels of ``serial`` in a training step)."""
+
+
 @attrs.frozen
 class Layer:
     """A layer: the pure functions its author wrote (see the module docstring).
@@ -279,9 +284,15 @@ class Layer:
                                         repr=False)
     onnx: OnnxFn | None = attrs.field(default=None, validator=attrs.validators.optional(is_callable), repr=False)
     stateful: bool = attrs.field(init=False)  # whether forward takes and returns ``state`` (derived)
+    depth: int = attrs.field(init=False, repr=False)  # 1, or 1 + the deepest child's (derived)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "stateful", self._init_state is not None)
+        depth = 1 + max((child.depth for _, child in self.children if isinstance(child, Layer)), default=0)
+        if depth > MAX_DEPTH:  # (every pass recurses through the nesting: refused here, not by a RecursionError)
+            raise InvalidValueError(f"{self.name}: layers nested {depth} deep; fnnet runs at most {MAX_DEPTH} levels "
+                                    f"of combinators (serial(a, serial(b, ...)) is serial(a, b, ...))")
+        object.__setattr__(self, "depth", depth)
 
     def init(self, key: Key, input_shape: Sequence[int], *, dtype: DTypeLike = np.float32) -> tuple[Params, Shape]:
         """``(params, output_shape)`` for per-sample ``input_shape``: params of ``dtype``,
