@@ -17,12 +17,18 @@ import numpy as np
 
 from ._errors import InvalidTypeError, InvalidValueError
 
-__all__ = ["check", "decode", "encode"]
+__all__ = ["UnknownDtypeError", "check", "decode", "encode"]
 
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
           "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
 _CODES = {np.dtype(v): k for k, v in DTYPES.items()}
+WIDENED = {"BF16": 2}  # read as float32, exactly: a bfloat16 is the top half of a float32
+OTHERS = ("F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64")  # the format's, without a numpy dtype
 MAX_HEADER = 100 * 2**20  # (the reference implementation's limit)
+
+
+class UnknownDtypeError(ValueError):
+    """A tensor of a type the format has and numpy does not."""
 
 
 def check(name: str, a: np.ndarray, where: str = "") -> None:
@@ -76,17 +82,26 @@ def decode(buf: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise ValueError("__metadata__ is not a mapping of strings")
     data, spans, tensors = memoryview(buf)[8 + n:], [], {}
     for name, entry in header.items():
-        if not (isinstance(entry, dict) and entry.get("dtype") in DTYPES and isinstance(entry.get("shape"), list)
+        if isinstance(entry, dict) and entry.get("dtype") in OTHERS:
+            raise UnknownDtypeError(f"tensor {name!r} is {entry['dtype']}, which numpy has no dtype for (fnnet reads "
+                                    f"{', '.join([*DTYPES, *WIDENED])}): convert it before saving, as "
+                                    f"tensor.float() in torch")
+        if not (isinstance(entry, dict) and entry.get("dtype") in (*DTYPES, *WIDENED) and isinstance(entry.get("shape"), list)
                 and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
                 and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
                 and all(isinstance(o, int) for o in entry["data_offsets"])):
             raise ValueError(f"tensor {name!r}: a bad entry {json.dumps(entry)[:80]}")
-        dtype, (begin, end) = np.dtype(DTYPES[entry["dtype"]]), entry["data_offsets"]
+        code, (begin, end) = entry["dtype"], entry["data_offsets"]
+        dtype = np.dtype("<u2") if code in WIDENED else np.dtype(DTYPES[code])
         if end - begin != math.prod(entry["shape"]) * dtype.itemsize or not 0 <= begin <= end <= len(data):
             raise ValueError(f"tensor {name!r}: {entry['dtype']}{entry['shape']} does not fit bytes {begin}-{end} "
                              f"of {len(data)}")
         spans.append((begin, end, name))
-        tensors[name] = np.frombuffer(data[begin:end], dtype).reshape(entry["shape"])
+        a = np.frombuffer(data[begin:end], dtype).reshape(entry["shape"])
+        if code in WIDENED:
+            a = (a.astype("<u4") << 16).view("<f4")
+            a.flags.writeable = False
+        tensors[name] = a
     position = 0
     for begin, end, name in sorted(spans):
         if begin != position:

@@ -36,7 +36,7 @@ from ._errors import DataError, InvalidTypeError, InvalidValueError
 from .tree import TreeDef, check_like, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 from .typing import PyTree
 
-__all__ = ["atomic_write", "digest", "load", "read_tensors", "save", "write_tensors"]
+__all__ = ["atomic_write", "check_writable", "digest", "load", "read_tensors", "save", "write_tensors"]
 
 FORMAT = "fnnet-checkpoint-2"  # 1: the header's own sha256 did not exist (metadata not covered)
 _KINDS = ("dict", "tuple", "list")
@@ -224,6 +224,8 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata:
     has no code for and a Python object that is not an array are refused, naming the
     tensor, before ``path`` is touched; big-endian arrays are written little-endian.
     ``check(tmp)``: run on the new file before it replaces ``path`` (:func:`atomic_write`)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidTypeError(f"write_tensors: path must be a str or a path, got {type(path).__name__}")
     path = pathlib.Path(path)
     if not isinstance(tensors, Mapping):
         raise InvalidTypeError(f"{path}: tensors must be a mapping of names to arrays, got {type(tensors).__name__}")
@@ -243,15 +245,31 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata:
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(tensors, metadata)`` of any safetensors file (fnnet's, PyTorch's, ...): its named
-    arrays (read-only) and its header's string metadata. A missing, truncated or
-    malformed file is a :class:`~fnnet.DataError` naming it."""
+    arrays (read-only) and its header's string metadata. bfloat16 tensors (``BF16``) are
+    read as float32, exactly; a type numpy has no dtype for (``F8_E4M3``...) is a
+    :class:`~fnnet.DataError` naming the tensor and the type, as is a missing, truncated or
+    malformed file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidTypeError(f"read_tensors: path must be a str or a path, got {type(path).__name__}")
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         return _safetensors.decode(path.read_bytes())
+    except _safetensors.UnknownDtypeError as exc:
+        raise DataError(f"{path}: {exc}") from None
     except (OSError, ValueError, TypeError, RecursionError, MemoryError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: truncated, malformed or corrupt safetensors file ({exc})") from None
+
+
+def check_writable(path: pathlib.Path) -> None:
+    """An :class:`~fnnet.InvalidValueError` naming ``path`` if it is a folder or under a
+    file: what a writer checks before any work."""
+    if path.is_dir():
+        raise InvalidValueError(f"{path}: is a folder, not a file to write")
+    blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InvalidValueError(f"{path}: cannot be written, {blocker} is a file, not a folder")
 
 
 def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any],
@@ -263,11 +281,7 @@ def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any],
     A path whose folder cannot be made (a file in the way, no permission) is an
     :class:`~fnnet.InvalidValueError` naming it."""
     path = pathlib.Path(path)
-    if path.is_dir():
-        raise InvalidValueError(f"{path}: is a folder, not a file to write")
-    blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise InvalidValueError(f"{path}: cannot be written, {blocker} is a file, not a folder")
+    check_writable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InvalidTypeError, InvalidValueError
+from ._errors import InvalidTypeError, InvalidValueError, ShapeError
 from ._version import __version__
-from .checkpoint import atomic_write, digest
+from .checkpoint import atomic_write, check_writable, digest
 from .layers._checks import check_init_dtype
 from .layers._layer import Layer
-from .tree import EMPTY, tree_leaves, tree_map
+from .tree import EMPTY, check_like, tree_leaves, tree_map
 from .typing import DTypeLike, Params, PyTree, Shape
 
 __all__ = ["Graph", "IR_VERSION", "OPSET", "to_onnx"]
@@ -124,15 +124,10 @@ def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str 
     layer; the file is replaced atomically (an existing one stays whole until then).
     Needs the extra ``fnnet[onnx]`` (``pip install 'fnnet[onnx]'``).
     """
-    if not isinstance(model, Layer):
-        raise InvalidTypeError(f"to_onnx: model must be a fnnet Layer, got {type(model).__name__}")
-    own = params_dtype(params)
+    input_shape, own, out_shape = checked_model("to_onnx", model, params, input_shape, model_state)
     dtype = check_init_dtype("to_onnx", own if dtype is None else dtype)
-    input_shape = tuple(input_shape)
-    out_shape = model.output_shape(params, input_shape, own)  # checks params and shape, naming the layer
-    if model.stateful and not model_state:
-        raise InvalidValueError(f"to_onnx: the {model.name} model has state (batch norm): pass "
-                                "model_state=state.model_state, the running statistics predict uses")
+    path = pathlib.Path(path)
+    check_writable(path)
     metadata = {"fnnet_version": __version__, "params_sha256": digest(params),
                 "model_state_sha256": digest(model_state), "input_shape": json.dumps(list(input_shape)),
                 "dtype": dtype.name}  # (the digests of what was trained, before any cast)
@@ -140,12 +135,68 @@ def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str 
         params, model_state = (tree_map(lambda a: a.astype(dtype), t) for t in (params, model_state))
     graph = Graph(dtype)
     y, _ = graph.layer("", model, params, model_state, "x", input_shape)  # (names an unmapped layer)
+    if not isinstance(y, str):
+        raise InvalidValueError(f"to_onnx: the {model.name} model gives {len(y)} outputs (a fan_out without a "
+                                "fan-in at its end); an ONNX file of fnnet's has one: end the model with "
+                                "fan_in_sum() or fan_in_concat()")
     onnx = require_onnx("to_onnx")
+    _check_ops(onnx, graph)
     proto = _proto(onnx, graph, y, input_shape, out_shape, metadata)
-    onnx.checker.check_model(proto, full_check=True)
-    path = pathlib.Path(path)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise InvalidValueError(f"to_onnx: the ONNX checker refused the model{_node_of(graph, str(exc))}: "
+                                f"{str(exc).strip().splitlines()[0][:300]}") from None
     atomic_write(path, lambda f: f.write(proto.SerializeToString()))
     return proto
+
+
+def checked_model(fun: str, model: Any, params: Params, input_shape: Any, model_state: PyTree
+                  ) -> tuple[Shape, np.dtype, Shape]:
+    """``(input_shape, the params' dtype, output_shape)`` after checking ``model``, the
+    params against it, ``input_shape`` (one sample's) and ``model_state`` against the
+    state the model keeps (structure, shapes and dtypes: a TreeMismatchError naming the
+    path), each error naming ``fun`` and the argument."""
+    if not isinstance(model, Layer):
+        raise InvalidTypeError(f"{fun}: model must be a fnnet Layer, got {type(model).__name__}")
+    input_shape = sample_shape(fun, input_shape)
+    own = params_dtype(params)
+    out_shape = model.output_shape(params, input_shape, own)  # checks params and shape, naming the layer
+    if model.stateful and not model_state:
+        raise InvalidValueError(f"{fun}: the {model.name} model has state (batch norm): pass "
+                                "model_state=state.model_state, the running statistics predict uses")
+    check_like(model_state, model.init_state(params) if model.stateful else EMPTY,
+               f"{fun}: model_state does not fit the model and its {own} params")
+    return input_shape, own, out_shape
+
+
+def sample_shape(fun: str, input_shape: Any) -> Shape:
+    """``input_shape`` as a tuple of positive ints, or a ShapeError naming ``fun``."""
+    try:
+        shape = tuple(int(d) for d in input_shape)
+        if all(d == e and not isinstance(e, bool) for d, e in zip(shape, input_shape, strict=True)) \
+                and all(d > 0 for d in shape):
+            return shape
+    except (TypeError, ValueError):
+        pass
+    raise ShapeError(f"{fun}: input_shape must be one sample's shape, a sequence of positive ints, got {input_shape!r}")
+
+
+def _check_ops(onnx: Any, graph: Graph) -> None:
+    """An InvalidValueError naming the layer whose mapping emitted an op opset 17 lacks."""
+    for op, _, name, _ in graph.nodes:
+        if not onnx.defs.has(op, max_inclusive_version=OPSET):
+            layer = name.rsplit("/", 1)[0] if "/" in name else "the model"
+            raise InvalidValueError(f"to_onnx: the ONNX mapping of {layer} emits {op!r}, which is not an operator "
+                                    f"of ONNX opset {OPSET}")
+
+
+def _node_of(graph: Graph, message: str) -> str:
+    """`` at <layer>`` for the first node the checker's message names, or ''."""
+    for _, _, name, _ in graph.nodes:
+        if name in message:
+            return f" at {name.rsplit('/', 1)[0] if '/' in name else 'the model'}"
+    return ""
 
 
 def params_dtype(params: Params) -> np.dtype:

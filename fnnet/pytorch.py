@@ -28,7 +28,7 @@ import numpy as np
 from . import random
 from ._errors import DTypeError, InvalidTypeError, InvalidValueError, ShapeError
 from .checkpoint import read_tensors
-from .export import Graph, params_dtype
+from .export import Graph, checked_model, params_dtype, sample_shape
 from .layers._checks import check_init_dtype
 from .layers._layer import Layer
 from .tree import EMPTY, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
@@ -80,8 +80,7 @@ def to_state_dict(model: Layer, params: Params, input_shape: Sequence[int], *, m
     ``shortcut`` keep their names), for inputs of per-sample ``input_shape``. Save it with
     :func:`fnnet.checkpoint.write_tensors` and load it in torch with
     ``model.load_state_dict(safetensors.torch.load_file(path))``."""
-    input_shape = tuple(input_shape)
-    model.output_shape(params, input_shape, params_dtype(params))
+    input_shape, _, _ = checked_model("to_state_dict", model, params, input_shape, model_state)
     values = dict(tree_leaves_with_path(params)) | dict(tree_leaves_with_path(model_state))
     out = {}
     for _, module, entries in _modules(model, params, model_state, input_shape):
@@ -132,7 +131,7 @@ def from_state_dict(model: Layer, state_dict: Mapping[str, Any] | str | os.PathL
     groups = _groups(state_dict)
     floats = [a.dtype for g in groups.values() for a in g.values() if a.dtype.kind == "f"]
     dtype = check_init_dtype("from_state_dict", dtype if dtype is not None else (floats[0] if floats else np.float32))
-    input_shape = _sample_shape("from_state_dict", input_shape)
+    input_shape = sample_shape("from_state_dict", input_shape)
     template, _ = model.init(random.key(0), input_shape, dtype=dtype)
     template_state = model.init_state(template)
     values = dict(tree_leaves_with_path(template)) | dict(tree_leaves_with_path(template_state))
@@ -157,19 +156,9 @@ def from_state_dict(model: Layer, state_dict: Mapping[str, Any] | str | os.PathL
 def layer_paths(model: Layer, input_shape: Sequence[int], *, dtype: DTypeLike = np.float32) -> list[str]:
     """The paths of ``model``'s layers with weights, in the order of the forward pass: the
     keys of :func:`from_state_dict`'s ``modules`` (``"dense_0"``, ``"residual_2/block/conv2d_0"``)."""
-    input_shape = _sample_shape("layer_paths", input_shape)
+    input_shape = sample_shape("layer_paths", input_shape)
     params, _ = model.init(random.key(0), input_shape, dtype=check_init_dtype("layer_paths", dtype))
     return [where for where, _, _ in _modules(model, params, model.init_state(params), input_shape)]
-
-
-def _sample_shape(fun: str, input_shape: Any) -> Shape:
-    try:
-        shape = tuple(int(d) for d in input_shape)
-        if all(d == e for d, e in zip(shape, input_shape, strict=True)) and all(d > 0 for d in shape):
-            return shape
-    except (TypeError, ValueError):
-        pass
-    raise ShapeError(f"{fun}: input_shape must be one sample's shape, a sequence of positive ints, got {input_shape!r}")
 
 
 def _groups(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
@@ -298,7 +287,7 @@ def _forward_order(module: Any, input_shape: Shape) -> list[str]:
     calls them over one batch of zeros."""
     import torch
 
-    input_shape = _sample_shape("from_state_dict", input_shape)
+    input_shape = sample_shape("from_state_dict", input_shape)
     owners = {name: m for name, m in module.named_modules()
               if any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))}
     calls: list[str] = []

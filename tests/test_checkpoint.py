@@ -324,3 +324,29 @@ def test_a_checkpoint_of_0_2_0_loads_and_trains(suffix):
     auto, _ = _resume_0_2_0(suffix, "auto")  # one product over the shard: the same step up to the order of the sums
     for got, ref in zip(fn.tree_leaves(auto), fn.tree_leaves(samples)):
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def _safetensors_file(path, entries, data):
+    header = json.dumps(entries).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+def test_bfloat16_tensors_read_as_float32_exactly_and_types_without_a_dtype_are_named(tmp_path):
+    want = np.array([1.0, -2.5, 3.140625, 0.0], np.float32)  # (each a bfloat16 exactly)
+    top = (want.view("<u4") >> 16).astype("<u2")
+    _safetensors_file(tmp_path / "bf16.safetensors", {"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}},
+                      top.tobytes())
+    tensors, _ = checkpoint.read_tensors(tmp_path / "bf16.safetensors")
+    assert tensors["w"].dtype == np.float32 and np.array_equal(tensors["w"], want.reshape(2, 2))
+    assert not tensors["w"].flags.writeable
+    _safetensors_file(tmp_path / "f8.safetensors", {"q": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}},
+                      b"\x01\x02")
+    with pytest.raises(fn.DataError, match=r"f8.safetensors: tensor 'q' is F8_E4M3, which numpy has no dtype for"):
+        checkpoint.read_tensors(tmp_path / "f8.safetensors")
+    with pytest.raises(fn.InvalidTypeError, match="read_tensors: path must be a str or a path, got int"):
+        checkpoint.read_tensors(3)
+    with pytest.raises(fn.InvalidTypeError, match="write_tensors: path must be a str or a path, got NoneType"):
+        checkpoint.write_tensors(None, {})
+    with pytest.raises(fn.InvalidTypeError, match="tensors must be a mapping of names to arrays, got list"):
+        checkpoint.write_tensors(tmp_path / "t.safetensors", [np.ones(1)])

@@ -136,3 +136,62 @@ def test_a_custom_layer_declares_its_mapping_as_the_guide_shows(tmp_path):
     to_onnx(layer, params, (2, 6, 6), tmp_path / "m.onnx")
     x = np.random.default_rng(0).standard_normal((4, 2, 6, 6)).astype(np.float32)
     assert np.max(np.abs(_onnx_outputs(tmp_path / "m.onnx", x) - fn.predict(layer, params, x))) <= TOLERANCE
+
+
+# -- every argument checked, naming it (#37) ------------------------------------------------
+
+
+def _bn_net():
+    model = fn.serial(fn.conv2d(4, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(3))
+    params, _ = model.init(fn.random.key(0), (1, 6, 6))
+    return model, params, model.init_state(params)
+
+
+def test_to_onnx_and_to_state_dict_check_every_argument_before_any_work(tmp_path):
+    model, params, state = _bn_net()
+    with pytest.raises(fn.DTypeError, match=r"to_onnx: dtype must be float32 or float64, got 'banana'"):
+        to_onnx(model, params, (1, 6, 6), tmp_path / "m.onnx", model_state=state, dtype="banana")
+    wide = {"batch_norm_1": {k: np.zeros(8, np.float32) for k in state["batch_norm_1"]}}
+    for fun in (lambda s: to_onnx(model, params, (1, 6, 6), tmp_path / "m.onnx", model_state=s),
+                lambda s: fn.pytorch.to_state_dict(model, params, (1, 6, 6), model_state=s)):
+        with pytest.raises(fn.TreeMismatchError, match=r"model_state does not fit the model and its float32 params.*"
+                                                       r"batch_norm_1/mean expected float32\[4\], got float32\[8\]"):
+            fun(wide)
+        with pytest.raises(fn.TreeMismatchError, match=r"batch_norm_1/mean expected float32\[4\], got float64\[4\]"):
+            fun(fn.tree_map(lambda a: a.astype(np.float64), state))  # (onnxruntime: NOT_IMPLEMENTED BatchNorm)
+    for shape in [(1, 6.5, 6), (1, 0, 6), "16", None, (True, 6, 6)]:
+        with pytest.raises(fn.ShapeError, match="input_shape must be one sample's shape"):
+            to_onnx(model, params, shape, tmp_path / "m.onnx", model_state=state)
+        with pytest.raises(fn.ShapeError, match="input_shape must be one sample's shape"):
+            fn.pytorch.to_state_dict(model, params, shape, model_state=state)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(fn.InvalidValueError, match=r"m.onnx: cannot be written, .*file is a file, not a folder"):
+        to_onnx(model, params, (1, 6, 6), tmp_path / "file" / "m.onnx", model_state=state)
+    with pytest.raises(fn.InvalidValueError, match=r"is a folder, not a file to write"):
+        to_onnx(model, params, (1, 6, 6), tmp_path, model_state=state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_model_with_several_outputs_is_refused_naming_the_fan_out(tmp_path):
+    model = fn.serial(fn.dense(4), fn.fan_out(2))
+    params, _ = model.init(fn.random.key(0), (3,))
+    with pytest.raises(fn.InvalidValueError, match=r"gives 2 outputs \(a fan_out without a fan-in at its end\)"):
+        to_onnx(model, params, (3,), tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.interop
+def test_a_mapping_that_emits_an_unknown_op_is_refused_naming_the_layer(tmp_path):
+    banana = fn.layers.elementwise("banana", lambda x, out: x, lambda x, dy, out: dy,
+                                   onnx=lambda graph, params, state, x, shape: graph.op("Banana", x))
+    model = fn.serial(fn.dense(2), banana)
+    params, _ = model.init(fn.random.key(0), (3,))
+    with pytest.raises(fn.InvalidValueError, match=r"the ONNX mapping of banana_1 emits 'Banana', which is not an "
+                                                   r"operator of ONNX opset 17"):
+        to_onnx(model, params, (3,), tmp_path / "m.onnx")
+    wrong = fn.layers.elementwise("wrong", lambda x, out: x, lambda x, dy, out: dy,
+                                  onnx=lambda graph, params, state, x, shape: graph.op("Relu", x, x))  # 2 inputs
+    with pytest.raises(fn.InvalidValueError, match=r"the ONNX checker refused the model at wrong_1"):
+        to_onnx(fn.serial(fn.dense(2), wrong), {"dense_0": params["dense_0"], "wrong_1": {}}, (3,),
+                tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())

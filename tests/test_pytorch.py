@@ -334,3 +334,16 @@ def test_a_torch_module_that_runs_a_module_twice_is_refused():
 
     with pytest.raises(fn.InvalidValueError, match=r"runs 'fc' more than once in its forward pass \(shared weights\)"):
         from_state_dict(fn.serial(fn.dense(4), fn.dense(4)), Tied(), (4,))
+
+
+@pytest.mark.interop
+def test_a_bfloat16_torch_file_maps_as_its_float32_values(tmp_path):
+    import safetensors.torch as st_torch
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3)).to(torch.bfloat16)
+    st_torch.save_file(net.state_dict(), tmp_path / "bf16.safetensors")
+    params, _ = from_state_dict(fn.serial(fn.dense(3)), tmp_path / "bf16.safetensors", (4,))
+    assert params["dense_0"]["w"].dtype == np.float32
+    assert np.array_equal(params["dense_0"]["w"], net[0].weight.detach().float().numpy().T)

@@ -62,7 +62,10 @@ def batch_of(shape: tuple) -> int:
 
 def check_init_dtype(name: str, dtype: Any) -> np.dtype:
     """``dtype`` as a float32/float64 np.dtype, or a DTypeError naming the layer."""
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise DTypeError(f"{name}: dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in FLOAT_DTYPES:
         raise DTypeError(f"{name}: params dtype must be float32 or float64, got {dtype}")
     return dtype
