@@ -16,6 +16,7 @@ from . import (
     kernels,
     layers,
     losses,
+    memory,
     metrics,
     optim,
     pytorch,
@@ -32,6 +33,7 @@ from ._errors import (
     FnnetError,
     InvalidTypeError,
     InvalidValueError,
+    OutOfMemoryError,
     ShapeError,
     TreeMismatchError,
 )
@@ -84,6 +86,7 @@ __all__ = [
     "InvalidValueError",
     "JitStep",
     "Layer",
+    "OutOfMemoryError",
     "ShapeError",
     "Step",
     "TrainState",

@@ -33,6 +33,10 @@ class InvalidTypeError(FnnetError, TypeError):
     """An argument is of the wrong kind (a number where a schedule is expected...)."""
 
 
+class OutOfMemoryError(FnnetError, MemoryError):
+    """A pass would need more memory than the process may use; refused before it is taken."""
+
+
 class DivergenceError(InvalidValueError):
     """A training step would have returned non-finite params or loss. Nothing was
     returned: the state passed in is the last good one."""

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .. import memory
 from .._errors import InvalidTypeError, InvalidValueError, check_int
 from ..layers import Layer
 from ..layers._checks import as_batch
@@ -56,12 +57,16 @@ def predict(
         raise InvalidValueError(
             f"predict: the {model.name} model has state (batch norm): pass model_state=state.model_state"
         )
-    out = np.empty((x.shape[0], *model.output_shape(params, x.shape[1:], x.dtype)), x.dtype)
+    out_shape = (x.shape[0], *model.output_shape(params, x.shape[1:], x.dtype))
     starts = range(0, x.shape[0], batch_size)
     if auto and len(starts) > 1:
         threads = chunk_threads(model, params, x.shape[1:], x.dtype, batch_size, threads)
     parts = [starts[i::threads] for i in range(min(threads, len(starts)))]
     rows = min(batch_size, x.shape[0])
+    memory.require(row_bytes(model, params, x.shape[1:], x.dtype, train=False) * rows * len(parts)
+                   + math.prod(out_shape) * x.dtype.itemsize, f"predict on inputs of shape {tuple(x.shape)}",
+                   "predict in smaller chunks (batch_size) or on fewer rows at once")
+    out = np.empty(out_shape, x.dtype)
     product, bound = largest_product(params, rows), product_bound(params, rows, math.prod(x.shape[2:]))
     if len(parts) <= 1:
         with blas_share(1, product=product, bound=bound):

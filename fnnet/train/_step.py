@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .. import random
+from .. import memory, random
 from .._errors import InvalidTypeError, InvalidValueError, ShapeError, instance_of, is_callable
 from ..distributed import check_comm
 from ..flat import Layout, marker_views
@@ -22,7 +22,7 @@ from ..optim import GradientTransformation
 from ..threads import blas_share, largest_product, product_bound
 from ..typing import Batch, LossFn
 from ._body import TAIL_BYTES, Plan, Shard, run_step
-from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows, rank_shards
+from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows, rank_shards, row_bytes
 from ._state import TrainState
 
 __all__ = ["Step", "check_inputs", "train_step"]
@@ -103,6 +103,11 @@ class Step:
         if comm is not None:
             _check_same_batch(comm, x, labels)
         check_batch(self.model, state.params, x.shape, x.dtype)  # (every rank: one with no shard too)
+        # every shard's buffers are mapped here, and take their pages mid-pass: refused now, not killed then
+        memory.require(row_bytes(self.model, state.params, x.shape[1:], x.dtype) * sum(sizes[i] for i in mine),
+                       f"a training step on a batch of shape {tuple(x.shape)}",
+                       "train on smaller batches (the shards' buffers are all made at once; under MPI, more ranks "
+                       "share them)")
         layout, shards = Layout.of(state.params), []
         watch: list = []  # (the layers of the user's, in every shard)
         group = ShardGroup(len(mine), threads, comm) if len(sizes) > 1 and self.model.stateful else None
