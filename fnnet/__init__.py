@@ -120,6 +120,7 @@ __all__ = [
     "leaky_relu",
     "log_softmax",
     "losses",
+    "memory",
     "max_pool2d",
     "metrics",
     "mse",

@@ -86,7 +86,8 @@ def decode(buf: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             raise UnknownDtypeError(f"tensor {name!r} is {entry['dtype']}, which numpy has no dtype for (fnnet reads "
                                     f"{', '.join([*DTYPES, *WIDENED])}): convert it before saving, as "
                                     f"tensor.float() in torch")
-        if not (isinstance(entry, dict) and entry.get("dtype") in (*DTYPES, *WIDENED) and isinstance(entry.get("shape"), list)
+        if not (isinstance(entry, dict) and entry.get("dtype") in (*DTYPES, *WIDENED)
+                and isinstance(entry.get("shape"), list)
                 and all(isinstance(d, int) and d >= 0 for d in entry["shape"])
                 and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
                 and all(isinstance(o, int) for o in entry["data_offsets"])):

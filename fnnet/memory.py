@@ -47,8 +47,9 @@ def available() -> int | None:
     mapped = _read_int("/proc/self/status", "VmSize")
     if soft != resource.RLIM_INFINITY and mapped is not None:
         found.append(max(soft - mapped, 0))
+    v1 = "/sys/fs/cgroup/memory/memory."
     for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+                         (v1 + "limit_in_bytes", v1 + "usage_in_bytes")):
         cap, used = _read_int(limit), _read_int(usage)
         if cap is not None and used is not None and cap < 1 << 60:  # (v1 writes "no limit" as a huge number)
             found.append(max(cap - used, 0))

@@ -122,7 +122,8 @@ def from_state_dict(model: Layer, state_dict: Mapping[str, Any] | str | os.PathL
     :class:`~fnnet.ShapeError` naming the fnnet layer and torch module that differ."""
     order = None
     if _is_torch_module(state_dict):
-        order, state_dict = _forward_order(state_dict, tuple(input_shape)), state_dict.state_dict()
+        module: Any = state_dict
+        order, state_dict = _forward_order(module, tuple(input_shape)), module.state_dict()
     elif isinstance(state_dict, (str, os.PathLike)):
         state_dict = read_tensors(state_dict)[0]
     if not isinstance(state_dict, Mapping):
@@ -221,7 +222,7 @@ def _given(wheres: list[str], groups: dict[str, dict], modules: Mapping[str, str
     twice = sorted({m for m in chosen if chosen.count(m) > 1})
     unused = [m for m in groups if m not in chosen]
     if twice or unused:
-        raise InvalidValueError(f"from_state_dict: modules must use each module of the state dict once; "
+        raise InvalidValueError("from_state_dict: modules must use each module of the state dict once; "
                                 + "; ".join(([f"used twice: {', '.join(map(repr, twice))}"] if twice else [])
                                             + ([f"unused: {', '.join(map(repr, unused))}"] if unused else [])))
     return chosen

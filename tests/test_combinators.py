@@ -239,8 +239,8 @@ def test_nesting_runs_to_its_limit_and_is_refused_beyond_naming_the_depth(combin
     params, _ = model.init(fn.random.key(0), (2,))
     opt = fn.optim.sgd(0.1)
     x, y = np.ones((4, 2), np.float32), np.arange(4) % 2
-    state, _ = fn.jit(fn.train_step(model, fn.losses.softmax_cross_entropy, opt))(fn.TrainState.create(params, opt, model),
-                                                                               (x, y))
+    step = fn.jit(fn.train_step(model, fn.losses.softmax_cross_entropy, opt))
+    state, _ = step(fn.TrainState.create(params, opt, model), (x, y))
     assert fn.predict(model, state.params, x).shape == (4, 2)
     assert len(fn.pytorch.to_state_dict(model, params, (2,))) == 2
     with pytest.raises(fn.InvalidValueError, match=rf"layers nested {MAX_DEPTH + 1} deep; fnnet runs at most "

@@ -110,7 +110,7 @@ def test_a_mismatch_names_the_first_layer_and_module_that_differ():
         from_state_dict(more, sd, shape)
     with pytest.raises(fn.ShapeError, match=r"module '5' has no fnnet layer left to go to"):
         from_state_dict(fn.serial(fn.conv2d(4, 3, padding=1), fn.batch_norm(), fn.relu()), sd, shape)
-    with pytest.raises(fn.InvalidTypeError, match="state_dict must be a mapping, a path or a torch.nn.Module, got list"):
+    with pytest.raises(fn.InvalidTypeError, match="must be a mapping, a path or a torch.nn.Module, got list"):
         from_state_dict(model, [1, 2], shape)
     with pytest.raises(fn.DataError, match="no such file"):
         from_state_dict(model, "missing.safetensors", shape)

@@ -83,7 +83,8 @@ class Plan:
     through (None otherwise). ``product``: the multiply-adds of the largest matrix product
     of a shard's pass (:func:`fnnet.threads.largest_product`), which decides whether BLAS
     gets threads (:func:`fnnet.threads.blas_share`); ``bound``, an upper bound of any of
-    its products (:func:`fnnet.threads.product_bound`), whether a cap may be skipped. ``comm``: the ranks that share the batch (an mpi4py
+    its products (:func:`fnnet.threads.product_bound`), whether a cap may be skipped.
+    ``comm``: the ranks that share the batch (an mpi4py
     communicator), with ``gathered``, the (count, P + tail) buffer every shard's gradient
     and metrics are gathered into (:data:`TAIL_BYTES`), ``summed``, the gradient tree that
     views its first row, and ``sending``, the rows of this rank's shards. Made by
