@@ -48,7 +48,7 @@ def test_a_pass_larger_than_what_is_available_is_refused_before_its_buffers_are_
     assert fn.predict(model, params, x[:4]).shape == (4, 10)
 
 
-def test_an_address_space_limit_refuses_a_huge_broadcast_batch_instead_of_being_killed():
+def test_an_address_space_limit_refuses_a_huge_broadcast_batch_instead_of_being_killed(tmp_path):
     # the audit's case: 10 million rows of one broadcast image, 64 shards of 3.5 GiB buffers each
     code = textwrap.dedent("""
         import resource, numpy as np, fnnet as fn
@@ -64,6 +64,7 @@ def test_an_address_space_limit_refuses_a_huge_broadcast_batch_instead_of_being_
         except fn.OutOfMemoryError as exc:
             print("refused:", exc)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # (run outside the checkout: there the source tree, without compiled kernels, would shadow the install)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "refused: a training step on a batch of shape (10000000, 1, 28, 28) needs" in proc.stdout
