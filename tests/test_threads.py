@@ -190,19 +190,7 @@ def test_one_thread_gives_blas_its_threads_only_for_large_products(monkeypatch, 
     model = fn.serial(fn.flatten(), fn.dense(width), fn.relu(), fn.dense(10))
     params, _ = model.init(fn.random.key(0), (1, 16, 16))
     x, y = np.random.default_rng(0).random((16, 1, 16, 16), dtype=np.float32), np.arange(16) % 10
-    inside = []
-    if runner == "predict":
-        def fwd(v, out):
-            inside.append(blas_threads())
-            return v
-
-        spy = fn.serial(model, fn.layers.elementwise("spy", fwd, lambda v, dy, out: dy))
-        fn.predict(spy, {"serial_0": params, "spy_1": {}}, x, batch_size=16)
-    else:
-        step = fn.train_step(model, _spy_loss(inside), optim.sgd(0.1), rows_per_shard=None)
-        step = step if runner == "step" else fn.jit(step, threads=1 if "1 thread" in runner else None)
-        step(fn.TrainState.create(params, optim.sgd(0.1)), (x, y))
-    assert inside == [[want] * len(BLAS.lib_controllers)]
+    assert _blas_inside(runner, model, params, x, y) == [[want] * len(BLAS.lib_controllers)]
     assert blas_threads() == [2] * len(BLAS.lib_controllers)  # given back
 
 
@@ -217,6 +205,13 @@ def test_a_conv_whose_products_over_its_pixels_pass_2_18_is_capped_on_one_thread
     params, _ = model.init(fn.random.key(0), (16, 16, 16))
     x, y = np.random.default_rng(0).random((4, 16, 16, 16), dtype=np.float32), np.arange(4)
     assert threads.largest_product(params, 4) <= threads.BLAS_ONE_THREAD_PRODUCT < threads.product_bound(params, 4, 256)
+    assert _blas_inside(runner, model, params, x, y) == [[1] * len(BLAS.lib_controllers)]
+    assert blas_threads() == [2] * len(BLAS.lib_controllers)
+
+
+def _blas_inside(runner, model, params, x, y):
+    """BLAS's thread counts seen inside one pass of ``runner`` ("step", "jit", "jit 1 thread", "predict")
+    over the whole batch as one shard or chunk."""
     inside = []
     if runner == "predict":
         def fwd(v, out):
@@ -224,13 +219,12 @@ def test_a_conv_whose_products_over_its_pixels_pass_2_18_is_capped_on_one_thread
             return v
 
         spy = fn.serial(model, fn.layers.elementwise("spy", fwd, lambda v, dy, out: dy))
-        fn.predict(spy, {"serial_0": params, "spy_1": {}}, x, batch_size=4)
+        fn.predict(spy, {"serial_0": params, "spy_1": {}}, x, batch_size=x.shape[0])
     else:
         step = fn.train_step(model, _spy_loss(inside), optim.sgd(0.1), rows_per_shard=None)
-        step = step if runner == "step" else fn.jit(step, threads=1)
+        step = step if runner == "step" else fn.jit(step, threads=1 if "1 thread" in runner else None)
         step(fn.TrainState.create(params, optim.sgd(0.1)), (x, y))
-    assert inside == [[1] * len(BLAS.lib_controllers)]
-    assert blas_threads() == [2] * len(BLAS.lib_controllers)
+    return inside
 
 
 def _spy_loss(record):
