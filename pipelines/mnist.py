@@ -43,7 +43,8 @@ import time
 
 import attrs
 import numpy as np
-from recipes import Config, build_augment, build_model, build_optimizer, eval_params, make_config, parse_args
+from recipes import (Config, build_augment, build_model, build_optimizer, check_memory, eval_params, make_config,
+                     parse_args)
 from tqdm import tqdm
 
 import fnnet as fn
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             ranks[0] = Ranks.mpi_world(args.threads)
         if args.data_dir is not None and not pathlib.Path(args.data_dir).expanduser().is_dir():
             raise FlagError(f"--data-dir {args.data_dir}: no such folder")
+        check_memory(args)  # (before the data is read)
         ds = data.load(args.dataset, args.data_dir, verify=not args.no_verify)
         cfg = make_config(args, ds)
         with ranks[0].blas_budget():

@@ -139,18 +139,23 @@ class Config:
 
 
 def build_model(cfg: Config) -> fn.Layer:
-    if cfg.model == "tutorial":
+    return model_of(cfg.model)
+
+
+def model_of(name: str) -> fn.Layer:
+    """The CNN ``--model name`` picks (its help says what each is)."""
+    if name == "tutorial":
         w, b = fn.init.normal(0.01), fn.init.zeros
         return fn.serial(
             fn.conv2d(1, 3, w_init=w, b_init=b), fn.relu(), fn.max_pool2d(2), fn.flatten(),
             fn.dense(64, w_init=w, b_init=b), fn.relu(), fn.dense(10, w_init=w, b_init=b),
         )
-    c1, c2 = (32, 64) if cfg.model.startswith("cnn_wide") else (16, 32)
-    name = cfg.model.removesuffix("_drop")
+    c1, c2 = (32, 64) if name.startswith("cnn_wide") else (16, 32)
+    drop = [fn.dropout(0.5)] if name.endswith("_drop") else []
+    name = name.removesuffix("_drop")
     pad1 = "same" if name.endswith(("_same", "_same1")) else "valid"
     pad2 = "same" if name.endswith("_same") else "valid"
     norm = [fn.batch_norm()] if name.endswith("_bn") else []
-    drop = [fn.dropout(0.5)] if cfg.model.endswith("_drop") else []
     return fn.serial(
         fn.conv2d(c1, 3, padding=pad1), *norm, fn.relu(), fn.max_pool2d(2),
         fn.conv2d(c2, 3, padding=pad2), *norm, fn.relu(), fn.max_pool2d(2),
@@ -259,6 +264,28 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     if args.out is None:
         args.out = f"runs/{args.preset}-{args.dataset}-seed{args.seed}"
     return args
+
+
+DATA_BYTES = 70_000 * 28 * 28 * 5
+"""The bytes a dataset of 70,000 28x28 images takes loaded: float32 images and their bytes."""
+
+
+def check_memory(args: argparse.Namespace) -> None:
+    """A FlagError before the data is read if a training step on ``--batch-size`` rows of
+    ``--model``, an evaluation chunk on every core and the data need more memory than the
+    process may take (:func:`fnnet.memory.require`)."""
+    preset = preset_for(args.preset, args.dataset)
+    name, batch = args.model or preset.model, args.batch_size or preset.batch_size
+    model, dtype = model_of(name), np.dtype(preset.dtype)
+    params, _ = model.init(random.key(0), (1, 28, 28), dtype=dtype)
+    need = (fn.train.row_bytes(model, params, (1, 28, 28), dtype) * batch
+            + fn.train.row_bytes(model, params, (1, 28, 28), dtype, train=False) * fn.train.CHUNK_ROWS
+            * fn.threads.cores() + DATA_BYTES)
+    try:
+        fn.memory.require(need, f"--batch-size {batch} with --model {name} (a step, an evaluation and the data)",
+                          "pass a smaller --batch-size")
+    except fn.OutOfMemoryError as exc:
+        raise FlagError(str(exc)) from None
 
 
 def make_config(args: argparse.Namespace, ds: data.Dataset) -> Config:

@@ -406,3 +406,21 @@ def test_an_unusable_out_is_a_flag_error_and_leaves_nothing(tmp_path):
         (tmp_path / "locked").chmod(0o700)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "locked"]
     assert not list((tmp_path / "locked").iterdir())
+
+
+def test_a_batch_too_large_for_memory_is_a_flag_error_before_the_data_is_read(tmp_path, monkeypatch):
+    import fnnet as fn
+
+    recipes = pipeline_module("recipes")
+    args = recipes.parse_args(["--batch-size", "4096", "--out", str(tmp_path / "o")])
+    monkeypatch.setattr(fn.memory, "available", lambda: 1 << 30)  # 1 GiB left
+    recipes.check_memory(recipes.parse_args(["--batch-size", "64", "--out", str(tmp_path / "o")]))  # (fits)
+    with pytest.raises(fn.experiment.FlagError, match=r"--batch-size 4096 with --model cnn \(a step, an evaluation "
+                                                      r"and the data\) needs .* GiB of buffers, and this process may "
+                                                      r"take 1.00 GiB more: pass a smaller --batch-size"):
+        recipes.check_memory(args)
+    # the whole script: exit 2, and no data read (an empty data folder would otherwise be the error)
+    monkeypatch.setenv("FNNET_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    proc = run(tmp_path / "o", "--batch-size", "100000000", check=False)
+    assert proc.returncode == 2 and "error: --batch-size 100000000 with --model cnn" in proc.stderr, proc.stderr
