@@ -43,8 +43,16 @@ import time
 
 import attrs
 import numpy as np
-from recipes import (Config, build_augment, build_model, build_optimizer, check_memory, eval_params, make_config,
-                     parse_args)
+from recipes import (
+    Config,
+    build_augment,
+    build_model,
+    build_optimizer,
+    check_memory,
+    eval_params,
+    make_config,
+    parse_args,
+)
 from tqdm import tqdm
 
 import fnnet as fn
