@@ -147,7 +147,7 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) ->
     :class:`~fnnet.InvalidValueError` naming the leaf). safetensors stores little-endian
     data: a big-endian leaf is stored (and loaded) little-endian, the same values, and the
     sha256 returned is the stored tree's."""
-    path = pathlib.Path(path)
+    path = check_writable(path, "save: path")
     safetensors = _is_safetensors(path)
     leaves = _leaves(tree)
     if safetensors:
@@ -224,9 +224,7 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata:
     has no code for and a Python object that is not an array are refused, naming the
     tensor, before ``path`` is touched; big-endian arrays are written little-endian.
     ``check(tmp)``: run on the new file before it replaces ``path`` (:func:`atomic_write`)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidTypeError(f"write_tensors: path must be a str or a path, got {type(path).__name__}")
-    path = pathlib.Path(path)
+    path = check_writable(path, "write_tensors: path")
     if not isinstance(tensors, Mapping):
         raise InvalidTypeError(f"{path}: tensors must be a mapping of names to arrays, got {type(tensors).__name__}")
     arrays = {}
@@ -236,6 +234,8 @@ def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata:
         a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
         _safetensors.check(name, a, f"{path}: ")
         arrays[name] = a
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidTypeError(f"{path}: safetensors metadata maps strings to strings, got {type(metadata).__name__}")
     meta = dict(metadata or {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise InvalidTypeError(f"{path}: safetensors metadata maps strings to strings")
@@ -262,14 +262,19 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
         raise DataError(f"{path}: truncated, malformed or corrupt safetensors file ({exc})") from None
 
 
-def check_writable(path: pathlib.Path) -> None:
-    """An :class:`~fnnet.InvalidValueError` naming ``path`` if it is a folder or under a
-    file: what a writer checks before any work."""
+def check_writable(path: Any, what: str = "path") -> pathlib.Path:
+    """``path`` as a Path, or an :class:`~fnnet.InvalidTypeError` if it is not a str or a
+    path (``what`` names the argument) and an :class:`~fnnet.InvalidValueError` naming it
+    if it is a folder or under a file: what a writer checks before any work."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise InvalidTypeError(f"{what} must be a str or a path, got {type(path).__name__}")
+    path = pathlib.Path(path)
     if path.is_dir():
         raise InvalidValueError(f"{path}: is a folder, not a file to write")
     blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise InvalidValueError(f"{path}: cannot be written, {blocker} is a file, not a folder")
+    return path
 
 
 def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any],
@@ -280,8 +285,7 @@ def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any],
     rename. Temporary files of earlier writes whose process died are removed afterwards.
     A path whose folder cannot be made (a file in the way, no permission) is an
     :class:`~fnnet.InvalidValueError` naming it."""
-    path = pathlib.Path(path)
-    check_writable(path)
+    path = check_writable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

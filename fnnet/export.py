@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from ._errors import InvalidTypeError, InvalidValueError, ShapeError
 from ._version import __version__
 from .checkpoint import atomic_write, check_writable, digest
 from .layers._checks import check_init_dtype
-from .layers._layer import Layer
+from .layers._layer import Layer, one_output
 from .tree import EMPTY, check_like, tree_leaves, tree_map
 from .typing import DTypeLike, Params, PyTree, Shape
 
@@ -126,8 +125,7 @@ def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str 
     """
     input_shape, own, out_shape = checked_model("to_onnx", model, params, input_shape, model_state)
     dtype = check_init_dtype("to_onnx", own if dtype is None else dtype)
-    path = pathlib.Path(path)
-    check_writable(path)
+    path = check_writable(path, "to_onnx: path")
     metadata = {"fnnet_version": __version__, "params_sha256": digest(params),
                 "model_state_sha256": digest(model_state), "input_shape": json.dumps(list(input_shape)),
                 "dtype": dtype.name}  # (the digests of what was trained, before any cast)
@@ -135,10 +133,6 @@ def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str 
         params, model_state = (tree_map(lambda a: a.astype(dtype), t) for t in (params, model_state))
     graph = Graph(dtype)
     y, _ = graph.layer("", model, params, model_state, "x", input_shape)  # (names an unmapped layer)
-    if not isinstance(y, str):
-        raise InvalidValueError(f"to_onnx: the {model.name} model gives {len(y)} outputs (a fan_out without a "
-                                "fan-in at its end); an ONNX file of fnnet's has one: end the model with "
-                                "fan_in_sum() or fan_in_concat()")
     onnx = require_onnx("to_onnx")
     _check_ops(onnx, graph)
     proto = _proto(onnx, graph, y, input_shape, out_shape, metadata)
@@ -161,7 +155,7 @@ def checked_model(fun: str, model: Any, params: Params, input_shape: Any, model_
         raise InvalidTypeError(f"{fun}: model must be a fnnet Layer, got {type(model).__name__}")
     input_shape = sample_shape(fun, input_shape)
     own = params_dtype(params)
-    out_shape = model.output_shape(params, input_shape, own)  # checks params and shape, naming the layer
+    out_shape = one_output(model, model.output_shape(params, input_shape, own))  # (checks params and shape)
     if model.stateful and not model_state:
         raise InvalidValueError(f"{fun}: the {model.name} model has state (batch norm): pass "
                                 "model_state=state.model_state, the running statistics predict uses")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import math
 import pathlib
 import struct
@@ -371,3 +372,104 @@ def test_save_writes_what_load_reads_back_or_refuses_and_keeps_the_old_file(tmp_
         assert p == q and a.shape == b.shape and np.array_equal(a, b)
         assert b.dtype == a.dtype if suffix == ".npz" else b.dtype == a.dtype.newbyteorder("<")
     assert sorted(q.name for q in path.parent.iterdir()) == [path.name]  # (no temporary file left)
+
+
+# -- the interop functions' arguments, safetensors names and dtypes, graphs of several outputs ---
+
+
+def _bn_model():
+    model = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(3))
+    params, _ = model.init(KEY, (1, 5, 5))
+    return model, params, model.init_state(params)
+
+
+def _interop_cases(folder: pathlib.Path) -> list:
+    from fnnet.pytorch import from_state_dict, to_state_dict
+
+    model, params, state = _bn_model()
+    sd = to_state_dict(model, params, (1, 5, 5), model_state=state)
+    onnx_path = folder / "m.onnx"
+    return [
+        ("to_onnx", "input_shape", lambda v: fn.export.to_onnx(model, params, v, onnx_path, model_state=state)),
+        ("to_onnx", "dtype", lambda v: fn.export.to_onnx(model, params, (1, 5, 5), onnx_path, model_state=state,
+                                                         dtype=v)),
+        ("to_onnx", "model_state", lambda v: fn.export.to_onnx(model, params, (1, 5, 5), onnx_path, model_state=v)),
+        ("to_onnx", "path", lambda v: fn.export.to_onnx(model, params, (1, 5, 5), v, model_state=state)),
+        ("to_state_dict", "input_shape", lambda v: to_state_dict(model, params, v, model_state=state)),
+        ("to_state_dict", "model_state", lambda v: to_state_dict(model, params, (1, 5, 5), model_state=v)),
+        ("from_state_dict", "state_dict", lambda v: from_state_dict(model, v, (1, 5, 5))),
+        ("from_state_dict", "input_shape", lambda v: from_state_dict(model, sd, v)),
+        ("from_state_dict", "dtype", lambda v: from_state_dict(model, sd, (1, 5, 5), dtype=v)),
+        ("from_state_dict", "modules", lambda v: from_state_dict(model, sd, (1, 5, 5), modules=v)),
+        ("read_tensors", "path", lambda v: fn.checkpoint.read_tensors(v)),
+        ("write_tensors", "path", lambda v: fn.checkpoint.write_tensors(v, {"w": np.ones(2)})),
+        ("write_tensors", "tensors", lambda v: fn.checkpoint.write_tensors(folder / "t.safetensors", v)),
+        ("write_tensors", "metadata", lambda v: fn.checkpoint.write_tensors(folder / "t.safetensors",
+                                                                            {"w": np.ones(2)}, v)),
+    ]
+
+
+INTEROP = [(fun, arg) for fun, arg, _ in _interop_cases(pathlib.Path("."))]
+
+
+@pytest.mark.parametrize("fun,arg", INTEROP, ids=[f"{f}-{a}" for f, a in INTEROP])
+@given(value=st.one_of(WEIRD, st.just({"batch_norm_1": {}}), st.just({"dense_4": "0"})))
+def test_interop_arguments_work_or_are_refused_naming_the_function(tmp_path_factory, fun, arg, value):
+    if arg == "path" and isinstance(value, str):
+        return  # (a text is a path: it would write in the working folder; the path tests write in tmp_path)
+    folder = tmp_path_factory.mktemp("interop")
+    call = next(c for f, a, c in _interop_cases(folder) if (f, a) == (fun, arg))
+    with contextlib.suppress(fn.FnnetError):  # (what is refused is an FnnetError; anything else fails)
+        call(value)
+
+
+SAFE_NAMES = st.one_of(st.sampled_from(["w", "__metadata__", "", "a.b", "é", "0.weight"]), st.text(max_size=4))
+SAFE_DTYPES = ["<f4", ">f4", "<f2", ">f2", "<f8", ">i2", "|i1", "|u1", "|b1", ">u8", "<c8", "<U2"]
+
+
+@given(tensors=st.dictionaries(SAFE_NAMES, st.tuples(st.sampled_from(SAFE_DTYPES),
+                                                      st.lists(st.integers(0, 3), max_size=2)), max_size=4),
+       bf16=st.lists(st.integers(0, 2**16 - 1), max_size=6))
+def test_safetensors_files_hold_every_name_and_dtype_or_refuse_them(tmp_path_factory, tensors, bf16):
+    folder = tmp_path_factory.mktemp("st")
+    arrays = {k: np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape).astype(dt)
+              for k, (dt, shape) in tensors.items()}
+    try:
+        fn.checkpoint.write_tensors(folder / "t.safetensors", arrays)
+    except fn.FnnetError:
+        assert not list(folder.iterdir())  # refused before a file was made
+    else:
+        back, _ = fn.checkpoint.read_tensors(folder / "t.safetensors")
+        assert list(back) == list(arrays)
+        for k, a in arrays.items():
+            assert back[k].dtype == a.dtype.newbyteorder("<") and np.array_equal(back[k], a)
+    # a torch file's bfloat16: read as float32 with the same bits in its top half
+    raw = np.array(bf16, "<u2")
+    header = json.dumps({"b": {"dtype": "BF16", "shape": [len(bf16)], "data_offsets": [0, raw.nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    (folder / "bf16.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + raw.tobytes())
+    b = fn.checkpoint.read_tensors(folder / "bf16.safetensors")[0]["b"]
+    assert b.dtype == np.float32 and np.array_equal(b.view("<u4") >> 16, raw.astype("<u4"))
+
+
+@given(branches=st.lists(st.sampled_from(["dense", "identity", "relu"]), min_size=1, max_size=3),
+       join=st.sampled_from(["sum", "concat", None]))
+def test_graphs_with_several_outputs_are_refused_by_name_and_joined_ones_run(branches, join):
+    parts = {"dense": lambda: fn.dense(4), "identity": fn.identity, "relu": fn.relu}
+    layers = [fn.dense(4), fn.fan_out(len(branches)), fn.parallel(*[parts[b]() for b in branches])]
+    layers += {"sum": [fn.fan_in_sum()], "concat": [fn.fan_in_concat(axis=1)], None: []}[join]
+    model = fn.serial(*layers)
+    params, shape = model.init(KEY, (3,))
+    x, y = np.ones((4, 3), np.float32), np.arange(4) % 2
+    opt = fn.optim.sgd(0.1)
+    runs = [lambda: fn.predict(model, params, x), lambda: model.forward(params, x),
+            lambda: fn.jit(fn.train_step(model, fn.softmax_cross_entropy, opt))(fn.TrainState.create(params, opt),
+                                                                               (x, y)),
+            lambda: fn.pytorch.to_state_dict(model, params, (3,))]
+    for run_ in runs:
+        if join is None:  # (one branch too: fan_out(1) gives a tuple of one)
+            with pytest.raises(fn.InvalidValueError, match=rf"gives {len(branches)} outputs? \(a fan_out without a "
+                                                           r"fan-in at its end\)"):
+                run_()
+        else:
+            run_()

@@ -428,10 +428,22 @@ def prepare_checked(
     return prepare(layer, params, sig), layout, flat
 
 
+def one_output(layer: Layer, shape: tuple) -> tuple:
+    """``shape``, the per-sample output shape of a model run as a whole, or an
+    InvalidValueError if it gives several arrays (a ``fan_out`` without a fan-in at its
+    end: a block inside a graph, not a model a pass, a loss or a file can take)."""
+    if shape and isinstance(shape[0], tuple):
+        n = len(shape)
+        raise InvalidValueError(f"{layer.name}: the model gives {n} output{'s' if n != 1 else ''} (a fan_out without "
+                                "a fan-in at its end); a forward pass, a training step, predict and the export take "
+                                "a model of one output: end it with fan_in_sum() or fan_in_concat()")
+    return shape
+
+
 def check_batch(layer: Layer, params: Any, x_shape: tuple, dtype: np.dtype) -> None:
     """The checks of :func:`prepare_checked` alone: ``params`` against ``layer`` and inputs
     of ``x_shape`` and ``dtype`` (errors name the layer), and a batch of at least one row."""
-    layer.output_shape(params, x_shape[1:], dtype)
+    one_output(layer, layer.output_shape(params, x_shape[1:], dtype))
     if x_shape[0] == 0:
         raise ShapeError(f"{layer.name}: the batch is empty (inputs of shape {tuple(x_shape)}): a pass needs at "
                          "least one row")
