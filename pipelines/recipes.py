@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import pathlib
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -202,9 +203,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     """The flags of ``pipelines/mnist.py`` (whose docstring is ``description``), each
     checked for its type and range (errors name the flag, exit 2)."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    ap.add_argument("--seed", type=number(int, 0), default=0)
-    ap.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="the recipe (default: default)")
+    ap.add_argument("--seed", type=number(int, 0), help="(default: 0)")
+    ap.add_argument("--dataset", choices=sorted(data.DATASETS), help="(default: mnist)")
     ap.add_argument("--data-dir", help="folder with the dataset files (or with a <dataset>/ subfolder)")
     ap.add_argument("--no-verify", action="store_true",
                     help="accept IDX files that are not the published ones (your own subsets); "
@@ -261,9 +262,48 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
               "the same on any number of ranks (the flag will go)", file=sys.stderr)
     if args.export == "onnx" and importlib.util.find_spec("onnx") is None:  # (before any training)
         ap.error("--export onnx: needs onnx, which is not installed (pip install 'fnnet[onnx]')")
+    if args.resume:
+        try:
+            _flags_of_the_run(args)
+        except FlagError as exc:
+            ap.error(str(exc))
+    for flag, default in DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.out is None:
         args.out = f"runs/{args.preset}-{args.dataset}-seed{args.seed}"
     return args
+
+
+DEFAULTS = {"preset": "default", "dataset": "mnist", "seed": 0}
+"""The flags with a default of their own (the others default to the preset's)."""
+
+
+def _flags_of_the_run(args: argparse.Namespace) -> None:
+    """With ``--resume``: every flag left out takes the resumed run's value (its config in
+    the checkpoint's metadata); a flag given must agree with it (RunFolder.resume names
+    any that differ)."""
+    out = args.out or f"runs/{args.preset or DEFAULTS['preset']}-{args.dataset or DEFAULTS['dataset']}-seed" \
+                      f"{DEFAULTS['seed'] if args.seed is None else args.seed}"
+    path = pathlib.Path(out) / "checkpoint.npz"
+    if not path.is_file():
+        raise FlagError(f"--resume: no checkpoint to resume in --out {out} ({path} is missing)")
+    try:
+        config = fn.checkpoint.load(path)[1].get("config")
+    except fn.FnnetError as exc:
+        raise FlagError(f"--resume: {exc}") from None
+    if not isinstance(config, dict):
+        raise FlagError(f"--resume: {path} holds no run config (not written by this pipeline)")
+    args.out = out
+    run = {**config, **config.get("regularization", {})}
+    run["tta"] = "none" if run.get("tta") is None else run["tta"]
+    run["epochs"] = None  # (the run's length is its steps)
+    for flag in (*DEFAULTS, "model", "batch_size", "lr", "eval_every", "eval_samples", "train_size", "shard_rows",
+                 "tta", *attrs.fields_dict(Regularization)):
+        if getattr(args, flag, None) is None and flag in run:
+            setattr(args, flag, run[flag])
+    if args.steps is None and args.epochs is None:
+        args.steps = run.get("steps")
 
 
 DATA_BYTES = 70_000 * 28 * 28 * 5

@@ -242,6 +242,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, fixed
 
 
+def _shared_flags(fixed: list[str]) -> argparse.Namespace:
+    """The flags after ``--``, parsed as mnist.py parses them (a trial's ``--resume`` is
+    refused first: parsing it would read a run's flags)."""
+    if "--resume" in fixed:
+        raise SweepError("after --: --resume is the sweep's to set, not a trial's")
+    return recipes.parse_args(fixed)
+
+
 def check(
     args: argparse.Namespace, fixed: list[str], ds: data.Dataset
 ) -> tuple[list[dict[str, Any]], list[recipes.Config]]:
@@ -253,7 +261,7 @@ def check(
         raise SweepError(f"a hyper-parameter is swept twice: {names}")
     if not names and len(args.seeds) < 2:
         raise SweepError("nothing to sweep: give --grid, --sample or several --seeds")
-    shared = recipes.parse_args(fixed)
+    shared = _shared_flags(fixed)
     given = {"out": shared.out != f"runs/{shared.preset}-{shared.dataset}-seed{shared.seed}",
              **{flag: getattr(shared, flag) not in (None, False) for flag in ("resume", "overwrite", "stop_after",
                                                                                 "distributed")}}
@@ -380,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         existing = [n for n in (*OUTPUTS, "trials", "ray") if (out / n).exists()]
         if existing and not args.overwrite:
             raise SweepError(f"--out {out}: holds a sweep ({', '.join(existing)}); pass --overwrite or another --out")
-        shared = recipes.parse_args(fixed)
+        shared = _shared_flags(fixed)
         ds = data.load(shared.dataset, shared.data_dir, verify=not shared.no_verify)
         pts, cfgs = check(args, fixed, ds)
     except fn.FnnetError as exc:

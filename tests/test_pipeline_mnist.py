@@ -424,3 +424,20 @@ def test_a_batch_too_large_for_memory_is_a_flag_error_before_the_data_is_read(tm
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     proc = run(tmp_path / "o", "--batch-size", "100000000", check=False)
     assert proc.returncode == 2 and "error: --batch-size 100000000 with --model cnn" in proc.stderr, proc.stderr
+
+
+@REAL
+@pytest.mark.parametrize("flags", [
+    ["--preset", "tutorial", "--seed", "2", "--steps", "60", "--eval-every", "20"],
+    ["--preset", "default", *SMALL],
+    pytest.param(["--preset", "best", "--dataset", "fashion-mnist", *SMALL], marks=REAL_FASHION),
+], ids=["tutorial", "default", "best-fashion-mnist"])
+def test_resume_alone_takes_the_flags_of_the_run_and_ends_as_a_run_never_stopped(tmp_path, flags):
+    whole = run(tmp_path / "whole", *flags)
+    assert whole.returncode == 0
+    run(tmp_path / "cut", *flags, "--stop-after", "20")
+    run(tmp_path / "cut", "--resume")  # (no other flag: they come from the run)
+    assert summary(tmp_path / "cut")["params_sha256"] == summary(tmp_path / "whole")["params_sha256"]
+    assert summary(tmp_path / "cut")["config"] == summary(tmp_path / "whole")["config"]
+    changed = run(tmp_path / "cut", "--resume", "--seed", "5", check=False)  # a flag given must agree
+    assert changed.returncode == 2 and "seed: " in changed.stderr and "5 now" in changed.stderr, changed.stderr
