@@ -30,23 +30,24 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 
 from . import checkpoint
-from ._errors import DataError, DivergenceError, FnnetError, InvalidValueError, ShapeError
+from ._errors import DataError, DivergenceError, FnnetError, InvalidTypeError, InvalidValueError, ShapeError
 from .data import Split
+from .layers import Layer
 from .losses import softmax_cross_entropy
 from .threads import blas_share
 from .train import CHUNK_ROWS, TrainState, predict, rank_shards
-from .tree import EMPTY, check_like
+from .tree import EMPTY, check_like, tree_leaves
 from .typing import Params
 
-__all__ = ["TTA", "Divergence", "FlagError", "Interrupts", "Ranks", "RunFolder", "evaluate", "exit_status",
-           "follow_metrics", "number", "read_metrics", "save_plots", "write_atomic"]
+__all__ = ["TTA", "Divergence", "FlagError", "Interrupts", "Ranks", "Run", "RunFolder", "evaluate", "exit_status",
+           "follow_metrics", "load_run", "number", "read_metrics", "save_plots", "write_atomic"]
 
 
 class FlagError(InvalidValueError):
@@ -198,6 +199,63 @@ def _with_new_fields(old: Any, new: dict) -> Any:
     filled = {k: v for k, v in new.items() if k not in old and not isinstance(v, dict) and not v}
     return {**filled, **{k: _with_new_fields(v, new[k]) if isinstance(new.get(k), dict) else v
                          for k, v in old.items()}}
+
+
+@attrs.frozen
+class Run:
+    """A run folder opened by :func:`load_run`: the ``model``, the state of its last
+    checkpoint (``state``: params, optimizer state, step, model state), ``params``, the
+    ones to predict with (``state.params``, or what the run evaluated, such as their
+    moving average), the ``config`` it was run with, its ``summary`` (``summary.json``;
+    None for a run stopped before its end) and its ``metrics`` (the rows of
+    ``metrics.jsonl`` up to the checkpoint's step)."""
+
+    model: Layer
+    state: TrainState
+    params: Any
+    config: dict
+    summary: dict | None
+    metrics: list
+
+    @property
+    def model_state(self) -> Any:
+        return self.state.model_state
+
+
+def load_run(folder: str | os.PathLike, model: Layer | Callable[[dict], Layer], input_shape: Sequence[int]
+             ) -> Run:
+    """The run in ``folder`` (a :class:`RunFolder`'s: ``checkpoint.npz``, and
+    ``summary.json`` and ``metrics.jsonl`` if written), finished or stopped. ``model``: its
+    model, or a function of the run's config that builds it; ``input_shape``: one sample's.
+    The params are checked against the model (an error names the layer). A folder that is
+    missing, holds no checkpoint or one without a config is a
+    :class:`~fnnet.DataError` naming the folder and what is missing.
+    (``pipelines/recipes.py``'s ``load_run(folder)`` passes the pipeline's models.)"""
+    path = pathlib.Path(folder)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such run folder")
+    ckpt = path / "checkpoint.npz"
+    if not ckpt.is_file():
+        raise DataError(f"{path}: holds no checkpoint.npz (not a run folder, or a run stopped before its first save)")
+    tree, meta = checkpoint.load(ckpt)
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(tree, Mapping) or "params" not in tree:
+        raise DataError(f"{ckpt}: holds no run config and params (a checkpoint, but not a run's)")
+    layer = model if isinstance(model, Layer) else model(config)
+    if not isinstance(layer, Layer):
+        raise InvalidTypeError(f"load_run: model must be a fnnet Layer or a function of the config giving one, "
+                               f"got {type(layer).__name__}")
+    params = tree["params"]
+    leaves = tree_leaves(params)
+    layer.output_shape(params, tuple(input_shape), leaves[0].dtype if leaves else np.float32)  # (names the layer)
+    state = TrainState(params, tree["opt_state"], int(meta.get("step", 0)), tree.get("model_state", EMPTY))
+    summary_path = path / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except ValueError as exc:
+        raise DataError(f"{summary_path}: not JSON ({exc})") from None
+    metrics = [r for r in read_metrics(path / "metrics.jsonl") if r.get("step", 0) <= state.step]
+    return Run(layer, state, state.params, config, summary, metrics)
 
 
 def _saved(state: TrainState) -> dict:

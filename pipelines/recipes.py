@@ -193,6 +193,16 @@ def eval_params(cfg: Config, state: fn.TrainState) -> Params:
     return state.params if ema is None else ema
 
 
+def load_run(folder: str | pathlib.Path) -> fn.experiment.Run:
+    """The pipeline's run in ``folder``, finished or stopped (:func:`fnnet.experiment.load_run`
+    with the model its config names), its params the ones its evaluations use (their
+    moving average with ``--ema``): ``run.model``, ``run.params``, ``run.model_state``,
+    ``run.config``, ``run.summary``, ``run.metrics``."""
+    run = fn.experiment.load_run(folder, lambda config: model_of(config["model"]), (1, 28, 28))
+    ema = optim.params_ema(run.state.opt_state) if run.config.get("regularization", {}).get("ema") else None
+    return run if ema is None else attrs.evolve(run, params=ema)
+
+
 def batch_indices(cfg: Config, key: random.Key, n: int, start: int) -> Iterator[np.ndarray]:
     if cfg.sampling == "replacement":
         return data.sample_batches(key, n, cfg.batch_size, start_step=start)

@@ -91,11 +91,13 @@ def test_the_promise_is_one_table_and_every_row_names_tests_that_exist():
 def test_the_interop_page_runs_as_written(tmp_path, monkeypatch):
     """docs/interop.md's Python blocks, in order, in one namespace (a fresh folder)."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipelines").symlink_to(ROOT / "pipelines")  # (as from the checkout's root)
     page = (ROOT / "docs" / "interop.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", page, re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     namespace: dict = {"__name__": "__docs__"}
     for block in blocks:
         exec(compile(block, "docs/interop.md", "exec"), namespace)
     assert {p.name for p in tmp_path.iterdir()} == {"model.onnx", "torch_weights.safetensors",
-                                                     "fnnet_weights.safetensors", "run.safetensors"}
+                                                     "fnnet_weights.safetensors", "run.safetensors", "runs",
+                                                     "pipelines"}

@@ -441,3 +441,46 @@ def test_resume_alone_takes_the_flags_of_the_run_and_ends_as_a_run_never_stopped
     assert summary(tmp_path / "cut")["config"] == summary(tmp_path / "whole")["config"]
     changed = run(tmp_path / "cut", "--resume", "--seed", "5", check=False)  # a flag given must agree
     assert changed.returncode == 2 and "seed: " in changed.stderr and "5 now" in changed.stderr, changed.stderr
+
+
+@REAL
+@pytest.mark.parametrize("flags", [
+    ["--preset", "tutorial", "--steps", "40", "--eval-every", "20"],
+    ["--preset", "default", *SMALL],
+    ["--preset", "best", *SMALL, "--ema", "0.9"],
+    pytest.param(["--preset", "best", "--dataset", "fashion-mnist", *SMALL], marks=REAL_FASHION),
+], ids=["tutorial", "default", "best-ema", "best-fashion-mnist"])
+def test_load_run_gives_back_the_model_and_params_the_run_was_scored_with(tmp_path, flags):
+    import numpy as np
+
+    import fnnet as fn
+
+    recipes = pipeline_module("recipes")
+    run(tmp_path / "r", *flags)
+    r = recipes.load_run(tmp_path / "r")
+    s = summary(tmp_path / "r")
+    assert r.config == s["config"] and r.summary == s and r.state.step == s["steps"] == r.metrics[-1]["step"]
+    assert fn.checkpoint.digest(r.state.params) == s["params_sha256"]
+    ds = fn.data.load(s["dataset"], DATA_DIR)
+    cfg = recipes.Config(**{**r.config, "regularization": recipes.Regularization(**r.config["regularization"])})
+    got = fn.experiment.evaluate(r.model, r.params, ds.test, np.dtype(cfg.dtype), r.state.step,
+                                 model_state=r.model_state, tta=cfg.tta)
+    assert got["accuracy"] == s["test_accuracy"]  # (the same params, model and state: the same score)
+
+
+@REAL
+def test_load_run_opens_a_stopped_run_and_names_what_is_missing(tmp_path):
+    import fnnet as fn
+
+    recipes = pipeline_module("recipes")
+    run(tmp_path / "cut", "--preset", "default", *SMALL, "--stop-after", "20")
+    r = recipes.load_run(tmp_path / "cut")
+    assert r.summary is None and r.state.step == 20 and [m["step"] for m in r.metrics] == [10, 20]
+    with pytest.raises(fn.DataError, match=r"nowhere: no such run folder"):
+        recipes.load_run(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(fn.DataError, match=r"empty: holds no checkpoint.npz"):
+        recipes.load_run(tmp_path / "empty")
+    fn.checkpoint.save(tmp_path / "other" / "checkpoint.npz", {"w": fn.tree_leaves(r.params)[0]})
+    with pytest.raises(fn.DataError, match=r"holds no run config and params"):
+        recipes.load_run(tmp_path / "other")

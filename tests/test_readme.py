@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
 
 import pytest
 
@@ -23,6 +24,9 @@ def test_example_runs(page, code, tmp_path, monkeypatch, capsys):
     if "from mpi4py import" in code:  # (tests/test_distributed.py runs it on 2 ranks, required in nox -s distributed)
         pytest.importorskip("mpi4py", reason="the example needs the extra: pip install 'fnnet[distributed]'")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipelines").symlink_to(ROOT / "pipelines")  # (the examples run from the checkout's root)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (an example may put pipelines/ on it)
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
     exec(compile(code, str(page), "exec"), {"__name__": "__docs__"})
     assert capsys.readouterr().out or "assert" in code  # an example prints its result or checks it
 
