@@ -98,14 +98,32 @@ def lint(session: nox.Session) -> None:
 
 
 DOCS = ["mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings==1.0.8", "mkdocstrings-python==2.0.11",
-        "ruff"]  # ruff: mkdocstrings formats long signatures with it
+        "mkdocs-jupyter==0.26.3", "ruff"]  # ruff: mkdocstrings formats long signatures with it
+
+
+NOTEBOOK = ["jupytext==1.19.7", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"]
+
+
+def _run_notebook(session: nox.Session) -> None:
+    session.install(".[plot,onnx]", *NOTEBOOK)
+    session.run("python", "docs/run_notebook.py", env=_env())
+
+
+@nox.session
+def notebook(session: nox.Session) -> None:
+    """The tutorial notebook (docs/tutorial.py) executed top to bottom with nbclient, fnnet
+    built into the session the way a user installs it; any error fails. Writes
+    docs/tutorial.ipynb with its outputs (the page the docs site shows)."""
+    _run_notebook(session)
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """The guide and API reference as an HTML site in site/ (mkdocs + mkdocstrings, read
-    from the sources: nothing is compiled), strict: a broken reference or a public name
-    without a docstring fails the build; then a selftest that both guards still bite."""
+    from the sources), strict: a broken reference or a public name without a docstring
+    fails the build; then a selftest that both guards still bite. The tutorial notebook is
+    executed first (as in ``notebook``) and shown with its outputs (mkdocs-jupyter)."""
+    _run_notebook(session)
     session.install(*DOCS)
     env = {"NO_MKDOCS_2_WARNING": "1"}
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", env=env)
