@@ -22,7 +22,7 @@ uncaught exception on one rank into ``MPI_Abort``, which ends every rank).
 
 ``comm`` is an ``mpi4py`` communicator (``MPI.COMM_WORLD`` or a sub-communicator); this
 module only calls its methods, so it imports without mpi4py (``pip install
-'fnnet[distributed]'`` installs it; an MPI runtime comes from the site or ``pip install
+mpi4py``, or the extra ``distributed``, installs it; an MPI runtime comes from the site or ``pip install
 mpich``).
 
 Two reductions, both one collective per step on one flat buffer:

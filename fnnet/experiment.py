@@ -337,7 +337,7 @@ class Ranks:
         try:
             from mpi4py import MPI
         except ImportError as exc:
-            raise FlagError(f"--distributed needs mpi4py and an MPI ({exc}): pip install 'fnnet[distributed]' mpich, "
+            raise FlagError(f"--distributed needs mpi4py and an MPI ({exc}): pip install mpi4py mpich, "
                             "or mpi4py built against the site's MPI") from None
         return cls(MPI.COMM_WORLD, threads)
 
@@ -553,7 +553,7 @@ def save_plots(
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: skipping learning_curves.png and predictions.png "
-              "(pip install 'fnnet[plot]')", file=sys.stderr)
+              "(pip install matplotlib)", file=sys.stderr)
         return []
     steps = [r["step"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))

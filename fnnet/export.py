@@ -121,7 +121,8 @@ def to_onnx(model: Layer, params: Params, input_shape: Sequence[int], path: str 
     ``onnx.checker.check_model(full_check=True)``: a layer without a mapping is an
     :class:`~fnnet.InvalidTypeError` naming it, params that do not fit the model name the
     layer; the file is replaced atomically (an existing one stays whole until then).
-    Needs the extra ``fnnet[onnx]`` (``pip install 'fnnet[onnx]'``).
+    Needs onnx (``pip install onnx onnxruntime``; in fnnet's checkout, the extra:
+    ``pip install '.[onnx]'``).
     """
     input_shape, own, out_shape = checked_model("to_onnx", model, params, input_shape, model_state)
     dtype = check_init_dtype("to_onnx", own if dtype is None else dtype)
@@ -204,7 +205,7 @@ def require_onnx(what: str) -> Any:
     try:
         import onnx
     except ImportError:
-        raise InvalidTypeError(f"{what} needs onnx: pip install 'fnnet[onnx]'") from None
+        raise InvalidTypeError(f"{what} needs onnx: pip install onnx onnxruntime") from None
     return onnx
 
 

@@ -108,8 +108,17 @@ def preset_for(name: str, dataset: str) -> Preset:
 # cnn: conv 16 => conv 32 => dense 128 (valid convs); cnn_wide: conv 32 => conv 64; ..._same: same padding;
 # ..._same1: same padding on the first conv only (the one that sees the frame's edges); ..._bn: batch norm
 # after each conv; ..._drop: dropout 0.5 after the dense 128 (its 400k weights are most of the params)
-MODELS = ("tutorial", "cnn", "cnn_wide", "cnn_same", "cnn_wide_same", "cnn_wide_same1", "cnn_wide_same_drop",
-          "cnn_wide_bn")
+MODELS = {
+    "tutorial": "the seed network: conv 1 (3x3) => pool => dense 64 => dense 10",
+    "cnn": "conv 16 => pool => conv 32 => pool => dense 128 => dense 10 (valid padding)",
+    "cnn_wide": "cnn with 32 and 64 filters",
+    "cnn_same": "cnn with same padding in both convs",
+    "cnn_wide_same": "cnn_wide with same padding in both convs",
+    "cnn_wide_same1": "cnn_wide with same padding in the first conv only",
+    "cnn_wide_same_drop": "cnn_wide_same with dropout 0.5 before the last dense layer",
+    "cnn_wide_bn": "cnn_wide with batch norm after each conv",
+}
+"""The CNNs ``--model`` picks, with what each is (``model_of`` builds them)."""
 
 
 def _positive(inst: Any, attr: Any, value: Any) -> None:
@@ -231,7 +240,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     ap.add_argument("--eval-samples", type=number(int, 0),
                     help="random validation images per evaluation, 0 for all (default: tutorial 200, else all)")
     ap.add_argument("--train-size", type=number(int, 1), help="use only the first N training images")
-    ap.add_argument("--model", choices=MODELS, help="the network (default: the preset's)")
+    ap.add_argument("--model", choices=MODELS, metavar="MODEL",
+                    help="the network (default: the preset's): " + "; ".join(f"{k}: {v}" for k, v in MODELS.items()))
     aug = ap.add_argument_group("augmentation of training batches (default: the preset's; 0 turns one off)")
     aug.add_argument("--shift", type=number(int, 0), help="random translation by up to N pixels")
     aug.add_argument("--rotate", type=number(float, 0), help="random rotation by up to D degrees")
@@ -253,8 +263,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     ap.add_argument("--stop-after", type=number(int, 1),
                     help="stop after this step, leaving a checkpoint (to resume later)")
     ap.add_argument("--export", choices=("onnx",),
-                    help="also write the trained model as model.onnx in --out, in float32 (pip install 'fnnet[onnx]')")
-    mpi = ap.add_argument_group("data-parallel training over MPI (pip install 'fnnet[distributed]' mpich)")
+                    help="also write the trained model as model.onnx in --out, in float32 "
+                    "(pip install onnx onnxruntime)")
+    mpi = ap.add_argument_group("data-parallel training over MPI (pip install mpi4py mpich)")
     mpi.add_argument("--distributed", action="store_true",
                      help="train on every rank of MPI_COMM_WORLD: each runs whole shards of every global batch, and "
                      "the shards' gradients are summed in shard order on every rank (the bits of one process); rank 0 "
@@ -271,7 +282,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         print("note: --deterministic-reduction does nothing now: the gradients are always summed in shard order, "
               "the same on any number of ranks (the flag will go)", file=sys.stderr)
     if args.export == "onnx" and importlib.util.find_spec("onnx") is None:  # (before any training)
-        ap.error("--export onnx: needs onnx, which is not installed (pip install 'fnnet[onnx]')")
+        ap.error("--export onnx: needs onnx, which is not installed (pip install onnx onnxruntime)")
     if args.resume:
         try:
             _flags_of_the_run(args)

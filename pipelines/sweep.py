@@ -355,7 +355,7 @@ def plot(out: pathlib.Path, rows: list[dict], swept: list[str]) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no sweep.png (pip install 'fnnet[plot]')", file=sys.stderr)
+        print("matplotlib is not installed: no sweep.png (pip install matplotlib)", file=sys.stderr)
         return False
     x_name = swept[0] if swept else "seed"
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -58,7 +58,7 @@ def expected_backend() -> str | None:
 
 
 
-INTEROP = {"onnx": "fnnet[onnx]", "onnxruntime": "fnnet[onnx]", "safetensors": "safetensors", "torch": "torch"}
+INTEROP = {"onnx": "onnx", "onnxruntime": "onnxruntime", "safetensors": "safetensors", "torch": "torch"}
 
 
 def pytest_runtest_setup(item):
@@ -69,7 +69,7 @@ def pytest_runtest_setup(item):
         return
     missing = [m for m in INTEROP if importlib.util.find_spec(m) is None]
     if missing:
-        why = (f"needs {', '.join(missing)} (pip install {' '.join(sorted({repr(INTEROP[m]) for m in missing}))}; "
+        why = (f"needs {', '.join(missing)} (pip install {' '.join(sorted({INTEROP[m] for m in missing}))}; "
                "nox -s interop runs these)")
         if os.environ.get("FNNET_REQUIRE_INTEROP") == "1":
             pytest.fail(f"FNNET_REQUIRE_INTEROP=1 but the test {why}")

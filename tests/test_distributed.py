@@ -4,7 +4,7 @@ the global batch: the bits of one process), ``fnnet.distributed`` (the Horovod p
 
 The first tests run everywhere, with stand-in communicators. The MPI tests launch
 ``mpiexec -n N python -m mpi4py ...``; they skip where mpi4py or mpiexec is absent
-(``pip install 'fnnet[distributed]' mpich``), except under ``FNNET_REQUIRE_MPI=1``
+(``pip install mpi4py mpich``), except under ``FNNET_REQUIRE_MPI=1``
 (``nox -s distributed``), where an absent MPI is a failure.
 """
 
@@ -177,8 +177,8 @@ def _mpiexec() -> str:
         found = None
     if found is None:
         if os.environ.get("FNNET_REQUIRE_MPI") == "1":
-            pytest.fail("FNNET_REQUIRE_MPI=1 but mpi4py or mpiexec is missing (pip install 'fnnet[distributed]' mpich)")
-        pytest.skip("mpi4py or mpiexec is missing (pip install 'fnnet[distributed]' mpich)")
+            pytest.fail("FNNET_REQUIRE_MPI=1 but mpi4py or mpiexec is missing (pip install mpi4py mpich)")
+        pytest.skip("mpi4py or mpiexec is missing (pip install mpi4py mpich)")
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -253,11 +254,29 @@ def test_missing_compiled_module_falls_back_with_one_warning():
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    import fnnet\n"
-        "print(fnnet.kernels.backend(), sum('compiled kernels not available' in str(x.message) for x in w))\n"
+        "print(fnnet.kernels.backend(), sum('no compiled kernels in' in str(x.message) for x in w))\n"
     )
     out = _run(code, FNNET_KERNELS="auto")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["numpy", "1"]
+
+
+def test_from_a_checkout_import_fnnet_runs_the_kernels_or_warns_at_the_users_line(tmp_path):
+    # the checkout's root first on the path (python -c), as a user who ran pip install . and stayed there
+    root = pathlib.Path(__file__).resolve().parents[1]
+    code = "import fnnet; print(fnnet.kernels.backend())"
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, cwd=root,
+                         check=False, env={k: v for k, v in os.environ.items() if k != "FNNET_KERNELS"})
+    assert out.returncode == 0, out.stderr
+    if out.stdout.strip() == "pythran":  # (an editable install: the checkout imports its built kernels)
+        return
+    assert out.stderr.startswith("<string>:1: RuntimeWarning: fnnet: no compiled kernels in "), out.stderr
+    assert "Run from another folder, or `python -I`" in out.stderr and "pip install --no-build-isolation -e ." in \
+        out.stderr
+    installed = subprocess.run([sys.executable, "-I", "-c", "import fnnet; print(fnnet.__file__)"],
+                               capture_output=True, text=True, cwd=tmp_path, check=False).stdout.strip()
+    if installed and not installed.startswith(str(root)):  # (then the warning names the fnnet it shadows)
+        assert f"shadows the fnnet installed in {pathlib.Path(installed).parent}" in out.stderr, out.stderr
 
 
 def test_forced_numpy_and_bad_values():

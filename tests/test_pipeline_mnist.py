@@ -344,7 +344,7 @@ def test_export_onnx_without_onnx_says_what_to_install_before_any_work(tmp_path,
     with pytest.raises(SystemExit) as exit_:
         recipes.parse_args(["--export", "onnx", "--out", str(tmp_path / "o")])
     assert exit_.value.code == 2
-    assert "--export onnx: needs onnx, which is not installed (pip install 'fnnet[onnx]')" in capsys.readouterr().err
+    assert "--export onnx: needs onnx, which is not installed (pip install onnx onnxruntime)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -484,3 +484,12 @@ def test_load_run_opens_a_stopped_run_and_names_what_is_missing(tmp_path):
     fn.checkpoint.save(tmp_path / "other" / "checkpoint.npz", {"w": fn.tree_leaves(r.params)[0]})
     with pytest.raises(fn.DataError, match=r"holds no run config and params"):
         recipes.load_run(tmp_path / "other")
+
+
+def test_help_says_what_each_model_is():
+    recipes = pipeline_module("recipes")
+    text = " ".join(subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True,
+                                   check=True).stdout.split())
+    for name, what in recipes.MODELS.items():
+        assert f"{name}: {' '.join(what.split())}" in text, name
+    assert [len(list(recipes.model_of(n).children)) for n in ("cnn", "cnn_wide_bn")] == [10, 12]  # (bn: 2 more)

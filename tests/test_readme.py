@@ -22,7 +22,7 @@ BLOCKS = [(page, code) for page in PAGES for code in re.findall(r"```python\n(.*
 )
 def test_example_runs(page, code, tmp_path, monkeypatch, capsys):
     if "from mpi4py import" in code:  # (tests/test_distributed.py runs it on 2 ranks, required in nox -s distributed)
-        pytest.importorskip("mpi4py", reason="the example needs the extra: pip install 'fnnet[distributed]'")
+        pytest.importorskip("mpi4py", reason="the example needs the extra: pip install mpi4py")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pipelines").symlink_to(ROOT / "pipelines")  # (the examples run from the checkout's root)
     monkeypatch.setattr(sys, "path", list(sys.path))  # (an example may put pipelines/ on it)
@@ -39,3 +39,29 @@ def test_readme_opens_with_the_two_commands():
 def test_readme_links_to_pages_that_exist():
     for target in re.findall(r"\]\((docs/[^)#]+)\)", README.read_text()):
         assert (ROOT / target).is_file(), target
+
+
+SHELL = [(page, line.split("#")[0].strip()) for page in PAGES + [ROOT / "docs" / "interop.md"]
+         for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S) for line in block.splitlines()
+         if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_shell_lines_name_extras_and_flags_that_exist():
+    """The shell lines of README and docs, checked as far as a test can: every extra a `pip install
+    '.[...]'` names is in pyproject.toml, and every `python pipelines/mnist.py` line parses."""
+    import tomllib
+    from conftest import pipeline_module
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    recipes = pipeline_module("recipes")
+    checked = 0
+    for page, line in SHELL:
+        for named in re.findall(r"'\.\[([a-z,]+)\]'", line):
+            assert set(named.split(",")) <= extras, (page.name, line)
+            checked += 1
+        if line.startswith("python pipelines/mnist.py") and "--resume" not in line and "--help" not in line:
+            argv = line.split()[2:]
+            args = recipes.parse_args([a.strip("'\"") for a in argv])
+            assert args.out, (page.name, line)
+            checked += 1
+    assert checked >= 8  # (the README's and the guide's install and pipeline lines)

@@ -1,7 +1,7 @@
 """pipelines/sweep.py: sweeps of pipelines/mnist.py on Ray Tune.
 
 The flag parsing and the sweep's points are tested everywhere; the sweep itself needs
-``ray[tune]`` (``pip install 'fnnet[tune]'``) and skips without it, except under
+``ray[tune]`` (``pip install 'ray[tune]'``) and skips without it, except under
 ``FNNET_REQUIRE_RAY=1`` (``nox -s sweep``), where a missing Ray is a failure.
 """
 
@@ -123,8 +123,8 @@ def _need_ray() -> None:
         from ray import tune  # noqa: F401
     except ImportError:
         if os.environ.get("FNNET_REQUIRE_RAY") == "1":
-            pytest.fail("FNNET_REQUIRE_RAY=1 but ray[tune] is missing (pip install 'fnnet[tune]')")
-        pytest.skip("ray[tune] is missing (pip install 'fnnet[tune]')")
+            pytest.fail("FNNET_REQUIRE_RAY=1 but ray[tune] is missing (pip install 'ray[tune]')")
+        pytest.skip("ray[tune] is missing (pip install 'ray[tune]')")
 
 
 @REAL

@@ -22,8 +22,13 @@ C-contiguous float32/float64 (int64 for indices); the wrappers here make them so
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import math
 import os
+import pathlib
+import sys
+import types
 import warnings
 from types import SimpleNamespace
 
@@ -132,14 +137,48 @@ def _select() -> tuple[str, SimpleNamespace, SimpleNamespace | None, str | None]
     if comp is None:
         if mode == "pythran":
             raise ImportError(f"FNNET_KERNELS=pythran but the compiled kernels do not import: {why}")
-        warnings.warn(
-            f"fnnet: compiled kernels not available ({why}); using the numpy twins, which are "
-            "slower. Install with `pip install .` to build them.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warnings.warn(_without_kernels(why), RuntimeWarning, stacklevel=_user_stacklevel())
         return "numpy", twins, None, None
     return "pythran", comp, comp, variant
+
+
+def _without_kernels(why: str) -> str:
+    """The warning when no compiled kernels import: where this fnnet is, and the fix that works."""
+    here = pathlib.Path(__file__).resolve().parents[1]
+    head = f"fnnet: no compiled kernels in {here} ({why}); the numpy twins run, 3-20x slower. "
+    if not (here.parent / "meson.build").is_file():
+        return head + "Reinstall fnnet (pip install fnnet, or pip install . from a checkout) to build them."
+    installed = _installed_elsewhere(here)
+    shadow = (f"This is the source checkout, which shadows the fnnet installed in {installed} because Python "
+              "started in the checkout's folder. " if installed else "This is a source checkout, never built. ")
+    return head + shadow + ("Run from another folder, or `python -I` (the current folder off the path), or "
+                            "install the checkout editable, which builds the kernels: pip install meson-python "
+                            "meson ninja pythran numpy && pip install --no-build-isolation -e .")
+
+
+def _installed_elsewhere(here: pathlib.Path) -> pathlib.Path | None:
+    """The folder of an installed fnnet other than ``here``, if the environment has one."""
+    try:
+        spec = importlib.util.find_spec("fnnet") and importlib.metadata.distribution("fnnet")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    located = pathlib.Path(str(spec.locate_file("fnnet"))).resolve() if spec else None
+    return located if located is not None and located != here and located.is_dir() else None
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside fnnet and the import machinery: the
+    user's line that imported fnnet (an ``import fnnet`` passes through a dozen frames)."""
+    package = str(pathlib.Path(__file__).resolve().parents[1])
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(package) or "importlib" in name):
+            return level
+        frame = frame.f_back
+        level += "importlib" not in name  # (warnings skips the import machinery's frames in its count)
+    return 1
 
 
 _BACKEND, _impl, _compiled, _VARIANT = _select()
