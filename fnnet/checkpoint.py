@@ -23,16 +23,15 @@ import hashlib
 import json
 import os
 import pathlib
-import re
-import secrets
 import zipfile
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from . import _safetensors
 from ._errors import DataError, InvalidTypeError, InvalidValueError
+from ._io import atomic_write, check_writable
 from .tree import TreeDef, check_like, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 from .typing import PyTree
 
@@ -103,36 +102,6 @@ def _header_sha256(header: dict) -> str:
     """sha256 of everything in the header but itself (canonical JSON)."""
     body = {k: header[k] for k in ("format", "structure", "sha256", "metadata")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _tmp_pattern(path: pathlib.Path) -> re.Pattern:
-    # ours: .<name>.<pid>.<hex>.tmp; earlier versions' (mkstemp): .<name>.<8 random chars>.tmp
-    return re.compile(re.escape(f".{path.name}.") + r"(?:(?P<pid>[0-9]+)\.[0-9a-f]+|[a-z0-9_]{8})\.tmp")
-
-
-def _remove_stale_tmp(path: pathlib.Path) -> list[pathlib.Path]:
-    """Remove the temporary files of earlier saves of ``path`` whose process is gone
-    (a save killed between writing and renaming); returns what was removed."""
-    removed, pattern = [], _tmp_pattern(path)
-    for q in path.parent.iterdir():
-        m = pattern.fullmatch(q.name)
-        if m is None:
-            continue
-        pid = None if m["pid"] is None else int(m["pid"])
-        if pid is not None and pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue  # that process still runs: it may be saving right now
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue  # alive, another user's
-        try:
-            q.unlink()
-            removed.append(q)
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) -> str:
@@ -260,50 +229,6 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
         raise DataError(f"{path}: {exc}") from None
     except (OSError, ValueError, TypeError, RecursionError, MemoryError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: truncated, malformed or corrupt safetensors file ({exc})") from None
-
-
-def check_writable(path: Any, what: str = "path") -> pathlib.Path:
-    """``path`` as a Path, or an :class:`~fnnet.InvalidTypeError` if it is not a str or a
-    path (``what`` names the argument) and an :class:`~fnnet.InvalidValueError` naming it
-    if it is a folder or under a file: what a writer checks before any work."""
-    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
-        raise InvalidTypeError(f"{what} must be a str or a path, got {type(path).__name__}")
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise InvalidValueError(f"{path}: is a folder, not a file to write")
-    blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise InvalidValueError(f"{path}: cannot be written, {blocker} is a file, not a folder")
-    return path
-
-
-def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any],
-                 check: Callable[[pathlib.Path], Any] | None = None) -> None:
-    """``write(f)`` to a temporary file beside ``path``, flushed to disk, ``check(tmp)`` if
-    given (it raises to keep the old file), then renamed over ``path``: a crash or a full
-    disk never leaves a half-written ``path``, and the old file stays whole until the
-    rename. Temporary files of earlier writes whose process died are removed afterwards.
-    A path whose folder cannot be made (a file in the way, no permission) is an
-    :class:`~fnnet.InvalidValueError` naming it."""
-    path = check_writable(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidValueError(f"{path}: its folder cannot be made ({exc.strerror or exc})") from None
-    # the pid in the name lets a later save tell a dead save's leftovers from a running one's
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _remove_stale_tmp(path)
 
 
 def _read_leaf(z: zipfile.ZipFile, name: str, path: pathlib.Path, budget: int) -> np.ndarray:

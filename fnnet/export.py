@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from ._errors import InvalidTypeError, InvalidValueError, ShapeError
+from ._io import atomic_write, check_writable
 from ._version import __version__
-from .checkpoint import atomic_write, check_writable, digest
+from .checkpoint import digest
 from .layers._checks import check_init_dtype
 from .layers._layer import Layer, one_output
 from .tree import EMPTY, check_like, tree_leaves, tree_map
