@@ -101,3 +101,24 @@ def test_the_interop_page_runs_as_written(tmp_path, monkeypatch):
     assert {p.name for p in tmp_path.iterdir()} == {"model.onnx", "torch_weights.safetensors",
                                                      "fnnet_weights.safetensors", "run.safetensors", "runs",
                                                      "pipelines"}
+
+
+PATH_REF = re.compile(r"(?<![\w./-])((?:fnnet|pipelines|tests|docs|benchmarks|\.ci)/[\w./-]*\w)(?![\w<])")
+
+
+def test_every_file_the_docs_and_sources_name_exists():
+    """README, the guide and fnnet's own text name files that exist (the changelog and the
+    migration notes, which tell history, aside); a path may end in a line number."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "fnnet").rglob("*.py")),
+             *sorted((ROOT / "pipelines").glob("*.py"))]
+    missing = []
+    for page in pages:
+        if page.name in ("migrating.md",):
+            continue
+        for ref in PATH_REF.findall(page.read_text()):
+            path = re.sub(r":\d+(-\d+)?$", "", ref).rstrip(".")
+            if "*" in path or "<" in path or path.endswith("/"):
+                continue
+            if not (ROOT / path).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {ref}")
+    assert not missing, "\n".join(missing)

@@ -1,8 +1,8 @@
 """Hot kernels: compiled by Pythran when built, numpy twins otherwise.
 
 The kernels come in families (:data:`FAMILIES`, declared in ``_families.py``): family
-``f`` is compiled from ``_f_pythran.py`` to ``fnnet.kernels._f`` and has a numpy twin
-``fnnet/kernels/f.py`` with the same signatures. The functions here dispatch to one or
+``<f>`` is compiled from ``_<f>_pythran.py`` to ``fnnet.kernels._<f>`` and has a numpy twin
+``fnnet/kernels/<f>.py`` with the same signatures. The functions here dispatch to one or
 the other, chosen once at import:
 
 * ``FNNET_KERNELS=numpy`` forces the twins;

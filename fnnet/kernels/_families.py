@@ -1,7 +1,7 @@
 """The compiled kernel families, declared once: family -> the kernels it exports.
 
-A family ``f`` is a numpy twin ``fnnet/kernels/f.py`` and a Pythran source
-``fnnet/kernels/_f_pythran.py`` compiled to ``fnnet.kernels._f``, both defining every
+A family ``<f>`` is a numpy twin ``fnnet/kernels/<f>.py`` and a Pythran source
+``fnnet/kernels/_<f>_pythran.py`` compiled to ``fnnet.kernels._<f>``, both defining every
 kernel listed here with the same signature. ``meson.build`` (which runs this file to
 list the families), ``fnnet/meson.build``, ``fnnet/kernels/__init__.py`` and
 ``noxfile.py`` all read this table; adding a family means adding a line here and the
