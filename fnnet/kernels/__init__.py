@@ -203,30 +203,30 @@ def _c(a: np.ndarray) -> np.ndarray:
 
 
 def im2col(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, cols: np.ndarray,
 ) -> np.ndarray:
     """Patch matrix of ``x`` (N, C, H, W) into ``cols`` (N, C*kh*kw, Ho, Wo); returns cols.
 
-    Windows of kh x kw taps at strides (sh, sw), dilations (dh, dw), over ``x`` zero-padded
+    Windows of kh x kw taps at strides (sh, sw), dilations (dil_h, dil_w), over ``x`` zero-padded
     by (top pt, bottom pb, left pl, right pr). Row ``(c*kh + i)*kw + j`` of a sample's
     matrix holds the pixels under tap (i, j) of channel c."""
-    _impl.im2col(_c(x), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols)
+    _impl.im2col(_c(x), kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, cols)
     return cols
 
 
 def col2im(
-    cols: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    cols: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, x: np.ndarray,
 ) -> np.ndarray:
     """Adjoint of :func:`im2col`: ``cols`` (N, C*kh*kw, Ho, Wo) summed into ``x`` (N, C, H, W),
     overwritten; returns x."""
-    _impl.col2im(_c(cols), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x)
+    _impl.col2im(_c(cols), kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, x)
     return x
 
 
 def im2row(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, rows: np.ndarray,
 ) -> np.ndarray:
     """Patch rows of ``x`` (N, C, H, W) into ``rows`` (N, Ho, Wo, C*kh*kw); returns rows.
@@ -235,17 +235,17 @@ def im2row(
     pixel's row holds channel c of group g (of ``groups``) under tap (i, j): the pixel's
     patch with the channels innermost, so that the compiled kernel copies runs of C/G
     floats from an NHWC copy of ``x``, which it makes in ``xt`` (N, H+pt+pb, W+pl+pr, C)."""
-    _impl.im2row(_c(x), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, rows)
+    _impl.im2row(_c(x), kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, groups, xt, rows)
     return rows
 
 
 def row2im(
-    rows: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    rows: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, x: np.ndarray,
 ) -> np.ndarray:
     """Adjoint of :func:`im2row`: ``rows`` (N, Ho, Wo, C*kh*kw) summed into ``x`` (N, C, H,
     W), overwritten (``xt`` as :func:`im2row`'s); returns x."""
-    _impl.row2im(_c(rows), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, x)
+    _impl.row2im(_c(rows), kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, groups, xt, x)
     return x
 
 

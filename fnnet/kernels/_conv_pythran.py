@@ -11,7 +11,7 @@ of C/G floats. Numpy twins with the same signatures: fnnet/kernels/conv.py.
 import numpy as np
 
 
-def _im2col(xp, kh, kw, sh, sw, dh, dw, cols):
+def _im2col(xp, kh, kw, sh, sw, dil_h, dil_w, cols):
     n, c = xp.shape[0], xp.shape[1]
     ho, wo = cols.shape[2], cols.shape[3]
     span = sw * (wo - 1) + 1
@@ -22,15 +22,15 @@ def _im2col(xp, kh, kw, sh, sw, dh, dw, cols):
                     r = (ci * kh + i) * kw + j
                     if sw == 1:  # a step-free slice is a contiguous copy (about 20% faster)
                         for oh in range(ho):
-                            row = i * dh + oh * sh
-                            cols[b, r, oh] = xp[b, ci, row, j * dw:j * dw + wo]
+                            row = i * dil_h + oh * sh
+                            cols[b, r, oh] = xp[b, ci, row, j * dil_w:j * dil_w + wo]
                     else:
                         for oh in range(ho):
-                            row = i * dh + oh * sh
-                            cols[b, r, oh] = xp[b, ci, row, j * dw:j * dw + span:sw]
+                            row = i * dil_h + oh * sh
+                            cols[b, r, oh] = xp[b, ci, row, j * dil_w:j * dil_w + span:sw]
 
 
-def _col2im(cols, kh, kw, sh, sw, dh, dw, xp):
+def _col2im(cols, kh, kw, sh, sw, dil_h, dil_w, xp):
     n, c = xp.shape[0], xp.shape[1]
     ho, wo = cols.shape[2], cols.shape[3]
     span = sw * (wo - 1) + 1
@@ -41,36 +41,36 @@ def _col2im(cols, kh, kw, sh, sw, dh, dw, xp):
                     r = (ci * kh + i) * kw + j
                     if sw == 1:
                         for oh in range(ho):
-                            row = i * dh + oh * sh
-                            xp[b, ci, row, j * dw:j * dw + wo] += cols[b, r, oh]
+                            row = i * dil_h + oh * sh
+                            xp[b, ci, row, j * dil_w:j * dil_w + wo] += cols[b, r, oh]
                     else:
                         for oh in range(ho):
-                            row = i * dh + oh * sh
-                            xp[b, ci, row, j * dw:j * dw + span:sw] += cols[b, r, oh]
+                            row = i * dil_h + oh * sh
+                            xp[b, ci, row, j * dil_w:j * dil_w + span:sw] += cols[b, r, oh]
 
 
 # pythran export im2col(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
 # pythran export im2col(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
-def im2col(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, cols):
+def im2col(x, kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, cols):
     n, c, h, w = x.shape
     if pt == 0 and pb == 0 and pl == 0 and pr == 0:
-        _im2col(x, kh, kw, sh, sw, dh, dw, cols)
+        _im2col(x, kh, kw, sh, sw, dil_h, dil_w, cols)
     else:
         xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
         xp[:, :, pt:pt + h, pl:pl + w] = x
-        _im2col(xp, kh, kw, sh, sw, dh, dw, cols)
+        _im2col(xp, kh, kw, sh, sw, dil_h, dil_w, cols)
 
 
 # pythran export col2im(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:])
 # pythran export col2im(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
-def col2im(cols, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x):
+def col2im(cols, kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, x):
     n, c, h, w = x.shape
     if pt == 0 and pb == 0 and pl == 0 and pr == 0:
         x[:] = 0
-        _col2im(cols, kh, kw, sh, sw, dh, dw, x)
+        _col2im(cols, kh, kw, sh, sw, dil_h, dil_w, x)
     else:
         xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
-        _col2im(cols, kh, kw, sh, sw, dh, dw, xp)
+        _col2im(cols, kh, kw, sh, sw, dil_h, dil_w, xp)
         x[:] = xp[:, :, pt:pt + h, pl:pl + w]
 
 
@@ -84,7 +84,7 @@ def _nhwc(x, pt, pl, xt):
 
 # pythran export im2row(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:], float32[:,:,:,:])
 # pythran export im2row(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:], float64[:,:,:,:])
-def im2row(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, rows):
+def im2row(x, kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, groups, xt, rows):
     n, c = x.shape[0], x.shape[1]
     ho, wo = rows.shape[1], rows.shape[2]
     cg = c // groups
@@ -98,12 +98,12 @@ def im2row(x, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, rows):
                     for i in range(kh):
                         for j in range(kw):
                             o = ((g * kh + i) * kw + j) * cg
-                            rows[b, oh, ow, o:o + cg] = xt[b, oh * sh + i * dh, ow * sw + j * dw, g * cg:(g + 1) * cg]
+                            rows[b, oh, ow, o:o + cg] = xt[b, oh * sh + i * dil_h, ow * sw + j * dil_w, g * cg:(g + 1) * cg]
 
 
 # pythran export row2im(float32[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float32[:,:,:,:], float32[:,:,:,:])
 # pythran export row2im(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:], float64[:,:,:,:])
-def row2im(rows, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, x):
+def row2im(rows, kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, groups, xt, x):
     n, c, h, w = x.shape
     ho, wo = rows.shape[1], rows.shape[2]
     cg = c // groups
@@ -115,7 +115,7 @@ def row2im(rows, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, groups, xt, x):
                     o = ((g * kh + i) * kw + j) * cg
                     for oh in range(ho):
                         for ow in range(wo):
-                            xt[b, oh * sh + i * dh, ow * sw + j * dw, g * cg:(g + 1) * cg] += rows[b, oh, ow, o:o + cg]
+                            xt[b, oh * sh + i * dil_h, ow * sw + j * dil_w, g * cg:(g + 1) * cg] += rows[b, oh, ow, o:o + cg]
     for b in range(n):
         for y in range(h):
             for ci in range(c):

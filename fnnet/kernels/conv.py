@@ -22,26 +22,28 @@ def _pad(x: np.ndarray, pt: int, pb: int, pl: int, pr: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
 
 
-def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> np.ndarray:
+def _windows(
+    xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int, ho: int, wo: int,
+) -> np.ndarray:
     """(N, C, kh, kw, Ho, Wo) strided view of the receptive fields of a padded input."""
-    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    win = win[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, ::dh, ::dw]
+    win = sliding_window_view(xp, (dil_h * (kh - 1) + 1, dil_w * (kw - 1) + 1), axis=(2, 3))
+    win = win[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, ::dil_h, ::dil_w]
     return win.transpose(0, 1, 4, 5, 2, 3)
 
 
 def im2col(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, cols: np.ndarray,
 ) -> None:
     """Write the (N, C*kh*kw, Ho, Wo) patch matrix of ``x`` into ``cols``."""
     n, c = x.shape[:2]
     ho, wo = cols.shape[2:]
-    win = _windows(_pad(x, pt, pb, pl, pr), kh, kw, sh, sw, dh, dw, ho, wo)
+    win = _windows(_pad(x, pt, pb, pl, pr), kh, kw, sh, sw, dil_h, dil_w, ho, wo)
     cols[...] = win.reshape(n, c * kh * kw, ho, wo)
 
 
 def col2im(
-    cols: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    cols: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, x: np.ndarray,
 ) -> None:
     """Adjoint of :func:`im2col`: scatter-add ``cols`` back into ``x`` (N, C, H, W)."""
@@ -52,7 +54,7 @@ def col2im(
     rows, cols_ = sh * (ho - 1) + 1, sw * (wo - 1) + 1
     for i in range(kh):
         for j in range(kw):
-            xp[:, :, i * dh : i * dh + rows : sh, j * dw : j * dw + cols_ : sw] += c6[:, :, i, j]
+            xp[:, :, i * dil_h : i * dil_h + rows : sh, j * dil_w : j * dil_w + cols_ : sw] += c6[:, :, i, j]
     x[...] = xp[:, :, pt : pt + h, pl : pl + w]
 
 
@@ -65,7 +67,7 @@ def _rows_as_cols(rows: np.ndarray, groups: int, kh: int, kw: int) -> np.ndarray
 
 
 def im2row(
-    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, rows: np.ndarray,
 ) -> None:
     """Write the (N, Ho, Wo, C*kh*kw) patch rows of ``x`` into ``rows`` (``xt``, an
@@ -73,14 +75,14 @@ def im2row(
     n, c = x.shape[:2]
     ho, wo = rows.shape[1:3]
     cg = c // groups
-    win = _windows(_pad(x, pt, pb, pl, pr), kh, kw, sh, sw, dh, dw, ho, wo)  # (N, C, kh, kw, Ho, Wo)
+    win = _windows(_pad(x, pt, pb, pl, pr), kh, kw, sh, sw, dil_h, dil_w, ho, wo)  # (N, C, kh, kw, Ho, Wo)
     r7 = win.reshape(n, groups, cg, kh, kw, ho, wo).transpose(0, 5, 6, 1, 3, 4, 2)
     rows[...] = r7.reshape(rows.shape)
 
 
 def row2im(
-    rows: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+    rows: np.ndarray, kh: int, kw: int, sh: int, sw: int, dil_h: int, dil_w: int,
     pt: int, pb: int, pl: int, pr: int, groups: int, xt: np.ndarray, x: np.ndarray,
 ) -> None:
     """Adjoint of :func:`im2row`: scatter-add ``rows`` back into ``x`` (N, C, H, W)."""
-    col2im(np.ascontiguousarray(_rows_as_cols(rows, groups, kh, kw)), kh, kw, sh, sw, dh, dw, pt, pb, pl, pr, x)
+    col2im(np.ascontiguousarray(_rows_as_cols(rows, groups, kh, kw)), kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, x)

@@ -18,7 +18,6 @@ The bias gradient is the same sum on both (of one group: the same bits).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -118,8 +117,7 @@ def _rows_backward(buf: _Rows, dy: Array) -> tuple[Params, Array | None]:
 
 
 class _Buffers(NamedTuple):
-    """What a conv2d layer running ``"samples"`` writes into for one input signature (a
-    tuple: the backward pass unpacks it in one go)."""
+    """What a conv2d layer running ``"samples"`` writes into for one input signature."""
 
     args: Geometry
     cols: np.ndarray  # (N, C*kh*kw, Ho, Wo): im2col's layout
@@ -133,6 +131,19 @@ class _Buffers(NamedTuple):
     dcols: Any  # like cols, and dcols4 like cols4, when dx is needed; else None
     dcols4: Any
     dx: Any
+
+
+class _TransposeBuffers(NamedTuple):
+    """What a conv_transpose2d layer writes into for one input signature."""
+
+    cols: np.ndarray  # (N, K*kh*kw, H, W): the output's patches, col2im's input
+    cols3: np.ndarray  # the same memory as (N, K*kh*kw, H*W)
+    y: np.ndarray  # (N, K, Ho, Wo)
+    dx: Any  # (N, C, H, W), or None when dx is not needed
+    grads: Any
+    dw_n: np.ndarray | None  # (N, C, K*kh*kw): each sample's weight gradient (None: no backward)
+    dw: Any  # grads["w"] seen as (C, K*kh*kw), or None
+    db: Any  # grads["b"], or None
 
 
 def conv2d(
@@ -252,20 +263,19 @@ def conv2d(
         w, buf = cache
         if isinstance(buf, _Rows):
             return _rows_backward(buf, np.ascontiguousarray(dy))
-        args, _, cols4, y, _, dw_n, dw, db, grads, dcols, dcols4, dx = buf
-        assert dw_n is not None  # made wherever a backward can run (sig.grads given)
-        dy4 = np.ascontiguousarray(dy).reshape(y.shape)
-        np.add.reduce(dy4, axis=(0, 3), out=db.reshape(G, K // G))
-        np.matmul(dy4, cols4.transpose(0, 1, 3, 2), out=dw_n)
-        np.add.reduce(dw_n, axis=0, out=dw)
-        if dx is None:
-            return grads, None
+        assert buf.dw_n is not None  # made wherever a backward can run (sig.grads given)
+        dy4 = np.ascontiguousarray(dy).reshape(buf.y.shape)
+        np.add.reduce(dy4, axis=(0, 3), out=buf.db.reshape(G, K // G))
+        np.matmul(dy4, buf.cols4.transpose(0, 1, 3, 2), out=buf.dw_n)
+        np.add.reduce(buf.dw_n, axis=0, out=buf.dw)
+        if buf.dx is None:
+            return buf.grads, None
         wt = w.reshape(G, K // G, -1).transpose(0, 2, 1)  # (G, C/G*kh*kw, K/G)
         if K == G:  # an outer product per sample and group: a broadcast multiply beats matmul's k=1 path
-            np.multiply(wt, dy4, out=dcols4)
+            np.multiply(wt, dy4, out=buf.dcols4)
         else:
-            np.matmul(wt, dy4, out=dcols4)
-        return grads, kernels.col2im(dcols, *args, dx)
+            np.matmul(wt, dy4, out=buf.dcols4)
+        return buf.grads, kernels.col2im(buf.dcols, *buf.args, buf.dx)
 
     def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
         (pt, pb, pl, pr), _ = geometry(input_shape)
@@ -340,7 +350,7 @@ def conv_transpose2d(
         y_shape = (n, *out_shape(sig.x_shape[1:]))
         cols = sig.empty((n, K * kh * kw, h, w))
         grads = sig.grads or {}
-        return SimpleNamespace(
+        return _TransposeBuffers(
             cols=cols, cols3=cols.reshape(n, -1, h * w), y=sig.empty(y_shape), dx=sig.dx_buffer(), grads=sig.grads,
             dw_n=sig.empty((n, c, K * kh * kw)) if grads else None, dw=grads["w"].reshape(c, -1) if grads else None,
             db=grads.get("b"),

@@ -65,10 +65,10 @@ def dense(
         return np.matmul(x, w, out=buf.y), (x, w, buf)
 
     def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
-        x, w, (_, dx, grads, dw, db) = cache
-        np.matmul(x.T, dy, out=dw)
-        np.add.reduce(dy, axis=0, out=db)
-        return grads, None if dx is None else np.matmul(dy, w.T, out=dx)
+        x, w, buf = cache
+        np.matmul(x.T, dy, out=buf.dw)
+        np.add.reduce(dy, axis=0, out=buf.db)
+        return buf.grads, None if buf.dx is None else np.matmul(dy, w.T, out=buf.dx)
 
     def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
         return g.op("Gemm", x, g.param("w", params["w"]), g.param("b", params["b"]))
