@@ -9,7 +9,6 @@ in :mod:`fnnet.layers`. This module imports nothing of fnnet's: everything may u
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -58,15 +57,3 @@ Schedule: TypeAlias = Callable[[int], float]
 
 LossFn: TypeAlias = Callable[[Array, Array], tuple[float | Array, Array]]
 """``loss(outputs, labels) -> (value, d_outputs)``; the value a float or a 0-d array."""
-
-
-_MOVED = ("BackwardFn", "BuffersFn", "CheckFn", "ForwardFn", "InitFn")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:  # (0.2.0: the protocol's types moved to the runner)
-        warnings.warn(f"fnnet.typing.{name} is fnnet.layers.{name}", DeprecationWarning, stacklevel=2)
-        from . import layers  # (only this deprecated path looks up the package)
-
-        return getattr(layers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
