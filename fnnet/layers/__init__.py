@@ -28,7 +28,8 @@ from ._layer import (
 )
 from .activations import elementwise, elu, gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax, softplus, tanh
 from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial, summary
-from .conv import conv2d, conv_algorithm, conv_transpose2d
+from .conv import conv2d, conv_algorithm
+from .conv_transpose import conv_transpose2d
 from .dense import dense
 from .dropout import dropout
 from .norm import batch_norm, group_norm, layer_norm

@@ -1,5 +1,5 @@
-"""2-D convolution (cross-correlation, as in PyTorch), NCHW, weights (K, C/groups, kh, kw),
-and the transposed convolution, weights (C, K, kh, kw).
+"""2-D convolution (cross-correlation, as in PyTorch), NCHW, weights (K, C/groups, kh, kw)
+(the transposed convolution is in ``conv_transpose.py``).
 
 A conv layer runs one of two algorithms, chosen by its shape alone (:func:`conv_algorithm`):
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import attrs
 import numpy as np
 
 from .. import init as initializers
@@ -133,17 +134,105 @@ class _Buffers(NamedTuple):
     dx: Any
 
 
-class _TransposeBuffers(NamedTuple):
-    """What a conv_transpose2d layer writes into for one input signature."""
+@attrs.frozen
+class _Spec:
+    """A conv2d layer's static shape: K filters in G groups, its window and its padding."""
 
-    cols: np.ndarray  # (N, K*kh*kw, H, W): the output's patches, col2im's input
-    cols3: np.ndarray  # the same memory as (N, K*kh*kw, H*W)
-    y: np.ndarray  # (N, K, Ho, Wo)
-    dx: Any  # (N, C, H, W), or None when dx is not needed
-    grads: Any
-    dw_n: np.ndarray | None  # (N, C, K*kh*kw): each sample's weight gradient (None: no backward)
-    dw: Any  # grads["w"] seen as (C, K*kh*kw), or None
-    db: Any  # grads["b"], or None
+    K: int
+    G: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dil_h: int
+    dil_w: int
+    padding: Any  # "valid", "same" or (ph, pw)
+
+    def args(self, pads: tuple[int, int, int, int]) -> Geometry:
+        """The kernels' geometry arguments with ``pads`` (top, bottom, left, right)."""
+        return (self.kh, self.kw, self.sh, self.sw, self.dil_h, self.dil_w, *pads)
+
+    def geometry(self, input_shape: Shape) -> tuple[tuple[int, int, int, int], Shape]:
+        """Padding (top, bottom, left, right) and per-sample output shape."""
+        c, h, w = input_shape
+        if self.padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif self.padding == "same":
+            pads = (*same_pad(h, self.kh, self.sh, self.dil_h), *same_pad(w, self.kw, self.sw, self.dil_w))
+        else:
+            pads = (self.padding[0], self.padding[0], self.padding[1], self.padding[1])
+        ho = out_size(h, self.kh, self.sh, self.dil_h, pads[0] + pads[1])
+        wo = out_size(w, self.kw, self.sw, self.dil_w, pads[2] + pads[3])
+        if ho < 1 or wo < 1:
+            raise ShapeError(f"conv2d: input {fmt_shape(input_shape)} is smaller than the {self.kh}x{self.kw} "
+                             f"kernel (dilation {self.dil_h}x{self.dil_w}, padding {pads})")
+        return pads, (self.K, ho, wo)
+
+    def group_channels(self, c: int) -> int:
+        """The input channels of a group, or an error."""
+        if c % self.G:
+            raise ShapeError(f"conv2d: {c} input channel(s) cannot be split into {self.G} groups")
+        return c // self.G
+
+
+def _spec(out_channels: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any, groups: Any,
+          algorithm: Any) -> _Spec:
+    """conv2d's arguments checked (each error names the argument) as a :class:`_Spec`."""
+    name = "conv2d"
+    if algorithm not in ALGORITHMS:
+        raise InvalidValueError(f"{name}: algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
+                                f"got {algorithm!r}")
+    K = positive_int(out_channels, "out_channels", name)
+    G = positive_int(groups, "groups", name)
+    if algorithm == "rows" and G != 1:
+        raise InvalidValueError(f"{name}: algorithm 'rows' runs one group (groups=1), got groups={G}; "
+                                "grouped convolutions run 'samples'")
+    if K % G:
+        raise InvalidValueError(f"{name}: out_channels {K} is not a multiple of groups {G}")
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise InvalidValueError(f"{name}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+    else:
+        padding = pair(padding, "padding", name, minimum=0)
+    return _Spec(K, G, *pair(kernel_size, "kernel_size", name), *pair(stride, "stride", name),
+                 *pair(dilation, "dilation", name), padding)
+
+
+def _samples_buffers(spec: _Spec, sig: Sig, pads: tuple[int, int, int, int], ho: int, wo: int) -> _Buffers:
+    n, c = sig.x_shape[:2]
+    K, G, kh, kw = spec.K, spec.G, spec.kh, spec.kw
+    cols = sig.empty((n, c * kh * kw, ho, wo))
+    dcols = sig.empty(cols.shape) if sig.need_dx else None
+    grads = sig.grads or {}
+    per_group = (n, G, c // G * kh * kw, ho * wo)
+    return _Buffers(
+        spec.args(pads), cols, cols.reshape(per_group), sig.empty((n, G, K // G, ho * wo)), (n, K, ho, wo),
+        sig.empty((n, G, K // G, c // G * kh * kw)) if grads else None,  # no backward in eval mode (predict)
+        grads["w"].reshape(G, K // G, -1) if grads else None, grads.get("b"), sig.grads,
+        dcols, None if dcols is None else dcols.reshape(per_group), sig.dx_buffer(),
+    )
+
+
+def _samples_forward(spec: _Spec, w: Array, x: Array, buf: _Buffers) -> Array:
+    kernels.im2col(x, *buf.args, buf.cols)
+    return np.matmul(w.reshape(spec.G, spec.K // spec.G, -1), buf.cols4, out=buf.y).reshape(buf.y_shape)
+
+
+def _samples_backward(spec: _Spec, w: Array, buf: _Buffers, dy: Array) -> tuple[Params, Array | None]:
+    G, K = spec.G, spec.K
+    assert buf.dw_n is not None  # made wherever a backward can run (sig.grads given)
+    dy4 = np.ascontiguousarray(dy).reshape(buf.y.shape)
+    np.add.reduce(dy4, axis=(0, 3), out=buf.db.reshape(G, K // G))
+    np.matmul(dy4, buf.cols4.transpose(0, 1, 3, 2), out=buf.dw_n)
+    np.add.reduce(buf.dw_n, axis=0, out=buf.dw)
+    if buf.dx is None:
+        return buf.grads, None
+    wt = w.reshape(G, K // G, -1).transpose(0, 2, 1)  # (G, C/G*kh*kw, K/G)
+    if K == G:  # an outer product per sample and group: a broadcast multiply beats matmul's k=1 path
+        np.multiply(wt, dy4, out=buf.dcols4)
+    else:
+        np.matmul(wt, dy4, out=buf.dcols4)
+    return buf.grads, kernels.col2im(buf.dcols, *buf.args, buf.dx)
 
 
 def conv2d(
@@ -171,53 +260,14 @@ def conv2d(
     product per sample); the two give the same result up to the order of the sums.
     """
     name = "conv2d"
-    if algorithm not in ALGORITHMS:
-        raise InvalidValueError(f"{name}: algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
-                                f"got {algorithm!r}")
-    K = positive_int(out_channels, "out_channels", name)
-    G = positive_int(groups, "groups", name)
-    if algorithm == "rows" and G != 1:
-        raise InvalidValueError(f"{name}: algorithm 'rows' runs one group (groups=1), got groups={G}; "
-                                "grouped convolutions run 'samples'")
-    if K % G:
-        raise InvalidValueError(f"{name}: out_channels {K} is not a multiple of groups {G}")
-    kh, kw = pair(kernel_size, "kernel_size", name)
-    sh, sw = pair(stride, "stride", name)
-    dil_h, dil_w = pair(dilation, "dilation", name)
-    if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise InvalidValueError(f"{name}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
-    else:
-        ph, pw = pair(padding, "padding", name, minimum=0)
+    spec = _spec(out_channels, kernel_size, stride, padding, dilation, groups, algorithm)
+    K, G, kh, kw = spec.K, spec.G, spec.kh, spec.kw
     w_init, b_init = initializers_of(name, w_init, b_init, initializers.he_normal(), initializers.zeros)
-    window = (kh, kw, sh, sw, dil_h, dil_w)  # the kernels' geometry arguments, before the padding
-
-    def geometry(input_shape: Shape) -> tuple[tuple[int, int, int, int], Shape]:
-        """Padding (top, bottom, left, right) and per-sample output shape."""
-        c, h, w = input_shape
-        if padding == "valid":
-            pads = (0, 0, 0, 0)
-        elif padding == "same":
-            pads = (*same_pad(h, kh, sh, dil_h), *same_pad(w, kw, sw, dil_w))
-        else:
-            pads = (ph, ph, pw, pw)
-        ho, wo = out_size(h, kh, sh, dil_h, pads[0] + pads[1]), out_size(w, kw, sw, dil_w, pads[2] + pads[3])
-        if ho < 1 or wo < 1:
-            raise ShapeError(
-                f"{name}: input {fmt_shape(input_shape)} is smaller than the {kh}x{kw} kernel "
-                f"(dilation {dil_h}x{dil_w}, padding {pads})"
-            )
-        return pads, (K, ho, wo)
-
-    def groups_of(c: int) -> int:  # the channels of a group, or an error
-        if c % G:
-            raise ShapeError(f"{name}: {c} input channel(s) cannot be split into {G} groups")
-        return c // G
 
     def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
         check_ndim(name, input_shape, 3, "a (C, H, W)")
-        _, out_shape = geometry(input_shape)
-        cg = groups_of(input_shape[0])
+        _, out_shape = spec.geometry(input_shape)
+        cg = spec.group_channels(input_shape[0])
         fan_in, fan_out = cg * kh * kw, K // G * kh * kw
         k_w, k_b = random.split(key)
         w = np.asarray(w_init(k_w, (K, cg, kh, kw), dtype, fan_in, fan_out), dtype)
@@ -229,156 +279,31 @@ def conv2d(
         check_ndim(name, input_shape, 3, "a (C, H, W)")
         c = params["w"].shape[1] * G
         if input_shape[0] != c:
-            raise ShapeError(
-                f"{name}: expected input of shape {fmt_shape((c, 'H', 'W'))} ({c} channel(s)), "
-                f"got {fmt_shape(input_shape)}"
-            )
-        return geometry(tuple(input_shape))[1]
+            raise ShapeError(f"{name}: expected input of shape {fmt_shape((c, 'H', 'W'))} ({c} channel(s)), "
+                             f"got {fmt_shape(input_shape)}")
+        return spec.geometry(tuple(input_shape))[1]
 
     def buffers(params: Params, sig: Sig) -> Any:
-        n, c = sig.x_shape[:2]
-        pads, (_, ho, wo) = geometry(sig.x_shape[1:])
-        chosen = conv_algorithm(c, G, kh, kw, ho * wo) if algorithm == "auto" else algorithm
+        pads, (_, ho, wo) = spec.geometry(sig.x_shape[1:])
+        chosen = conv_algorithm(sig.x_shape[1], G, kh, kw, ho * wo) if algorithm == "auto" else algorithm
         if chosen == "rows":
-            return _rows_buffers(sig, (*window, *pads), (K, ho, wo))
-        cols = sig.empty((n, c * kh * kw, ho, wo))
-        dcols = sig.empty(cols.shape) if sig.need_dx else None
-        grads = sig.grads or {}
-        per_group = (n, G, c // G * kh * kw, ho * wo)
-        return _Buffers(
-            (*window, *pads), cols, cols.reshape(per_group), sig.empty((n, G, K // G, ho * wo)), (n, K, ho, wo),
-            sig.empty((n, G, K // G, c // G * kh * kw)) if grads else None,  # no backward in eval mode (predict)
-            grads["w"].reshape(G, K // G, -1) if grads else None, grads.get("b"), sig.grads,
-            dcols, None if dcols is None else dcols.reshape(per_group), sig.dx_buffer(),
-        )
+            return _rows_buffers(sig, spec.args(pads), (K, ho, wo))
+        return _samples_buffers(spec, sig, pads, ho, wo)
 
     def linear(params: Params, x: Array, buf: _Rows | _Buffers) -> tuple[Array, Any]:  # the forward before the bias
         w = params["w"]
-        if isinstance(buf, _Rows):
-            return _rows_forward(w, x, buf), (w, buf)
-        kernels.im2col(x, *buf.args, buf.cols)
-        return np.matmul(w.reshape(G, K // G, -1), buf.cols4, out=buf.y).reshape(buf.y_shape), (w, buf)
+        return (_rows_forward(w, x, buf) if isinstance(buf, _Rows) else _samples_forward(spec, w, x, buf)), (w, buf)
 
     def backward(cache: tuple[Array, _Rows | _Buffers], dy: Array) -> tuple[Params, Array | None]:
         w, buf = cache
         if isinstance(buf, _Rows):
             return _rows_backward(buf, np.ascontiguousarray(dy))
-        assert buf.dw_n is not None  # made wherever a backward can run (sig.grads given)
-        dy4 = np.ascontiguousarray(dy).reshape(buf.y.shape)
-        np.add.reduce(dy4, axis=(0, 3), out=buf.db.reshape(G, K // G))
-        np.matmul(dy4, buf.cols4.transpose(0, 1, 3, 2), out=buf.dw_n)
-        np.add.reduce(buf.dw_n, axis=0, out=buf.dw)
-        if buf.dx is None:
-            return buf.grads, None
-        wt = w.reshape(G, K // G, -1).transpose(0, 2, 1)  # (G, C/G*kh*kw, K/G)
-        if K == G:  # an outer product per sample and group: a broadcast multiply beats matmul's k=1 path
-            np.multiply(wt, dy4, out=buf.dcols4)
-        else:
-            np.matmul(wt, dy4, out=buf.dcols4)
-        return buf.grads, kernels.col2im(buf.dcols, *buf.args, buf.dx)
+        return _samples_backward(spec, w, buf, dy)
 
     def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
-        (pt, pb, pl, pr), _ = geometry(input_shape)
+        (pt, pb, pl, pr), _ = spec.geometry(input_shape)
         return g.op("Conv", x, g.param("w", params["w"]), g.param("b", params["b"]), kernel_shape=[kh, kw],
-                    strides=[sh, sw], dilations=[dil_h, dil_w], pads=[pt, pl, pb, pr], group=G)
+                    strides=[spec.sh, spec.sw], dilations=[spec.dil_h, spec.dil_w], pads=[pt, pl, pb, pr], group=G)
 
     return Layer(name, init, with_bias(linear), backward, check, buffers=buffers,
                  fusion=Fusion("affine", head=linear), onnx=onnx)
-
-
-def conv_transpose2d(
-    out_channels: int,
-    kernel_size: int | tuple[int, int],
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    output_padding: int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
-    *,
-    w_init: initializers.Initializer | None = None,
-    b_init: initializers.Initializer = initializers.zeros,
-) -> Layer:
-    """The transposed convolution (the gradient of ``conv2d`` with respect to its input),
-    as PyTorch's ``ConvTranspose2d``.
-
-    Input (N, C, H, W), output (N, K, Ho, Wo) with ``Ho = (H - 1) * stride - 2 * padding +
-    dilation * (kh - 1) + output_padding + 1`` (and so for W): ``padding`` removes rows and
-    columns on both sides, ``output_padding`` (smaller than ``stride``) adds them at the
-    bottom and right. Params ``{"w": (C, K, kh, kw), "b": (K,)}`` (PyTorch's layout);
-    defaults: ``w`` he_normal (fan_in C*kh*kw), ``b`` zeros. Forward is a BLAS product
-    and the col2im kernel; backward the im2col kernel and BLAS products.
-    """
-    name = "conv_transpose2d"
-    K = positive_int(out_channels, "out_channels", name)
-    kh, kw = pair(kernel_size, "kernel_size", name)
-    sh, sw = pair(stride, "stride", name)
-    ph, pw = pair(padding, "padding", name, minimum=0)
-    oph, opw = pair(output_padding, "output_padding", name, minimum=0)
-    dil_h, dil_w = pair(dilation, "dilation", name)
-    if oph >= sh or opw >= sw:
-        raise InvalidValueError(f"{name}: output_padding {(oph, opw)} must be smaller than the stride {(sh, sw)}")
-    w_init, b_init = initializers_of(name, w_init, b_init, initializers.he_normal(), initializers.zeros)
-    args = (kh, kw, sh, sw, dil_h, dil_w, ph, ph, pw, pw)  # the geometry of the conv this one transposes
-
-    def out_shape(input_shape: Shape) -> Shape:
-        check_ndim(name, input_shape, 3, "a (C, H, W)")
-        _, h, w = input_shape
-        ho = (h - 1) * sh - 2 * ph + dil_h * (kh - 1) + oph + 1
-        wo = (w - 1) * sw - 2 * pw + dil_w * (kw - 1) + opw + 1
-        if ho < 1 or wo < 1:
-            raise ShapeError(f"{name}: input {fmt_shape(input_shape)} gives no output with padding {(ph, pw)}")
-        return (K, ho, wo)
-
-    def init(key: Key, input_shape: Shape, dtype: np.dtype) -> tuple[Params, Shape]:
-        shape = out_shape(input_shape)
-        c = input_shape[0]
-        k_w, k_b = random.split(key)
-        w = np.asarray(w_init(k_w, (c, K, kh, kw), dtype, c * kh * kw, K * kh * kw), dtype)
-        b = np.asarray(b_init(k_b, (K,), dtype, c * kh * kw, K * kh * kw), dtype)
-        return seal(w=w, b=b), shape
-
-    def check(params: Params, input_shape: Shape, dtype: np.dtype) -> Shape:
-        check_params(name, params, dtype, w=(None, K, kh, kw), b=(K,))
-        check_ndim(name, input_shape, 3, "a (C, H, W)")
-        c = params["w"].shape[0]
-        if input_shape[0] != c:
-            raise ShapeError(f"{name}: expected input of shape {fmt_shape((c, 'H', 'W'))} ({c} channel(s)), "
-                             f"got {fmt_shape(input_shape)}")
-        return out_shape(tuple(input_shape))
-
-    def buffers(params: Params, sig: Sig) -> Any:
-        n, c, h, w = sig.x_shape
-        y_shape = (n, *out_shape(sig.x_shape[1:]))
-        cols = sig.empty((n, K * kh * kw, h, w))
-        grads = sig.grads or {}
-        return _TransposeBuffers(
-            cols=cols, cols3=cols.reshape(n, -1, h * w), y=sig.empty(y_shape), dx=sig.dx_buffer(), grads=sig.grads,
-            dw_n=sig.empty((n, c, K * kh * kw)) if grads else None, dw=grads["w"].reshape(c, -1) if grads else None,
-            db=grads.get("b"),
-        )
-
-    def forward(params: Params, x: Array, buf: Any) -> tuple[Array, Any]:
-        w = params["w"]
-        n, c = x.shape[:2]
-        x3 = np.ascontiguousarray(x).reshape(n, c, -1)
-        np.matmul(w.reshape(c, -1).T, x3, out=buf.cols3)
-        y = kernels.col2im(buf.cols, *args, buf.y)
-        y += params["b"].reshape(-1, 1, 1)
-        return y, (w, x3, buf)
-
-    def backward(cache: Any, dy: Array) -> tuple[Params, Array | None]:
-        w, x3, buf = cache
-        n, c = x3.shape[:2]
-        kernels.im2col(np.ascontiguousarray(dy), *args, buf.cols)  # (the forward's cols are no longer needed)
-        np.add.reduce(dy, axis=(0, 2, 3), out=buf.db)
-        np.matmul(x3, buf.cols3.transpose(0, 2, 1), out=buf.dw_n)
-        np.add.reduce(buf.dw_n, axis=0, out=buf.dw)
-        if buf.dx is None:
-            return buf.grads, None
-        np.matmul(w.reshape(c, -1), buf.cols3, out=buf.dx.reshape(n, c, -1))
-        return buf.grads, buf.dx
-
-    def onnx(g: Any, params: Params, state: Any, x: str, input_shape: Shape) -> str:
-        return g.op("ConvTranspose", x, g.param("w", params["w"]), g.param("b", params["b"]), kernel_shape=[kh, kw],
-                    strides=[sh, sw], dilations=[dil_h, dil_w], pads=[ph, pw, ph, pw], output_padding=[oph, opw])
-
-    return Layer(name, init, forward, backward, check, buffers=buffers, onnx=onnx)
