@@ -40,6 +40,7 @@ import functools
 import pathlib
 import sys
 import time
+from typing import Any
 
 import attrs
 import numpy as np
@@ -62,6 +63,47 @@ from fnnet.experiment import Divergence, FlagError, Ranks, RunFolder, evaluate, 
 OUTPUTS = ("checkpoint.npz", "metrics.jsonl", "summary.json", "learning_curves.png", "predictions.png", "model.onnx")
 
 
+@attrs.frozen
+class Job:
+    """What a run trains, made from its config: the model and its jitted step, the training
+    images, the keys of data order, evaluation samples and augmentation, the first state."""
+
+    model: fn.Layer
+    step: fn.JitStep
+    train: data.Split
+    augment: Any
+    dtype: np.dtype
+    keys: dict  # "data", "eval", "aug"
+    state: fn.TrainState
+    shards: int
+
+
+def setup(cfg: Config, ds: data.Dataset, ranks: Ranks) -> Job:
+    """The model, the optimizer and the step: one key each for init, data order, evaluation
+    samples, augmentation and dropout (split's children do not depend on their count)."""
+    dtype = np.dtype(cfg.dtype)
+    train = ds.train if cfg.train_size is None else data.Split(ds.train.x[: cfg.train_size],
+                                                                 ds.train.y[: cfg.train_size])
+    model, opt = build_model(cfg), build_optimizer(cfg)
+    k_init, k_data, k_eval, k_aug, k_drop = random.split(random.key(cfg.seed), 5)
+    params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
+    loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
+    step = fn.train_step(model, loss_fn, opt, rows_per_shard=cfg.shard_rows or "auto", comm=ranks.step_comm,
+                         key=k_drop if model.stochastic else None)
+    last = len(train) % cfg.batch_size if cfg.sampling == "epoch" else 0  # (an epoch's last batch, if short)
+    shards = ranks.check_shards(step, params, [cfg.batch_size, *([last] if last else [])], (1, 28, 28), dtype)
+    return Job(model, fn.jit(step, threads=ranks.step_threads), train, build_augment(cfg), dtype,
+               {"data": k_data, "eval": k_eval, "aug": k_aug}, fn.TrainState.create(params, opt, model), shards)
+
+
+def train_on(job: Job, state: fn.TrainState, idx: np.ndarray) -> tuple[fn.TrainState, dict]:
+    """One step on the training images ``idx``, augmented by the step's own key."""
+    x = job.train.x[idx]
+    if job.augment is not None:
+        x = job.augment(random.fold_in(job.keys["aug"], state.step), x)
+    return job.step(state, (x.astype(job.dtype, copy=False), job.train.y[idx]))
+
+
 def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, stop_after: int | None = None,
         overwrite: bool = False, ranks: Ranks | None = None, export: str | None = None) -> dict:
     """Train ``cfg`` on ``ds`` into ``out``; the run's summary. Raises DivergenceError
@@ -72,126 +114,144 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
     t_start = time.perf_counter()
     ranks = ranks or Ranks()
     folder = RunFolder(out, OUTPUTS, attrs.asdict(cfg))
-    train = ds.train if cfg.train_size is None else data.Split(ds.train.x[: cfg.train_size],
-                                                                 ds.train.y[: cfg.train_size])
     ranks.on_root(lambda: folder.check(resume, overwrite))
-
-    # the model, the optimizer and the step: one key each for init, data order, evaluation samples, augmentation,
-    # dropout (split's children do not depend on their count: adding the fifth moved none of the four)
-    dtype = np.dtype(cfg.dtype)
-    model, opt, augment = build_model(cfg), build_optimizer(cfg), build_augment(cfg)
-    k_init, k_data, k_eval, k_aug, k_drop = random.split(random.key(cfg.seed), 5)
-    params, _ = model.init(k_init, (1, 28, 28), dtype=dtype)
-    state = fn.TrainState.create(params, opt, model)
-    loss_fn = functools.partial(fn.softmax_cross_entropy, label_smoothing=cfg.regularization.label_smoothing)
-    step = fn.train_step(model, loss_fn, opt, rows_per_shard=cfg.shard_rows or "auto", comm=ranks.step_comm,
-                         key=k_drop if model.stochastic else None)
-    last = len(train) % cfg.batch_size if cfg.sampling == "epoch" else 0  # (an epoch's last batch, if short)
-    shards = ranks.check_shards(step, params, [cfg.batch_size, *([last] if last else [])], (1, 28, 28), dtype)
-    step_fn = fn.jit(step, threads=ranks.step_threads)
-
-    # a fresh run, or the checkpoint's state (rank 0 reads; every rank gets it)
-    data_key = {"data_key": [k_data.entropy, list(k_data.path)]}
-    if resume:
-        resumed, meta, rows = ranks.on_root(lambda: _resume(folder, state, data_key, ranks.size))
-        state = fn.TrainState(fn.freeze(resumed.params), fn.freeze(resumed.opt_state), resumed.step,
-                              fn.freeze(resumed.model_state))
-    else:
-        meta, rows = {}, []
-        ranks.on_root(folder.start)
-    elapsed_before = float(meta.get("elapsed", 0.0))
-    if ranks.mpi:  # one key gives every rank the same params (a heterogeneous cluster might not)
-        fn.distributed.check_replicated(state.params, ranks.comm)
-    if ranks.root:
-        folder.write_metrics(rows)
-
-    saved = [state.step if resume else None]  # (the step of the last checkpoint written)
-
-    def save() -> None:  # (rank 0)
-        folder.save(state, {**data_key, "elapsed": elapsed_before + time.perf_counter() - t_start,
-                            "ranks": ranks.size})
-        saved[0] = state.step
-
-    per_epoch = data.steps_per_epoch(len(train), cfg.batch_size)
+    job = setup(cfg, ds, ranks)
+    book = Logbook(cfg, ds, job, folder, ranks, t_start)
+    state = book.begin(resume)
     sample = data.sample_batches if cfg.sampling == "replacement" else data.epoch_batches
-    batches = sample(k_data, len(train), cfg.batch_size, start_step=state.step)
+    batches = sample(job.keys["data"], len(job.train), cfg.batch_size, start_step=state.step)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
-    # a bar on a terminal (tqdm, on stderr), nothing otherwise; evaluations print lines
-    progress = tqdm(total=cfg.steps, initial=state.step, unit="step", disable=None if ranks.root else True,
-                    dynamic_ncols=True)
-
-    def say(line: str) -> None:  # a line on stdout, under the bar, now (a pipe buffers)
-        if ranks.root:
-            progress.write(line)
-            sys.stdout.flush()
-
-    divergence = Divergence(len(ds.classes))
-    acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
-    t_loop, t_eval = time.perf_counter(), 0.0  # this process's training loop, and its evaluations and checkpoints
-    say(f"{cfg.preset} preset on {cfg.dataset} ({ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
-        f"{cfg.batch_size} ({shards} shard{'s' if shards > 1 else ''}), {cfg.dtype}, kernels {fn.kernels.backend()}"
-        + (f", {ranks.size} ranks (MPI: each runs whole shards)" if ranks.mpi else ""))
     stop = ranks.interrupts()  # (Ctrl-C under MPI: every rank stops after the same step)
     try:
         while state.step < end:  # the training loop: every rank passes the global batch
-            idx = next(batches)
-            x = train.x[idx] if augment is None else augment(random.fold_in(k_aug, state.step), train.x[idx])
-            state, m = step_fn(state, (x.astype(dtype, copy=False), train.y[idx]))
+            state, metrics = train_on(job, state, next(batches))
             if stop():
                 raise KeyboardInterrupt
-            acc_loss, acc_acc, n_acc = acc_loss + m["loss"], acc_acc + m["accuracy"], n_acc + 1
-            progress.set_postfix_str(f"loss {m['loss']:.4f}", refresh=False)
-            progress.update()
-            if state.step % cfg.eval_every and state.step != cfg.steps:
-                continue
-            t_eval -= time.perf_counter()  # an evaluation
-            val = evaluate(model, eval_params(cfg, state), _validation(cfg, ds, k_eval, state.step), dtype,
-                           state.step, ranks, state.model_state, cfg.tta)
-            if ranks.mpi:  # (a check that the ranks agree)
-                fn.distributed.check_replicated(state.params, ranks.comm)
-            row = {
-                "step": state.step, "epoch": round(state.step / per_epoch, 4),
-                "loss": acc_loss / n_acc, "train_accuracy": acc_acc / n_acc,
-                "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                "learning_rate": optim.learning_rate(state.opt_state),
-                "elapsed": round(elapsed_before + time.perf_counter() - t_start, 3),
-            }
-            rows.append(row)
-            if divergence.warnings(rows, cfg.batch_size):  # (over enough examples to mean something)
-                row["warnings"] = divergence.warnings(rows, cfg.batch_size)
-            if ranks.root:
-                folder.append_metrics(row)
-                save()
-            acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
-            say(f"step {row['step']:>6}  epoch {row['epoch']:.2f}  train loss {row['loss']:.4f} "
-                f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}  "
-                f"lr {row['learning_rate']:.2e}  {row['elapsed']:.1f}s")
-            for w in row.get("warnings", []):
-                say(f"warning: {w}")
-            t_eval += time.perf_counter()
+            book.step(metrics)
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                book.evaluation(state)
     except KeyboardInterrupt:
-        if stop.agreed:  # (every rank holds this state)
-            if ranks.root:
-                save()
-            say(f"interrupted at step {state.step}; checkpoint saved to {folder.checkpoint}, continue with --resume")
-        else:  # (a second Ctrl-C, at once: the ranks may be at different steps)
-            say("interrupted again: nothing more is saved; --resume continues from the last checkpoint, "
-                + (f"{folder.checkpoint} at step {saved[0]}" if saved[0] is not None else "none: none was written"))
-        if stop.agreed and ranks.mpi:  # (no rank ends the others before the save)
-            ranks.comm.Barrier()
+        book.interrupted(state, stop.agreed)
         raise SystemExit(130) from None
     finally:
-        progress.close()
+        book.close()
         stop.close()
     if ranks.root:
-        save()
+        book.save(state)
     if state.step < cfg.steps:
-        say(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
+        book.say(f"stopped at step {state.step} of {cfg.steps} (--stop-after); continue with --resume")
         return {"step": state.step, "params_sha256": fn.checkpoint.digest(state.params)}
+    return outputs(cfg, ds, folder, job.model, state, ranks, book.rows, job.dtype, job.shards, book.seconds(), export)
 
-    t_train = time.perf_counter() - t_loop - t_eval
-    return outputs(cfg, ds, folder, model, state, ranks, rows, dtype, shards,
-                   {"start": t_start, "before": elapsed_before, "train": t_train, "eval": t_eval}, export)
+
+class Logbook:
+    """What the loop keeps beside the state: the bar and the lines it prints, the metrics
+    rows and their running means, the checkpoints it saves (rank 0 writes), and the time
+    its training and its evaluations took."""
+
+    def __init__(self, cfg: Config, ds: data.Dataset, job: Job, folder: RunFolder, ranks: Ranks, t_start: float):
+        self.cfg, self.ds, self.job, self.folder, self.ranks, self.t_start = cfg, ds, job, folder, ranks, t_start
+        self.data_key = {"data_key": [job.keys["data"].entropy, list(job.keys["data"].path)]}
+        self.rows: list[dict] = []
+        self.before, self.saved = 0.0, None  # (the elapsed seconds of the run before a resume; the last save's step)
+        self.divergence = Divergence(len(ds.classes))
+        self.sums = [0.0, 0.0, 0]  # training loss, accuracy, steps since the last evaluation
+        self.progress: Any = None
+        self.t_loop, self.t_eval = 0.0, 0.0  # this process's training loop, and its evaluations and checkpoints
+
+    def begin(self, resume: bool) -> fn.TrainState:
+        """A fresh run, or the checkpoint's state (rank 0 reads; every rank gets it); the bar started."""
+        cfg, job, ranks, state = self.cfg, self.job, self.ranks, self.job.state
+        if resume:
+            resumed, meta, self.rows = ranks.on_root(lambda: _resume(self.folder, state, self.data_key, ranks.size))
+            state = fn.TrainState(fn.freeze(resumed.params), fn.freeze(resumed.opt_state), resumed.step,
+                                  fn.freeze(resumed.model_state))
+            self.before, self.saved = float(meta.get("elapsed", 0.0)), state.step
+        else:
+            ranks.on_root(self.folder.start)
+        if ranks.mpi:  # one key gives every rank the same params (a heterogeneous cluster might not)
+            fn.distributed.check_replicated(state.params, ranks.comm)
+        if ranks.root:
+            self.folder.write_metrics(self.rows)
+        # a bar on a terminal (tqdm, on stderr), nothing otherwise; evaluations print lines
+        self.progress = tqdm(total=cfg.steps, initial=state.step, unit="step", disable=None if ranks.root else True,
+                             dynamic_ncols=True)
+        mpi = f", {ranks.size} ranks (MPI: each runs whole shards)" if ranks.mpi else ""
+        self.say(f"{cfg.preset} preset on {cfg.dataset} ({self.ds.source}), seed {cfg.seed}, {cfg.steps} steps of "
+                 f"{cfg.batch_size} ({job.shards} shard{'s' if job.shards > 1 else ''}), {cfg.dtype}, kernels "
+                 f"{fn.kernels.backend()}{mpi}")
+        self.t_loop = time.perf_counter()
+        return state
+
+    def say(self, line: str) -> None:
+        """A line on stdout, under the bar, now (a pipe buffers)."""
+        if self.ranks.root:
+            self.progress.write(line)
+            sys.stdout.flush()
+
+    def save(self, state: fn.TrainState) -> None:  # (rank 0)
+        self.folder.save(state, {**self.data_key, "elapsed": self.before + time.perf_counter() - self.t_start,
+                                 "ranks": self.ranks.size})
+        self.saved = state.step
+
+    def step(self, metrics: dict) -> None:
+        self.sums = [self.sums[0] + metrics["loss"], self.sums[1] + metrics["accuracy"], self.sums[2] + 1]
+        self.progress.set_postfix_str(f"loss {metrics['loss']:.4f}", refresh=False)
+        self.progress.update()
+
+    def evaluation(self, state: fn.TrainState) -> None:
+        """The evaluation after ``state.step``: a metrics row, a checkpoint, a line."""
+        cfg, ranks = self.cfg, self.ranks
+        self.t_eval -= time.perf_counter()
+        images = _validation(cfg, self.ds, self.job.keys["eval"], state.step)
+        val = evaluate(self.job.model, eval_params(cfg, state), images, self.job.dtype, state.step, ranks,
+                       state.model_state, cfg.tta)
+        if ranks.mpi:  # (a check that the ranks agree)
+            fn.distributed.check_replicated(state.params, ranks.comm)
+        loss, accuracy, n = self.sums
+        per_epoch = data.steps_per_epoch(len(self.job.train), cfg.batch_size)
+        row = {
+            "step": state.step, "epoch": round(state.step / per_epoch, 4), "loss": loss / n,
+            "train_accuracy": accuracy / n, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+            "learning_rate": optim.learning_rate(state.opt_state),
+            "elapsed": round(self.before + time.perf_counter() - self.t_start, 3),
+        }
+        self.rows.append(row)
+        if self.divergence.warnings(self.rows, cfg.batch_size):  # (over enough examples to mean something)
+            row["warnings"] = self.divergence.warnings(self.rows, cfg.batch_size)
+        if ranks.root:
+            self.folder.append_metrics(row)
+            self.save(state)
+        self.sums = [0.0, 0.0, 0]
+        self.say(f"step {row['step']:>6}  epoch {row['epoch']:.2f}  train loss {row['loss']:.4f} "
+                 f"acc {row['train_accuracy']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}  "
+                 f"lr {row['learning_rate']:.2e}  {row['elapsed']:.1f}s")
+        for w in row.get("warnings", []):
+            self.say(f"warning: {w}")
+        self.t_eval += time.perf_counter()
+
+    def interrupted(self, state: fn.TrainState, agreed: bool) -> None:
+        """Ctrl-C: the state every rank holds saved, or (a second Ctrl-C) which checkpoint is left."""
+        if agreed:
+            if self.ranks.root:
+                self.save(state)
+            self.say(f"interrupted at step {state.step}; checkpoint saved to {self.folder.checkpoint}, continue with "
+                     "--resume")
+        else:  # (a second Ctrl-C, at once: the ranks may be at different steps)
+            self.say("interrupted again: nothing more is saved; --resume continues from the last checkpoint, "
+                     + (f"{self.folder.checkpoint} at step {self.saved}" if self.saved is not None
+                        else "none: none was written"))
+        if agreed and self.ranks.mpi:  # (no rank ends the others before the save)
+            self.ranks.comm.Barrier()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+    def seconds(self) -> dict:
+        """The run's start, the seconds before a resume, this process's training and evaluations."""
+        return {"start": self.t_start, "before": self.before,
+                "train": time.perf_counter() - self.t_loop - self.t_eval, "eval": self.t_eval}
 
 
 def outputs(cfg: Config, ds: data.Dataset, folder: RunFolder, model: fn.Layer, state: fn.TrainState, ranks: Ranks,
