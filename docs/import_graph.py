@@ -1,14 +1,15 @@
-"""fnnet's import graph, by levels: ``python docs/import_graph.py [--check]``.
+"""fnnet's import graph, by levels: ``python docs/import_graph.py [--check | --jobs]``.
 
 Each module is listed at its level (1 + the highest level of what it imports; level 0
 imports nothing of fnnet's) with the fnnet modules it imports when it is imported,
 ``if TYPE_CHECKING:`` blocks included. An import inside a function runs late and is
-not an edge; fnnet has one, behind a deprecated name (``fnnet.typing.__getattr__``).
+not an edge.
 
 ``--check`` exits 1 on a circle, or on an upward import: a module that takes a name
 from the ``__init__`` of a package it lives in (``from . import __version__``), rather
-than from the module that defines it. ``docs/build.md`` shows this script's output;
-tests/test_docs.py keeps the two equal.
+than from the module that defines it. ``--jobs`` prints a table of every module with its
+one job (the first sentence of its docstring). ``docs/build.md`` shows both outputs;
+tests/test_docs.py keeps them equal.
 """
 
 from __future__ import annotations
@@ -111,7 +112,21 @@ def render(graph: dict[str, set[str]], level: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def jobs(known: dict[str, pathlib.Path]) -> str:
+    """A markdown table: each module and the first sentence of its docstring."""
+    rows = ["| module | its job |", "|---|---|"]
+    for name, path in known.items():
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        first = " ".join(doc.split("\n\n")[0].split())
+        first = first.split(". ")[0].rstrip(".").replace("|", "\\|")
+        rows.append(f"| `{name}` | {first or '(no docstring)'} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> int:
+    if "--jobs" in argv:
+        print(jobs(modules()))
+        return 0
     graph, upward = edges(modules())
     level, circle = levels(graph)
     if circle:

@@ -51,6 +51,14 @@ def test_the_import_graph_points_down_and_the_build_notes_show_it():
     assert shown and shown.group(1).strip() == out.stdout.strip(), "docs/build.md: run python docs/import_graph.py"
 
 
+def test_the_build_notes_give_every_module_its_job():
+    out = subprocess.run([sys.executable, "docs/import_graph.py", "--jobs"], cwd=ROOT, capture_output=True, text=True)
+    page = (ROOT / "docs" / "build.md").read_text()
+    shown = re.search(r"<!-- module-jobs -->\n(.*?)\n<!-- /module-jobs -->", page, re.S)
+    assert shown and shown.group(1).strip() == out.stdout.strip(), "docs/build.md: python docs/import_graph.py --jobs"
+    assert "(no docstring)" not in out.stdout
+
+
 def test_the_import_graph_check_finds_circles_and_upward_imports(tmp_path):
     graph = _import_graph()
     pkg = tmp_path / "pkg"
