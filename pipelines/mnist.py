@@ -153,7 +153,8 @@ class Logbook:
         self.cfg, self.ds, self.job, self.folder, self.ranks, self.t_start = cfg, ds, job, folder, ranks, t_start
         self.data_key = {"data_key": [job.keys["data"].entropy, list(job.keys["data"].path)]}
         self.rows: list[dict] = []
-        self.before, self.saved = 0.0, None  # (the elapsed seconds of the run before a resume; the last save's step)
+        self.before = 0.0  # (the elapsed seconds of the run before a resume)
+        self.saved: int | None = None  # (the step of the last checkpoint written)
         self.divergence = Divergence(len(ds.classes))
         self.sums = [0.0, 0.0, 0]  # training loss, accuracy, steps since the last evaluation
         self.progress: Any = None
