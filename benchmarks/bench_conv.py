@@ -54,7 +54,7 @@ def timer(f, seconds: float = 0.2) -> float:
 
 def fnnet_passes(n, c, h, k, pad):
     import fnnet as fn
-    from fnnet.layers._layer import prepare_checked, run, run_backward
+    from fnnet.runner import prepare_checked, run, run_backward
 
     layer = fn.conv2d(k, 3, padding=pad)
     params, out = layer.init(fn.random.key(0), (c, h, h))

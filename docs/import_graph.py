@@ -5,9 +5,11 @@ imports nothing of fnnet's) with the fnnet modules it imports when it is importe
 ``if TYPE_CHECKING:`` blocks included. An import inside a function runs late and is
 not an edge.
 
-``--check`` exits 1 on a circle, or on an upward import: a module that takes a name
-from the ``__init__`` of a package it lives in (``from . import __version__``), rather
-than from the module that defines it. ``--jobs`` prints a table of every module with its
+``--check`` exits 1 on a circle; on an upward import: a module that takes a name from the
+``__init__`` of a package it lives in (``from . import __version__``), rather than from
+the module that defines it; or on a private import: a module that imports another
+package's private module (``fnnet.train`` importing ``fnnet.layers._layer``), other than
+through a public door (:data:`DOORS`: ``fnnet.runner`` for the runner). ``--jobs`` prints a table of every module with its
 one job (the first sentence of its docstring). ``docs/build.md`` shows both outputs;
 tests/test_docs.py keeps them equal.
 """
@@ -112,6 +114,24 @@ def render(graph: dict[str, set[str]], level: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+DOORS = {"fnnet.runner"}
+"""Public modules whose job is to re-export another package's private modules."""
+
+
+def private_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"importer -> imported"`` for each import of a private module (a name segment
+    with a leading underscore) by a module outside the package that owns it."""
+    out = []
+    for importer, deps in sorted(graph.items()):
+        for dep in sorted(deps):
+            parts = dep.split(".")
+            k = next((i for i, part in enumerate(parts) if part.startswith("_")), None)
+            owner = ".".join(parts[:k]) if k else ""
+            if owner and importer != owner and not importer.startswith(owner + ".") and importer not in DOORS:
+                out.append(f"{importer} -> {dep}")
+    return out
+
+
 def jobs(known: dict[str, pathlib.Path]) -> str:
     """A markdown table: each module and the first sentence of its docstring."""
     rows = ["| module | its job |", "|---|---|"]
@@ -133,9 +153,12 @@ def main(argv: list[str]) -> int:
         print("a circle among (or below): " + ", ".join(circle))
     for line in upward:
         print("upward import: " + line)
+    private = private_imports(graph)
+    for line in private:
+        print("private import: " + line)
     if not circle:
         print(render(graph, level))
-    return 1 if "--check" in argv and (circle or upward) else 0
+    return 1 if "--check" in argv and (circle or upward or private) else 0
 
 
 if __name__ == "__main__":

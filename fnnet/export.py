@@ -27,8 +27,8 @@ from ._errors import InvalidTypeError, InvalidValueError, ShapeError
 from ._io import atomic_write, check_writable
 from ._version import __version__
 from .checkpoint import digest
-from .layers._checks import check_init_dtype
-from .layers._layer import Layer, one_output
+from .layers import Layer
+from .runner import check_init_dtype, one_output
 from .tree import EMPTY, check_like, tree_leaves, tree_map
 from .typing import DTypeLike, Params, PyTree, Shape
 

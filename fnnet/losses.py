@@ -12,7 +12,7 @@ from numpy.typing import ArrayLike
 
 from . import kernels
 from ._errors import DTypeError, InvalidValueError, ShapeError
-from .layers._checks import FLOAT_DTYPES
+from .runner import FLOAT_DTYPES
 
 __all__ = ["ROW_TOLERANCE", "mse", "softmax_cross_entropy"]
 

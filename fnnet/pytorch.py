@@ -29,8 +29,8 @@ from . import random
 from ._errors import DTypeError, InvalidTypeError, InvalidValueError, ShapeError
 from .checkpoint import read_tensors
 from .export import Graph, checked_model, params_dtype, sample_shape
-from .layers._checks import check_init_dtype
-from .layers._layer import Layer
+from .layers import Layer
+from .runner import check_init_dtype
 from .tree import EMPTY, freeze, tree_leaves_with_path, tree_structure, tree_unflatten
 from .typing import DTypeLike, Params, PyTree, Shape
 

@@ -7,7 +7,8 @@ import pytest
 
 import fnnet as fn
 from fnnet.flat import Layout
-from fnnet.layers._layer import Sig, prepare, run, run_backward
+from fnnet.layers import Sig
+from fnnet.runner import prepare, run, run_backward
 
 
 def tutorial_net():

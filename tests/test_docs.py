@@ -73,6 +73,10 @@ def test_the_import_graph_check_finds_circles_and_upward_imports(tmp_path):
     assert upward == ["pkg.sub.c takes g from pkg.sub/__init__.py"]
     _, circle = graph.levels(edges)
     assert {"pkg.a", "pkg.b", "pkg.sub", "pkg.sub.c"} <= set(circle)
+    # another package's private module: refused, but for the package itself and a public door
+    private = {"pkg.train": {"pkg.layers._layer", "pkg._errors"}, "pkg.layers.conv": {"pkg.layers._layer"},
+               "fnnet.runner": {"fnnet.layers._runner"}}
+    assert graph.private_imports(private) == ["pkg.train -> pkg.layers._layer"]
 
 
 def _promise(text: str) -> list[str]:

@@ -10,8 +10,8 @@ import pytest
 
 import fnnet as fn
 from fnnet import kernels, optim
+from fnnet.layers import Sig
 from fnnet.layers._fuse import RULES, prepare_chain
-from fnnet.layers._layer import Sig
 
 DTYPES = [np.float32, np.float64]
 IMPLS = {"dispatch": kernels, "twins": kernels.twins, "compiled": kernels.compiled}  # compiled: None if not built

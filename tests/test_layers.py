@@ -13,7 +13,8 @@ from conftest import max_rel_err, numeric_grad, sample_indices
 
 import fnnet as fn
 from fnnet.flat import Layout
-from fnnet.layers._layer import Sig, prepare, run, run_backward
+from fnnet.layers import Sig
+from fnnet.runner import prepare, run, run_backward
 
 
 def _readme_layer(name: str):

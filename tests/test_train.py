@@ -295,7 +295,7 @@ def test_fnnets_own_layers_are_not_watched():
     model = fn.serial(fn.conv2d(2, 3), fn.batch_norm(), fn.relu(), fn.flatten(), fn.dense(3))
     params, _ = model.init(fn.random.key(0), (1, 5, 5))
     watch: list = []
-    fn.layers._layer.prepare_checked(model, params, (2, 1, 5, 5), np.dtype(np.float32), train=True, need_dx=False,
+    fn.runner.prepare_checked(model, params, (2, 1, 5, 5), np.dtype(np.float32), train=True, need_dx=False,
                                      watch=watch)
     assert watch == []  # (their layer table tests that each backward writes every gradient)
 
@@ -539,7 +539,7 @@ def _allocated(model, params, x_shape, dtype=np.float32, train=True):
     (found by walking them, as a check of the ledger the layers' hooks keep)."""
     from collections.abc import Mapping
 
-    from fnnet.layers._layer import prepare_checked
+    from fnnet.runner import prepare_checked
 
     site, _, grads = prepare_checked(model, params, x_shape, np.dtype(dtype), train=train, need_dx=False,
                                      backward=train, fuse=False)

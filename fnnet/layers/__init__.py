@@ -1,7 +1,8 @@
 """Layers: each constructor returns a :class:`Layer` record of pure functions.
 
-``Layer``, ``Sig``, the protocol's function types (``InitFn``, ``ForwardFn``...) and the
-runner (``prepare``, ``run``, ``run_backward``) live in ``_layer.py``; the combinators
+``Layer``, ``Sig`` and the protocol's function types (``InitFn``, ``ForwardFn``...) live in
+``_layer.py``, the runner (``prepare``, ``run``, ``run_backward``; public as
+``fnnet.runner``) in ``_runner.py``; the combinators
 (``serial``, ``residual``) and ``summary`` in ``combinators.py``, which runs its
 sub-layers through that runner. For writing layers: ``elementwise`` makes a layer without params from two
 array functions, and ``check_params`` is the params check the built-in layers use.

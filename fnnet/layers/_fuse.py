@@ -32,7 +32,8 @@ from .. import kernels
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import batch_of, with_batch, without_batch
-from ._layer import Chain, Fusion, Layer, Sig, Site, prepare
+from ._layer import Fusion, Layer, Sig
+from ._runner import Chain, Site, prepare
 
 
 def _run_affine(head: Callable, params: Params, x: Array, buf: Any, state: Any, ones: np.ndarray) -> tuple:

@@ -5,7 +5,7 @@ make and join branches, ``fan_out``, ``fan_in_sum``, ``fan_in_concat`` (JAX stax
 Between ``fan_out`` and a fan-in, values are tuples of arrays and shapes tuples of
 shapes (``((C, H, W), (C, H, W))`` per sample): ``parallel`` runs its i-th layer on the
 i-th array. A combinator's buffers hook prepares its sub-layers
-(:func:`fnnet.layers._layer.prepare`) and its forward and backward run them through the
+(``fnnet/layers/_runner.py``'s ``prepare``) and its forward and backward run them through the
 runner, so every sub-layer is checked and sped up as a top-level layer is.
 """
 
@@ -24,7 +24,8 @@ from ..tree import EMPTY, FrozenDict, param_count
 from ..typing import Array, DTypeLike, Params, PyTree, Shape
 from ._checks import check_keys, fmt_shape, is_multi, positive_int, with_batch, without_params
 from ._fuse import prepare_chain
-from ._layer import Layer, Sig, prepare, run, run_backward, run_chain, run_chain_backward
+from ._layer import Layer, Sig
+from ._runner import prepare, run, run_backward, run_chain, run_chain_backward
 from .reshape import identity
 
 

@@ -35,10 +35,9 @@ from .. import random
 from .._errors import DivergenceError, FnnetError, InvalidValueError, TreeMismatchError
 from ..flat import Layout, check_written, flat_of, unwritten
 from ..layers import Layer
-from ..layers._group import ShardGroup
-from ..layers._layer import Site, run, run_backward
 from ..metrics import accuracy
 from ..optim import GradientTransformation, apply_updates
+from ..runner import ShardGroup, Site, run, run_backward
 from ..tree import EMPTY, check_like, freeze, tree_leaves
 from ..typing import LossFn, PyTree
 from ._diverge import diverged, finite, nonfinite_outputs
@@ -79,7 +78,7 @@ class Plan:
     buffers the layers' hooks made and gradient views into its flat gradient. ``checked``
     turns True once a backward pass has been seen to write every gradient. ``group``: for
     a cut batch of a model with state (batch norm), the
-    :class:`~fnnet.layers._group.ShardGroup` its shards run in and pool their statistics
+    :class:`~fnnet.runner.ShardGroup` its shards run in and pool their statistics
     through (None otherwise). ``product``: the multiply-adds of the largest matrix product
     of a shard's pass (:func:`fnnet.threads.largest_product`), which decides whether BLAS
     gets threads (:func:`fnnet.threads.blas_share`); ``bound``, an upper bound of any of

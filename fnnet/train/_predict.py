@@ -12,8 +12,7 @@ from numpy.typing import ArrayLike
 from .. import memory
 from .._errors import InvalidTypeError, InvalidValueError, check_int
 from ..layers import Layer
-from ..layers._checks import as_batch
-from ..layers._layer import prepare_checked, run
+from ..runner import as_batch, prepare_checked, run
 from ..threads import blas_share, largest_product, product_bound, thread_count
 from ..tree import EMPTY
 from ..typing import Params, PyTree

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._errors import InvalidValueError
 from ..layers import Layer
-from ..layers._layer import prepare_checked
+from ..runner import prepare_checked
 from ..typing import Params
 
 __all__ = ["MAX_SHARDS", "MIN_SHARD_ROWS", "SHARD_BYTES", "cut", "least_shard_rows", "rank_shards", "row_bytes"]

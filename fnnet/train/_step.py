@@ -15,10 +15,8 @@ from .._errors import InvalidTypeError, InvalidValueError, ShapeError, instance_
 from ..distributed import check_comm
 from ..flat import Layout, marker_views
 from ..layers import Layer
-from ..layers._checks import as_batch
-from ..layers._group import ShardGroup
-from ..layers._layer import check_batch, prepare_checked
 from ..optim import GradientTransformation
+from ..runner import ShardGroup, as_batch, check_batch, prepare_checked
 from ..threads import blas_share, largest_product, product_bound
 from ..typing import Batch, LossFn
 from ._body import TAIL_BYTES, Plan, Shard, run_step
