@@ -9,8 +9,9 @@ not an edge.
 ``__init__`` of a package it lives in (``from . import __version__``), rather than from
 the module that defines it; or on a private import: a module that imports another
 package's private module (``fnnet.train`` importing ``fnnet.layers._layer``), other than
-through a public door (:data:`DOORS`: ``fnnet.runner`` for the runner). ``--jobs`` prints a table of every module with its
-one job (the first sentence of its docstring). ``docs/build.md`` shows both outputs;
+through a public door (:data:`DOORS`: ``fnnet.runner`` for the runner). ``--jobs``
+prints a table of every module with its one job (the first sentence of its docstring).
+``docs/build.md`` shows both outputs;
 tests/test_docs.py keeps them equal.
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 import re
 
+import attrs
 import numpy as np
 import pytest
 from conftest import max_rel_err, numeric_grad, sample_indices
@@ -476,3 +477,10 @@ def test_both_conv_algorithms_give_one_result_and_the_same_bias_gradient(kwargs,
     np.testing.assert_allclose(g1["w"], g2["w"], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-12)
     assert g1["b"].tobytes() == g2["b"].tobytes()  # one sum, in one order
+
+
+def test_what_a_layer_sees_is_small():
+    # a hook's Sig: the input signature, the gradients, the path; what training carries is one field
+    names = [f.name for f in attrs.fields(Sig)]
+    assert names == ["x_shape", "dtype", "train", "need_dx", "grads", "path", "carry"]
+    assert [f.name for f in attrs.fields(fn.layers.Carry)] == ["group", "shard", "fuse", "ledger", "watch"]

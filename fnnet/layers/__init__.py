@@ -16,6 +16,7 @@ from ._checks import check_params
 from ._layer import (
     BackwardFn,
     BuffersFn,
+    Carry,
     CheckFn,
     ForwardFn,
     Fusion,
@@ -41,6 +42,7 @@ from .upsample import upsample2d
 __all__ = [
     "BackwardFn",
     "BuffersFn",
+    "Carry",
     "CheckFn",
     "ForwardFn",
     "Fusion",

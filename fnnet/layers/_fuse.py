@@ -157,7 +157,7 @@ def prepare_chain(children: Sequence[tuple[str, Layer]], params: Params, sig: Si
         key, layer = children[i]
         # the first layer's dx only if serial's is needed
         site = prepare(layer, params[key], sig.child(key, shape, need_dx=sig.need_dx or i > 0))
-        rule = _match(layers[i:]) if sig.fuse else None
+        rule = _match(layers[i:]) if sig.carry.fuse else None
         run = len(rule[0]) if rule else 1
         shapes = []
         for k, sub in children[i:i + run]:

@@ -48,7 +48,7 @@ from ..tree import EMPTY, freeze
 from ..typing import DTypeLike, Params, PyTree, Shape
 from ._checks import as_batch, check_init_dtype
 
-__all__ = ["BackwardFn", "BuffersFn", "CheckFn", "ForwardFn", "Fusion", "InitFn", "Layer", "OnnxFn", "Sig",
+__all__ = ["BackwardFn", "BuffersFn", "Carry", "CheckFn", "ForwardFn", "Fusion", "InitFn", "Layer", "OnnxFn", "Sig",
            "normalized", "onnx_op", "with_bias"]
 
 
@@ -104,6 +104,33 @@ def onnx_op(op_type: str, **attributes: Any) -> OnnxFn:
 
 
 @attrs.frozen
+class Carry:
+    """What the runner carries for training beside a :class:`Sig` (no layer of yours reads it).
+
+    * ``group``, ``shard``: the :class:`~fnnet.runner.ShardGroup` of a training step whose
+      batch is cut into shards, and this shard's index in it (None and 0 otherwise). Only a
+      layer whose math needs the whole batch uses them (batch norm, which sets
+      ``shard_sums``); other layers never see shards.
+    * ``fuse``: whether ``serial`` may fuse runs of its layers (``fnnet/layers/_fuse.py``);
+      False only to count the layers' own buffers (:func:`fnnet.train.least_shard_rows`).
+    * ``ledger``: a list that :meth:`Sig.empty` appends the bytes of each array it makes
+      to, or None: so a hook that makes its arrays with ``empty`` (the built-in layers do)
+      tells :func:`fnnet.train.least_shard_rows` what a row of a batch costs.
+    * ``watch``: a list that the runner's ``prepare`` appends ``(path, grads)`` to for each
+      layer whose backward is not fnnet's own, or None: a training step marks those
+      gradients before every backward pass and checks them after it (a layer of yours
+      whose backward skips a leaf on some step gets an error on that step, not the stale
+      value of an earlier one).
+    """
+
+    group: Any = None
+    shard: int = 0
+    fuse: bool = True
+    ledger: list | None = attrs.field(default=None, eq=False, repr=False)
+    watch: list | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
 class Sig:
     """What the runner tells a layer about one input signature (its hook's argument).
 
@@ -116,21 +143,8 @@ class Sig:
       returns ``grads`` itself costs no copy. None where no backward will run (as in
       :func:`fnnet.predict`): a hook then need not make backward's buffers.
     * ``path``: where the layer sits in the model (``"conv2d_0"``), for errors.
-    * ``group``, ``shard``: the :class:`~fnnet.layers._group.ShardGroup` of a training
-      step whose batch is cut into shards, and this shard's index in it (None and 0
-      otherwise). Only a layer whose math needs the whole batch uses them (batch norm,
-      which sets ``shard_sums``); other layers never see shards.
-    * ``fuse``: whether ``serial`` may fuse runs of its layers (``fnnet/layers/_fuse.py``);
-      False only to count the layers' own buffers (:func:`fnnet.train.least_shard_rows`).
-    * ``ledger``: a list that :meth:`empty` appends the bytes of each array it makes to,
-      or None. A hook that makes its arrays with :meth:`empty` (the built-in layers do)
-      so tells :func:`fnnet.train.least_shard_rows` what a row of a batch costs; arrays made
-      otherwise are not counted (they only make the shards thicker).
-    * ``watch``: a list that the runner's ``prepare`` appends ``(path, grads)`` to for each layer
-      whose backward is not fnnet's own, or None. A training step marks those gradients
-      before every backward pass and checks them after it (fnnet's layers are tested to
-      write every gradient; a layer of yours whose backward skips a leaf on some step gets
-      an error on that step, not the stale value of an earlier one).
+    * ``carry``: what the runner carries for training (a :class:`Carry`: shards, fusion,
+      the buffer ledger, the gradient watch); a layer of yours needs none of it.
     """
 
     x_shape: tuple
@@ -139,17 +153,13 @@ class Sig:
     need_dx: bool = True
     grads: Any = None
     path: str = ""
-    group: Any = None
-    shard: int = 0
-    fuse: bool = True
-    ledger: list | None = attrs.field(default=None, eq=False, repr=False)
-    watch: list | None = attrs.field(default=None, eq=False, repr=False)
+    carry: Carry = attrs.field(factory=lambda: Carry(), repr=False)
 
     def empty(self, shape: tuple | None = None, dtype: Any = None) -> np.ndarray:
         """A new array of ``shape`` (default ``x_shape``) and ``dtype`` (default the input's)."""
         a = np.empty(self.x_shape if shape is None else shape, self.dtype if dtype is None else dtype)
-        if self.ledger is not None:
-            self.ledger.append(a.nbytes)
+        if self.carry.ledger is not None:
+            self.carry.ledger.append(a.nbytes)
         return a
 
     def dx_buffer(self) -> np.ndarray | None:
@@ -160,8 +170,7 @@ class Sig:
         """The signature of a sub-layer ``key`` of a combinator, with input ``x_shape``."""
         return Sig(
             tuple(x_shape), self.dtype, self.train, self.need_dx if need_dx is None else need_dx,
-            None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key,
-            self.group, self.shard, self.fuse, self.ledger, self.watch,
+            None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key, self.carry,
         )
 
 

@@ -18,7 +18,7 @@ from .. import random
 from .._errors import DTypeError, InvalidValueError, ShapeError, TreeMismatchError
 from ..flat import Layout
 from ..tree import EMPTY, _path_str, tree_leaves, tree_leaves_with_path, tree_zip
-from ._layer import Layer, Sig
+from ._layer import Carry, Layer, Sig
 
 __all__ = ["Chain", "Site", "check_batch", "one_output", "prepare", "prepare_checked", "run", "run_backward",
            "run_chain", "run_chain_backward"]
@@ -52,8 +52,9 @@ def prepare(layer: Layer, params: Any, sig: Sig) -> Site:
     """``layer`` ready to run on inputs of ``sig``: its hook's buffers made (unchecked:
     check the params and the input shape first)."""
     buf = sig if layer.buffers is None else layer.buffers(params, sig)
-    if sig.watch is not None and sig.grads is not None and tree_leaves(sig.grads) and not _own(layer):
-        sig.watch.append((sig.path or layer.name, sig.grads))
+    watch = sig.carry.watch
+    if watch is not None and sig.grads is not None and tree_leaves(sig.grads) and not _own(layer):
+        watch.append((sig.path or layer.name, sig.grads))
     return Site(layer, sig, buf, layer._forward, layer._backward, sig.grads, not (layer.stochastic or layer.stateful))
 
 
@@ -96,10 +97,11 @@ def prepare_checked(
     (batch norm's statistics of no rows do not exist; a layer's buffers need a row)."""
     check_batch(layer, params, x_shape, dtype)
     if not backward:
-        return prepare(layer, params, Sig(x_shape, dtype, train, need_dx, fuse=fuse, ledger=ledger)), None, None
+        sig = Sig(x_shape, dtype, train, need_dx, carry=Carry(fuse=fuse, ledger=ledger))
+        return prepare(layer, params, sig), None, None
     layout = Layout.of(params)
     flat, grads = layout.fresh_grads()
-    sig = Sig(x_shape, dtype, train, need_dx, grads, "", group, shard, fuse, ledger, watch)
+    sig = Sig(x_shape, dtype, train, need_dx, grads, "", Carry(group, shard, fuse, ledger, watch))
     return prepare(layer, params, sig), layout, flat
 
 

@@ -58,9 +58,9 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
 
     def buffers(params: Params, sig: Sig) -> _Buffers:
         c = sig.x_shape[1]
-        group = sig.group if sig.train else None
+        group = sig.carry.group if sig.train else None
         return _Buffers(sig.train, sig.empty(), sig.empty(), sig.dx_buffer(), np.empty((2, c)), sig.empty((4, c)),
-                        group, sig.shard, sig.path)
+                        group, sig.carry.shard, sig.path)
 
     def head(params: Params, x: Array, buf: _Buffers, state: PyTree) -> tuple[Array, Any, PyTree]:
         # the forward pass up to the normalisation: its coefficients and the new state

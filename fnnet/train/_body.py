@@ -102,7 +102,7 @@ class Plan:
     product: int | None = None
     bound: int | None = None
     checked: bool = False
-    # ((path, grads, marker views), ...) of every shard's layers whose backward is not fnnet's (Sig.watch)
+    # ((path, grads, marker views), ...) of every shard's layers whose backward is not fnnet's (Carry.watch)
     watch: tuple = ()
     comm: Any = None
     gathered: np.ndarray | None = None
