@@ -1,7 +1,8 @@
 """Layers: each constructor returns a :class:`Layer` record of pure functions.
 
-``Layer``, ``Sig`` and the protocol's function types (``InitFn``, ``ForwardFn``...) live in
-``_layer.py``, the runner (``prepare``, ``run``, ``run_backward``; public as
+``Layer`` and the protocol's function types (``InitFn``, ``ForwardFn``...) live in
+``_layer.py``, what a hook sees (``Sig``, and ``Carry``, what training carries beside it) in
+``_sig.py``, the fusion tags in ``_fusion.py``, the runner (``prepare``, ``run``, ``run_backward``; public as
 ``fnnet.runner``) in ``_runner.py``; the combinators
 (``serial``, ``residual``) and ``summary`` in ``combinators.py``, which runs its
 sub-layers through that runner. For writing layers: ``elementwise`` makes a layer without params from two
@@ -13,21 +14,9 @@ layer that is one ONNX operator.
 """
 
 from ._checks import check_params
-from ._layer import (
-    BackwardFn,
-    BuffersFn,
-    Carry,
-    CheckFn,
-    ForwardFn,
-    Fusion,
-    InitFn,
-    Layer,
-    OnnxFn,
-    Sig,
-    normalized,
-    onnx_op,
-    with_bias,
-)
+from ._fusion import Fusion, normalized, with_bias
+from ._layer import BackwardFn, BuffersFn, CheckFn, ForwardFn, InitFn, Layer, OnnxFn, onnx_op
+from ._sig import Carry, Sig
 from .activations import elementwise, elu, gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax, softplus, tanh
 from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial, summary
 from .conv import conv2d, conv_algorithm

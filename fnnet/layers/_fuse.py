@@ -32,8 +32,10 @@ from .. import kernels
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import batch_of, with_batch, without_batch
-from ._layer import Fusion, Layer, Sig
+from ._fusion import Fusion
+from ._layer import Layer
 from ._runner import Chain, Site, prepare
+from ._sig import Sig
 
 
 def _run_affine(head: Callable, params: Params, x: Array, buf: Any, state: Any, ones: np.ndarray) -> tuple:

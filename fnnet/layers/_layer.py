@@ -35,7 +35,6 @@ import attrs
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import kernels
 from .._errors import (
     InvalidTypeError,
     InvalidValueError,
@@ -47,9 +46,10 @@ from ..random import Key
 from ..tree import EMPTY, freeze
 from ..typing import DTypeLike, Params, PyTree, Shape
 from ._checks import as_batch, check_init_dtype
+from ._fusion import Fusion
+from ._sig import Sig
 
-__all__ = ["BackwardFn", "BuffersFn", "Carry", "CheckFn", "ForwardFn", "Fusion", "InitFn", "Layer", "OnnxFn", "Sig",
-           "normalized", "onnx_op", "with_bias"]
+__all__ = ["BackwardFn", "BuffersFn", "CheckFn", "ForwardFn", "InitFn", "Layer", "OnnxFn", "onnx_op"]
 
 
 class InitFn(Protocol):
@@ -101,143 +101,6 @@ def onnx_op(op_type: str, **attributes: Any) -> OnnxFn:
         return graph.op(op_type, x, **attributes)
 
     return mapping
-
-
-@attrs.frozen
-class Carry:
-    """What the runner carries for training beside a :class:`Sig` (no layer of yours reads it).
-
-    * ``group``, ``shard``: the :class:`~fnnet.runner.ShardGroup` of a training step whose
-      batch is cut into shards, and this shard's index in it (None and 0 otherwise). Only a
-      layer whose math needs the whole batch uses them (batch norm, which sets
-      ``shard_sums``); other layers never see shards.
-    * ``fuse``: whether ``serial`` may fuse runs of its layers (``fnnet/layers/_fuse.py``);
-      False only to count the layers' own buffers (:func:`fnnet.train.least_shard_rows`).
-    * ``ledger``: a list that :meth:`Sig.empty` appends the bytes of each array it makes
-      to, or None: so a hook that makes its arrays with ``empty`` (the built-in layers do)
-      tells :func:`fnnet.train.least_shard_rows` what a row of a batch costs.
-    * ``watch``: a list that the runner's ``prepare`` appends ``(path, grads)`` to for each
-      layer whose backward is not fnnet's own, or None: a training step marks those
-      gradients before every backward pass and checks them after it (a layer of yours
-      whose backward skips a leaf on some step gets an error on that step, not the stale
-      value of an earlier one).
-    """
-
-    group: Any = None
-    shard: int = 0
-    fuse: bool = True
-    ledger: list | None = attrs.field(default=None, eq=False, repr=False)
-    watch: list | None = attrs.field(default=None, eq=False, repr=False)
-
-
-@attrs.frozen
-class Sig:
-    """What the runner tells a layer about one input signature (its hook's argument).
-
-    * ``x_shape``: the input shape with the batch axis; ``dtype``: the input dtype.
-    * ``train``: train mode (False: eval mode, as in :func:`fnnet.predict`).
-    * ``need_dx``: whether backward must return ``dx`` (a training step needs no
-      gradient of its input images); when False, backward may return None.
-    * ``grads``: writeable, C-contiguous arrays with the params' structure (views of
-      the step's flat gradient). A backward that writes its ``dparams`` into them and
-      returns ``grads`` itself costs no copy. None where no backward will run (as in
-      :func:`fnnet.predict`): a hook then need not make backward's buffers.
-    * ``path``: where the layer sits in the model (``"conv2d_0"``), for errors.
-    * ``carry``: what the runner carries for training (a :class:`Carry`: shards, fusion,
-      the buffer ledger, the gradient watch); a layer of yours needs none of it.
-    """
-
-    x_shape: tuple
-    dtype: np.dtype
-    train: bool = True
-    need_dx: bool = True
-    grads: Any = None
-    path: str = ""
-    carry: Carry = attrs.field(factory=lambda: Carry(), repr=False)
-
-    def empty(self, shape: tuple | None = None, dtype: Any = None) -> np.ndarray:
-        """A new array of ``shape`` (default ``x_shape``) and ``dtype`` (default the input's)."""
-        a = np.empty(self.x_shape if shape is None else shape, self.dtype if dtype is None else dtype)
-        if self.carry.ledger is not None:
-            self.carry.ledger.append(a.nbytes)
-        return a
-
-    def dx_buffer(self) -> np.ndarray | None:
-        """A new array for ``dx`` when backward must return one, else None."""
-        return self.empty() if self.need_dx else None
-
-    def child(self, key: str, x_shape: tuple, need_dx: bool | None = None) -> Sig:
-        """The signature of a sub-layer ``key`` of a combinator, with input ``x_shape``."""
-        return Sig(
-            tuple(x_shape), self.dtype, self.train, self.need_dx if need_dx is None else need_dx,
-            None if self.grads is None else self.grads[key], f"{self.path}/{key}" if self.path else key, self.carry,
-        )
-
-
-@attrs.frozen
-class Fusion:
-    """What a built-in layer tells the fusion rules (``fnnet/layers/_fuse.py``) about itself.
-
-    A layer that leads a fused run gives its ``head``: its forward pass up to a last
-    per-channel step, which the fused pass replaces with one kernel that also does what
-    follows (ReLU, max pooling):
-
-    * ``kind="affine"``: ``head(params, x, buf) -> (z, cache)`` is the output before the
-      bias, in a buffer of the layer's that the fused pass may overwrite; the forward is
-      :func:`with_bias` of it (``conv2d``, ``dense``).
-    * ``kind="normalize"``: ``head(params, x, buf, state) -> (coef, cache, new_state)``
-      with ``coef`` (4, C) of x's dtype (mean, inv_std, scale, shift per channel); the
-      forward is :func:`normalized` of it, which writes ``buf.xhat`` and ``buf.y``
-      (``batch_norm``).
-
-    Either way the layer's own backward takes ``cache`` and the output's gradient. The
-    layers that follow: ``kind="relu"`` (``max(x, 0)`` as
-    :func:`fnnet.kernels.relu_forward`) and ``kind="max_pool"`` with ``args = (kh, kw,
-    sh, sw)``, both without params.
-    """
-
-    kind: str
-    args: tuple = attrs.field(default=(), converter=tuple)
-    head: Callable | None = attrs.field(default=None, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InvalidValueError(f"Fusion: kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}")
-        if (self.kind in ("affine", "normalize")) != callable(self.head):
-            raise InvalidTypeError(f"Fusion: an affine or normalize layer, and only one, gives its head as a "
-                                   f"function (kind {self.kind!r}, head {self.head!r})")
-        if self.kind == "max_pool" and (len(self.args) != 4 or not all(isinstance(a, int) and a > 0
-                                                                        for a in self.args)):
-            raise InvalidValueError(f"Fusion: max_pool takes args (kh, kw, sh, sw) of ints >= 1, got {self.args!r}")
-
-
-KINDS = ("affine", "normalize", "relu", "max_pool")
-"""The kinds of :class:`Fusion` tags."""
-
-
-def with_bias(head: Callable) -> ForwardFn:
-    """The forward pass of an affine layer: ``head(params, x, buf) -> (z, cache)``, then
-    ``params["b"]`` (C,) added in place along axis 1 of ``z`` (N, C, ...)."""
-
-    def forward(params: Params, x: np.ndarray, buf: Any) -> tuple[np.ndarray, Any]:
-        z, cache = head(params, x, buf)
-        b = params["b"]
-        z += b.reshape(b.shape + (1,) * (z.ndim - 2))
-        return z, cache
-
-    return forward
-
-
-def normalized(head: Callable) -> ForwardFn:
-    """The forward pass of a normalising layer: ``head(params, x, buf, state) -> (coef,
-    cache, new_state)``, then :func:`fnnet.kernels.bn_normalize` of ``x`` into
-    ``buf.xhat`` and ``buf.y``."""
-
-    def forward(params: Params, x: np.ndarray, buf: Any, state: PyTree) -> tuple[np.ndarray, Any, PyTree]:
-        coef, cache, new_state = head(params, x, buf, state)
-        return kernels.bn_normalize(x, coef, buf.xhat, buf.y), cache, new_state
-
-    return forward
 
 
 MAX_DEPTH = 100

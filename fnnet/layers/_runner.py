@@ -18,7 +18,8 @@ from .. import random
 from .._errors import DTypeError, InvalidValueError, ShapeError, TreeMismatchError
 from ..flat import Layout
 from ..tree import EMPTY, _path_str, tree_leaves, tree_leaves_with_path, tree_zip
-from ._layer import Carry, Layer, Sig
+from ._layer import Layer
+from ._sig import Carry, Sig
 
 __all__ = ["Chain", "Site", "check_batch", "one_output", "prepare", "prepare_checked", "run", "run_backward",
            "run_chain", "run_chain_backward"]

@@ -17,7 +17,9 @@ from .._errors import InvalidValueError, as_float
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import without_params
-from ._layer import Fusion, Layer, OnnxFn, Sig, onnx_op
+from ._fusion import Fusion
+from ._layer import Layer, OnnxFn, onnx_op
+from ._sig import Sig
 
 
 def elementwise(

@@ -24,8 +24,9 @@ from ..tree import EMPTY, FrozenDict, param_count
 from ..typing import Array, DTypeLike, Params, PyTree, Shape
 from ._checks import check_keys, fmt_shape, is_multi, positive_int, with_batch, without_params
 from ._fuse import prepare_chain
-from ._layer import Layer, Sig
+from ._layer import Layer
 from ._runner import prepare, run, run_backward, run_chain, run_chain_backward
+from ._sig import Sig
 from .reshape import identity
 
 

@@ -29,8 +29,10 @@ from .._errors import InvalidValueError, ShapeError
 from ..random import Key
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, check_params, fmt_shape, initializers_of, pair, positive_int, seal
+from ._fusion import Fusion, with_bias
 from ._geometry import out_size, same_pad
-from ._layer import Fusion, Layer, Sig, with_bias
+from ._layer import Layer
+from ._sig import Sig
 
 Geometry = tuple[int, int, int, int, int, int, int, int, int, int]
 """The kernels' kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr."""

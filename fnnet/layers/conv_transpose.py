@@ -14,7 +14,8 @@ from .._errors import InvalidValueError, ShapeError
 from ..random import Key
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, check_params, fmt_shape, initializers_of, pair, positive_int, seal
-from ._layer import Layer, Sig
+from ._layer import Layer
+from ._sig import Sig
 
 
 class _TransposeBuffers(NamedTuple):

@@ -12,7 +12,9 @@ from .._errors import ShapeError
 from ..random import Key
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, check_params, fmt_shape, initializers_of, positive_int, seal
-from ._layer import Fusion, Layer, Sig, with_bias
+from ._fusion import Fusion, with_bias
+from ._layer import Layer
+from ._sig import Sig
 
 
 class _Buffers(NamedTuple):

@@ -13,7 +13,8 @@ from ..random import Key
 from ..tree import EMPTY
 from ..typing import Array, Params
 from ._checks import without_params
-from ._layer import Layer, Sig, onnx_op
+from ._layer import Layer, onnx_op
+from ._sig import Sig
 
 
 def dropout(rate: float) -> Layer:

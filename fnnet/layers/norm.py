@@ -13,7 +13,9 @@ from ..random import Key
 from ..tree import FrozenDict
 from ..typing import Array, Params, PyTree, Shape
 from ._checks import check_params, fmt_shape, positive_int, seal
-from ._layer import Fusion, Layer, Sig, normalized
+from ._fusion import Fusion, normalized
+from ._layer import Layer
+from ._sig import Sig
 
 
 def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:

@@ -16,8 +16,10 @@ from .._errors import ShapeError
 from ..tree import EMPTY
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, fmt_shape, pair, without_params
+from ._fusion import Fusion
 from ._geometry import out_size
-from ._layer import Fusion, Layer, Sig, onnx_op
+from ._layer import Layer, onnx_op
+from ._sig import Sig
 
 
 def _windowed(name: str, window: int | tuple[int, int], stride: int | tuple[int, int] | None) -> tuple:

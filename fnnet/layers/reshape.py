@@ -12,7 +12,8 @@ from .._errors import InvalidValueError, ShapeError
 from ..tree import EMPTY
 from ..typing import Array, Params, Shape
 from ._checks import fmt_shape, without_params
-from ._layer import Layer, Sig
+from ._layer import Layer
+from ._sig import Sig
 
 
 def _view_layer(name: str, out_shape: Callable[[tuple], tuple]) -> Layer:

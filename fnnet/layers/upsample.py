@@ -9,7 +9,8 @@ import numpy as np
 from ..tree import EMPTY
 from ..typing import Array, Params, Shape
 from ._checks import check_ndim, pair, without_params
-from ._layer import Layer, Sig
+from ._layer import Layer
+from ._sig import Sig
 
 
 def upsample2d(factor: int | tuple[int, int] = 2) -> Layer:
