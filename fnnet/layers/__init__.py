@@ -18,7 +18,7 @@ from ._fusion import Fusion, normalized, with_bias
 from ._layer import BackwardFn, BuffersFn, CheckFn, ForwardFn, InitFn, Layer, OnnxFn, onnx_op
 from ._sig import Carry, Sig
 from .activations import elementwise, elu, gelu, leaky_relu, log_softmax, relu, sigmoid, silu, softmax, softplus, tanh
-from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial, summary
+from .combinators import fan_in_concat, fan_in_sum, fan_out, parallel, residual, serial
 from .conv import conv2d, conv_algorithm
 from .conv_transpose import conv_transpose2d
 from .dense import dense
@@ -26,6 +26,7 @@ from .dropout import dropout
 from .norm import batch_norm, group_norm, layer_norm
 from .pool import avg_pool2d, global_avg_pool2d, max_pool2d
 from .reshape import flatten, identity, reshape
+from .summary import summary
 from .upsample import upsample2d
 
 __all__ = [

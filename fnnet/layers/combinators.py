@@ -11,7 +11,6 @@ runner, so every sub-layer is checked and sped up as a top-level layer is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -20,8 +19,8 @@ import numpy as np
 from .. import random
 from .._errors import FnnetError, InvalidTypeError, InvalidValueError, ShapeError
 from ..random import Key
-from ..tree import EMPTY, FrozenDict, param_count
-from ..typing import Array, DTypeLike, Params, PyTree, Shape
+from ..tree import EMPTY, FrozenDict
+from ..typing import Array, Params, PyTree, Shape
 from ._checks import check_keys, fmt_shape, is_multi, positive_int, with_batch, without_params
 from ._fuse import prepare_chain
 from ._layer import Layer
@@ -382,43 +381,3 @@ def residual(block: Layer, shortcut: Layer | None = None) -> Layer:
         init_state=init_state if any(stateful) else None, stochastic=block.stochastic or shortcut.stochastic,
         shard_sums=block.cuttable and shortcut.cuttable, children=parts,
     )
-
-
-def summary(
-    model: Layer, input_shape: tuple, dtype: DTypeLike = np.float32, *, print_fn: Callable[[str], Any] = print
-) -> str:
-    """A table of layers, output shapes and parameter counts; printed and returned.
-
-    Shapes are found without data, by ``init`` with a fixed key. The layers of ``serial``
-    are rows in turn; the branches of ``parallel`` and ``residual`` are rows each, under
-    their path (``parallel_1/conv2d_0``, ``residual_2/shortcut``).
-    """
-    rows = [("layer", "output shape", "params")]
-    total = 0
-
-    def walk(layer: Layer, key_name: str, shape: tuple, prefix: str) -> tuple:
-        nonlocal total
-        inner = prefix + key_name + "/" if key_name else prefix
-        if layer.name == "serial" and layer.children:
-            for k, child in layer.children:
-                shape = walk(child, k, shape, inner)
-            return shape
-        if layer.name == "parallel" and layer.children and is_multi(shape):
-            return tuple(walk(child, k, s, inner) for (k, child), s in zip(layer.children, shape))
-        if layer.name == "residual" and layer.children:
-            return [walk(child, k, shape, inner) for k, child in layer.children][0]
-        params, shape = layer.init(random.key(0), shape, dtype=dtype)
-        count = param_count(params)
-        total += count
-        rows.append((prefix + (key_name or layer.name), fmt_shape(shape), f"{count:,}"))
-        return shape
-
-    walk(model, "", tuple(input_shape), "")
-    rows.append(("total", "", f"{total:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    line = "-" * (sum(widths) + 4)
-    fmt = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
-    out = "\n".join([fmt(rows[0]), line, *map(fmt, rows[1:-1]), line, fmt(rows[-1])])
-    print_fn(out)
-    return out
-
