@@ -15,7 +15,7 @@ __all__ = ["Carry", "Sig"]
 class Carry:
     """What the runner carries for training beside a :class:`Sig` (no layer of yours reads it).
 
-    * ``group``, ``shard``: the :class:`~fnnet.runner.ShardGroup` of a training step whose
+    * ``group``, ``shard``: the ``ShardGroup`` (``fnnet.runner``) of a training step whose
       batch is cut into shards, and this shard's index in it (None and 0 otherwise). Only a
       layer whose math needs the whole batch uses them (batch norm, which sets
       ``shard_sums``); other layers never see shards.

@@ -78,7 +78,7 @@ class Plan:
     buffers the layers' hooks made and gradient views into its flat gradient. ``checked``
     turns True once a backward pass has been seen to write every gradient. ``group``: for
     a cut batch of a model with state (batch norm), the
-    :class:`~fnnet.runner.ShardGroup` its shards run in and pool their statistics
+    ``ShardGroup`` (``fnnet.runner``) its shards run in and pool their statistics
     through (None otherwise). ``product``: the multiply-adds of the largest matrix product
     of a shard's pass (:func:`fnnet.threads.largest_product`), which decides whether BLAS
     gets threads (:func:`fnnet.threads.blas_share`); ``bound``, an upper bound of any of
