@@ -46,6 +46,7 @@ import attrs
 import numpy as np
 from recipes import (
     Config,
+    batch_indices,
     build_augment,
     build_model,
     build_optimizer,
@@ -118,8 +119,7 @@ def run(cfg: Config, out: pathlib.Path, ds: data.Dataset, resume: bool = False, 
     job = setup(cfg, ds, ranks)
     book = Logbook(cfg, ds, job, folder, ranks, t_start)
     state = book.begin(resume)
-    sample = data.sample_batches if cfg.sampling == "replacement" else data.epoch_batches
-    batches = sample(job.keys["data"], len(job.train), cfg.batch_size, start_step=state.step)
+    batches = batch_indices(cfg, job.keys["data"], len(job.train), state.step)
     end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
     stop = ranks.interrupts()  # (Ctrl-C under MPI: every rank stops after the same step)
     try:

@@ -59,7 +59,7 @@ SWEEPABLE: dict[str, type] = {
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 OUTPUTS = ("results.csv", "results.md", "sweep.png")
 METRIC = "val_accuracy"
-SCRIPTS = ("mnist.py", "recipes.py")  # what a trial runs: the pipeline, shipped to the workers as text
+SCRIPTS = ("mnist.py", "recipes.py", "models.py")  # what a trial runs: the pipeline, shipped to the workers as text
 
 
 class SweepError(fn.InvalidValueError):
