@@ -48,12 +48,11 @@ def _code(dtype: np.dtype) -> str | None:
 
 
 def encode(f: BinaryIO, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` (name -> array, each passing :func:`check`) and ``metadata``
-    (str -> str) to ``f``."""
+    """Write ``tensors`` (name -> array, each having passed :func:`check`: the caller
+    checks them before it opens a file) and ``metadata`` (str -> str) to ``f``."""
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, a in tensors.items():
-        check(name, a)
         code = _code(a.dtype)
         header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes

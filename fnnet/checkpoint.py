@@ -138,8 +138,6 @@ def save(path: str | os.PathLike, tree: PyTree, metadata: dict | None = None) ->
 
     if safetensors:
         names = _names(tree_structure(tree), path)
-        for name, a in zip(names, leaves, strict=True):
-            _safetensors.check(name, a, f"{path}: ")
         strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in header.items()}
         write_tensors(path, dict(zip(names, leaves, strict=True)), strings, check=reads_back)
         return sha

@@ -182,17 +182,21 @@ def _check_ops(onnx: Any, graph: Graph) -> None:
     """An InvalidValueError naming the layer whose mapping emitted an op opset 17 lacks."""
     for op, _, name, _ in graph.nodes:
         if not onnx.defs.has(op, max_inclusive_version=OPSET):
-            layer = name.rsplit("/", 1)[0] if "/" in name else "the model"
-            raise InvalidValueError(f"to_onnx: the ONNX mapping of {layer} emits {op!r}, which is not an operator "
-                                    f"of ONNX opset {OPSET}")
+            raise InvalidValueError(f"to_onnx: the ONNX mapping of {_layer_of(name)} emits {op!r}, which is not an "
+                                    f"operator of ONNX opset {OPSET}")
 
 
 def _node_of(graph: Graph, message: str) -> str:
     """`` at <layer>`` for the first node the checker's message names, or ''."""
     for _, _, name, _ in graph.nodes:
         if name in message:
-            return f" at {name.rsplit('/', 1)[0] if '/' in name else 'the model'}"
+            return f" at {_layer_of(name)}"
     return ""
+
+
+def _layer_of(node: str) -> str:
+    """The layer path a node's name (``residual_2/block/Conv_3``) starts with."""
+    return node.rsplit("/", 1)[0] if "/" in node else "the model"
 
 
 def params_dtype(params: Params) -> np.dtype:

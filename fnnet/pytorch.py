@@ -120,10 +120,11 @@ def from_state_dict(model: Layer, state_dict: Mapping[str, Any] | str | os.PathL
 
     A module without ``bias`` (``bias=False``) gives zeros. A mismatch is a
     :class:`~fnnet.ShapeError` naming the fnnet layer and torch module that differ."""
+    input_shape = sample_shape("from_state_dict", input_shape)
     order = None
     if _is_torch_module(state_dict):
         module: Any = state_dict
-        order, state_dict = _forward_order(module, tuple(input_shape)), module.state_dict()
+        order, state_dict = _forward_order(module, input_shape), module.state_dict()
     elif isinstance(state_dict, (str, os.PathLike)):
         state_dict = read_tensors(state_dict)[0]
     if not isinstance(state_dict, Mapping):
@@ -132,7 +133,6 @@ def from_state_dict(model: Layer, state_dict: Mapping[str, Any] | str | os.PathL
     groups = _groups(state_dict)
     floats = [a.dtype for g in groups.values() for a in g.values() if a.dtype.kind == "f"]
     dtype = check_init_dtype("from_state_dict", dtype if dtype is not None else (floats[0] if floats else np.float32))
-    input_shape = sample_shape("from_state_dict", input_shape)
     template, _ = model.init(random.key(0), input_shape, dtype=dtype)
     template_state = model.init_state(template)
     values = dict(tree_leaves_with_path(template)) | dict(tree_leaves_with_path(template_state))
@@ -192,10 +192,10 @@ def _match(layers: list, wants: list[dict], groups: dict[str, dict], order: list
     if order is None and _numbered(list(groups)):
         order = sorted(groups, key=_numbers)
     if order is not None:
-        for where, want, i in zip(wheres, wants, range(len(wheres)), strict=True):
-            if i >= len(order):
-                raise ShapeError(f"from_state_dict: {where} takes {_fmt(want)}; the state dict has no module left "
-                                 f"(it has {len(order)} with weights)")
+        if len(order) < len(wheres):
+            first = len(order)  # (the first fnnet layer without a module)
+            raise ShapeError(f"from_state_dict: {wheres[first]} takes {_fmt(wants[first])}; the state dict has no "
+                             f"module left (it has {len(order)} with weights)")
         if len(order) > len(wheres):
             raise ShapeError(f"from_state_dict: the state dict's module {order[len(wheres)]!r} has no fnnet "
                              f"layer left to go to (the model has {len(wheres)} with weights)")
@@ -288,7 +288,6 @@ def _forward_order(module: Any, input_shape: Shape) -> list[str]:
     calls them over one batch of zeros."""
     import torch
 
-    input_shape = sample_shape("from_state_dict", input_shape)
     owners = {name: m for name, m in module.named_modules()
               if any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))}
     calls: list[str] = []

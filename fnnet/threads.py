@@ -212,12 +212,11 @@ def blas_share(threads: int, cores_: int | None = None, *, product: int | None =
     thread already) it is a plain ``nullcontext``: the hot path of a small step pays one
     read of BLAS's thread count (0.2 us), where entering the cap costs a few, and a step
     of a small model tens."""
-    bound = product if bound is None else bound
-    if threads <= 1 and not (product is not None and bound is not None and BLAS_ONE_THREAD_PRODUCT < bound
-                             and product < BLAS_MIN_PRODUCT and _BLAS.most() > 1):
+    small = product is not None and product < BLAS_MIN_PRODUCT
+    if threads <= 1 and not (small and BLAS_ONE_THREAD_PRODUCT < (bound if bound is not None else product or 0)
+                             and _BLAS.most() > 1):
         return nullcontext(0)
-    cap = 1 if product is not None and product < BLAS_MIN_PRODUCT else max(1, (cores() if cores_ is None else cores_)
-                                                                            // threads)
+    cap = 1 if small else max(1, (cores() if cores_ is None else cores_) // threads)
     return _capped(cap)
 
 

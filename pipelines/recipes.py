@@ -249,6 +249,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
               "the same on any number of ranks (the flag will go)", file=sys.stderr)
     if args.export == "onnx" and importlib.util.find_spec("onnx") is None:  # (before any training)
         ap.error("--export onnx: needs onnx, which is not installed (pip install onnx onnxruntime)")
+    if args.out is None:
+        args.out = default_out(args)
     if args.resume:
         try:
             _flags_of_the_run(args)
@@ -257,9 +259,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     for flag, default in DEFAULTS.items():
         if getattr(args, flag) is None:
             setattr(args, flag, default)
-    if args.out is None:
-        args.out = f"runs/{args.preset}-{args.dataset}-seed{args.seed}"
     return args
+
+
+def default_out(args: argparse.Namespace) -> str:
+    """``--out``'s default: runs/<preset>-<dataset>-seed<seed>, of the flags given or their defaults."""
+    preset, dataset, seed = (DEFAULTS[f] if getattr(args, f) is None else getattr(args, f) for f in DEFAULTS)
+    return f"runs/{preset}-{dataset}-seed{seed}"
 
 
 DEFAULTS = {"preset": "default", "dataset": "mnist", "seed": 0}
@@ -270,8 +276,7 @@ def _flags_of_the_run(args: argparse.Namespace) -> None:
     """With ``--resume``: every flag left out takes the resumed run's value (its config in
     the checkpoint's metadata); a flag given must agree with it (RunFolder.resume names
     any that differ)."""
-    out = args.out or f"runs/{args.preset or DEFAULTS['preset']}-{args.dataset or DEFAULTS['dataset']}-seed" \
-                      f"{DEFAULTS['seed'] if args.seed is None else args.seed}"
+    out = args.out
     path = pathlib.Path(out) / "checkpoint.npz"
     if not path.is_file():
         raise FlagError(f"--resume: no checkpoint to resume in --out {out} ({path} is missing)")
@@ -281,7 +286,6 @@ def _flags_of_the_run(args: argparse.Namespace) -> None:
         raise FlagError(f"--resume: {exc}") from None
     if not isinstance(config, dict):
         raise FlagError(f"--resume: {path} holds no run config (not written by this pipeline)")
-    args.out = out
     run = {**config, **config.get("regularization", {})}
     run["tta"] = "none" if run.get("tta") is None else run["tta"]
     run["epochs"] = None  # (the run's length is its steps)

@@ -262,7 +262,7 @@ def check(
     if not names and len(args.seeds) < 2:
         raise SweepError("nothing to sweep: give --grid, --sample or several --seeds")
     shared = _shared_flags(fixed)
-    given = {"out": shared.out != f"runs/{shared.preset}-{shared.dataset}-seed{shared.seed}",
+    given = {"out": shared.out != recipes.default_out(shared),
              **{flag: getattr(shared, flag) not in (None, False) for flag in ("resume", "overwrite", "stop_after",
                                                                                 "distributed")}}
     for flag in (f for f, yes in given.items() if yes):

@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
-import numpy as np
 
 from .. import checkpoint
 from .._errors import DataError, InvalidTypeError
 from .._io import write_atomic
+from ..export import params_dtype
 from ..layers import Layer
 from ..train import TrainState
-from ..tree import EMPTY, check_like, tree_leaves
+from ..tree import EMPTY, check_like
 from ._flags import FlagError
 
 
@@ -111,7 +111,7 @@ class RunFolder:
             if found.get(key) != value:
                 raise FlagError(f"--resume: {ckpt} has another {_NAMES.get(key, key)}")
         check_like(tree, _saved(like), f"--resume: {ckpt} does not hold this config's model and optimizer state")
-        state = TrainState(tree["params"], tree["opt_state"], int(found["step"]), tree.get("model_state", EMPTY))
+        state = _state_of(tree, found)
         return state, found, [r for r in self.read_metrics() if r["step"] <= state.step]
 
     def save(self, state: TrainState, meta: dict) -> None:
@@ -190,10 +190,8 @@ def load_run(folder: str | os.PathLike, model: Layer | Callable[[dict], Layer], 
     if not isinstance(layer, Layer):
         raise InvalidTypeError(f"load_run: model must be a fnnet Layer or a function of the config giving one, "
                                f"got {type(layer).__name__}")
-    params = tree["params"]
-    leaves = tree_leaves(params)
-    layer.output_shape(params, tuple(input_shape), leaves[0].dtype if leaves else np.float32)  # (names the layer)
-    state = TrainState(params, tree["opt_state"], int(meta.get("step", 0)), tree.get("model_state", EMPTY))
+    state = _state_of(tree, meta)
+    layer.output_shape(state.params, tuple(input_shape), params_dtype(state.params))  # (names the layer)
     summary_path = path / "summary.json"
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
@@ -201,6 +199,11 @@ def load_run(folder: str | os.PathLike, model: Layer | Callable[[dict], Layer], 
         raise DataError(f"{summary_path}: not JSON ({exc})") from None
     metrics = [r for r in read_metrics(path / "metrics.jsonl") if r.get("step", 0) <= state.step]
     return Run(layer, state, state.params, config, summary, metrics)
+
+
+def _state_of(tree: Any, meta: dict) -> TrainState:
+    """The state a checkpoint holds (:func:`_saved`'s tree, and the step in its metadata)."""
+    return TrainState(tree["params"], tree["opt_state"], int(meta.get("step", 0)), tree.get("model_state", EMPTY))
 
 
 def _saved(state: TrainState) -> dict:

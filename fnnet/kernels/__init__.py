@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
 import math
 import os
 import pathlib
@@ -159,11 +158,10 @@ def _without_kernels(why: str) -> str:
 def _installed_elsewhere(here: pathlib.Path) -> pathlib.Path | None:
     """The folder of an installed fnnet other than ``here``, if the environment has one."""
     try:
-        spec = importlib.util.find_spec("fnnet") and importlib.metadata.distribution("fnnet")
+        located = pathlib.Path(str(importlib.metadata.distribution("fnnet").locate_file("fnnet"))).resolve()
     except importlib.metadata.PackageNotFoundError:
         return None
-    located = pathlib.Path(str(spec.locate_file("fnnet"))).resolve() if spec else None
-    return located if located is not None and located != here and located.is_dir() else None
+    return located if located != here and located.is_dir() else None
 
 
 def _user_stacklevel() -> int:
