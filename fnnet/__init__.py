@@ -23,6 +23,7 @@ from . import (
     random,
     runner,
     runtime,
+    shards,
     threads,
     tree,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "relu",
     "reshape",
     "runtime",
+    "shards",
     "threads",
     "residual",
     "serial",

@@ -52,23 +52,11 @@ from ._errors import InvalidTypeError, InvalidValueError, check_int
 from .checkpoint import digest
 from .flat import Layout, flat_of
 from .optim import GradientTransformation
+from .shards import check_comm
 from .tree import freeze
 from .typing import OptState, PyTree
 
 __all__ = ["broadcast", "check_replicated", "data_parallel", "mean_gradient", "rank_rows"]
-
-
-def check_comm(name: str, comm: Any) -> Any:
-    """``comm``, or an InvalidTypeError from ``name`` unless it has the mpi4py
-    communicator methods fnnet calls."""
-    methods = ("Get_rank", "Get_size", "Allreduce", "Allgather", "bcast", "allgather")
-    missing = [m for m in methods if not callable(getattr(comm, m, None))]
-    if missing:
-        raise InvalidTypeError(
-            f"{name}: comm must be an mpi4py communicator (e.g. mpi4py.MPI.COMM_WORLD), got {type(comm).__name__} "
-            f"without {', '.join(missing)}"
-        )
-    return comm
 
 
 def mean_gradient(grad: np.ndarray, comm: Any, deterministic: bool = False) -> np.ndarray:

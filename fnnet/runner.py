@@ -4,13 +4,11 @@ from ``layers`` to prepare and run models, without reaching into its private mod
 * :func:`prepare`, :func:`prepare_checked`, :func:`run`, :func:`run_backward`,
   :class:`Site`, :class:`Chain`, :func:`run_chain`, :func:`run_chain_backward`,
   :func:`check_batch`, :func:`one_output`: the runner (``fnnet/layers/_runner.py``);
-* :class:`ShardGroup`: the shards of one training step, pooling batch norm's statistics;
 * :func:`as_batch`, :func:`check_init_dtype`, :data:`FLOAT_DTYPES`: the input checks every
   path shares.
 """
 
 from .layers._checks import FLOAT_DTYPES, as_batch, check_init_dtype
-from .layers._group import ShardGroup
 from .layers._runner import (
     Chain,
     Site,
@@ -24,5 +22,5 @@ from .layers._runner import (
     run_chain_backward,
 )
 
-__all__ = ["FLOAT_DTYPES", "Chain", "ShardGroup", "Site", "as_batch", "check_batch", "check_init_dtype", "one_output",
+__all__ = ["FLOAT_DTYPES", "Chain", "Site", "as_batch", "check_batch", "check_init_dtype", "one_output",
            "prepare", "prepare_checked", "run", "run_backward", "run_chain", "run_chain_backward"]

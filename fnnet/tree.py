@@ -22,21 +22,8 @@ import numpy as np
 from ._errors import TreeMismatchError
 from .typing import PyTree
 
-__all__ = [
-    "EMPTY",
-    "FrozenDict",
-    "TreeDef",
-    "check_like",
-    "freeze",
-    "param_count",
-    "tree_flatten",
-    "tree_leaves",
-    "tree_leaves_with_path",
-    "tree_map",
-    "tree_structure",
-    "tree_unflatten",
-    "tree_zip",
-]
+__all__ = ["EMPTY", "FrozenDict", "TreeDef", "check_like", "freeze", "param_count", "tree_flatten", "tree_leaves",
+           "tree_leaves_with_path", "tree_map", "tree_structure", "tree_unflatten", "tree_zip"]
 
 
 def _immutable(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -128,10 +115,8 @@ class TreeDef:
         return build
 
     def __repr__(self) -> str:
-        if self.kind == "leaf":
-            return "*"
-        if self.kind == "none":
-            return "None"
+        if self.kind in ("leaf", "none"):
+            return "*" if self.kind == "leaf" else "None"
         if self.kind == "dict":
             inner = ", ".join(f"{k!r}: {c!r}" for k, c in zip(self.keys, self.children))
             return "{" + inner + "}"
@@ -146,8 +131,6 @@ def _kind(node: Any) -> str:
     kind = _KINDS.get(type(node))  # fast path: ABC isinstance checks are slow on hot paths
     if kind is not None:
         return kind
-    if node is None:
-        return "none"
     if isinstance(node, Mapping):
         return "dict"
     if isinstance(node, tuple):
@@ -393,10 +376,7 @@ def freeze(tree: PyTree) -> PyTree:
     part that is immutable already (a FrozenDict or tuple of read-only leaves) is kept
     itself, as ``tuple(t)`` keeps a tuple.
     """
-    t = type(tree)  # (the common kinds first: a step freezes its optimizer state every call)
-    if t is np.ndarray:
-        return _seal(tree.copy()) if tree.flags.writeable else tree
-    if t is FrozenDict and tree:
+    if type(tree) is FrozenDict and tree:  # (the common kind first: a step freezes its optimizer state every call)
         values = tree.values()
         frozen = [freeze(c) for c in values]
         return tree if all(map(operator.is_, frozen, values)) else FrozenDict(zip(tree.keys(), frozen))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import fnnet as fn
 
 __all__ = ["MODELS", "model_of"]
@@ -22,8 +24,11 @@ MODELS = {
 """The CNNs ``--model`` picks, with what each is (``model_of`` builds them)."""
 
 
+@functools.cache
 def model_of(name: str) -> fn.Layer:
-    """The CNN ``--model name`` picks (its help says what each is)."""
+    """The CNN ``--model name`` picks (its help says what each is). One object a name
+    (layers are immutable): the memory check, the step and the evaluations share the
+    cost of a row found once (:func:`fnnet.train.row_bytes`)."""
     if name == "tutorial":
         w, b = fn.init.normal(0.01), fn.init.zeros
         return fn.serial(

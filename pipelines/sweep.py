@@ -26,7 +26,6 @@ Exit status: 0 done, 2 bad flags, 1 a trial failed.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import math
@@ -46,6 +45,7 @@ import numpy as np  # noqa: E402
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import recipes  # noqa: E402
+from sweep_report import plot, write_tables  # noqa: E402
 
 import fnnet as fn  # noqa: E402
 from fnnet import data, random  # noqa: E402
@@ -326,59 +326,6 @@ def sweep(
     return sorted(rows, key=lambda r: r["trial"])
 
 
-def write_tables(out: pathlib.Path, rows: list[dict]) -> None:
-    """results.csv and results.md: one row per trial."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return f"`{v}`" if isinstance(v, str) and (v.startswith("python") or len(v) == 64) else str(v)
-
-    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-    lines += ["| " + " | ".join(cell(r.get(k)) for k in fields) + " |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-
-
-def plot(out: pathlib.Path, rows: list[dict], swept: list[str]) -> bool:
-    """sweep.png: the final accuracy (test, else validation) against the first swept
-    hyper-parameter (the trial index when only seeds vary), one point per seed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no sweep.png (pip install matplotlib)", file=sys.stderr)
-        return False
-    x_name = swept[0] if swept else "seed"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, seed in enumerate(sorted({r["seed"] for r in rows})):
-        done = [r for r in rows if r["seed"] == seed and r["test_accuracy"] is not None]
-        stopped = [r for r in rows
-                   if r["seed"] == seed and r["test_accuracy"] is None and r["val_accuracy"] is not None]
-        ax.plot([r[x_name] for r in done], [r["test_accuracy"] for r in done], "o", color=f"C{i}", alpha=0.8,
-                label=f"seed {seed}")
-        if stopped:  # the validation accuracy where the scheduler stopped them
-            ax.plot([r[x_name] for r in stopped], [r["val_accuracy"] for r in stopped], "x", color=f"C{i}",
-                    label=f"seed {seed}, stopped early")
-    if x_name == "lr":
-        ax.set_xscale("log")
-    ax.set_xlabel(x_name)
-    ax.set_ylabel("test accuracy (x: validation, stopped early)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=100)
-    plt.close(fig)
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args, fixed = parse_args(argv)
     out = pathlib.Path(args.out)
@@ -406,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = sweep(args, fixed, pts, cfgs)
     write_tables(out, rows)
-    swept = list(dict.fromkeys(k for p in pts for k in p))
-    plot(out, rows, swept)
+    plot(out, rows, list(dict.fromkeys(k for p in pts for k in p)))
     print((out / "results.md").read_text())
     failed = [r["trial"] for r in rows if r["status"] == "failed"]
     if failed:

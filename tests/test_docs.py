@@ -12,10 +12,10 @@ import sys
 import pytest
 
 import fnnet
-from fnnet import checkpoint, data, export, init, kernels, losses, optim, pytorch, random, tree
+from fnnet import checkpoint, data, export, init, kernels, losses, optim, pytorch, random, shards, tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODULES = [fnnet, checkpoint, data, export, init, kernels, losses, optim, pytorch, random, tree]
+MODULES = [fnnet, checkpoint, data, export, init, kernels, losses, optim, pytorch, random, shards, tree]
 
 
 def _public():
@@ -57,6 +57,18 @@ def test_the_build_notes_give_every_module_its_job():
     shown = re.search(r"<!-- module-jobs -->\n(.*?)\n<!-- /module-jobs -->", page, re.S)
     assert shown and shown.group(1).strip() == out.stdout.strip(), "docs/build.md: python docs/import_graph.py --jobs"
     assert "(no docstring)" not in out.stdout
+
+
+LONGEST = 400
+"""The most lines a source file under fnnet/ or pipelines/ may have (the kernels aside:
+a kernel family and its numpy twin read best whole)."""
+
+
+def test_no_source_file_is_longer_than_one_concern_needs():
+    files = [*(ROOT / "fnnet").rglob("*.py"), *(ROOT / "pipelines").glob("*.py")]
+    long = {str(f.relative_to(ROOT)): n for f in files
+            if "kernels" not in f.parts and (n := len(f.read_text().splitlines())) > LONGEST}
+    assert len(files) > 50 and not long, f"split these by concern (at most {LONGEST} lines): {long}"
 
 
 def test_the_import_graph_check_finds_circles_and_upward_imports(tmp_path):

@@ -464,27 +464,6 @@ def test_the_cut_is_a_function_of_the_signature():
         assert sizes == fn.train.cut(n, "auto", rows)  # the cut takes values: rows, setting, least rows
 
 
-@pytest.mark.parametrize("sizes, ranks, runs", [
-    ((10,), 1, [[0]]), ((10,), 3, [[0], [], []]),  # one shard: rank 0's, the others wait
-    ((3, 3, 2, 2), 1, [[0, 1, 2, 3]]), ((3, 3, 2, 2), 2, [[0, 1], [2, 3]]), ((3, 3, 2, 2), 4, [[0], [1], [2], [3]]),
-    ((2,) * 6, 3, [[0, 1], [2, 3], [4, 5]]),
-])
-def test_each_rank_runs_an_equal_run_of_whole_shards(sizes, ranks, runs):
-    assert [list(fn.train.rank_shards(sizes, ranks, r)) for r in range(ranks)] == runs
-
-
-@pytest.mark.parametrize("sizes, ranks, message", [
-    ((32, 32), 4, r"a batch of 64 rows is cut into 2 shards, which 4 ranks cannot share as whole shards \(the bits "
-     r"would then depend on the ranks\): run on 1 or 2 ranks, or cut it so that they can: rows_per_shard=16 gives 4"),
-    ((4, 4, 4), 2, "12 rows is cut into 3 shards, which 2 ranks cannot share .* run on 1 or 3 ranks, or cut it so "
-     "that they can: rows_per_shard=6 gives 2 shards"),
-    ((1, 1), 3, "2 rows is cut into 2 shards, which 3 ranks cannot share .* run on 1 or 2 ranks$"),  # (no finer cut)
-])
-def test_a_cut_the_ranks_cannot_share_whole_is_refused_with_what_works(sizes, ranks, message):
-    with pytest.raises(fn.InvalidValueError, match=message):
-        fn.train.rank_shards(sizes, ranks, 0)
-
-
 class OneRank:
     """mpi4py's COMM_SELF, as far as a step uses it: a step on it is a one-process step."""
 

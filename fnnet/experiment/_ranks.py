@@ -14,8 +14,8 @@ import attrs
 import numpy as np
 
 from .._errors import FnnetError, InvalidValueError
+from ..shards import rank_shards
 from ..threads import blas_share
-from ..train import rank_shards
 from ..typing import Params
 from ._flags import FlagError
 
@@ -100,7 +100,7 @@ class Ranks:
                      dtype: np.dtype) -> int:
         """The shards a batch of ``batch_sizes[0]`` rows is cut into, or a FlagError unless
         every batch size the run will see (the full batch, the last of an epoch) is cut into
-        whole shards these ranks share (:func:`fnnet.train.rank_shards`): before any work."""
+        whole shards these ranks share (:func:`fnnet.shards.rank_shards`): before any work."""
         counts = []
         for n in batch_sizes:
             sizes = step.cut(params, (n, *input_shape), dtype)

@@ -15,15 +15,16 @@ __all__ = ["Carry", "Sig"]
 class Carry:
     """What the runner carries for training beside a :class:`Sig` (no layer of yours reads it).
 
-    * ``group``, ``shard``: the ``ShardGroup`` (``fnnet.runner``) of a training step whose
+    * ``group``, ``shard``: the :class:`fnnet.shards.ShardGroup` of a training step whose
       batch is cut into shards, and this shard's index in it (None and 0 otherwise). Only a
       layer whose math needs the whole batch uses them (batch norm, which sets
       ``shard_sums``); other layers never see shards.
     * ``fuse``: whether ``serial`` may fuse runs of its layers (``fnnet/layers/_fuse.py``);
       False only to count the layers' own buffers (:func:`fnnet.train.least_shard_rows`).
     * ``ledger``: a list that :meth:`Sig.empty` appends the bytes of each array it makes
-      to, or None: so a hook that makes its arrays with ``empty`` (the built-in layers do)
-      tells :func:`fnnet.train.least_shard_rows` what a row of a batch costs.
+      to, or None: so a hook that makes its arrays whose size grows with the batch with
+      ``empty`` (the built-in layers do; a fixed-size scratch array is ``np.empty``) tells
+      :func:`fnnet.train.row_bytes` what a row of a batch costs.
     * ``watch``: a list that the runner's ``prepare`` appends ``(path, grads)`` to for each
       layer whose backward is not fnnet's own, or None: a training step marks those
       gradients before every backward pass and checks them after it (a layer of yours

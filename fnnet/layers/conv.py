@@ -18,6 +18,7 @@ The bias gradient is the same sum on both (of one group: the same bits).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import attrs
@@ -85,10 +86,11 @@ def _rows_buffers(sig: Sig, args: Geometry, out_shape: Shape) -> _Rows:
     kh, kw, *_, pt, pb, pl, pr = args
     grads = sig.grads or {}
     rows = sig.empty((n, ho, wo, c * kh * kw))
+    w_rows = functools.partial(np.empty, (k, kh, kw, c), sig.dtype)  # (the weights' layout: no row's cost)
     return _Rows(
-        args, sig.empty((n, h + pt + pb, w + pl + pr, c)), rows, sig.empty((k, kh, kw, c)),
+        args, sig.empty((n, h + pt + pb, w + pl + pr, c)), rows, w_rows(),
         sig.empty((n, ho * wo, k)), sig.empty((n, k, ho, wo)),
-        sig.empty((n, ho * wo, k)) if grads else None, sig.empty((k, kh, kw, c)) if grads else None, sig.grads,
+        sig.empty((n, ho * wo, k)) if grads else None, w_rows() if grads else None, sig.grads,
         sig.empty(rows.shape) if grads and sig.need_dx else None, sig.dx_buffer(),
     )
 

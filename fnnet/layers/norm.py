@@ -31,7 +31,7 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     compiled kernels (``fnnet.kernels.bn_*``); jit reuses its buffers from step to step.
     A training batch cut into shards is normalised with the whole batch's statistics:
     each shard's moments, and in backward its gradient sums, are pooled in shard order
-    (:class:`~fnnet.layers._group.ShardGroup`), so any thread count gives the same bits.
+    (:class:`fnnet.shards.ShardGroup`), so any thread count gives the same bits.
     """
     momentum = check_real("batch_norm", "momentum", momentum, 0.0, 1.0, high_open=True)
     eps = check_real("batch_norm", "eps", eps, 0.0, low_open=True)
@@ -61,8 +61,8 @@ def batch_norm(momentum: float = 0.9, eps: float = 1e-5) -> Layer:
     def buffers(params: Params, sig: Sig) -> _Buffers:
         c = sig.x_shape[1]
         group = sig.carry.group if sig.train else None
-        return _Buffers(sig.train, sig.empty(), sig.empty(), sig.dx_buffer(), np.empty((2, c)), sig.empty((4, c)),
-                        group, sig.carry.shard, sig.path)
+        return _Buffers(sig.train, sig.empty(), sig.empty(), sig.dx_buffer(), np.empty((2, c)),
+                        np.empty((4, c), sig.dtype), group, sig.carry.shard, sig.path)
 
     def head(params: Params, x: Array, buf: _Buffers, state: PyTree) -> tuple[Array, Any, PyTree]:
         # the forward pass up to the normalisation: its coefficients and the new state

@@ -3,7 +3,7 @@
 * ``_state.py``: :class:`TrainState`;
 * ``_step.py``: :class:`Step` and :func:`train_step` (the records, the checks of a call);
 * ``_body.py``: the one body of a step and the plan it runs on;
-* ``_shards.py``: how a batch is cut into shards (values in, sizes out), and which a rank runs;
+* ``_sizing.py``: what a row of a batch costs the model (the cut's least rows, memory checks);
 * ``_jit.py``: :func:`jit`, the step with its plans kept, its shards on threads;
 * ``_predict.py``: :func:`predict`, with its own chunking;
 * ``_diverge.py``: what a step says when its numbers stop being finite.
@@ -13,9 +13,10 @@ import warnings
 from typing import Any
 
 from .. import threads
+from ..shards import MAX_SHARDS, MIN_SHARD_ROWS, SHARD_BYTES, cut, rank_shards
 from ._jit import JitStep, jit
 from ._predict import CHUNK_BYTES, CHUNK_ROWS, predict
-from ._shards import MAX_SHARDS, MIN_SHARD_ROWS, SHARD_BYTES, cut, least_shard_rows, rank_shards, row_bytes
+from ._sizing import least_shard_rows, row_bytes
 from ._state import TrainState
 from ._step import Step, train_step
 

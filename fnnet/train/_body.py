@@ -37,7 +37,8 @@ from ..flat import Layout, check_written, flat_of, unwritten
 from ..layers import Layer
 from ..metrics import accuracy
 from ..optim import GradientTransformation, apply_updates
-from ..runner import ShardGroup, Site, run, run_backward
+from ..runner import Site, run, run_backward
+from ..shards import ShardGroup, add_in_order, gather
 from ..tree import EMPTY, check_like, freeze, tree_leaves
 from ..typing import LossFn, PyTree
 from ._diverge import diverged, finite, nonfinite_outputs
@@ -78,7 +79,7 @@ class Plan:
     buffers the layers' hooks made and gradient views into its flat gradient. ``checked``
     turns True once a backward pass has been seen to write every gradient. ``group``: for
     a cut batch of a model with state (batch norm), the
-    ``ShardGroup`` (``fnnet.runner``) its shards run in and pool their statistics
+    :class:`fnnet.shards.ShardGroup` its shards run in and pool their statistics
     through (None otherwise). ``product``: the multiply-adds of the largest matrix product
     of a shard's pass (:func:`fnnet.threads.largest_product`), which decides whether BLAS
     gets threads (:func:`fnnet.threads.blas_share`); ``bound``, an upper bound of any of
@@ -205,8 +206,7 @@ def _sum(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree]:
     ``(parts, gradients, model state)``."""
     first = plan.shards[0]
     if not any(p.error for p in parts):
-        for s in plan.shards[1:]:  # in shard order, whatever ran them
-            np.add(first.grads, s.grads, out=first.grads)
+        add_in_order(first.grads, [s.grads for s in plan.shards[1:]])
     # (views of first.grads: an elementwise optimizer runs on that one vector; every shard's state is the batch's)
     return parts, first.site.grads, parts[0].model_state
 
@@ -228,12 +228,7 @@ def _gather(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree
     for j, (shard, part) in enumerate(zip(plan.shards, parts)):
         sending[j, :size] = shard.grads
         sending[j, size:].view(np.float64)[:] = (part.loss, math.nan if part.acc is None else part.acc)
-    if plan.count == 1:  # (too small to cut: rank 0's)
-        if parts:
-            gathered[0] = sending[0]
-        comm.Bcast(gathered[0], root=0)
-    else:
-        comm.Allgather(sending, gathered)
+    gather(comm, sending, gathered, plan.count)
     metrics = [row[size:].view(np.float64) for row in gathered]
     errors: list = [None] * len(metrics)
     if any(math.isnan(m[0]) for m in metrics):  # (every rank sees it: every rank asks which)
@@ -243,10 +238,8 @@ def _gather(plan: Plan, parts: list[_Part]) -> tuple[list[_Part], PyTree, PyTree
         model_state = comm.bcast(model_state, root=0)
     parts = [_Part(float(m[0]), None if math.isnan(m[1]) else float(m[1]), model_state, e)
              for m, e in zip(metrics, errors)]
-    if not any(errors):
-        total = gathered[0, :size]
-        for row in gathered[1:]:  # ((g0 + g1) + g2) + ...: shard order, on every rank
-            np.add(total, row[:size], out=total)
+    if not any(errors):  # ((g0 + g1) + g2) + ...: shard order, on every rank
+        add_in_order(gathered[0, :size], [row[:size] for row in gathered[1:]])
     return parts, plan.summed, model_state
 
 

@@ -16,7 +16,7 @@ from ..runner import as_batch, prepare_checked, run
 from ..threads import blas_share, largest_product, product_bound, thread_count
 from ..tree import EMPTY
 from ..typing import Params, PyTree
-from ._shards import row_bytes
+from ._sizing import row_bytes
 
 __all__ = ["CHUNK_BYTES", "CHUNK_ROWS", "chunk_threads", "predict"]
 

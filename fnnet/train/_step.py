@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from typing import Any
@@ -12,15 +11,15 @@ import numpy as np
 
 from .. import memory, random
 from .._errors import InvalidTypeError, InvalidValueError, ShapeError, instance_of, is_callable
-from ..distributed import check_comm
 from ..flat import Layout, marker_views
 from ..layers import Layer
 from ..optim import GradientTransformation
-from ..runner import ShardGroup, as_batch, check_batch, prepare_checked
+from ..runner import as_batch, check_batch, prepare_checked
+from ..shards import MIN_SHARD_ROWS, Setting, ShardGroup, check_comm, check_same_batch, cut, rank_shards
 from ..threads import blas_share, largest_product, product_bound
 from ..typing import Batch, LossFn
 from ._body import TAIL_BYTES, Plan, Shard, run_step
-from ._shards import MIN_SHARD_ROWS, Setting, cut, least_shard_rows, rank_shards, row_bytes
+from ._sizing import least_shard_rows, row_bytes
 from ._state import TrainState
 
 __all__ = ["Step", "check_inputs", "train_step"]
@@ -93,13 +92,13 @@ class Step:
     def plan(self, state: TrainState, x: np.ndarray, labels: np.ndarray, threads: int = 1) -> Plan:
         """Check the params against the model and the input (errors name the layer),
         then prepare the model in train mode for each shard this process runs (all, or
-        this rank's: :func:`~fnnet.train.rank_shards`), without the input's gradient (a
+        this rank's: :func:`fnnet.shards.rank_shards`), without the input's gradient (a
         model with state: in a group whose ``threads`` shards compute at once)."""
         sizes = self.cut(state.params, x.shape, x.dtype)
         comm = self.comm
         mine = range(len(sizes)) if comm is None else rank_shards(sizes, comm.Get_size(), comm.Get_rank())
         if comm is not None:
-            _check_same_batch(comm, x, labels)
+            check_same_batch(comm, x, labels)
         check_batch(self.model, state.params, x.shape, x.dtype)  # (every rank: one with no shard too)
         # every shard's buffers are mapped here, and take their pages mid-pass: refused now, not killed then
         memory.require(row_bytes(self.model, state.params, x.shape[1:], x.dtype) * sum(sizes[i] for i in mine),
@@ -161,7 +160,7 @@ def train_step(
     ``comm``: an mpi4py communicator whose ranks train together (data parallel). Every
     rank calls the step with the same state and the same *global* batch; the batch is cut
     as on one process, each rank runs its equal run of whole shards
-    (:func:`~fnnet.train.rank_shards`: a batch of one shard runs on rank 0), and every
+    (:func:`fnnet.shards.rank_shards`: a batch of one shard runs on rank 0), and every
     rank gathers every shard's gradient and sums them in shard order, as one process
     does. So the params, the metrics and batch norm's statistics are bit for bit those of
     one process, on any number of threads and of ranks that divides the shard count; any
@@ -192,20 +191,3 @@ def check_inputs(step: Step, state: TrainState, batch: Batch) -> tuple[np.ndarra
     if labels.ndim < 1 or labels.shape[0] != x.shape[0]:
         raise ShapeError(f"step: {x.shape[0]} inputs but labels of shape {labels.shape}")
     return x, labels
-
-
-def _check_same_batch(comm: Any, x: np.ndarray, labels: np.ndarray) -> None:
-    """InvalidValueError on every rank unless every rank passed the same batch (one
-    ``allgather`` of a digest, once per plan): a rank that passed its own slice, as with
-    ``fnnet.distributed.rank_rows``, would train on a part of the batch without a word."""
-    h = hashlib.blake2b(repr((x.shape, x.dtype.str, labels.shape, labels.dtype.str)).encode(), digest_size=16)
-    h.update(np.ascontiguousarray(x).data)
-    h.update(np.ascontiguousarray(labels).data)
-    digests = comm.allgather(h.hexdigest())
-    differ = [r for r, d in enumerate(digests) if d != digests[0]]
-    if differ:
-        raise InvalidValueError(
-            f"step: the ranks passed different batches (rank 0 and rank{'s' if len(differ) > 1 else ''} "
-            f"{', '.join(map(str, differ))}): with comm, every rank passes the whole global batch and the step "
-            f"runs its own shards' rows"
-        )
