@@ -122,8 +122,10 @@ def docs(session: nox.Session) -> None:
     """The guide and API reference as an HTML site in site/ (mkdocs + mkdocstrings, read
     from the sources), strict: a broken reference or a public name without a docstring
     fails the build; then a selftest that both guards still bite. The tutorial notebook is
-    executed first (as in ``notebook``) and shown with its outputs (mkdocs-jupyter)."""
+    executed first (as in ``notebook``) and shown with its outputs (mkdocs-jupyter), and
+    the speed-accuracy plot of docs/pipeline.md drawn from docs/ablation.csv."""
     _run_notebook(session)
+    session.run("python", "docs/ablation.py")
     session.install(*DOCS)
     env = {"NO_MKDOCS_2_WARNING": "1"}
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", env=env)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import numpy as np
 
@@ -19,11 +20,18 @@ import fnnet as fn
 from fnnet import optim
 
 SHAPE = (1, 10, 10)
+KINDS = ("cnn", "dropout", "bn", "resnet")
 
 
 def model(kind: str = "cnn") -> fn.Layer:
     """``cnn``; ``dropout`` (random in train mode: a key a shard); ``bn`` (batch norm:
-    statistics of the whole global batch)."""
+    statistics of the whole global batch); ``resnet``: the pipeline's ResNet-8
+    (pipelines/models.py: batch norm in every block, residual sums)."""
+    if kind == "resnet":
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "pipelines"))
+        from models import model_of
+
+        return model_of("resnet")
     extra = {"cnn": [], "dropout": [fn.dropout(0.3)], "bn": [fn.batch_norm()]}[kind]
     return fn.serial(fn.conv2d(4, 3), *extra, fn.relu(), fn.max_pool2d(2), fn.flatten(), fn.dense(16), fn.relu(),
                      fn.dense(5))
@@ -69,7 +77,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--optimizer", default="adam")
-    ap.add_argument("--model", default="cnn", choices=("cnn", "dropout", "bn"))
+    ap.add_argument("--model", default="cnn", choices=KINDS)
     ap.add_argument("--rows-per-shard", type=rows_setting, default="auto")
     ap.add_argument("--threads", type=int, default=1, help="jit's threads a rank")
     ap.add_argument("--slices", action="store_true", help="each rank its slice and data_parallel (the old pattern)")

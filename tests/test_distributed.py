@@ -277,6 +277,7 @@ def one_process(kind: str, rows: object, steps: int, batch: int) -> tuple[list[n
     (2, "bn", "12", []),  # one shard a rank: a group of one, across ranks
     (2, "bn", "none", []),  # one shard (not cut): rank 0 alone, every rank its state
     (3, "dropout", "8", []),  # 3 shards on 3 ranks
+    (2, "resnet", "6", ["--threads", "2"]),  # the pipeline's ResNet: batch norm in residual blocks
 ])
 def test_ranks_give_the_bits_of_one_process(tmp_path, n, kind, rows, flags):
     _ok(mpirun(n, WORKER, "--out", str(tmp_path), "--model", kind, "--rows-per-shard", rows, "--batch", "24",

@@ -146,3 +146,27 @@ def test_every_file_the_docs_and_sources_name_exists():
             if not (ROOT / path).exists():
                 missing.append(f"{page.relative_to(ROOT)}: {ref}")
     assert not missing, "\n".join(missing)
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "docs" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ablation_table_and_its_plot_show_the_same_runs(tmp_path):
+    ablation = _ablation()
+    rows = ablation.runs()
+    page = (ROOT / "docs" / "pipeline.md").read_text()
+    table = [line for line in page.splitlines() if line.startswith("| ") and "ablation.csv" not in line]
+    for r in rows:  # (each run a row of the page's table, with its figures)
+        assert any(f"| {r['run']} |" in line and f"{r['validation']:.4f}" in line and f"{r['wall_seconds']:.0f} s"
+                   in line for line in table), r["run"]
+    assert "![" in page and "speed_accuracy.png" in page
+    ablation.plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.csv"
+    bad.write_text(",".join(ablation.FIELDS) + "\nmnist,a run,0.99,,12,no,\n")
+    with pytest.raises(ValueError, match="bad.csv line 2: expected the fields"):
+        ablation.runs(bad)

@@ -285,13 +285,16 @@ def test_every_model_of_the_recipes_maps_images_to_ten_logits(name):
     ds = fn.data.Dataset("fashion-mnist", split, split, split, tuple("0123456789"), "fake")
     model = recipes.build_model(recipes.make_config(recipes.parse_args(["--model", name, "--steps", "1"]), ds))
     params, shape = model.init(fn.random.key(0), (1, 28, 28))
-    assert shape == (10,) and model.stateful == name.endswith("_bn")
+    assert shape == (10,) and model.stateful == (name.endswith("_bn") or name.startswith(("vgg", "resnet")))
     state = fn.TrainState.create(params, fn.optim.sgd(0.1), model)
     logits = fn.predict(model, params, split.x[:3], model_state=state.model_state)
     assert logits.shape == (3, 10)
-    convs = [k for k in params if k.startswith("conv2d")]
-    widths = [params[k]["w"].shape[0] for k in convs]
-    assert widths == ([1] if name == "tutorial" else [32, 64] if "wide" in name else [16, 32])
+    widths = [w.shape[0] for path, w in fn.tree.tree_leaves_with_path(params) if path[-1] == "w" and w.ndim == 4]
+    stage = {"resnet": [16, 16, 16, 32, 32, 32, 64, 64, 64],  # stem; a block's two convs, then its shortcut's
+             "resnet14": [16, *[16] * 4, *[32] * 5, *[64] * 5]}  # (the second block of a stage: no shortcut)
+    assert widths == stage.get(name) or widths == (
+        [1] if name == "tutorial" else [32, 32, 64, 64, 128, 128] if name == "vgg" else [16, 16, 32, 32, 64, 64]
+        if name == "vgg_small" else [32, 64] if "wide" in name else [16, 32])
 
 
 @REAL

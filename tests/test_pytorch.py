@@ -234,14 +234,9 @@ def _torch_twin(name, torch):
         return nn.Sequential(nn.Flatten(), nn.Linear(18, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.2),
                              nn.Linear(16, 3))
 
-    class Residual(nn.Module):
-        def __init__(self, block, shortcut):
-            super().__init__()
-            self.block, self.shortcut = block, shortcut
+    from test_torch_parity import _torch_blocks
 
-        def forward(self, x):
-            return self.block(x) + self.shortcut(x)
-
+    Residual = _torch_blocks()[5]  # noqa: N806 - a class
     block = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Conv2d(4, 4, 3, padding=1))
     return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), Residual(block, nn.Conv2d(2, 4, 1, stride=2)),

@@ -15,7 +15,8 @@ TOLERANCE = 1e-9
 
 
 def _torch_blocks():
-    """Stand-ins for fnnet's fan_out, parallel, fan_in_sum and fan_in_concat, as torch modules."""
+    """Stand-ins for fnnet's fan_out, parallel, fan_in_sum, fan_in_concat, a layer torch has
+    no module for, and residual, as torch modules."""
     import torch
     from torch import nn
 
@@ -43,7 +44,15 @@ def _torch_blocks():
         def forward(self, x):
             return x
 
-    return FanOut, Parallel, Sum, Concat, Nothing
+    class Residual(nn.Module):  # fnnet's residual(block, shortcut): its params are block.*, shortcut.*
+        def __init__(self, block, shortcut):
+            super().__init__()
+            self.block, self.shortcut = block, shortcut
+
+        def forward(self, x):
+            return self.block(x) + self.shortcut(x)
+
+    return FanOut, Parallel, Sum, Concat, Nothing, Residual
 
 
 # (id, fnnet layer, torch module (nn, blocks), per-sample input shape)
@@ -131,3 +140,84 @@ def test_outputs_and_gradients_match_pytorch_in_float64(name, layer, module, sha
     assert sorted(torch_grads) == sorted(ours)
     for k, g in ours.items():
         assert np.max(np.abs(torch_grads[k] - g)) <= TOLERANCE, k
+
+
+def _torch_pipeline_models():
+    """The pipeline's VGG and ResNet (pipelines/models.py) written as a PyTorch user writes
+    them: the same layers, in modules named as ``to_state_dict`` names fnnet's."""
+    from torch import nn
+
+    class GlobalAvgPool(nn.Module):  # (fnnet's global_avg_pool2d: (N, C, H, W) -> (N, C), one module)
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    def conv_bn(c_in, c_out, stride=1, size=3):
+        return [nn.Conv2d(c_in, c_out, size, stride=stride, padding=size // 2), nn.BatchNorm2d(c_out)]
+
+    def vgg(widths):
+        layers, c_in = [], 1
+        for c in widths:
+            layers += [*conv_bn(c_in, c), nn.ReLU(), *conv_bn(c, c), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = c
+        return nn.Sequential(*layers, GlobalAvgPool(), nn.Linear(c_in, 10))
+
+    Residual = _torch_blocks()[5]
+
+    def block(c_in, c, stride):
+        body = nn.Sequential(*conv_bn(c_in, c, stride), nn.ReLU(), *conv_bn(c, c))
+        shortcut = nn.Identity() if stride == 1 else nn.Sequential(*conv_bn(c_in, c, stride, size=1))
+        return nn.Sequential(Residual(body, shortcut), nn.ReLU())
+
+    def resnet(widths, blocks):
+        stages, c_in = [], widths[0]
+        for i, c in enumerate(widths):
+            for b in range(blocks):
+                stages.append(block(c_in, c, 2 if i and not b else 1))
+                c_in = c
+        return nn.Sequential(*conv_bn(1, widths[0]), nn.ReLU(), *stages, GlobalAvgPool(), nn.Linear(c_in, 10))
+
+    return {"vgg": lambda: vgg((32, 64, 128)), "vgg_small": lambda: vgg((16, 32, 64)),
+            "resnet": lambda: resnet((16, 32, 64), 1), "resnet14": lambda: resnet((16, 32, 64), 2)}
+
+
+@pytest.mark.parametrize("name", ["vgg", "vgg_small", "resnet", "resnet14"])
+def test_the_pipelines_vgg_and_resnet_match_pytorch_in_float64(name):
+    """Train mode (batch statistics): outputs, every gradient and the running statistics
+    after the pass; then eval mode (running statistics): outputs."""
+    import torch
+    from conftest import pipeline_module
+
+    model, shape = pipeline_module("models").model_of(name), (1, 28, 28)
+    params, _ = model.init(fn.random.key(3), shape, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    params = fn.tree_map(lambda a: a + 0.1 * rng.standard_normal(a.shape), params)  # (scales and shifts not 1 and 0)
+    state = fn.tree_map(lambda a: np.abs(a + 0.1 * rng.standard_normal(a.shape)), model.init_state(params))
+    twin = _torch_pipeline_models()[name]().double()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
+                          to_state_dict(model, params, shape, model_state=state).items()})
+    x = rng.standard_normal((4, *shape))
+    y, cache, new_state = model.forward_with_state(params, state, x)
+    dy = rng.standard_normal(y.shape)
+    grads, dx = model.backward(cache, dy)
+
+    twin.train()
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = twin(xt)
+    (yt * torch.from_numpy(dy)).sum().backward()
+    assert np.max(np.abs(yt.detach().numpy() - y)) <= TOLERANCE
+    assert np.max(np.abs(xt.grad.numpy() - dx)) <= TOLERANCE
+    ours = to_state_dict(model, grads, shape, model_state=state)  # (the gradients, named as the params)
+    torch_grads = {k: p.grad.numpy() for k, p in twin.named_parameters()}
+    assert sorted(torch_grads) == sorted(k for k in ours if k in dict(twin.named_parameters()))
+    assert len(torch_grads) == len(fn.tree_leaves(grads))
+    for k, g in torch_grads.items():
+        assert np.max(np.abs(ours[k] - g)) <= TOLERANCE, k
+    running = to_state_dict(model, params, shape, model_state=new_state)
+    for k, v in twin.state_dict().items():
+        if k.endswith(("running_mean", "running_var")):
+            assert np.max(np.abs(v.numpy() - running[k])) <= TOLERANCE, k
+
+    twin.eval()
+    y_eval, _, _ = model.forward_with_state(params, new_state, x, train=False)
+    with torch.no_grad():
+        assert np.max(np.abs(twin(torch.from_numpy(x)).numpy() - y_eval)) <= TOLERANCE

@@ -7,6 +7,7 @@ import threading
 import attrs
 import numpy as np
 import pytest
+from conftest import pipeline_module
 
 import fnnet as fn
 from fnnet import optim
@@ -44,7 +45,7 @@ def batch(rng, n, dtype=np.float32, shape=(1, 12, 12)):
 
 
 def leaves(state):
-    return fn.tree_leaves((state.params, state.opt_state))
+    return fn.tree_leaves((state.params, state.opt_state, state.model_state))
 
 
 def assert_same_bits(a, b):
@@ -384,6 +385,8 @@ SHARDED = {  # (model, optimizer, dtype, step keyword arguments)
     "lenet-keras_sgd-float64": (lenet, "keras_sgd", np.float64, {}),
     "lenet-clip (a tree)": (lenet, "clip", np.float32, {}),
     "dropout (a key a shard)": (dropout_net, "adam", np.float32, {"key": fn.random.key(5)}),
+    "the pipeline's resnet (batch norm, residual sums)": (lambda: pipeline_module("models").model_of("resnet"), "adam",
+                                                          np.float32, {}),
 }
 
 
@@ -394,7 +397,7 @@ def _sharded(name, shards):
                  else OPTIMIZERS[opt]())
     params, _ = model.init(fn.random.key(0), (1, 12, 12), dtype=dtype)
     step = fn.train_step(model, fn.softmax_cross_entropy, optimizer, rows_per_shard=shards, **kw)
-    return step, fn.TrainState.create(params, optimizer), dtype
+    return step, fn.TrainState.create(params, optimizer, model), dtype
 
 
 @pytest.mark.parametrize("name", SHARDED)
