@@ -548,7 +548,7 @@ FLAGS = [
     ("shift -1", [*NEW, "--shift=-1"], 2, ["--shift", "'-1'"]),
     ("label smoothing 1", [*NEW, "--label-smoothing", "1"], 2, ["--label-smoothing 1", "below 1"]),
     ("ema 1", [*NEW, "--ema", "1"], 2, ["--ema 1", "below 1"]),
-    ("unknown model", [*NEW, "--model", "resnet"], 2, ["--model", "'resnet'"]),
+    ("unknown model", [*NEW, "--model", "resnet50"], 2, ["--model", "'resnet50'"]),
     ("data-dir missing", [*_without(NEW, "--data-dir"), "--data-dir", "nodata"], 2,
      ["--data-dir nodata", "no such folder"]),
     ("out is a file", [*_without(NEW, "--out"), "--out", "data/mnist/t10k-labels-idx1-ubyte.gz"], 2,
