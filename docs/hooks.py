@@ -11,7 +11,7 @@ import griffe
 log = logging.getLogger("mkdocs.plugins.fnnet")
 MODULES = ["fnnet", "fnnet.checkpoint", "fnnet.data", "fnnet.data.augment", "fnnet.init", "fnnet.kernels",
            "fnnet.distributed", "fnnet.experiment", "fnnet.layers", "fnnet.losses", "fnnet.metrics", "fnnet.optim",
-           "fnnet.random", "fnnet.runtime", "fnnet.threads", "fnnet.train",
+           "fnnet.random", "fnnet.runtime", "fnnet.shards", "fnnet.threads", "fnnet.train",
            "fnnet.tree", "fnnet.typing"]
 
 

@@ -27,7 +27,7 @@ _BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # {model: {(sha
 def row_bytes(model: Layer, params: Params, input_shape: tuple, dtype: Any = np.float32, *, train: bool = True) -> int:
     """The bytes one row of a batch costs in the buffers ``model``'s layers make (a
     training pass without the input's gradient, or with ``train=False`` an inference
-    pass), as their hooks report them (the ledger of :class:`fnnet.runner.Carry`: every
+    pass), as their hooks report them (the ledger of :class:`fnnet.layers.Carry`: every
     array made by ``Sig.empty``, whose size grows with the rows), with the model prepared
     for one row, layers unfused (fusion saves memory, but must not move the shard cut, and
     so the bits). A pure function of the model, the params' shapes, ``input_shape``
