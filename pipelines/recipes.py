@@ -106,8 +106,6 @@ def preset_for(name: str, dataset: str) -> Preset:
                         **{k: v for k, v in change.items() if k not in regularization})
 
 
-
-
 def _positive(inst: Any, attr: Any, value: Any) -> None:
     if value is not None and value < 1:
         raise FlagError(f"--{attr.name.replace('_', '-')} must be >= 1, got {value}")

@@ -154,13 +154,13 @@ class Chain:
     sites: tuple
     index: tuple
     length: int
-    # (name, forward, buf) per site, first first; a site that is not plain has forward
-    # None and its position in place of buf
+    # (name, forward, buf, position) per site, first first; forward is None for a site that
+    # is not plain (random or stateful: run through :func:`run`, as sites[position])
     forward_steps: tuple = attrs.field(init=False)
     backward_steps: tuple = attrs.field(init=False)  # (backward, grads, site), last site first
 
     def __attrs_post_init__(self) -> None:
-        steps = tuple((n, s.forward, s.buf) if s.plain else (n, None, i)
+        steps = tuple((n, s.forward if s.plain else None, s.buf, i)
                       for i, (n, s) in enumerate(zip(self.names, self.sites)))
         object.__setattr__(self, "forward_steps", steps)
         object.__setattr__(self, "backward_steps", tuple((s.backward, s.grads, s) for s in reversed(self.sites)))
@@ -172,13 +172,13 @@ def run_chain(chain: Chain, params: Any, x: np.ndarray, key: Any, state: Any) ->
     ``state[names[i]]`` (for layers with state): ``(y, caches, new_state)``."""
     keys = None if key is None else random.split(key, chain.length)
     caches, new_state = [], {}
-    for name, forward, buf in chain.forward_steps:
+    for name, forward, buf, i in chain.forward_steps:
         if forward is not None:  # what run does for a plain layer, inlined: the hot path of every serial model
             x, cache = forward(params[name], x, buf)
         else:
-            site = chain.sites[buf]
+            site = chain.sites[i]
             stateful = site.layer.stateful
-            x, cache, s = run(site, params[name], x, None if keys is None else keys[chain.index[buf]],
+            x, cache, s = run(site, params[name], x, None if keys is None else keys[chain.index[i]],
                               state[name] if stateful else EMPTY)
             if stateful:
                 new_state[name] = s
