@@ -6,7 +6,7 @@ The same work: MNIST's IDX files (the last 10,000 training images are the valida
 split, pixels ``byte / 256``), conv 16 3x3 => relu => maxpool 2 => conv 32 3x3 => relu
 => maxpool 2 => flatten => dense 128 => relu => dense 10, float32, Adam (lr 2e-3) with a
 linear warm-up of 200 steps and a cosine down to 1 % of it, batches of 64 (the last of
-an epoch shorter), 6 epochs over 50,000 images, a validation pass over 10,000 images
+an epoch shorter), 4 epochs over 50,000 images, a validation pass over 10,000 images
 in chunks of 1,000 after each epoch, a test pass, then a checkpoint (``torch.save``) and
 a JSON summary. What a PyTorch user writes: PyTorch's own layer init, a DataLoader-free
 loop over shuffled index batches, ``torch.no_grad()`` evaluation. No plots (fnnet's
@@ -87,7 +87,7 @@ def main() -> None:
     default_dir = pathlib.Path(os.environ.get("FNNET_DATA_DIR", "~/.cache/fnnet")).expanduser() / "mnist"
     ap.add_argument("--data-dir", type=pathlib.Path, default=default_dir)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/torch-default"))
     args = ap.parse_args()

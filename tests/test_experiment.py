@@ -224,3 +224,26 @@ def test_flip_tta_evaluates_the_mean_of_the_logits_of_each_image_and_its_mirror(
     flat = fn.data.Split(x.reshape(9, -1), split.y)
     with pytest.raises(fn.ShapeError, match=r"tta='flip' mirrors images \(N, C, H, W\), got inputs of shape \(9, 30\)"):
         evaluate(fn.serial(fn.dense(4)), {}, flat, np.dtype(np.float32), 0, tta="flip")
+
+
+@pytest.mark.parametrize("dtype, shift", [(np.float32, 0.0), (np.float64, -0.5)])  # raw pixels; standardized ones
+def test_plots_show_the_first_test_images_then_the_mistakes_in_red(tmp_path, rng, dtype, shift):
+    import matplotlib.image
+
+    from fnnet.experiment import save_plots
+
+    rows = [{"step": s, "loss": 1 / s, "val_loss": 2 / s, "train_accuracy": 1 - 1 / s, "val_accuracy": 1 - 2 / s}
+            for s in (10, 20, 30)]
+    x = (rng.random((1000, 1, 28, 28)) + shift).astype(dtype)
+    y = rng.integers(0, 10, 1000)
+
+    def red_pixels(pred: np.ndarray) -> int:
+        assert save_plots(tmp_path, rows, x, y, pred, tuple("0123456789")) == ["learning_curves.png", "predictions.png"]
+        assert matplotlib.image.imread(tmp_path / "learning_curves.png").shape[:2] == (400, 1000)
+        img = matplotlib.image.imread(tmp_path / "predictions.png")[..., :3]
+        return int(np.sum((img[..., 0] > 0.8) & (img[..., 1] < 0.3) & (img[..., 2] < 0.3)))
+
+    assert red_pixels(y.copy()) == 0  # no mistake: 40 black titles
+    wrong = y.copy()
+    wrong[[3, 500]] = (y[[3, 500]] + 1) % 10
+    assert red_pixels(wrong) > 0  # the two mistakes, in red after the first 38 images

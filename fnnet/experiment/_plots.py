@@ -37,22 +37,34 @@ def save_plots(
     ax2.set_xlabel("step")
     ax2.set_ylabel("accuracy")
     ax2.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.96, wspace=0.25)  # (tight_layout: 0.2 s)
     fig.savefig(out / "learning_curves.png", dpi=100)
     plt.close(fig)
 
-    # first 40 test images, with every mistake among the first 1000 shown after them
+    # first 40 test images, with every mistake among the first 1000 shown after them, as one
+    # image on one axes (40 axes with titles took 0.4 s of layout and ticks)
     wrong = np.flatnonzero(pred[:1000] != test_y[:1000])
     idx = np.concatenate([np.arange(40 - min(len(wrong), 20)), wrong[:20]])
-    fig, axes = plt.subplots(5, 8, figsize=(12, 8))
-    for ax, i in zip(axes.ravel(), idx):
+    rows_, cols_, (h, w) = 5, 8, test_x.shape[-2:]
+    cell_h, cell_w = h + h // 2, w * 7 // 4  # room for a title above each image, and beside it
+    canvas = np.zeros((rows_ * cell_h, cols_ * cell_w), np.float32)
+    images = test_x[idx].reshape(len(idx), -1, h, w)[:, 0]
+    titles = []  # (x, y, text, colour)
+    for k, (i, img) in enumerate(zip(idx, images)):
+        r, c = divmod(k, cols_)
+        top, left = r * cell_h + h // 2, c * cell_w + (cell_w - w) // 2
+        canvas[top:top + h, left:left + w] = img
         ok = pred[i] == test_y[i]
-        ax.imshow(test_x[i, 0], cmap="gray_r")
-        ax.set_title(f"{classes[test_y[i]]} / {classes[pred[i]]}" + ("" if ok else " ✗"),
-                     color="black" if ok else "red", fontsize=9)
-        ax.axis("off")
+        title = f"{classes[test_y[i]]} / {classes[pred[i]]}" + ("" if ok else " ✗")
+        titles.append((left + w / 2 - 0.5, top - 1.5, title, "black" if ok else "red"))
+    fig = plt.figure(figsize=(13, 13 * canvas.shape[0] / canvas.shape[1] + 0.5))
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.93))
+    ax.imshow(canvas, cmap="gray_r", vmin=min(0.0, float(images.min())), vmax=float(images.max()) or 1.0,
+              interpolation="nearest")
+    for x, y, text, colour in titles:
+        ax.text(x, y, text, color=colour, fontsize=9, ha="center", va="bottom")
+    ax.axis("off")
     fig.suptitle("test images: true / predicted (mistakes in red)")
-    fig.tight_layout()
     fig.savefig(out / "predictions.png", dpi=80)
     plt.close(fig)
     return ["learning_curves.png", "predictions.png"]
