@@ -37,7 +37,13 @@ def compiled():
 
 
 def _conv_geometry(rng):
-    """Random conv cases, including stride, dilation, asymmetric padding and odd sizes."""
+    """Random conv cases, including stride, dilation, asymmetric padding and odd sizes;
+    first the kernels' loops of their own (stride 1, no dilation), with and without padding."""
+    for (kh, kw), pads in [((3, 3), (0, 0, 0, 0)), ((3, 3), (1, 1, 1, 1)), ((1, 1), (0, 0, 0, 0)),
+                           ((2, 3), (0, 2, 1, 0)), ((3, 1), (2, 0, 0, 1))]:
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+        h, w = kh + int(rng.integers(0, 6)), kw + int(rng.integers(0, 6))
+        yield (n, c, h, w), (kh, kw, 1, 1, 1, 1, *pads)
     for _ in range(12):
         kh, kw = rng.integers(1, 4, 2)
         sh, sw = rng.integers(1, 3, 2)

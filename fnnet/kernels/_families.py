@@ -35,7 +35,7 @@ variant gives the bits of the plain build (tested)."""
 ISA_FAMILIES = ("norm", "fused", "optim")
 """The families built for each of :data:`ISAS` besides the plain build: where a variant
 measured faster at a training shard's sizes (docs/build.md: batch norm 1.3-1.75x, the
-fused passes 1.1-1.6x, Adam 1.2x). Not ``conv`` (im2col/col2im 0.95x), ``pool`` (the
+fused passes 1.1-1.6x, Adam 1.2x). Not ``conv`` (0.81-1.35x by layer, slower at the default CNN), ``pool`` (the
 AVX-512 max-pool backward 0.73x), ``act`` (ReLU forward 0.94-1.0x) or ``loss`` (too small
 to tell)."""
 
