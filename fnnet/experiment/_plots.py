@@ -47,8 +47,9 @@ def save_plots(
     idx = np.concatenate([np.arange(40 - min(len(wrong), 20)), wrong[:20]])
     rows_, cols_, (h, w) = 5, 8, test_x.shape[-2:]
     cell_h, cell_w = h + h // 2, w * 7 // 4  # room for a title above each image, and beside it
-    canvas = np.zeros((rows_ * cell_h, cols_ * cell_w), np.float32)
     images = test_x[idx].reshape(len(idx), -1, h, w)[:, 0]
+    lo, hi = min(0.0, float(images.min())), float(images.max())
+    canvas = np.full((rows_ * cell_h, cols_ * cell_w), lo, np.float32)  # (the background: white)
     titles = []  # (x, y, text, colour)
     for k, (i, img) in enumerate(zip(idx, images)):
         r, c = divmod(k, cols_)
@@ -59,8 +60,7 @@ def save_plots(
         titles.append((left + w / 2 - 0.5, top - 1.5, title, "black" if ok else "red"))
     fig = plt.figure(figsize=(13, 13 * canvas.shape[0] / canvas.shape[1] + 0.5))
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.93))
-    ax.imshow(canvas, cmap="gray_r", vmin=min(0.0, float(images.min())), vmax=float(images.max()) or 1.0,
-              interpolation="nearest")
+    ax.imshow(canvas, cmap="gray_r", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
     for x, y, text, colour in titles:
         ax.text(x, y, text, color=colour, fontsize=9, ha="center", va="bottom")
     ax.axis("off")
