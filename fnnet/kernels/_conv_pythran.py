@@ -62,20 +62,14 @@ def _col2im(cols, kh, kw, sh, sw, dil_h, dil_w, xp):  # any geometry, by row sli
 # pythran export im2col(float64[:,:,:,:], int, int, int, int, int, int, int, int, int, int, float64[:,:,:,:])
 def im2col(x, kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, cols):
     n, c, h, w = x.shape
-    padded = pt or pb or pl or pr
-    if not _fast(sh, sw, dil_h, dil_w, 1):
-        if padded:
-            xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
-            xp[:, :, pt:pt + h, pl:pl + w] = x
-            _im2col(xp, kh, kw, sh, sw, dil_h, dil_w, cols)
-        else:
-            _im2col(x, kh, kw, sh, sw, dil_h, dil_w, cols)
-        return
-    ho, wo = cols.shape[2], cols.shape[3]
     xs = x
-    if padded:
+    if pt or pb or pl or pr:
         xs = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
         xs[:, :, pt:pt + h, pl:pl + w] = x
+    if not _fast(sh, sw, dil_h, dil_w, 1):
+        _im2col(xs, kh, kw, sh, sw, dil_h, dil_w, cols)
+        return
+    ho, wo = cols.shape[2], cols.shape[3]
     for b in range(n):
         for ci in range(c):
             src = xs[b, ci]
@@ -93,28 +87,22 @@ def col2im(cols, kh, kw, sh, sw, dil_h, dil_w, pt, pb, pl, pr, x):
     # each pixel sums its taps in (i, j) order, from 0
     n, c, h, w = x.shape
     padded = pt or pb or pl or pr
-    if not _fast(sh, sw, dil_h, dil_w, 1):
-        if padded:
-            xp = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
-            _col2im(cols, kh, kw, sh, sw, dil_h, dil_w, xp)
-            x[:] = xp[:, :, pt:pt + h, pl:pl + w]
-        else:
-            x[:] = 0
-            _col2im(cols, kh, kw, sh, sw, dil_h, dil_w, x)
-        return
-    ho, wo = cols.shape[2], cols.shape[3]
     xs = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype) if padded else x
     if not padded:
         x[:] = 0
-    for b in range(n):
-        for ci in range(c):
-            dst = xs[b, ci]
-            for i in range(kh):
-                for j in range(kw):
-                    src = cols[b, (ci * kh + i) * kw + j]
-                    for oh in range(ho):
-                        for ow in range(wo):
-                            dst[oh + i, ow + j] += src[oh, ow]
+    if _fast(sh, sw, dil_h, dil_w, 1):
+        ho, wo = cols.shape[2], cols.shape[3]
+        for b in range(n):
+            for ci in range(c):
+                dst = xs[b, ci]
+                for i in range(kh):
+                    for j in range(kw):
+                        src = cols[b, (ci * kh + i) * kw + j]
+                        for oh in range(ho):
+                            for ow in range(wo):
+                                dst[oh + i, ow + j] += src[oh, ow]
+    else:
+        _col2im(cols, kh, kw, sh, sw, dil_h, dil_w, xs)
     if padded:
         x[:] = xs[:, :, pt:pt + h, pl:pl + w]
 
